@@ -1,0 +1,5 @@
+"""Mailwright: self-hosted email automation."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,31 @@
+"""What an activity gets from the engine: its target, its key, and the hooks of durable sends."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from mailwright.errors import ValidationError
+from mailwright.services.targets import TargetService
+
+
+@dataclass
+class ActivityContext:
+    run_id: str
+    step: str  # "alert" or "each[2]"
+    targets: TargetService
+    target: str | None
+    account_key: str | None
+    # A Send Email step keeps one Message-ID across attempts; the engine stores it.
+    message_id: str | None
+    remember_message_id: Callable[[str], Awaitable[None]]
+    mark_sending: Callable[[], Awaitable[None]]
+
+    def require_target(self, activity: str) -> str:
+        if not self.target:
+            raise ValidationError(
+                f"step {self.step!r} ({activity}) has no target",
+                field="target",
+                hint="give the workflow a target, the step a `target:`, or choose one when starting",
+            )
+        return self.target

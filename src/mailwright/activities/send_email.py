@@ -1,0 +1,49 @@
+"""send_email: the Send Email activity, with a stable Message-ID across retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ConfigDict
+
+from mailwright.activities.context import ActivityContext
+from mailwright.domain.message import make_message_id
+from mailwright.plugins import ActivitySpec, register_activity
+from mailwright.services.sending import SendEmailRequest, build_outgoing, deliver, resolve_sender
+
+
+class SendEmailInput(SendEmailRequest):
+    """The fields of /api/v1/send-email; the target comes from the step or the workflow."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    target: str = ""
+
+
+async def execute(ctx: ActivityContext, inputs: SendEmailInput) -> dict[str, Any]:
+    target = inputs.target or ctx.require_target("send_email")
+    resolved = ctx.targets.resolve(target, account_key=inputs.account_key or ctx.account_key)
+    message = build_outgoing(inputs, resolve_sender(inputs, resolved))
+    message_id = ctx.message_id
+    if message_id is None:
+        message_id = make_message_id(message.sender.ascii_domain)
+        await ctx.remember_message_id(message_id)
+    result = await deliver(
+        message,
+        resolved,
+        continue_if_one_address_valid=inputs.continue_if_one_address_valid,
+        message_id=message_id,
+        before_data=ctx.mark_sending,
+    )
+    return result.model_dump(mode="json")
+
+
+SPEC = register_activity(
+    ActivitySpec(
+        name="send_email",
+        label="Send Email",
+        input_model=SendEmailInput,
+        execute=execute,
+        description="Send one message through an SMTP Endpoint target.",
+    )
+)

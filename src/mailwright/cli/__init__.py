@@ -1,0 +1,1 @@
+"""The `mailwright` command (Typer)."""

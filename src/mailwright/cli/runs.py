@@ -1,0 +1,127 @@
+"""`mailwright runs` and `mailwright worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Annotated
+
+import typer
+
+from mailwright.cli.context import services
+from mailwright.cli.output import print_json, print_table
+from mailwright.services.runs import RunPublic
+from mailwright.storage.tables import utcnow
+
+app = typer.Typer(help="Runs: every execution of a workflow, step by step.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+async def wait_inline(run_id: str) -> RunPublic:
+    """Execute a run in this process (claiming it like any worker) and return it finished."""
+    from mailwright.engine.worker import Worker
+
+    svc = services()
+    worker = Worker(svc)
+    while True:
+        status = await worker.executor.execute(run_id)
+        run = svc.runs.get(run_id)
+        if run.status in ("succeeded", "failed", "cancelled"):
+            return run
+        if status is None:
+            await asyncio.sleep(0.5)  # another worker holds it: wait for it to finish
+        elif run.not_before is not None:
+            # A retry is due later: wait for it here, as a worker would.
+            await asyncio.sleep(max(0.05, (run.not_before - utcnow()).total_seconds()))
+
+
+def print_run(run: RunPublic) -> None:
+    typer.echo(f"run {run.id}  {run.workflow!r}  {run.status.upper()}")
+    typer.echo(f"  created {run.created_at:%Y-%m-%d %H:%M:%S}, target {run.target or '-'}")
+    if run.error:
+        typer.echo(f"  error: {run.error.get('message')}")
+    for step in run.steps:
+        attempts = f"attempts {step.attempts}/{step.max_attempts}"
+        typer.echo(f"  {step.status:<10} {step.step:<20} {step.activity:<14} {attempts}")
+        if step.message_id:
+            typer.echo(f"             message-id {step.message_id} ({step.send_state or 'not sent'})")
+        if step.output and "recipients" in step.output:
+            for r in step.output["recipients"]:
+                reply = f"{r.get('code') or ''} {r.get('reply', '')}"
+                typer.echo(f"             {r['status']:<8} {r['address']}  {reply}")
+        if step.error:
+            typer.echo(f"             error: {step.error.get('message')}")
+        for note in step.notes:
+            typer.echo(f"             note: {note}")
+
+
+@app.command("list")
+def list_runs(
+    status: Annotated[
+        str | None, typer.Option("--status", help="queued, running, succeeded, failed, cancelled")
+    ] = None,
+    workflow: Annotated[str | None, typer.Option("--workflow", help="only this workflow's runs")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="how many, newest first")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List runs, newest first."""
+    runs = services().runs.list_runs(limit=limit, status=status, workflow=workflow)
+    if as_json:
+        print_json(runs)
+        return
+    print_table(
+        ["ID", "WORKFLOW", "STATUS", "CREATED", "FINISHED"],
+        [
+            [
+                r.id,
+                r.workflow,
+                r.status,
+                f"{r.created_at:%Y-%m-%d %H:%M:%S}",
+                f"{r.finished_at:%H:%M:%S}" if r.finished_at else "",
+            ]
+            for r in runs
+        ],
+    )
+
+
+@app.command("show")
+def show(run_id: Annotated[str, typer.Argument(help="run id")], as_json: JsonOpt = False) -> None:
+    """Show a run step by step."""
+    run = services().runs.get(run_id)
+    if as_json:
+        print_json(run)
+    else:
+        print_run(run)
+
+
+@app.command("cancel")
+def cancel(run_id: Annotated[str, typer.Argument(help="run id")]) -> None:
+    """Cancel a queued or running run (a running step finishes first)."""
+    run = services().runs.cancel(run_id)
+    typer.echo(f"run {run.id}: {'cancelled' if run.status == 'cancelled' else 'cancellation requested'}")
+
+
+@app.command("retry")
+def retry(run_id: Annotated[str, typer.Argument(help="run id")]) -> None:
+    """Queue a failed or cancelled run again; succeeded steps are not repeated."""
+    run = services().runs.retry(run_id)
+    typer.echo(f"run {run.id} queued again")
+
+
+def worker() -> None:
+    """Execute queued runs in this process until stopped (Ctrl-C or SIGTERM)."""
+    from mailwright.engine.worker import Worker
+    from mailwright.logs import configure_logging
+
+    svc = services()
+    configure_logging(svc.settings.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Worker(svc).run(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,61 @@
+"""`mailwright serve`: the API (and later the web UI) on the embedded defaults."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from mailwright.cli.context import services
+from mailwright.logs import configure_logging
+
+
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="address to listen on (MAILWRIGHT_HOST)")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="port to listen on (MAILWRIGHT_PORT)")] = None,
+    sandbox_port: Annotated[
+        int | None,
+        typer.Option(
+            "--sandbox-port", help="port of the capture SMTP server on 127.0.0.1 (MAILWRIGHT_SANDBOX_PORT)"
+        ),
+    ] = None,
+    no_sandbox: Annotated[
+        bool, typer.Option("--no-sandbox", help="do not start the capture SMTP server")
+    ] = False,
+) -> None:
+    """Run the service: REST API at /api/v1, OpenAPI at /api/openapi.json."""
+    # Imported here so that every other command starts without the web stack.
+    import uvicorn
+
+    from mailwright.api.app import create_app
+    from mailwright.sandbox import SANDBOX_DIRECTORY_NAME, SANDBOX_TARGET_NAME, SandboxServer, SandboxStore
+
+    svc = services()
+    settings = svc.settings
+    configure_logging(settings.log_level)
+    admin = svc.tokens.ensure_admin()
+    if admin is not None:
+        typer.echo("First start: an admin API token was created. It is shown only this once:")
+        typer.echo(f"  {admin.token}")
+        typer.echo("Send it as 'Authorization: Bearer TOKEN'; manage tokens with `mailwright tokens`.")
+    bind_host = host or settings.host
+    bind_port = port or settings.port
+    typer.echo(f"Mailwright on http://{bind_host}:{bind_port}/  (API: /api/v1; data: {settings.home})")
+    store = SandboxStore(settings.home / SANDBOX_DIRECTORY_NAME)
+    capture = None
+    if not no_sandbox and settings.sandbox:
+        port_wanted = sandbox_port if sandbox_port is not None else settings.sandbox_port
+        capture = SandboxServer(store, port=port_wanted).start()
+        svc.targets.ensure_sandbox_target(name=SANDBOX_TARGET_NAME, port=capture.port)
+        typer.echo(f"Sandbox: SMTP on 127.0.0.1:{capture.port} captures mail; see /sandbox")
+    app = create_app(
+        svc, sandbox_store=store, sandbox_address=f"127.0.0.1:{capture.port}" if capture else None
+    )
+    config = uvicorn.Config(app, host=bind_host, port=bind_port, log_config=None, access_log=False)
+    logging.getLogger(__name__).info("database %s", svc.db.engine.url.render_as_string(hide_password=True))
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if capture is not None:
+            capture.stop()

@@ -1,0 +1,67 @@
+"""One Settings object, read from MAILWRIGHT_* environment variables and validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mailwright.errors import ConfigError
+from mailwright.secrets import SecretBox, load_key_file
+
+KEY_FILE_NAME = "secret.key"
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_data_dir("mailwright", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Where Mailwright keeps its data and how it is reached."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILWRIGHT_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="data directory")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in home")
+    secret_key: str | None = Field(
+        default=None, description="URL-safe base64 key(s), comma-separated; first one encrypts"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    log_level: str = "INFO"
+    sandbox: bool = Field(default=True, description="start the capture SMTP server with serve")
+    sandbox_port: int = Field(default=2525, ge=0, le=65535, description="port of the capture SMTP server")
+    broker: str = Field(default="embedded", description="task queue broker: embedded (in-process Taskiq)")
+    worker_concurrency: int = Field(default=16, ge=1, le=1000, description="runs a worker executes at once")
+    lease_seconds: float = Field(
+        default=30.0, gt=0.5, le=3600, description="how long a worker holds a run without renewing it"
+    )
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'mailwright.db'}"
+
+    def ensure_home(self) -> Path:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the data directory {self.home}: {exc.strerror}",
+                hint="set MAILWRIGHT_HOME to a writable directory",
+            ) from exc
+        return self.home
+
+    def secret_box(self) -> SecretBox:
+        if self.secret_key:
+            return SecretBox.from_texts(self.secret_key.split(","))
+        self.ensure_home()
+        return SecretBox.from_texts([load_key_file(self.home / KEY_FILE_NAME)])

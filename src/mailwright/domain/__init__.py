@@ -1,0 +1,1 @@
+"""Pure types and functions: addresses, messages, SMTP capabilities. No I/O here."""

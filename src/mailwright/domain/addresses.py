@@ -1,0 +1,157 @@
+"""Parsing and validating e-mail addresses, including internationalized ones."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import email_validator
+import idna
+from email_validator import EmailNotValidError, validate_email
+
+from mailwright.errors import ValidationError
+
+# A self-hosted relay legitimately serves internal names (.local, .internal,
+# .test, localhost); email-validator rejects those by default.
+email_validator.SPECIAL_USE_DOMAIN_NAMES[:] = [
+    d for d in email_validator.SPECIAL_USE_DOMAIN_NAMES if d in {"invalid", "onion"}
+]
+
+_NAME_ADDR = re.compile(r"^(.*?)<([^<>]*)>$", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One mailbox: an optional display name and an address (Unicode allowed)."""
+
+    addr: str
+    name: str = ""
+    ascii_addr: str | None = None  # local part ASCII, domain as A-labels; None if impossible
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        return self.ascii_addr is None
+
+    @property
+    def domain(self) -> str:
+        return self.addr.rpartition("@")[2]
+
+    @property
+    def ascii_domain(self) -> str:
+        """The domain as A-labels (punycode), usable anywhere ASCII is required."""
+        if self.ascii_addr is not None:
+            return self.ascii_addr.rpartition("@")[2]
+        try:
+            return idna.encode(self.domain, uts46=True).decode()
+        except idna.IDNAError:
+            return self.domain
+
+    def envelope(self) -> str:
+        """The form for MAIL FROM / RCPT TO: ASCII where it can be."""
+        return self.ascii_addr or self.addr
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.addr}>" if self.name else self.addr
+
+
+def parse_address(text: str, *, field: str) -> Address:
+    """One address, with or without a display name."""
+    found = parse_address_list(text, field=field)
+    if len(found) != 1:
+        raise ValidationError(f"{field} must be exactly one address; got {len(found)}", field=field)
+    return found[0]
+
+
+def parse_address_list(value: str | Iterable[str] | None, *, field: str) -> list[Address]:
+    """Addresses from a list, or from strings separated by commas, semicolons or newlines."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    out: list[Address] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValidationError(f"{field} must contain strings", field=field)
+        for piece in _split(item):
+            name, addr = _name_and_addr(piece, field=field)
+            out.append(_validated(name, addr, field=field, original=piece))
+    return out
+
+
+def _split(text: str) -> list[str]:
+    """Split on commas, semicolons and line breaks outside quotes and angle brackets."""
+    pieces: list[str] = []
+    current: list[str] = []
+    quoted = angled = escaped = False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+            continue
+        if char == "\\" and quoted:
+            escaped = True
+        elif char == '"' and not angled:
+            quoted = not quoted
+        elif char == "<" and not quoted:
+            angled = True
+        elif char == ">" and not quoted:
+            angled = False
+        elif char in ",;\r\n" and not quoted and not angled:
+            pieces.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    pieces.append("".join(current))
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def _name_and_addr(piece: str, *, field: str) -> tuple[str, str]:
+    match = _NAME_ADDR.match(piece)
+    if match is None:
+        if any(c in piece for c in '<>"'):
+            raise ValidationError(
+                f"{field}: {piece!r} is not an address; write it as name@example.org or "
+                "Name <name@example.org>",
+                field=field,
+            )
+        return "", piece
+    name = match.group(1).strip()
+    if len(name) >= 2 and name.startswith('"') and name.endswith('"'):
+        name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    elif '"' in name or "<" in name or ">" in name:
+        raise ValidationError(f"{field}: the name in {piece!r} is not well quoted", field=field)
+    return name, match.group(2).strip()
+
+
+def _validated(name: str, addr: str, *, field: str, original: str) -> Address:
+    if not addr:
+        raise ValidationError(f"{field}: {original.strip()!r} has no e-mail address", field=field)
+    if any(c in name + addr for c in "\r\n\0"):
+        raise ValidationError(f"{field}: line breaks are not allowed in addresses", field=field)
+    try:
+        info = validate_email(
+            addr,
+            check_deliverability=False,
+            globally_deliverable=False,
+            allow_domain_literal=True,
+            allow_smtputf8=True,
+        )
+    except EmailNotValidError as exc:
+        raise ValidationError(f"{field}: {addr!r} is not a valid address: {exc}", field=field) from exc
+    ascii_addr = None
+    if info.ascii_local_part is not None:
+        ascii_addr = f"{info.ascii_local_part}@{info.ascii_domain}"
+    # Runs of white space in a name carry no meaning in a header phrase.
+    return Address(addr=info.normalized, name=" ".join(name.split()), ascii_addr=ascii_addr)
+
+
+def dedupe(addresses: Iterable[Address]) -> list[Address]:
+    """Keep the first of each address, compared case-insensitively."""
+    seen: set[str] = set()
+    out: list[Address] = []
+    for a in addresses:
+        key = a.addr.casefold()
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out

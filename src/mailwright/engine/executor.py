@@ -1,0 +1,481 @@
+"""Executing a run: claim it with a lease, run its steps in order, record everything.
+
+The database row is the source of truth. A run is claimed by a conditional
+UPDATE (only one worker wins), its lease is renewed while it executes, and a
+worker that dies simply lets the lease expire: the recovery loop dispatches the
+run again and execution resumes at the first unfinished step. Succeeded steps
+are never executed twice; a Send Email step keeps its Message-ID across attempts
+and records "sending" just before DATA, so the only unknown outcome is a crash
+between DATA and the recording of the server's reply (see `_resume_send`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from mailwright.activities.context import ActivityContext
+from mailwright.domain.validation import validate_model
+from mailwright.domain.workflows import Step, WorkflowDocument
+from mailwright.engine.expressions import evaluate_condition, render_value
+from mailwright.errors import MailwrightError, TargetDeferredError, TargetRejectedError
+from mailwright.plugins import activity
+from mailwright.services.targets import TargetService
+from mailwright.storage.db import Database
+from mailwright.storage.tables import RunRow, RunStepRow, utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=30)
+BACKOFF_BASE = 1.0  # seconds; doubled per attempt, with jitter
+BACKOFF_CAP = 300.0
+# Retries sooner than this wait inside the claim; later ones release the run.
+INLINE_WAIT = 5.0
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+STEP_DONE = {"succeeded", "failed", "skipped", "cancelled"}
+
+
+@dataclass
+class StepFailure(Exception):
+    """A step that failed for good; `error` is what the run records."""
+
+    error: dict[str, Any]
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter for the `attempt`-th retry (1-based)."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** (attempt - 1)))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, MailwrightError):
+        return exc.details()
+    if isinstance(exc, TimeoutError):
+        return {"code": "timeout", "message": "the step did not finish within its timeout"}
+    return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    return bool(getattr(exc, "transient", False)) or isinstance(exc, TimeoutError)
+
+
+class Executor:
+    def __init__(
+        self, db: Database, targets: TargetService, *, worker_id: str, lease: timedelta = LEASE
+    ) -> None:
+        self._db = db
+        self._targets = targets
+        self.worker_id = worker_id
+        self.lease = lease
+        # Set when the worker is asked to stop: runs are released between steps.
+        self.stopping = asyncio.Event()
+
+    # --- claiming -------------------------------------------------------------
+
+    def claim(self, run_id: str) -> bool:
+        """Take the run if it is due and nobody holds a live lease on it."""
+        now = utcnow()
+        with self._db.session() as session:
+            result = session.execute(
+                update(RunRow)
+                .where(
+                    RunRow.id == run_id,
+                    RunRow.status.in_(("queued", "running")),
+                    or_(RunRow.not_before.is_(None), RunRow.not_before <= now),
+                    or_(RunRow.lease_expires_at.is_(None), RunRow.lease_expires_at < now),
+                )
+                .values(lease_owner=self.worker_id, lease_expires_at=now + self.lease, status="running")
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def renew(self, run_id: str) -> bool:
+        with self._db.session() as session:
+            result = session.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id, RunRow.lease_owner == self.worker_id)
+                .values(lease_expires_at=utcnow() + self.lease)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def _keep_lease(self, run_id: str, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            if not await asyncio.to_thread(self.renew, run_id):
+                lost.set()
+                return
+
+    # --- running --------------------------------------------------------------
+
+    async def execute(self, run_id: str) -> str | None:
+        """Run what is left of a run; returns its status, or None if another worker has it."""
+        if not self.claim(run_id):
+            return None
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_lease(run_id, lost))
+        try:
+            return await self._execute_claimed(run_id, lost)
+        finally:
+            keeper.cancel()
+
+    async def _execute_claimed(self, run_id: str, lost: asyncio.Event) -> str:
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id)
+            assert run is not None
+            if run.started_at is None:
+                run.started_at = utcnow()
+            document = WorkflowDocument.model_validate(run.document)
+            inputs = dict(run.inputs)
+            target, key = run.target, run.account_key
+        context: dict[str, Any] = {"inputs": inputs, "steps": {}}
+        for position, step in enumerate(document.steps):
+            if lost.is_set():
+                return "running"  # another worker took over; it continues from the rows
+            if self._cancel_requested(run_id):
+                return self._finish(run_id, "cancelled", None)
+            if self.stopping.is_set():
+                self._release(run_id)
+                return "queued"
+            outcome = await self._run_step(run_id, position, step, context, target=target, key=key)
+            if outcome == "deferred":
+                return "queued"
+            if outcome == "failed" and not step.continue_on_failure:
+                error = context["steps"][step.id].get("error")
+                return self._finish(run_id, "failed", error)
+        return self._finish(run_id, "succeeded", None)
+
+    def _cancel_requested(self, run_id: str) -> bool:
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id)
+            return bool(run and run.cancel_requested)
+
+    def _finish(self, run_id: str, status: str, error: dict[str, Any] | None) -> str:
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id)
+            assert run is not None
+            run.status = status
+            run.error = error
+            run.finished_at = utcnow()
+            run.lease_owner = None
+            run.lease_expires_at = None
+            if status != "succeeded":
+                for row in self._rows(session, run_id):
+                    if row.status in ("pending", "queued", "deferred"):
+                        row.status = "cancelled" if status == "cancelled" else "skipped"
+                        row.updated_at = utcnow()
+        log.info("run %s %s", run_id, status)
+        return status
+
+    @staticmethod
+    def _rows(session: Any, run_id: str, position: int | None = None) -> list[RunStepRow]:
+        query = select(RunStepRow).where(RunStepRow.run_id == run_id)
+        if position is not None:
+            query = query.where(RunStepRow.position == position)
+        return list(session.scalars(query.order_by(RunStepRow.position, RunStepRow.item_index)).all())
+
+    # --- one step (and its for_each items) -------------------------------------
+
+    async def _run_step(
+        self,
+        run_id: str,
+        position: int,
+        step: Step,
+        context: dict[str, Any],
+        *,
+        target: str | None,
+        key: str | None,
+    ) -> str:
+        with self._db.session() as session:
+            parent = next(r for r in self._rows(session, run_id, position) if r.item_index is None)
+            state = {"status": parent.status, "output": parent.output, "error": parent.error}
+        if state["status"] in STEP_DONE:
+            context["steps"][step.id] = state
+            return str(state["status"])
+        if step.skip_execution:
+            return self._settle(run_id, position, None, context, step, "skipped", None, None)
+        try:
+            if step.if_ and not evaluate_condition(step.if_, context):
+                return self._settle(run_id, position, None, context, step, "skipped", None, None)
+            if step.for_each is None:
+                return await self._run_item(run_id, position, None, step, context, target=target, key=key)
+            return await self._run_items(run_id, position, step, context, target=target, key=key)
+        except MailwrightError as exc:  # a bad expression fails the step, not the worker
+            return self._settle(run_id, position, None, context, step, "failed", None, exc.details())
+
+    async def _run_items(
+        self,
+        run_id: str,
+        position: int,
+        step: Step,
+        context: dict[str, Any],
+        *,
+        target: str | None,
+        key: str | None,
+    ) -> str:
+        items = self._items(run_id, position, step, context)
+        outputs: list[Any] = []
+        for index, item in enumerate(items):
+            outcome = await self._run_item(
+                run_id, position, index, step, {**context, "item": item}, target=target, key=key
+            )
+            if outcome == "deferred":
+                return outcome
+            with self._db.session() as session:
+                row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
+                outputs.append(row.output)
+                failed = row.status == "failed"
+                error = row.error
+            if failed:
+                return self._settle(run_id, position, None, context, step, "failed", outputs, error)
+        return self._settle(run_id, position, None, context, step, "succeeded", outputs, None)
+
+    def _items(self, run_id: str, position: int, step: Step, context: dict[str, Any]) -> list[Any]:
+        """The for_each list, rendered once and persisted as item rows (a resumed run reuses them)."""
+        with self._db.session() as session:
+            rows = self._rows(session, run_id, position)
+            parent = next(r for r in rows if r.item_index is None)
+            existing = [r for r in rows if r.item_index is not None]
+            if existing:
+                return list((parent.inputs or {}).get("items", []))
+            value = render_value(step.for_each, context)
+            if not isinstance(value, list):
+                raise StepValueError(
+                    f"step {step.id!r}: for_each must give a list, not {type(value).__name__}"
+                )
+            if len(value) > step.max_items:
+                raise StepValueError(
+                    f"step {step.id!r}: for_each gives {len(value)} items; the limit is {step.max_items}",
+                    hint="raise max_items on the step, or split the list",
+                )
+            parent.inputs = {"items": value}
+            parent.status = "running"
+            parent.started_at = utcnow()
+            for index in range(len(value)):
+                session.add(
+                    RunStepRow(
+                        run_id=run_id,
+                        position=position,
+                        step_id=step.id,
+                        item_index=index,
+                        activity=step.activity,
+                        status="pending",
+                        max_attempts=step.retries + 1,
+                    )
+                )
+            return value
+
+    async def _run_item(
+        self,
+        run_id: str,
+        position: int,
+        index: int | None,
+        step: Step,
+        context: dict[str, Any],
+        *,
+        target: str | None,
+        key: str | None,
+    ) -> str:
+        spec = activity(step.activity)
+        label = step.id if index is None else f"{step.id}[{index}]"
+        row_id, message_id = self._start_attempt(run_id, position, index, step, context)
+        if row_id is None:
+            return "succeeded"
+        try:
+            values = step.with_ if step.literal else render_value(step.with_, context)
+            inputs = validate_model(spec.input_model, values)
+            self._record_inputs(row_id, inputs.model_dump(mode="json", by_alias=True, exclude_none=True))
+            ctx = ActivityContext(
+                run_id=run_id,
+                step=label,
+                targets=self._targets,
+                target=self._render_name(step.target, context) or target,
+                account_key=self._render_name(step.account_key, context) or key,
+                message_id=message_id,
+                remember_message_id=self._remembering(row_id),
+                mark_sending=self._marking(row_id),
+            )
+            output = await asyncio.wait_for(spec.execute(ctx, inputs), timeout=step.timeout)
+        except Exception as exc:  # recorded on the step; a bug in one activity must not stall the run
+            if not isinstance(exc, MailwrightError | TimeoutError):
+                log.exception("run %s step %s: unexpected error", run_id, label)
+            return await self._failed_attempt(run_id, position, index, row_id, step, context, exc)
+        self._complete(row_id, output)
+        if index is None:
+            return self._settle(run_id, position, None, context, step, "succeeded", output, None)
+        return "succeeded"
+
+    def _record_inputs(self, row_id: str, inputs: dict[str, Any]) -> None:
+        """What the step ran with, as rendered; attachment bodies are summarised, not copied."""
+        for attachment in inputs.get("attachments") or []:
+            if isinstance(attachment, dict) and "content" in attachment:
+                attachment["content"] = f"<{len(str(attachment['content'])) * 3 // 4} bytes>"
+        with self._db.session() as session:
+            row = session.get(RunStepRow, row_id)
+            assert row is not None
+            if row.item_index is not None or row.inputs is None or "items" not in row.inputs:
+                row.inputs = inputs
+
+    @staticmethod
+    def _render_name(value: str | None, context: dict[str, Any]) -> str | None:
+        if not value:
+            return None
+        return str(render_value(value, context))
+
+    def _start_attempt(
+        self, run_id: str, position: int, index: int | None, step: Step, context: dict[str, Any]
+    ) -> tuple[str | None, str | None]:
+        """Count the attempt; None when the item already succeeded (a resumed for_each)."""
+        with self._db.session() as session:
+            row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
+            if row.status == "succeeded":
+                return None, None
+            if row.send_state == "sending":
+                row.notes = [
+                    *row.notes,
+                    f"attempt {row.attempts}: the process stopped after DATA began, before the server's "
+                    "reply was recorded; the outcome is unknown, so the message is sent again with the "
+                    f"same Message-ID {row.message_id}",
+                ]
+                row.send_state = "unknown"
+            row.attempts += 1
+            row.max_attempts = step.retries + 1
+            row.status = "running"
+            row.started_at = row.started_at or utcnow()
+            row.updated_at = utcnow()
+            return row.id, row.message_id
+
+    def _remembering(self, row_id: str) -> Callable[[str], Awaitable[None]]:
+        async def remember(message_id: str) -> None:
+            def write() -> None:
+                with self._db.session() as session:
+                    row = session.get(RunStepRow, row_id)
+                    assert row is not None
+                    row.message_id = message_id
+
+            await asyncio.to_thread(write)
+
+        return remember
+
+    def _marking(self, row_id: str) -> Callable[[], Awaitable[None]]:
+        async def mark() -> None:
+            def write() -> None:
+                with self._db.session() as session:
+                    row = session.get(RunStepRow, row_id)
+                    assert row is not None
+                    row.send_state = "sending"
+
+            await asyncio.to_thread(write)
+
+        return mark
+
+    def _complete(self, row_id: str, output: dict[str, Any]) -> None:
+        with self._db.session() as session:
+            row = session.get(RunStepRow, row_id)
+            assert row is not None
+            row.status = "succeeded"
+            row.output = output
+            row.error = None
+            if row.send_state in ("sending", "unknown"):
+                row.send_state = "sent"
+            row.finished_at = row.updated_at = utcnow()
+
+    async def _failed_attempt(
+        self,
+        run_id: str,
+        position: int,
+        index: int | None,
+        row_id: str,
+        step: Step,
+        context: dict[str, Any],
+        exc: BaseException,
+    ) -> str:
+        error = error_record(exc)
+        with self._db.session() as session:
+            row = session.get(RunStepRow, row_id)
+            assert row is not None
+            row.error = error
+            # A refusal of the message (4xx/5xx after DATA) means nothing was delivered;
+            # a timeout or a dropped connection there leaves "sending": the outcome is unknown.
+            if row.send_state == "sending" and isinstance(exc, TargetRejectedError | TargetDeferredError):
+                row.send_state = None
+            retry = is_transient(exc) and row.attempts < row.max_attempts
+            wait = backoff(row.attempts) if retry else 0.0
+            row.status = "deferred" if retry else "failed"
+            if retry:
+                note = f"attempt {row.attempts} failed ({error['message']}); retrying in {wait:.1f} s"
+                row.notes = [*row.notes, note]
+            else:
+                row.finished_at = utcnow()
+            row.updated_at = utcnow()
+        if not retry:
+            if index is None:
+                return self._settle(run_id, position, None, context, step, "failed", None, error)
+            return "failed"
+        if wait <= INLINE_WAIT:
+            await asyncio.sleep(wait)
+            return await self._retry_inline(run_id, position, index, step, context)
+        self._defer_run(run_id, wait)
+        return "deferred"
+
+    async def _retry_inline(
+        self, run_id: str, position: int, index: int | None, step: Step, context: dict[str, Any]
+    ) -> str:
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id)
+            assert run is not None
+            target, key = run.target, run.account_key
+        return await self._run_item(run_id, position, index, step, context, target=target, key=key)
+
+    def _release(self, run_id: str) -> None:
+        """Give the run back at once (a graceful stop); the next worker resumes it."""
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id)
+            assert run is not None
+            run.status = "queued"
+            run.lease_owner = None
+            run.lease_expires_at = None
+
+    def _defer_run(self, run_id: str, wait: float) -> None:
+        """Release the run until the retry is due; any worker may then take it."""
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id)
+            assert run is not None
+            run.status = "queued"
+            run.not_before = utcnow() + timedelta(seconds=wait)
+            run.lease_owner = None
+            run.lease_expires_at = None
+            run.dispatched_at = None
+
+    def _settle(
+        self,
+        run_id: str,
+        position: int,
+        index: int | None,
+        context: dict[str, Any],
+        step: Step,
+        status: str,
+        output: Any,
+        error: dict[str, Any] | None,
+    ) -> str:
+        with self._db.session() as session:
+            row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
+            row.status = status
+            if output is not None:
+                row.output = output if isinstance(output, dict) else {"items": output}
+            if error is not None:
+                row.error = error
+            row.finished_at = row.updated_at = utcnow()
+            context["steps"][step.id] = {"status": status, "output": row.output, "error": row.error}
+        return status
+
+
+class StepValueError(MailwrightError):
+    code = "step_error"

@@ -1,0 +1,126 @@
+"""The worker: finds due runs in the database and hands them to the task queue.
+
+The queue is Taskiq. The embedded default is its in-process broker, used inside
+`mailwright serve` and `mailwright worker`; the broker is chosen by
+configuration (`MAILWRIGHT_BROKER`), so a distributed one can be switched on
+without touching activities. Whatever the broker, a queue message only says
+"look at run X": the executor claims the run row with a lease, so a lost
+message is found again by the recovery scan and a duplicated one is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from taskiq import AsyncBroker, InMemoryBroker
+
+from mailwright.engine.executor import Executor
+from mailwright.errors import ConfigError
+from mailwright.services.app import Services
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 1.0
+DRAIN_SECONDS = 60.0  # how long a stopping worker waits for the steps in flight
+
+
+def make_broker(kind: str) -> AsyncBroker:
+    if kind == "embedded":
+        # Many runs may wait on slow servers at once; each is a light coroutine.
+        return InMemoryBroker(max_async_tasks=64, propagate_exceptions=False)
+    raise ConfigError(
+        f"unknown broker {kind!r}",
+        hint="MAILWRIGHT_BROKER=embedded is the broker this version ships",
+    )
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, services: Services, *, poll_interval: float = POLL_INTERVAL) -> None:
+        self.services = services
+        self.id = worker_id()
+        lease = timedelta(seconds=services.settings.lease_seconds)
+        self.executor = Executor(services.db, services.targets, worker_id=self.id, lease=lease)
+        self.poll_interval = poll_interval
+        self._broker = make_broker(services.settings.broker)
+
+        async def execute_run(run_id: str) -> str | None:
+            return await self._execute(run_id)
+
+        self._task = self._broker.register_task(execute_run, task_name="mailwright.execute_run")
+        self._slots = asyncio.Semaphore(services.settings.worker_concurrency)
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inflight: set[str] = set()
+
+    async def _execute(self, run_id: str) -> str | None:
+        try:
+            # Claim only when a slot is free, so other workers can take the rest, and so
+            # that a crash leaves at most `concurrency` sends with an unknown outcome.
+            async with self._slots:
+                return await self.executor.execute(run_id)
+        except Exception:
+            # The run stays claimed until its lease expires, then another attempt takes it.
+            log.exception("run %s: the executor stopped unexpectedly", run_id)
+            return None
+        finally:
+            self._inflight.discard(run_id)
+
+    def notify(self, run_id: str) -> None:
+        """Thread-safe: a run was queued; look now instead of at the next poll."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def dispatch(self, run_id: str) -> None:
+        if run_id in self._inflight:
+            return
+        self._inflight.add(run_id)
+        await self._task.kiq(run_id)
+
+    async def scan(self) -> int:
+        """Fire due schedules, then dispatch every due run (new, retry due, or abandoned by a dead worker)."""
+        await asyncio.to_thread(self.services.schedules.tick)
+        due = await asyncio.to_thread(self.services.runs.due)
+        for run_id in due:
+            await self.dispatch(run_id)
+        return len(due)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.services.runs.on_queued = self.notify
+        await self._broker.startup()
+        log.info("worker %s started", self.id)
+        try:
+            while not stop.is_set():
+                await self.scan()
+                self._wake.clear()
+                waiters: list[asyncio.Task[Any]] = [
+                    asyncio.create_task(self._wake.wait()),
+                    asyncio.create_task(stop.wait()),
+                ]
+                await asyncio.wait(waiters, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            self.services.runs.on_queued = None
+            await self._drain()
+            await self._broker.shutdown()
+            log.info("worker %s stopped", self.id)
+
+    async def _drain(self) -> None:
+        """A graceful stop: let the steps in flight finish, then release their runs."""
+        self.executor.stopping.set()
+        deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
+        while self._inflight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._inflight:
+            log.warning("stopping with %d run(s) still busy; their leases will expire", len(self._inflight))

@@ -1,0 +1,227 @@
+"""The one exception tree of Mailwright.
+
+Every error carries structured fields and a message that says what was wrong and
+how to fix it. Faces map the tree to their own outcome in one place each
+(`api/errors.py` for HTTP status codes, `cli/output.py` for exit codes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MailwrightError(Exception):
+    """Root of every error Mailwright raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.field = field  # the input field at fault, where there is one
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+    def details(self) -> dict[str, Any]:
+        """Structured fields for API bodies and JSON output; never holds a secret."""
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.hint:
+            out["hint"] = self.hint
+        if self.field:
+            out["field"] = self.field
+        return out
+
+
+class ConfigError(MailwrightError):
+    code = "config_error"
+
+
+class ValidationError(MailwrightError):
+    """Bad input from a user: 422 in the API, exit 2 in the CLI."""
+
+    code = "validation_error"
+
+
+class NotFoundError(MailwrightError):
+    code = "not_found"
+
+
+class ConflictError(MailwrightError):
+    """The request clashes with what exists (a duplicate name, a key still in use)."""
+
+    code = "conflict"
+
+
+class AuthorizationError(MailwrightError):
+    """A request without a valid API token."""
+
+    code = "unauthorized"
+
+
+class SecretError(MailwrightError):
+    """A stored secret cannot be decrypted: wrong or missing key."""
+
+    code = "secret_error"
+
+
+class TargetError(MailwrightError):
+    """Talking to a target failed; `target` names it by display name."""
+
+    code = "target_error"
+    transient = False
+    stage: str | None = None  # the protocol step that failed (connect, tls, auth, rcpt…)
+
+    def __init__(self, message: str, *, target: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.target = target
+
+    def details(self) -> dict[str, Any]:
+        out = super().details()
+        if self.target:
+            out["target"] = self.target
+        if self.stage:
+            out["stage"] = self.stage
+        return out
+
+
+class TargetConnectError(TargetError, ConnectionError):
+    code = "connect_error"
+    transient = True
+
+
+class TargetTimeoutError(TargetError, TimeoutError):
+    code = "timeout"
+    transient = True
+
+
+class TargetTLSError(TargetError):
+    """Handshake, verification, or the wrong TLS mode for the port."""
+
+    code = "tls_error"
+
+
+class CertificateUntrustedError(TargetTLSError):
+    """The server's certificate did not verify; `verify_message` is OpenSSL's reason."""
+
+    code = "certificate_untrusted"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        verify_message: str,
+        target: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, target=target, hint=hint)
+        self.verify_message = verify_message
+
+
+class TargetAuthError(TargetError):
+    """Authentication refused. Never carries the secret or its base64."""
+
+    code = "auth_error"
+
+
+class _ReplyError(TargetError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int,
+        reply: str,
+        recipient: str | None = None,
+        target: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, target=target, hint=hint)
+        self.smtp_code = code
+        self.reply = reply
+        self.recipient = recipient
+
+    def details(self) -> dict[str, Any]:
+        out = super().details()
+        out["smtp_code"] = self.smtp_code
+        out["reply"] = self.reply
+        if self.recipient:
+            out["recipient"] = self.recipient
+        return out
+
+
+class TargetRejectedError(_ReplyError):
+    """The server refused permanently (5xx)."""
+
+    code = "rejected"
+
+
+class TargetDeferredError(_ReplyError):
+    """The server refused for now (4xx); worth retrying."""
+
+    code = "deferred"
+    transient = True
+
+
+class MessageTooLargeError(TargetError):
+    """The message is larger than the server's announced SIZE; caught before sending."""
+
+    code = "message_too_large"
+
+    def __init__(self, message: str, *, size: int, limit: int, target: str | None = None) -> None:
+        super().__init__(
+            message,
+            target=target,
+            hint="send smaller or fewer attachments, or a link to the file instead",
+        )
+        self.size = size
+        self.limit = limit
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "size": self.size, "limit": self.limit}
+
+
+class RecipientsRefusedError(TargetError):
+    """Recipients were refused and the send may not go ahead without them.
+
+    `recipients` holds every recipient's outcome (accepted ones included), so the
+    caller can show exactly who was refused and why. Nothing was sent.
+    """
+
+    code = "recipients_refused"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        recipients: list[dict[str, Any]],
+        transient: bool,
+        target: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, target=target, hint=hint)
+        self.recipients = recipients
+        self.transient = transient
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "recipients": self.recipients}
+
+
+class ActivityError(MailwrightError):
+    code = "activity_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        activity: str,
+        run: str | None = None,
+        step: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.activity = activity
+        self.run = run
+        self.step = step

@@ -1,0 +1,1 @@
+"""Use cases the faces call; the only layer that writes the database."""

@@ -1,0 +1,173 @@
+"""Email Credentials account keys: stored apart from targets, reused by many."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from mailwright.domain.addresses import parse_address
+from mailwright.errors import ConflictError, ValidationError
+from mailwright.secrets import MASK, Secret, SecretBox
+from mailwright.services.common import clean_name, find
+from mailwright.storage.db import Database
+from mailwright.storage.tables import AccountKeyRow, TargetRow, name_key, utcnow
+from mailwright.transport.smtp import Login
+
+KIND = "email_credentials"
+
+
+class AccountKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="unique name, e.g. 'alice-gmail'")
+    username: str = Field(min_length=1, max_length=320, description="mailbox username")
+    password: Secret = Field(description="mailbox password or app password (write-only)")
+    sender: str | None = Field(default=None, description="default From address")
+    description: str = ""
+
+
+class AccountKeyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    username: str | None = Field(default=None, min_length=1, max_length=320)
+    password: Secret | None = Field(default=None, description="blank keeps the stored one")
+    sender: str | None = Field(default=None, description="empty string clears it")
+    description: str | None = None
+
+
+class AccountKeyPublic(BaseModel):
+    """An account key as the API and CLI show it: the password is always ********."""
+
+    id: str
+    name: str
+    type: str = KIND
+    description: str
+    username: str
+    password: str = MASK
+    sender: str | None
+    used_by: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+def _check_sender(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    return str(parse_address(value, field="sender"))
+
+
+def _context(row_id: str) -> str:
+    # Binds the ciphertext to its row: copied elsewhere, it does not decrypt.
+    return f"account-key:{row_id}:password"
+
+
+class AccountKeyService:
+    def __init__(self, db: Database, box: SecretBox) -> None:
+        self._db = db
+        self._box = box
+
+    def create(self, data: AccountKeyCreate) -> AccountKeyPublic:
+        name = clean_name(data.name, field="name", what="account key")
+        if not data.password:
+            raise ValidationError("the password is empty", field="password")
+        sender = _check_sender(data.sender)
+        with self._db.session() as session:
+            self._check_unique(session, name)
+            row = AccountKeyRow(
+                name=name,
+                name_key=name_key(name),
+                kind=KIND,
+                description=data.description.strip(),
+                username=data.username.strip(),
+                sender=sender,
+                password_encrypted="",
+            )
+            session.add(row)
+            session.flush()
+            row.password_encrypted = self._box.encrypt(data.password.reveal(), context=_context(row.id))
+            return self._public(session, row)
+
+    def update(self, ref: str, data: AccountKeyUpdate) -> AccountKeyPublic:
+        with self._db.session() as session:
+            row = find(session, AccountKeyRow, ref, what="account key")
+            if data.name is not None:
+                name = clean_name(data.name, field="name", what="account key")
+                if name_key(name) != row.name_key:
+                    self._check_unique(session, name)
+                row.name, row.name_key = name, name_key(name)
+            if data.username is not None:
+                row.username = data.username.strip()
+            if data.password:
+                row.password_encrypted = self._box.encrypt(data.password.reveal(), context=_context(row.id))
+            if data.sender is not None:
+                row.sender = _check_sender(data.sender)
+            if data.description is not None:
+                row.description = data.description.strip()
+            row.updated_at = utcnow()
+            return self._public(session, row)
+
+    def get(self, ref: str) -> AccountKeyPublic:
+        with self._db.session() as session:
+            return self._public(session, find(session, AccountKeyRow, ref, what="account key"))
+
+    def list_all(self) -> list[AccountKeyPublic]:
+        with self._db.session() as session:
+            rows = session.scalars(select(AccountKeyRow).order_by(AccountKeyRow.name_key)).all()
+            return [self._public(session, row) for row in rows]
+
+    def delete(self, ref: str) -> None:
+        with self._db.session() as session:
+            row = find(session, AccountKeyRow, ref, what="account key")
+            users = self._users(session, row.id)
+            if users:
+                raise ConflictError(
+                    f"account key {row.name!r} is used by target{'s' if len(users) > 1 else ''} "
+                    f"{', '.join(repr(u) for u in users)}",
+                    hint="choose another account key for those targets first",
+                )
+            session.delete(row)
+
+    def login(self, ref: str) -> Login:
+        """The decrypted credentials, for the transport only."""
+        with self._db.session() as session:
+            row = find(session, AccountKeyRow, ref, what="account key")
+            return self.login_for_row(row)
+
+    def login_for_row(self, row: AccountKeyRow) -> Login:
+        password = self._box.decrypt(row.password_encrypted, context=_context(row.id))
+        return Login(key_name=row.name, username=row.username, password=password)
+
+    @staticmethod
+    def _check_unique(session: Any, name: str) -> None:
+        clash = session.scalars(select(AccountKeyRow).where(AccountKeyRow.name_key == name_key(name))).first()
+        if clash is not None:
+            raise ConflictError(
+                f"an account key named {clash.name!r} already exists",
+                field="name",
+                hint="choose another name, or update the existing key",
+            )
+
+    @staticmethod
+    def _users(session: Any, key_id: str) -> list[str]:
+        names = session.scalars(
+            select(TargetRow.display_name)
+            .where(TargetRow.account_key_id == key_id)
+            .order_by(TargetRow.name_key)
+        ).all()
+        return list(names)
+
+    def _public(self, session: Any, row: AccountKeyRow) -> AccountKeyPublic:
+        return AccountKeyPublic(
+            id=row.id,
+            name=row.name,
+            description=row.description,
+            username=row.username,
+            sender=row.sender,
+            used_by=self._users(session, row.id),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )

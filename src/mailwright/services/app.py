@@ -1,0 +1,36 @@
+"""The service container the faces (API, CLI, web) share."""
+
+from __future__ import annotations
+
+from mailwright.config import Settings
+from mailwright.services.account_keys import AccountKeyService
+from mailwright.services.runs import RunService
+from mailwright.services.schedules import ScheduleService
+from mailwright.services.sending import SendService
+from mailwright.services.targets import TargetService
+from mailwright.services.tokens import TokenService
+from mailwright.services.web_auth import WebAuthService
+from mailwright.services.workflows import WorkflowService
+from mailwright.storage.db import Database
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        if settings.database_url is None:
+            settings.ensure_home()
+        self.db = Database(settings.effective_database_url)
+        self.db.migrate()
+        box = settings.secret_box()
+        self.account_keys = AccountKeyService(self.db, box)
+        self.targets = TargetService(self.db, self.account_keys)
+        self.sending = SendService(self.targets)
+        self.tokens = TokenService(self.db)
+        self.web_auth = WebAuthService(self.db, self.tokens)
+        self.workflows = WorkflowService(self.db)
+        self.runs = RunService(self.db)
+        self.schedules = ScheduleService(self.db, self.runs)
+        self.workflows.on_saved = self.schedules.sync
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,47 @@
+"""Helpers shared by the services: names, references by name or id."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailwright.errors import NotFoundError, ValidationError
+from mailwright.storage.tables import AccountKeyRow, ApiTokenRow, TargetRow, WorkflowRow, name_key
+
+Row = TypeVar("Row", AccountKeyRow, TargetRow, ApiTokenRow, WorkflowRow)
+
+
+def clean_name(value: str, *, field: str, what: str) -> str:
+    name = value.strip()
+    if not name:
+        raise ValidationError(f"the {what} name is empty", field=field)
+    if len(name) > 200:
+        raise ValidationError(f"the {what} name is longer than 200 characters", field=field)
+    if any(ord(c) < 32 for c in name):
+        raise ValidationError(f"the {what} name contains control characters", field=field)
+    return name
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def find(session: Session, model: type[Row], ref: str, *, what: str) -> Row:
+    """A row by id or by name (case-insensitive)."""
+    ref = ref.strip()
+    row = session.get(model, ref) if _is_uuid(ref) else None
+    if row is None:
+        row = session.scalars(select(model).where(model.name_key == name_key(ref))).first()
+    if row is None:
+        raise NotFoundError(
+            f"no {what} named {ref!r}",
+            hint=f"list them with `mailwright {what.replace(' ', '-')}s list`",
+        )
+    return row

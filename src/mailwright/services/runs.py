@@ -1,0 +1,285 @@
+"""Runs: created (with their steps) before anyone is told "accepted", listed, cancelled, retried."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from mailwright.domain.workflows import WorkflowDocument, coerce_inputs
+from mailwright.errors import ConflictError, NotFoundError, ValidationError
+from mailwright.services.common import find
+from mailwright.services.sending import SendEmailRequest
+from mailwright.storage.db import Database
+from mailwright.storage.tables import RunRow, RunStepRow, TargetRow, WorkflowRow, name_key, utcnow
+
+ACTIVE = ("queued", "running")
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class StepPublic(BaseModel):
+    step: str  # "alert", or "each[2]" for a for_each item
+    activity: str
+    status: str
+    attempts: int
+    max_attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    inputs: dict[str, Any] | None
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    message_id: str | None
+    send_state: str | None
+    notes: list[str]
+
+
+class RunPublic(BaseModel):
+    id: str
+    workflow: str
+    workflow_id: str | None
+    status: str
+    inputs: dict[str, Any]
+    target: str | None
+    account_key: str | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    not_before: datetime | None
+    steps: list[StepPublic]
+
+
+def _step_label(row: RunStepRow) -> str:
+    return row.step_id if row.item_index is None else f"{row.step_id}[{row.item_index}]"
+
+
+def _public(run: RunRow, steps: list[RunStepRow]) -> RunPublic:
+    return RunPublic(
+        id=run.id,
+        workflow=run.workflow_name,
+        workflow_id=run.workflow_id,
+        status=run.status,
+        inputs=run.inputs,
+        target=run.target,
+        account_key=run.account_key,
+        error=run.error,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        not_before=run.not_before,
+        steps=[
+            StepPublic(
+                step=_step_label(s),
+                activity=s.activity,
+                status=s.status,
+                attempts=s.attempts,
+                max_attempts=s.max_attempts,
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+                inputs=s.inputs,
+                output=s.output,
+                error=s.error,
+                message_id=s.message_id,
+                send_state=s.send_state,
+                notes=s.notes,
+            )
+            for s in steps
+        ],
+    )
+
+
+class RunService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        # The worker in this process (if any) wants to hear of new runs at once.
+        self.on_queued: Callable[[str], None] | None = None
+
+    def start_workflow(
+        self,
+        ref: str,
+        *,
+        inputs: dict[str, Any] | None = None,
+        target: str | None = None,
+        account_key: str | None = None,
+    ) -> RunPublic:
+        with self._db.session() as session:
+            workflow = find(session, WorkflowRow, ref, what="workflow")
+            document = WorkflowDocument.model_validate(workflow.document)
+            run = self._create(
+                session,
+                document,
+                inputs=coerce_inputs(document, inputs or {}),
+                target=target or document.target,
+                account_key=account_key or document.account_key,
+                workflow_id=workflow.id,
+            )
+            result = self._get(session, run.id)
+        self._notify(result.id)
+        return result
+
+    def start_send_email(self, request: SendEmailRequest) -> RunPublic:
+        """A one-step run: the message is on disk before the caller hears "accepted"."""
+        fields = request.model_dump(
+            mode="json", by_alias=True, exclude={"target", "account_key"}, exclude_none=True
+        )
+        document = WorkflowDocument.model_validate(
+            # literal: the caller's text is sent as written, never read as a template.
+            {
+                "name": "Send Email",
+                "steps": [{"id": "send", "activity": "send_email", "literal": True, "with": fields}],
+            }
+        )
+        with self._db.session() as session:
+            run = self._create(
+                session,
+                document,
+                inputs={},
+                target=request.target,
+                account_key=request.account_key,
+                workflow_id=None,
+            )
+            result = self._get(session, run.id)
+        self._notify(result.id)
+        return result
+
+    def _create(
+        self,
+        session: Any,
+        document: WorkflowDocument,
+        *,
+        inputs: dict[str, Any],
+        target: str | None,
+        account_key: str | None,
+        workflow_id: str | None,
+    ) -> RunRow:
+        if target is not None:
+            exists = session.scalars(
+                select(TargetRow.id).where(TargetRow.name_key == name_key(target))
+            ).first()
+            if exists is None and session.get(TargetRow, target) is None:
+                raise NotFoundError(
+                    f"no target named {target!r}", hint="list them with `mailwright targets list`"
+                )
+        run = RunRow(
+            workflow_id=workflow_id,
+            workflow_name=document.name,
+            document=document.model_dump(mode="json", by_alias=True, exclude_unset=True),
+            status="queued",
+            inputs=inputs,
+            target=target,
+            account_key=account_key,
+            cancel_requested=False,
+        )
+        session.add(run)
+        session.flush()
+        for position, step in enumerate(document.steps):
+            session.add(
+                RunStepRow(
+                    run_id=run.id,
+                    position=position,
+                    step_id=step.id,
+                    item_index=None,
+                    activity=step.activity,
+                    status="pending",
+                    max_attempts=step.retries + 1,
+                    notes=[],
+                )
+            )
+        return run
+
+    def _notify(self, run_id: str) -> None:
+        if self.on_queued is not None:
+            self.on_queued(run_id)
+
+    def get(self, run_id: str) -> RunPublic:
+        with self._db.session() as session:
+            return self._get(session, run_id)
+
+    def _get(self, session: Any, run_id: str) -> RunPublic:
+        run = session.get(RunRow, run_id.strip())
+        if run is None:
+            raise NotFoundError(f"no run with id {run_id!r}", hint="list them with `mailwright runs list`")
+        steps = session.scalars(
+            select(RunStepRow)
+            .where(RunStepRow.run_id == run.id)
+            .order_by(RunStepRow.position, RunStepRow.item_index)
+        ).all()
+        return _public(run, list(steps))
+
+    def list_runs(
+        self, *, limit: int = 50, status: str | None = None, workflow: str | None = None
+    ) -> list[RunPublic]:
+        with self._db.session() as session:
+            query = select(RunRow).order_by(RunRow.created_at.desc()).limit(max(1, min(limit, 1000)))
+            if status:
+                query = query.where(RunRow.status == status)
+            if workflow:
+                # By id, or by name in any case (runs keep the name they were started under).
+                query = query.where(
+                    (RunRow.workflow_id == workflow.strip())
+                    | (func.lower(RunRow.workflow_name) == workflow.strip().lower())
+                )
+            return [_public(run, []) for run in session.scalars(query).all()]
+
+    def due(self, *, limit: int = 100) -> list[str]:
+        """Runs a worker should take now: queued and due, or running with an expired lease."""
+        now = utcnow()
+        with self._db.session() as session:
+            query = (
+                select(RunRow.id)
+                .where(
+                    RunRow.status.in_(ACTIVE),
+                    (RunRow.not_before.is_(None)) | (RunRow.not_before <= now),
+                    (RunRow.lease_expires_at.is_(None)) | (RunRow.lease_expires_at < now),
+                )
+                .order_by(RunRow.created_at)
+                .limit(limit)
+            )
+            return list(session.scalars(query).all())
+
+    def cancel(self, run_id: str) -> RunPublic:
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id.strip())
+            if run is None:
+                raise NotFoundError(f"no run with id {run_id!r}")
+            if run.status not in ACTIVE:
+                raise ConflictError(
+                    f"run {run.id} has already {run.status}", hint="only queued or running runs cancel"
+                )
+            run.cancel_requested = True
+            if run.status == "queued" and (run.lease_owner is None):
+                # Nobody executes it: cancel it here and now.
+                run.status = "cancelled"
+                run.finished_at = utcnow()
+                for step in session.scalars(select(RunStepRow).where(RunStepRow.run_id == run.id)).all():
+                    if step.status in ("pending", "deferred"):
+                        step.status = "cancelled"
+            return self._get(session, run.id)
+
+    def retry(self, run_id: str) -> RunPublic:
+        """Queue a failed or cancelled run again; steps that succeeded are not run twice."""
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id.strip())
+            if run is None:
+                raise NotFoundError(f"no run with id {run_id!r}")
+            if run.status not in ("failed", "cancelled"):
+                raise ValidationError(
+                    f"run {run.id} is {run.status}; only failed or cancelled runs can be retried", field="run"
+                )
+            run.status = "queued"
+            run.error = None
+            run.cancel_requested = False
+            run.finished_at = None
+            run.not_before = None
+            for step in session.scalars(select(RunStepRow).where(RunStepRow.run_id == run.id)).all():
+                if step.status in ("failed", "cancelled", "skipped", "running", "deferred"):
+                    step.status = "pending"
+                    step.attempts = 0
+                    step.error = None
+                    step.finished_at = None
+            result = self._get(session, run.id)
+        self._notify(result.id)
+        return result

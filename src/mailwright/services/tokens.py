@@ -1,0 +1,96 @@
+"""API tokens: random bearer tokens, stored as SHA-256 hashes, shown once."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from mailwright.errors import AuthorizationError, ConflictError
+from mailwright.services.common import clean_name, find
+from mailwright.storage.db import Database
+from mailwright.storage.tables import ApiTokenRow, name_key, utcnow
+
+PREFIX = "mw_"
+
+
+class TokenPublic(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewToken(BaseModel):
+    """Returned once, at creation: the only time the token itself is shown."""
+
+    token: str
+    info: TokenPublic
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create(self, name: str) -> NewToken:
+        name = clean_name(name, field="name", what="token")
+        token = PREFIX + secrets.token_urlsafe(32)
+        with self._db.session() as session:
+            clash = session.scalars(select(ApiTokenRow).where(ApiTokenRow.name_key == name_key(name))).first()
+            if clash is not None:
+                raise ConflictError(
+                    f"a token named {clash.name!r} already exists", hint="choose another name"
+                )
+            row = ApiTokenRow(name=name, name_key=name_key(name), token_hash=_hash(token), prefix=token[:10])
+            session.add(row)
+            session.flush()
+            return NewToken(token=token, info=_public(row))
+
+    def ensure_admin(self) -> NewToken | None:
+        """On first start: an 'admin' token when none exists yet."""
+        with self._db.session() as session:
+            count = session.scalar(select(func.count()).select_from(ApiTokenRow))
+        return self.create("admin") if not count else None
+
+    def list_all(self) -> list[TokenPublic]:
+        with self._db.session() as session:
+            rows = session.scalars(select(ApiTokenRow).order_by(ApiTokenRow.created_at)).all()
+            return [_public(r) for r in rows]
+
+    def revoke(self, ref: str) -> TokenPublic:
+        with self._db.session() as session:
+            row = find(session, ApiTokenRow, ref, what="token")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            return _public(row)
+
+    def verify(self, token: str) -> TokenPublic:
+        with self._db.session() as session:
+            row = session.scalars(select(ApiTokenRow).where(ApiTokenRow.token_hash == _hash(token))).first()
+            if row is None or row.revoked_at is not None:
+                raise AuthorizationError(
+                    "the API token is unknown or revoked",
+                    hint="create one with `mailwright tokens create NAME`",
+                )
+            row.last_used_at = utcnow()
+            return _public(row)
+
+
+def _public(row: ApiTokenRow) -> TokenPublic:
+    return TokenPublic(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )

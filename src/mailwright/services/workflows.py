@@ -1,0 +1,164 @@
+"""Workflows: documents stored by name, validated against what exists, exported and imported."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailwright.domain.workflows import (
+    WorkflowDocument,
+    check_references,
+    dump_document,
+    parse_document,
+    references,
+)
+from mailwright.errors import ConflictError, ValidationError
+from mailwright.plugins import activities
+from mailwright.services.common import clean_name, find
+from mailwright.storage.db import Database
+from mailwright.storage.tables import AccountKeyRow, RunRow, TargetRow, WorkflowRow, name_key, utcnow
+
+
+class WorkflowPublic(BaseModel):
+    id: str
+    name: str
+    description: str
+    steps: list[str]
+    inputs: dict[str, Any]
+    target: str | None
+    schedules: list[dict[str, Any]]
+    runs: int
+    created_at: datetime
+    updated_at: datetime
+    document: dict[str, Any]
+
+
+class ExportedWorkflow(BaseModel):
+    """An export: the document, and the targets and keys it names (never their secrets)."""
+
+    document: str
+    format: Literal["yaml", "json"]
+    targets: list[str]
+    account_keys: list[str]
+
+
+class WorkflowService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        # Called with the workflow id after every save (the schedules follow the document).
+        self.on_saved: Callable[[str], None] | None = None
+
+    # --- validation -------------------------------------------------------------
+
+    def validate(self, text: str, *, filename: str | None = None) -> WorkflowDocument:
+        """Parse and check every reference and expression; one error lists every problem."""
+        document = parse_document(text, filename=filename)
+        self._check(document)
+        return document
+
+    def _check(self, document: WorkflowDocument) -> None:
+        with self._db.session() as session:
+            target_names = set(session.scalars(select(TargetRow.display_name)).all())
+            key_names = set(session.scalars(select(AccountKeyRow.name)).all())
+        problems = check_references(
+            document,
+            activities={a.name for a in activities()},
+            targets=target_names,
+            account_keys=key_names,
+        )
+        if problems:
+            listing = "; ".join(problems)
+            raise ValidationError(
+                f"workflow {document.name!r} has {len(problems)} problem{'s' if len(problems) > 1 else ''}: "
+                f"{listing}",
+                field="document",
+            )
+
+    # --- storage -------------------------------------------------------------------
+
+    def create(self, text: str, *, filename: str | None = None, replace: bool = False) -> WorkflowPublic:
+        document = self.validate(text, filename=filename)
+        name = clean_name(document.name, field="name", what="workflow")
+        with self._db.session() as session:
+            row = session.scalars(select(WorkflowRow).where(WorkflowRow.name_key == name_key(name))).first()
+            if row is not None and not replace:
+                raise ConflictError(
+                    f"a workflow named {row.name!r} already exists",
+                    field="name",
+                    hint="rename it in the document, or replace it (--replace)",
+                )
+            if row is None:
+                row = WorkflowRow(name=name, name_key=name_key(name))
+                session.add(row)
+            row.description = document.description
+            row.document = document.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            row.updated_at = utcnow()
+            session.flush()
+            saved = self._public(session, row)
+        if self.on_saved is not None:
+            self.on_saved(saved.id)
+        return saved
+
+    def get(self, ref: str) -> WorkflowPublic:
+        with self._db.session() as session:
+            return self._public(session, find(session, WorkflowRow, ref, what="workflow"))
+
+    def document(self, ref: str) -> WorkflowDocument:
+        with self._db.session() as session:
+            row = find(session, WorkflowRow, ref, what="workflow")
+            return WorkflowDocument.model_validate(row.document)
+
+    def list_all(self) -> list[WorkflowPublic]:
+        with self._db.session() as session:
+            rows = session.scalars(select(WorkflowRow).order_by(WorkflowRow.name_key)).all()
+            return [self._public(session, row) for row in rows]
+
+    def delete(self, ref: str) -> None:
+        with self._db.session() as session:
+            row = find(session, WorkflowRow, ref, what="workflow")
+            active = session.scalar(
+                select(func.count())
+                .select_from(RunRow)
+                .where(RunRow.workflow_id == row.id, RunRow.status.in_(("queued", "running")))
+            )
+            if active:
+                raise ConflictError(
+                    f"workflow {row.name!r} has {active} run(s) in progress",
+                    hint="cancel them first (mailwright runs cancel RUN)",
+                )
+            session.delete(row)
+
+    def export(self, ref: str, fmt: Literal["yaml", "json"] = "yaml") -> ExportedWorkflow:
+        document = self.document(ref)
+        named = references(document)
+        return ExportedWorkflow(
+            document=dump_document(document, fmt),
+            format=fmt,
+            targets=sorted(named.get("targets", set())),
+            account_keys=sorted(named.get("account_keys", set())),
+        )
+
+    @staticmethod
+    def _public(session: Session, row: WorkflowRow) -> WorkflowPublic:
+        document = WorkflowDocument.model_validate(row.document)
+        runs = (
+            session.scalar(select(func.count()).select_from(RunRow).where(RunRow.workflow_id == row.id)) or 0
+        )
+        return WorkflowPublic(
+            id=row.id,
+            name=row.name,
+            description=row.description,
+            steps=[f"{s.id} ({s.activity})" for s in document.steps],
+            inputs={k: v.model_dump(mode="json") for k, v in document.inputs.items()},
+            target=document.target,
+            schedules=[s.model_dump(mode="json") for s in document.schedules],
+            runs=runs,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            document=row.document,
+        )

@@ -1,0 +1,85 @@
+"""The database handle: engine, sessions, and migrations run at start."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailwright.errors import ConfigError
+
+# The newest migration in storage/migrations/versions (a test keeps the two equal).
+SCHEMA_REVISION = "0004"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # Foreign keys protect keys in use; WAL lets the API read while a send writes.
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, ImportError) as exc:
+        raise ConfigError(
+            f"cannot use the database URL: {exc}",
+            hint="use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB",
+        ) from exc
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def schema_revision(self) -> str | None:
+        try:
+            with self.engine.connect() as connection:
+                return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except DBAPIError:
+            return None
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (idempotent)."""
+        # The common case, an up-to-date database, costs one query and no Alembic import.
+        if self.schema_revision() == SCHEMA_REVISION:
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        script_location = resources.files("mailwright.storage").joinpath("migrations")
+        config.set_main_option("script_location", str(script_location))
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except DBAPIError as exc:
+            raise ConfigError(
+                f"cannot reach the database: {exc.orig}",
+                hint="check MAILWRIGHT_DATABASE_URL and that the database server is running",
+            ) from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,25 @@
+"""Provider presets are data (targets/presets/<type>.json), loaded the same way for every type."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from mailwright.plugins import Preset
+
+
+def load_presets(kind: str) -> dict[str, Preset]:
+    text = resources.files("mailwright.targets").joinpath(f"presets/{kind}.json").read_text(encoding="utf-8")
+    raw: dict[str, dict[str, Any]] = json.loads(text)
+    return {
+        key: Preset(
+            key=key,
+            label=item["label"],
+            settings={"server": item["server"], "port": item["port"], "security": item["security"]},
+            alternatives=item.get("alternatives", []),
+            note=item.get("note", ""),
+            help_url=item.get("help_url", ""),
+        )
+        for key, item in raw.items()
+    }

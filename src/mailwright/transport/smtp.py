@@ -1,0 +1,617 @@
+"""The SMTP client: the only code that opens SMTP sockets.
+
+Built on aiosmtplib's connection and command layer; every library, `ssl` and
+socket exception is translated here into the Mailwright error tree, with a
+diagnosis of the common misconfigurations (wrong TLS mode for the port,
+untrusted certificates, AUTH only after STARTTLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import aiosmtplib
+from aiosmtplib import SMTPStatus
+
+from mailwright.domain.smtp import Capabilities, Security, parse_ehlo
+from mailwright.errors import (
+    CertificateUntrustedError,
+    MessageTooLargeError,
+    RecipientsRefusedError,
+    TargetAuthError,
+    TargetConnectError,
+    TargetDeferredError,
+    TargetError,
+    TargetRejectedError,
+    TargetTimeoutError,
+    TargetTLSError,
+)
+from mailwright.secrets import Secret
+from mailwright.transport.tls import (
+    CertificateInfo,
+    build_ssl_context,
+    certificate_info,
+    describe_verification_failure,
+    is_plaintext_answer,
+    probe_implicit_tls,
+)
+
+# Preferred first; PLAIN and LOGIN only ever run over TLS unless the target says none.
+_MECHANISMS = {"PLAIN": "auth_plain", "LOGIN": "auth_login", "CRAM-MD5": "auth_crammd5"}
+
+Stage = Literal["connect", "tls", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "quit"]
+
+
+@dataclass(frozen=True, slots=True)
+class SMTPEndpoint:
+    """Everything needed to reach one SMTP server, resolved from a target's settings."""
+
+    target_name: str
+    host: str  # ASCII form (A-labels for IDN)
+    port: int
+    security: Security
+    ssl_context: ssl.SSLContext
+    starttls_required: bool = True
+    ehlo_name: str | None = None
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """The credentials of an account key, ready for AUTH."""
+
+    key_name: str
+    username: str
+    password: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    address: str
+    status: Literal["accepted", "refused"]
+    code: int | None = None
+    reply: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "status": self.status,
+            "code": self.code,
+            "reply": self.reply,
+        }
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What the server said about one message."""
+
+    recipients: list[RecipientResult]
+    code: int
+    reply: str
+    size: int
+
+
+@dataclass(slots=True)
+class TLSState:
+    version: str | None
+    cipher: str | None
+    certificate: CertificateInfo | None
+    verified: bool
+
+
+@dataclass(slots=True)
+class SMTPConnection:
+    """One SMTP session: open (connect, TLS, EHLO, AUTH), deliver messages, close."""
+
+    endpoint: SMTPEndpoint
+    timings: dict[str, float] = field(default_factory=dict)
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    greeting: str = ""
+    tls: TLSState | None = None
+    authenticated_as: str | None = None
+    auth_mechanism: str | None = None
+    _client: aiosmtplib.SMTP | None = None
+
+    # --- opening ------------------------------------------------------------
+
+    async def open(self, login: Login | None) -> None:
+        """Connect, negotiate TLS, EHLO and AUTH; misconfigurations come back explained."""
+        try:
+            await self._open(login)
+        except CertificateUntrustedError as exc:
+            raise await self._explain_certificate(exc) from exc
+        except TargetTimeoutError as exc:
+            raise await self._explain_silence(exc) from exc
+
+    async def _explain_certificate(self, exc: CertificateUntrustedError) -> TargetError:
+        ep = self.endpoint
+        certificate = await peer_certificate(ep)
+        message, hint = describe_verification_failure(ep.host, exc.verify_message, certificate)
+        explained = CertificateUntrustedError(
+            message, verify_message=exc.verify_message, target=ep.target_name, hint=hint
+        )
+        explained.stage = exc.stage
+        return explained
+
+    async def _explain_silence(self, exc: TargetTimeoutError) -> TargetError:
+        ep = self.endpoint
+        if exc.stage != "connect" or ep.security is Security.SSL:
+            return exc
+        wait = min(3.0, ep.connect_timeout)
+        if await probe_implicit_tls(ep.host, ep.port, wait=wait) is None:
+            return exc
+        explained = TargetTLSError(
+            f"{ep.address} sent no SMTP greeting but completed a TLS handshake: it expects "
+            f"implicit TLS; this target is set to {ep.security.value}",
+            target=ep.target_name,
+            hint=f"port {ep.port} expects implicit TLS: choose ssl",
+        )
+        explained.stage = "connect"
+        return explained
+
+    async def _open(self, login: Login | None) -> None:
+        ep = self.endpoint
+        self._client = aiosmtplib.SMTP(
+            hostname=ep.host,
+            port=ep.port,
+            use_tls=ep.security is Security.SSL,
+            start_tls=False,
+            tls_context=ep.ssl_context,
+            timeout=ep.command_timeout,
+            local_hostname=ep.ehlo_name or _default_ehlo_name(),
+        )
+        with self._stage("connect"):
+            response = await self._client.connect(timeout=ep.connect_timeout)
+        self.greeting = f"{response.code} {response.message}"
+        if ep.security is Security.SSL:
+            self.tls = self._tls_state()
+        await self._ehlo()
+        if ep.security is Security.STARTTLS:
+            await self._starttls()
+        if login is not None:
+            await self._login(login)
+
+    async def _ehlo(self) -> None:
+        client = self._require_client()
+        with self._stage("ehlo"):
+            response = await client.ehlo()
+        if response.code != SMTPStatus.completed:
+            raise TargetRejectedError(
+                f"{self.endpoint.address} refused EHLO: {response.code} {response.message}",
+                code=response.code,
+                reply=response.message,
+                target=self.endpoint.target_name,
+                hint="set an EHLO name the server accepts (--ehlo-name)",
+            )
+        self.capabilities = parse_ehlo(f"{response.code} {response.message}")
+
+    async def _starttls(self) -> None:
+        ep = self.endpoint
+        if not self.capabilities.starttls:
+            if not ep.starttls_required:
+                return
+            raise TargetTLSError(
+                f"{ep.address} does not offer STARTTLS, and this target requires it",
+                target=ep.target_name,
+                hint=_no_starttls_hint(ep.port),
+            )
+        client = self._require_client()
+        with self._stage("starttls"):
+            await client.starttls(tls_context=ep.ssl_context, server_hostname=ep.host)
+        self.tls = self._tls_state()
+        await self._ehlo()
+        # The post-TLS EHLO no longer lists STARTTLS; the report should still say it was offered.
+        self.capabilities = replace(self.capabilities, starttls=True)
+
+    async def _login(self, login: Login) -> None:
+        ep = self.endpoint
+        caps = self.capabilities
+        if not caps.auth:
+            raise TargetAuthError(
+                f"{ep.address} offers no AUTH, but this target uses account key {login.key_name!r}",
+                target=ep.target_name,
+                hint=self._no_auth_hint(),
+            )
+        client = self._require_client()
+        mechanism = next((m for m in _MECHANISMS if m in caps.auth), None)
+        if mechanism is None:
+            raise TargetAuthError(
+                f"{ep.address} offers AUTH {' '.join(caps.auth)}, none of which Mailwright speaks "
+                f"({', '.join(_MECHANISMS)})",
+                target=ep.target_name,
+            )
+        with self._stage("auth"):
+            # One mechanism, one attempt: retrying with another after a refusal
+            # counts twice against providers that lock accounts after failures.
+            method = getattr(client, _MECHANISMS[mechanism])
+            try:
+                await method(login.username, login.password.reveal())
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                if 400 <= exc.code < 500:
+                    raise _reply_error(
+                        ep, "could not check the login for now", exc.code, exc.message
+                    ) from None
+                raise _auth_refused(ep, login, exc.code, exc.message) from None
+        self.authenticated_as = login.username
+        self.auth_mechanism = mechanism
+
+    def _no_auth_hint(self) -> str:
+        ep = self.endpoint
+        if ep.security is Security.NONE and self.capabilities.starttls:
+            return "the server offers AUTH only after STARTTLS: choose starttls"
+        return (
+            "choose No Account Keys if this server is an open relay, or use its submission "
+            "port (587 with starttls, 465 with ssl), where AUTH is offered"
+        )
+
+    def _tls_state(self) -> TLSState:
+        client = self._require_client()
+        ssl_object = client.get_transport_info("ssl_object")
+        if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+            return TLSState(version=None, cipher=None, certificate=None, verified=False)
+        der = ssl_object.getpeercert(binary_form=True)
+        cipher = ssl_object.cipher()
+        return TLSState(
+            version=ssl_object.version(),
+            cipher=cipher[0] if cipher else None,
+            certificate=certificate_info(der) if der else None,
+            verified=self.endpoint.ssl_context.verify_mode != ssl.CERT_NONE,
+        )
+
+    # --- delivering -----------------------------------------------------------
+
+    async def deliver(
+        self,
+        *,
+        sender: str,
+        recipients: list[tuple[str, bool]],
+        data: bytes,
+        smtputf8: bool,
+        continue_if_one_address_valid: bool,
+        before_data: Callable[[], Awaitable[None]] | None = None,
+    ) -> Delivery:
+        """Send one message. `recipients` pairs each envelope address with whether it needs SMTPUTF8.
+
+        Recipients are checked one by one before DATA, so a refusal never leaves
+        a half-delivered message behind unless the caller allowed it. `before_data`
+        runs just before the DATA command: from then on the outcome can be unknown
+        if the process dies, so durable callers record it there.
+        """
+        ep = self.endpoint
+        caps = self.capabilities
+        if caps.size is not None and len(data) > caps.size:
+            raise MessageTooLargeError(
+                f"the message is {_human_size(len(data))}; {ep.address} accepts at most "
+                f"{_human_size(caps.size)} (SIZE {caps.size})",
+                size=len(data),
+                limit=caps.size,
+                target=ep.target_name,
+            )
+        use_utf8 = smtputf8 and caps.smtputf8
+        await self._mail_from(sender, size=len(data), smtputf8=use_utf8)
+        results = [await self._rcpt(addr, needs_utf8=needs, utf8=use_utf8) for addr, needs in recipients]
+        accepted = [r for r in results if r.status == "accepted"]
+        if len(accepted) < len(results) and (not continue_if_one_address_valid or not accepted):
+            await self._reset()
+            raise _refused(ep, results, allowed_partial=continue_if_one_address_valid)
+        if before_data is not None:
+            await before_data()
+        code, reply = await self._data(data)
+        return Delivery(recipients=results, code=code, reply=reply, size=len(data))
+
+    async def _mail_from(self, sender: str, *, size: int, smtputf8: bool) -> None:
+        client = self._require_client()
+        options = [f"SIZE={size}"] if self.capabilities.size is not None else []
+        if smtputf8:
+            options.append("SMTPUTF8")
+        with self._stage("mail"):
+            try:
+                await client.mail(sender, options=options, encoding="utf-8" if smtputf8 else "ascii")
+            except aiosmtplib.SMTPSenderRefused as exc:
+                raise _reply_error(
+                    self.endpoint,
+                    "refused the sender",
+                    exc.code,
+                    exc.message,
+                    sender,
+                    hint="use a From address the account key may send as",
+                ) from None
+
+    async def _rcpt(self, address: str, *, needs_utf8: bool, utf8: bool) -> RecipientResult:
+        if needs_utf8 and not utf8:
+            return RecipientResult(
+                address=address,
+                status="refused",
+                reply=f"{self.endpoint.address} does not offer SMTPUTF8, which this address needs",
+            )
+        client = self._require_client()
+        with self._stage("rcpt"):
+            try:
+                response = await client.rcpt(address, encoding="utf-8" if utf8 else "ascii")
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                return RecipientResult(address=address, status="refused", code=exc.code, reply=exc.message)
+        return RecipientResult(address=address, status="accepted", code=response.code, reply=response.message)
+
+    async def _data(self, data: bytes) -> tuple[int, str]:
+        client = self._require_client()
+        with self._stage("data"):
+            try:
+                response = await client.data(data)
+            except aiosmtplib.SMTPDataError as exc:
+                raise _reply_error(self.endpoint, "refused the message", exc.code, exc.message) from None
+        return response.code, response.message
+
+    async def _reset(self) -> None:
+        client = self._require_client()
+        try:
+            await client.rset()
+        except aiosmtplib.SMTPException:
+            # The refusal is what the caller needs to hear; a failed RSET only
+            # means this connection is not reusable.
+            client.close()
+
+    # --- closing --------------------------------------------------------------
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None or not client.is_connected:
+            return
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(client.quit(), timeout=min(5.0, self.endpoint.command_timeout))
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            client.close()
+        self.timings["quit"] = _ms(started)
+
+    async def __aenter__(self) -> SMTPConnection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- helpers --------------------------------------------------------------
+
+    def _require_client(self) -> aiosmtplib.SMTP:
+        if self._client is None:
+            raise TargetConnectError(
+                f"not connected to {self.endpoint.address}", target=self.endpoint.target_name
+            )
+        return self._client
+
+    @contextmanager
+    def _stage(self, stage: Stage) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        except TargetError as exc:
+            exc.stage = exc.stage or stage
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            if self._client is not None:
+                self._client.close()
+            error = translate(exc, stage=stage, endpoint=self.endpoint)
+            error.stage = stage
+            raise error from exc
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + _ms(started)
+
+
+async def peer_certificate(endpoint: SMTPEndpoint) -> CertificateInfo | None:
+    """The server's certificate, fetched without verification, to explain a failure."""
+    unverified = build_ssl_context(ca_file=None, verify=False)
+    probe_endpoint = replace(
+        endpoint, ssl_context=unverified, connect_timeout=min(5.0, endpoint.connect_timeout)
+    )
+    connection = SMTPConnection(probe_endpoint)
+    try:
+        await connection._open(None)
+    except TargetError:
+        return None
+    finally:
+        await connection.close()
+    return connection.tls.certificate if connection.tls else None
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def _default_ehlo_name() -> str:
+    name = socket.gethostname()
+    return name if name and "." in name else "localhost.localdomain"
+
+
+def _human_size(size: int) -> str:
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.1f} MiB"
+    if size >= 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size} bytes"
+
+
+def _no_starttls_hint(port: int) -> str:
+    if port == 465:
+        return "port 465 expects implicit TLS: choose ssl"
+    return "choose ssl if the port speaks TLS from the start, or none only on a trusted network"
+
+
+def _auth_refused(ep: SMTPEndpoint, login: Login, code: int, reply: str) -> TargetAuthError:
+    hint = "check the account key's username and password"
+    if ep.host.endswith(("gmail.com", "googlemail.com", "yahoo.com", "mail.me.com")):
+        hint += "; this provider needs an app password, not the account password"
+    return TargetAuthError(
+        f"{ep.address} refused the login of account key {login.key_name!r} "
+        f"(user {login.username}): {code} {reply}",
+        target=ep.target_name,
+        hint=hint,
+    )
+
+
+def _reply_error(
+    ep: SMTPEndpoint,
+    what: str,
+    code: int,
+    reply: str,
+    recipient: str | None = None,
+    *,
+    hint: str | None = None,
+) -> TargetError:
+    cls = TargetDeferredError if 400 <= code < 500 else TargetRejectedError
+    return cls(
+        f"{ep.address} {what}: {code} {reply}",
+        code=code,
+        reply=reply,
+        recipient=recipient,
+        target=ep.target_name,
+        hint=hint,
+    )
+
+
+def _refused(
+    ep: SMTPEndpoint, results: list[RecipientResult], *, allowed_partial: bool
+) -> RecipientsRefusedError:
+    refused = [r for r in results if r.status == "refused"]
+    listing = "; ".join(
+        f"{r.address}: {r.code} {r.reply}" if r.code else f"{r.address}: {r.reply}" for r in refused
+    )
+    transient = all(r.code is not None and 400 <= r.code < 500 for r in refused)
+    if allowed_partial:
+        message = f"{ep.address} refused every recipient ({listing}); nothing was sent"
+        hint = None
+    else:
+        message = (
+            f"{ep.address} refused {len(refused)} of {len(results)} recipients ({listing}); nothing was sent"
+        )
+        hint = "fix or remove those addresses, or set continue_if_one_address_valid to send to the others"
+    return RecipientsRefusedError(
+        message,
+        recipients=[r.as_dict() for r in results],
+        transient=transient,
+        target=ep.target_name,
+        hint=hint,
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def translate(exc: BaseException, *, stage: Stage, endpoint: SMTPEndpoint) -> TargetError:
+    """The most specific Mailwright error for a library exception at a stage."""
+    ep = endpoint
+    chain = list(_causes(exc))
+    cert_error = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
+    if cert_error is not None:
+        message, hint = describe_verification_failure(ep.host, cert_error.verify_message, None)
+        return CertificateUntrustedError(
+            message, verify_message=cert_error.verify_message, target=ep.target_name, hint=hint
+        )
+    ssl_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if ssl_error is not None:
+        return _tls_failure(ep, stage, ssl_error)
+    if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
+        return _reply_error(ep, "refused the connection", exc.code, exc.message)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _reply_error(ep, f"answered {stage.upper()} with an error", exc.code, exc.message)
+    if isinstance(exc, TimeoutError):
+        return _timeout(ep, stage)
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected) or (
+        stage in ("connect", "tls", "starttls") and "disconnect" in str(exc).lower()
+    ):
+        return _disconnected(ep, stage)
+    os_error = next((e for e in chain if isinstance(e, OSError) and e.errno is not None), None)
+    if os_error is not None:
+        return _os_failure(ep, os_error)
+    if isinstance(exc, aiosmtplib.SMTPConnectError):
+        return _disconnected(ep, stage)
+    return TargetError(f"{ep.address}: {stage} failed: {exc}", target=ep.target_name)
+
+
+def _tls_failure(ep: SMTPEndpoint, stage: Stage, error: ssl.SSLError) -> TargetTLSError:
+    reason = error.reason or str(error)
+    if ep.security is Security.SSL and is_plaintext_answer(error):
+        return TargetTLSError(
+            f"TLS handshake with {ep.address} failed: the server answered in plain text ({reason})",
+            target=ep.target_name,
+            hint=f"port {ep.port} speaks plain SMTP first: choose starttls",
+        )
+    return TargetTLSError(
+        f"TLS handshake with {ep.address} failed during {stage}: {reason}",
+        target=ep.target_name,
+        hint="check that the server supports TLS 1.2 or newer and that the port and security mode match",
+    )
+
+
+def _timeout(ep: SMTPEndpoint, stage: Stage) -> TargetTimeoutError:
+    if stage == "connect" and ep.security is not Security.SSL:
+        hint = (
+            f"no greeting within {ep.connect_timeout:g} s; if port {ep.port} expects implicit TLS "
+            "(like 465), choose ssl"
+        )
+    elif stage == "connect":
+        hint = f"raise the connect timeout (now {ep.connect_timeout:g} s) or check the server and port"
+    else:
+        hint = f"raise the command timeout (now {ep.command_timeout:g} s) or check the server's health"
+    return TargetTimeoutError(
+        f"{ep.address} did not answer in time during {stage}", target=ep.target_name, hint=hint
+    )
+
+
+def _disconnected(ep: SMTPEndpoint, stage: Stage) -> TargetConnectError:
+    if stage == "data":
+        message = (
+            f"{ep.address} closed the connection during DATA: the message may or may not have been accepted"
+        )
+    else:
+        message = f"{ep.address} closed the connection during {stage}"
+    hint = None
+    if stage == "connect" and ep.security is not Security.SSL and ep.port == 465:
+        hint = "port 465 expects implicit TLS: choose ssl"
+    return TargetConnectError(message, target=ep.target_name, hint=hint)
+
+
+def _os_failure(ep: SMTPEndpoint, error: OSError) -> TargetConnectError:
+    text = error.strerror or str(error)
+    if isinstance(error, socket.gaierror):
+        return TargetConnectError(
+            f"cannot resolve the SMTP server name {ep.host!r}: {text}",
+            target=ep.target_name,
+            hint="check the spelling of the SMTP server",
+        )
+    if isinstance(error, ConnectionRefusedError):
+        return TargetConnectError(
+            f"{ep.address} refused the connection: nothing listens on port {ep.port}",
+            target=ep.target_name,
+            hint="check the SMTP port (465 for ssl, 587 for starttls) and that the server is running",
+        )
+    return TargetConnectError(f"cannot connect to {ep.address}: {text}", target=ep.target_name)
+
+
+__all__ = [
+    "Delivery",
+    "Login",
+    "RecipientResult",
+    "SMTPConnection",
+    "SMTPEndpoint",
+    "TLSState",
+    "describe_verification_failure",
+    "translate",
+]

@@ -1,0 +1,70 @@
+"""Rendering pages: the Jinja2 environment, flash messages and field errors."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from mailwright import __version__
+from mailwright.errors import MailwrightError
+from mailwright.services.web_auth import WebSession
+
+FLASH_COOKIE = "mw_flash"
+
+templates = Jinja2Templates(directory=str(resources.files("mailwright.web").joinpath("templates")))
+templates.env.globals["version"] = __version__
+
+NAV = [
+    ("targets", "Targets", "/targets"),
+    ("account_keys", "Account Keys", "/account-keys"),
+    ("send", "Send Email", "/send"),
+    ("sandbox", "Sandbox mailbox", "/sandbox"),
+    ("workflows", "Workflows", "/workflows"),
+    ("runs", "Runs", "/runs"),
+]
+
+
+def render(
+    request: Request,
+    template: str,
+    *,
+    session: WebSession | None,
+    section: str = "",
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    flash = request.cookies.get(FLASH_COOKIE)
+    response = templates.TemplateResponse(
+        request,
+        template,
+        {
+            "nav": NAV if session else [],
+            "section": section,
+            "csrf_token": session.csrf_token if session else "",
+            "flash": flash,
+            **context,
+        },
+        status_code=status_code,
+    )
+    if flash:
+        response.delete_cookie(FLASH_COOKIE, path="/")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def redirect(url: str, *, flash: str | None = None) -> RedirectResponse:
+    response = RedirectResponse(url, status_code=303)
+    if flash:
+        response.set_cookie(FLASH_COOKIE, flash[:300], max_age=60, httponly=True, samesite="lax", path="/")
+    return response
+
+
+def field_errors(error: MailwrightError) -> dict[str, str]:
+    """Errors keyed by form field; a general message under "" when no field is named."""
+    field = error.field or ""
+    text = error.message + (f" — {error.hint}" if error.hint else "")
+    return {field.split(".")[0]: text}

@@ -1,0 +1,72 @@
+"""Fixtures for integration tests: a Mailwright home per test and helpers to point targets at servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailwright.config import Settings
+from mailwright.secrets import Secret
+from mailwright.services.account_keys import AccountKeyCreate
+from mailwright.services.app import Services
+from mailwright.services.targets import TargetCreate, TargetPublic
+from tests.support.smtpserver import SMTPTestServer
+from tests.support.tlsfiles import TLSFiles
+
+PASSWORD = "Gm4il-App-Pa55word"
+
+
+@pytest.fixture
+def mw(tmp_path: Path) -> Iterator[Services]:
+    services = Services(Settings(home=tmp_path / "home"))
+    yield services
+    services.close()
+
+
+class Targets:
+    """Creates account keys and targets aimed at test servers."""
+
+    def __init__(self, mw: Services, tls_files: TLSFiles) -> None:
+        self.mw = mw
+        self.tls_files = tls_files
+        self._count = 0
+
+    def key(
+        self,
+        name: str = "alice",
+        *,
+        username: str = "alice@example.org",
+        password: str = PASSWORD,
+        sender: str | None = None,
+    ) -> str:
+        self.mw.account_keys.create(
+            AccountKeyCreate(name=name, username=username, password=Secret(password), sender=sender)
+        )
+        return name
+
+    def target(
+        self, server: SMTPTestServer | Any, *, security: str, key: str | None = None, **settings: Any
+    ) -> TargetPublic:
+        self._count += 1
+        settings.setdefault("ca_file", str(self.tls_files.ca_path))
+        settings.setdefault("connect_timeout", 5)
+        settings.setdefault("command_timeout", 5)
+        return self.mw.targets.create(
+            TargetCreate(
+                display_name=settings.pop("display_name", f"target {self._count}"),
+                server=settings.pop("server", "127.0.0.1"),
+                port=server.port,
+                security=security,
+                account_key=key,
+                no_account_keys=key is None,
+                **settings,
+            )
+        )
+
+
+@pytest.fixture
+def targets(mw: Services, tls_files: TLSFiles) -> Targets:
+    return Targets(mw, tls_files)

@@ -1,0 +1,90 @@
+"""The core on a real PostgreSQL server: migrations, uniqueness, encryption, foreign keys."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from mailwright.config import Settings
+from mailwright.errors import ConflictError
+from mailwright.secrets import Secret
+from mailwright.services.account_keys import AccountKeyCreate
+from mailwright.services.app import Services
+from mailwright.services.sending import SendEmailRequest
+from mailwright.services.targets import TargetCreate
+from mailwright.storage.db import SCHEMA_REVISION
+from tests.support.smtpserver import SMTPServerFactory
+
+pytestmark = pytest.mark.postgres
+
+# Created by scripts/install-system-deps.sh (make test); override to use another server.
+ADMIN_URL = os.environ.get(
+    "MAILWRIGHT_TEST_POSTGRES_URL", "postgresql+psycopg://mailwright:mailwright@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database for the test, dropped afterwards."""
+    name = f"mw_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {ADMIN_URL}: run `bash scripts/install-system-deps.sh` ({exc})"
+        )
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+async def test_core_on_postgres(pg_url: str, tmp_path: Path, smtp_server_factory: SMTPServerFactory) -> None:
+    services = Services(Settings(home=tmp_path, database_url=pg_url))
+    try:
+        Services(Settings(home=tmp_path, database_url=pg_url)).close()  # migrating twice is a no-op
+        services.account_keys.create(
+            AccountKeyCreate(name="Alice", username="alice@example.org", password=Secret("pg-secret-123"))
+        )
+        with pytest.raises(ConflictError):
+            services.account_keys.create(AccountKeyCreate(name="alice", username="x", password=Secret("y")))
+        server = smtp_server_factory()
+        services.targets.create(
+            TargetCreate(
+                display_name="Relay",
+                server="127.0.0.1",
+                port=server.port,
+                security="none",
+                no_account_keys=True,
+            )
+        )
+        services.targets.create(
+            TargetCreate(display_name="Keyed", server="smtp.example.org", port=587, account_key="ALICE")
+        )
+        with pytest.raises(ConflictError, match="'Keyed'"):
+            services.account_keys.delete("alice")
+        result = await services.sending.send(
+            SendEmailRequest.model_validate(
+                {"target": "relay", "from": "ops@example.org", "to": "bob@example.net", "subject": "pg"}
+            )
+        )
+        assert result.status == "sent"
+        assert services.targets.get("keyed").last_test is None
+        with services.db.engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT password_encrypted FROM account_keys")).scalar_one()
+            version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
+        assert "pg-secret-123" not in stored and stored.startswith("mw1:")
+        assert version == SCHEMA_REVISION
+        assert services.targets.resolve("Keyed").login is not None
+        assert services.targets.get("Keyed").created_at.tzinfo is not None
+    finally:
+        services.close()

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailwright.domain.addresses import dedupe, parse_address, parse_address_list
+from mailwright.errors import ValidationError
+
+
+def test_list_accepts_commas_semicolons_and_newlines() -> None:
+    found = parse_address_list("a@example.org, b@example.org\nc@example.org;d@example.org", field="to")
+    assert [a.addr for a in found] == ["a@example.org", "b@example.org", "c@example.org", "d@example.org"]
+
+
+def test_quoted_display_name_may_contain_a_comma() -> None:
+    (found,) = parse_address_list('"Doe, Jane" <jane@example.org>', field="to")
+    assert found.name == "Doe, Jane"
+    assert found.addr == "jane@example.org"
+
+
+def test_list_of_strings_each_may_hold_several() -> None:
+    found = parse_address_list(["a@example.org", "b@example.org, c@example.org"], field="cc")
+    assert len(found) == 3
+
+
+def test_internal_domains_are_allowed() -> None:
+    for text in ["ops@localhost", "ops@mail.internal", "ops@example.test", "ops@[127.0.0.1]"]:
+        assert parse_address(text, field="to").addr == text
+
+
+def test_idn_domain_has_an_ascii_envelope_form() -> None:
+    a = parse_address("info@bücher.example", field="to")
+    assert a.envelope() == "info@xn--bcher-kva.example"
+    assert not a.needs_smtputf8
+
+
+def test_unicode_local_part_needs_smtputf8() -> None:
+    a = parse_address("dörte@example.org", field="to")
+    assert a.needs_smtputf8
+    assert a.envelope() == "dörte@example.org"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("bob", "@-sign"),
+        ("bob@", "after the @"),
+        ("Bob <>", "no e-mail address"),
+        ("a@b.org\r\nBcc: evil@x.org", ""),
+    ],
+)
+def test_bad_addresses_name_the_field(text: str, words: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_address_list(text, field="to")
+    assert info.value.field == "to"
+    assert "to" in str(info.value)
+    assert words in str(info.value)
+
+
+def test_parse_address_wants_exactly_one() -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        parse_address("a@example.org, b@example.org", field="from")
+
+
+def test_dedupe_ignores_case() -> None:
+    found = dedupe(parse_address_list("A@example.org, a@example.org, b@example.org", field="to"))
+    assert [a.addr for a in found] == ["A@example.org", "b@example.org"]
+
+
+@given(st.text(max_size=80))
+def test_any_text_parses_or_fails_cleanly(text: str) -> None:
+    try:
+        found = parse_address_list(text, field="to")
+    except ValidationError:
+        return
+    for a in found:
+        assert not any(c in a.addr + a.name for c in "\r\n\0")
+        assert "@" in a.addr
