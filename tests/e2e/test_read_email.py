@@ -251,7 +251,7 @@ async def test_move_mark_delete_and_pop3_retrieve_in_a_workflow(mw: Services, ma
     subjects = [m["subject"] for m in read["messages"]]
     assert sorted(subjects) == ["one", "three", "two"]
     pop = steps["pop"].output
-    assert pop is not None and [m["subject"] for m in pop["messages"]] == [subjects[0]]  # only the flagged one
+    assert pop is not None and [m["subject"] for m in pop["messages"]] == [subjects[0]]  # the first, flagged
     archive = await read_messages(mw.targets, imap, ReadEmailInput(folder="Archive"))
     assert [m["subject"] for m in archive["messages"]] == [subjects[1]]
     assert (await read_messages(mw.targets, imap, ReadEmailInput()))["count"] == 0  # POP3 deleted it
