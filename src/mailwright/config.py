@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=30.0, gt=0.5, le=3600, description="how long a worker holds a run without renewing it"
     )
+    triggers: bool = Field(default=True, description="workers watch the mailboxes of email triggers")
 
     @field_validator("home")
     @classmethod

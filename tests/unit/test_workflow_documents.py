@@ -160,11 +160,12 @@ def test_nulls_for_optional_sections_mean_empty() -> None:
     )
 
 
-def test_triggers_are_kept_as_written() -> None:
-    doc = parse_document(
-        "name: t\ntriggers:\n  - {mailbox: inbox, match: {subject: x}}\n" + with_step("")[8:]
-    )
-    assert doc.triggers == [{"mailbox": "inbox", "match": {"subject": "x"}}]
+def test_email_triggers_are_read_and_unknown_keys_named() -> None:
+    doc = parse_document("name: t\ntriggers:\n  - {type: email, target: Inbox}\n" + with_step("")[8:])
+    (trigger,) = doc.triggers
+    assert (trigger.target, trigger.folder, trigger.after_success.action.value) == ("Inbox", "INBOX", "none")
+    with pytest.raises(ValidationError, match="mailbox"):
+        parse_document("name: t\ntriggers:\n  - {target: x, mailbox: inbox}\n" + with_step("")[8:])
 
 
 # --------------------------------------------------------------------------------------
@@ -564,8 +565,8 @@ def test_item_only_in_for_each_steps_and_unknown_names() -> None:
     only = "item is only defined in the with, target and account_key of a step with for_each"
     assert problems == [
         f"steps[0].with.x: {only}",
-        "steps[0].with.y: unknown name 'recipient'; expressions can read inputs, steps and item "
-        "(in a step with for_each)",
+        "steps[0].with.y: unknown name 'recipient'; expressions can read inputs, steps, item "
+        "(in a step with for_each) and trigger (in a run started by an email trigger)",
         f"steps[1].for_each: {only}",
         f"steps[2].if: {only}",
     ]

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mailwright.api.deps import ServicesDep, require_token
 from mailwright.services.runs import RunPublic
 from mailwright.services.schedules import SchedulePublic
+from mailwright.services.triggers import TriggerPublic
 from mailwright.services.workflows import ExportedWorkflow, WorkflowPublic
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
@@ -120,6 +121,35 @@ def enable_schedule(ref: str, index: int, services: ServicesDep) -> SchedulePubl
 @router.post("/workflows/{ref}/schedules/{index}/disable", tags=["workflows"])
 def disable_schedule(ref: str, index: int, services: ServicesDep) -> SchedulePublic:
     return services.schedules.set_enabled(ref, index, False)
+
+
+@router.get("/triggers", tags=["triggers"])
+def list_triggers(services: ServicesDep, workflow: str | None = None) -> list[TriggerPublic]:
+    """Every email trigger with its state: polling, idle, errored (with the reason), disabled."""
+    return services.triggers.list_all(workflow)
+
+
+@router.get("/workflows/{ref}/triggers", tags=["triggers"])
+def workflow_triggers(ref: str, services: ServicesDep) -> list[TriggerPublic]:
+    return services.triggers.list_all(ref)
+
+
+@router.post("/workflows/{ref}/triggers/{index}/enable", tags=["triggers"])
+def enable_trigger(ref: str, index: int, services: ServicesDep) -> TriggerPublic:
+    return services.triggers.set_enabled(ref, index, True)
+
+
+@router.post("/workflows/{ref}/triggers/{index}/disable", tags=["triggers"])
+def disable_trigger(ref: str, index: int, services: ServicesDep) -> TriggerPublic:
+    return services.triggers.set_enabled(ref, index, False)
+
+
+@router.get("/workflows/{ref}/triggers/messages", tags=["triggers"])
+def trigger_messages(
+    ref: str, services: ServicesDep, index: int | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The mail the workflow's triggers took, newest first, with each one's run and status."""
+    return services.triggers.messages(ref, index, limit=max(1, min(limit, 1000)))
 
 
 @router.get("/runs", tags=["runs"])

@@ -11,7 +11,7 @@ import pydantic
 import typer
 
 from mailwright import __version__
-from mailwright.cli import account_keys, runs, sandbox, targets, tokens, workflows
+from mailwright.cli import account_keys, runs, sandbox, targets, tokens, triggers, workflows
 from mailwright.cli.output import EXIT_BAD_INPUT, exit_code_for, print_error
 from mailwright.cli.read import read
 from mailwright.cli.send import send
@@ -35,6 +35,7 @@ app.command("send")(send)
 app.command("serve")(serve)
 app.add_typer(workflows.app, name="workflows")
 app.add_typer(runs.app, name="runs")
+app.add_typer(triggers.app, name="triggers")
 app.command("worker")(runs.worker)
 app.command("read")(read)
 

@@ -20,7 +20,9 @@ A workflow is a portable document (YAML or JSON)::
 Expressions may read the names in `CONTEXT_NAMES`: ``inputs`` (the coerced inputs),
 ``steps`` (the steps that ran before, by id: status, output, error) and ``item`` (the
 current item, in the ``with``, ``target`` and ``account_key`` of a step with ``for_each``;
-its ``if`` and ``for_each`` are evaluated once, before the items). Targets and account keys
+its ``if`` and ``for_each`` are evaluated once, before the items) and ``trigger`` (in a run
+started by an email trigger: ``trigger.message`` holds the Read Email fields of the mail,
+``trigger.target`` and ``trigger.folder`` where it came from). Targets and account keys
 are display names; one holding ``{{ }}`` is resolved at run time and checked as an expression.
 
 Pure: no I/O. YAML is read with YAML 1.2 scalars (``yes``/``no``/``on`` and dates stay
@@ -43,6 +45,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mailwright.domain.triggers import EmailTrigger
 from mailwright.engine.expressions import check_syntax, is_template, referenced_names, single_expression
 from mailwright.errors import ValidationError
 
@@ -64,7 +67,7 @@ __all__ = [
 ]
 
 MAX_DOCUMENT_CHARS: Final = 1_000_000
-CONTEXT_NAMES: Final = ("inputs", "steps", "item")
+CONTEXT_NAMES: Final = ("inputs", "steps", "item", "trigger")
 
 DocumentFormat = Literal["yaml", "json"]
 
@@ -297,7 +300,7 @@ class WorkflowDocument(BaseModel):
     target: str | None = Field(default=None, min_length=1, max_length=200)
     account_key: str | None = Field(default=None, min_length=1, max_length=200)
     schedules: list[Schedule] = Field(default_factory=list)
-    triggers: list[dict[str, Any]] = Field(default_factory=list)  # kept as written, for mail triggers
+    triggers: list[EmailTrigger] = Field(default_factory=list)
     steps: list[Step]
 
     @field_validator("name")
@@ -874,10 +877,15 @@ def _expression_problems(
                     f"{path}: item is only defined in the with, target and account_key "
                     "of a step with for_each"
                 )
+        elif root == "trigger" and not doc.triggers:
+            problems.append(
+                f"{path}: trigger is only defined in runs started by an email trigger, "
+                "and this workflow declares no triggers"
+            )
         elif root not in CONTEXT_NAMES:
             problems.append(
-                f"{path}: unknown name '{root}'; expressions can read inputs, steps and "
-                "item (in a step with for_each)"
+                f"{path}: unknown name '{root}'; expressions can read inputs, steps, "
+                "item (in a step with for_each) and trigger (in a run started by an email trigger)"
             )
     return problems
 
@@ -923,6 +931,12 @@ def check_references(
             coerce_inputs(doc, schedule.inputs)
         except ValidationError as exc:
             problems.append(f"schedules[{index}].inputs: {exc.message}")
+    for index, trigger in enumerate(doc.triggers):
+        check_target(f"triggers[{index}].target", trigger.target)
+        try:
+            coerce_inputs(doc, trigger.inputs)
+        except ValidationError as exc:
+            problems.append(f"triggers[{index}].inputs: {exc.message}")
     for index, step in enumerate(doc.steps):
         where = _step_path(index)
         if step.activity not in activities:
@@ -946,7 +960,7 @@ def references(doc: WorkflowDocument) -> dict[str, set[str]]:
         return {name for name in names if name is not None and not is_template(name)}
 
     return {
-        "targets": named(doc.target, *(s.target for s in doc.steps)),
+        "targets": named(doc.target, *(s.target for s in doc.steps), *(t.target for t in doc.triggers)),
         "account_keys": named(doc.account_key, *(s.account_key for s in doc.steps)),
         "activities": {step.activity for step in doc.steps},
     }

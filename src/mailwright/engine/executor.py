@@ -135,7 +135,10 @@ class Executor:
             document = WorkflowDocument.model_validate(run.document)
             inputs = dict(run.inputs)
             target, key = run.target, run.account_key
+            trigger = run.trigger
         context: dict[str, Any] = {"inputs": inputs, "steps": {}}
+        if trigger is not None:
+            context["trigger"] = trigger
         for position, step in enumerate(document.steps):
             if lost.is_set():
                 return "running"  # another worker took over; it continues from the rows

@@ -11,6 +11,7 @@ message is found again by the recovery scan and a duplicated one is a no-op.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 from taskiq import AsyncBroker, InMemoryBroker
 
 from mailwright.engine.executor import Executor
+from mailwright.engine.triggers import TriggerManager
 from mailwright.errors import ConfigError
 from mailwright.services.app import Services
 
@@ -99,6 +101,8 @@ class Worker:
         self.services.runs.on_queued = self.notify
         await self._broker.startup()
         log.info("worker %s started", self.id)
+        triggers = TriggerManager(self.services) if self.services.settings.triggers else None
+        watching = asyncio.create_task(triggers.run(stop)) if triggers is not None else None
         try:
             while not stop.is_set():
                 await self.scan()
@@ -111,6 +115,10 @@ class Worker:
                 for waiter in waiters:
                     waiter.cancel()
         finally:
+            if watching is not None:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
             self.services.runs.on_queued = None
             await self._drain()
             await self._broker.shutdown()

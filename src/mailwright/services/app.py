@@ -9,6 +9,7 @@ from mailwright.services.schedules import ScheduleService
 from mailwright.services.sending import SendService
 from mailwright.services.targets import TargetService
 from mailwright.services.tokens import TokenService
+from mailwright.services.triggers import TriggerService
 from mailwright.services.web_auth import WebAuthService
 from mailwright.services.workflows import WorkflowService
 from mailwright.storage.db import Database
@@ -30,7 +31,12 @@ class Services:
         self.workflows = WorkflowService(self.db)
         self.runs = RunService(self.db)
         self.schedules = ScheduleService(self.db, self.runs)
-        self.workflows.on_saved = self.schedules.sync
+        self.triggers = TriggerService(self.db, self.runs)
+        self.workflows.on_saved = self._workflow_saved
+
+    def _workflow_saved(self, workflow_id: str) -> None:
+        self.schedules.sync(workflow_id)
+        self.triggers.sync(workflow_id)
 
     def close(self) -> None:
         self.db.dispose()

@@ -49,7 +49,25 @@ class RunPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     not_before: datetime | None
+    trigger: dict[str, Any] | None = None  # the mail that started it: where from, uid, subject, sender
     steps: list[StepPublic]
+
+
+def trigger_summary(trigger: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Where the triggering mail came from and what it was, without its bodies and attachments."""
+    if not trigger:
+        return None
+    message = trigger.get("message") or {}
+    return {
+        "target": trigger.get("target"),
+        "folder": trigger.get("folder"),
+        "uid": message.get("uid"),
+        "uidl": message.get("uidl"),
+        "message_id": message.get("message_id"),
+        "from": message.get("from"),
+        "subject": message.get("subject"),
+        "attempt": trigger.get("attempt", 1),
+    }
 
 
 def _step_label(row: RunStepRow) -> str:
@@ -70,6 +88,7 @@ def _public(run: RunRow, steps: list[RunStepRow]) -> RunPublic:
         started_at=run.started_at,
         finished_at=run.finished_at,
         not_before=run.not_before,
+        trigger=trigger_summary(run.trigger),
         steps=[
             StepPublic(
                 step=_step_label(s),
@@ -119,6 +138,33 @@ class RunService:
             result = self._get(session, run.id)
         self._notify(result.id)
         return result
+
+    def create_triggered(
+        self,
+        session: Any,
+        *,
+        workflow_id: str,
+        document: WorkflowDocument,
+        inputs: dict[str, Any],
+        trigger: dict[str, Any],
+    ) -> str:
+        """A run started by an email trigger, in the caller's transaction (which also records the mail).
+
+        The caller calls `notify(run_id)` once that transaction is committed.
+        """
+        run = self._create(
+            session,
+            document,
+            inputs=coerce_inputs(document, inputs),
+            target=document.target,
+            account_key=document.account_key,
+            workflow_id=workflow_id,
+        )
+        run.trigger = trigger
+        return run.id
+
+    def notify(self, run_id: str) -> None:
+        self._notify(run_id)
 
     def start_send_email(self, request: SendEmailRequest) -> RunPublic:
         """A one-step run: the message is on disk before the caller hears "accepted"."""

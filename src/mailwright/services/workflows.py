@@ -47,6 +47,32 @@ class ExportedWorkflow(BaseModel):
     account_keys: list[str]
 
 
+def trigger_problems(document: WorkflowDocument, target_types: dict[str, str]) -> list[str]:
+    """What an email trigger asks that its target's type cannot do."""
+    types = {name.casefold(): kind for name, kind in target_types.items()}
+    problems: list[str] = []
+    for index, trigger in enumerate(document.triggers):
+        kind = types.get(trigger.target.casefold())
+        where = f"triggers[{index}]"
+        if kind is None:
+            continue  # reported with the other references
+        if kind not in ("imap", "pop3"):
+            problems.append(
+                f"{where}.target: {trigger.target!r} is an {kind.upper()} target; an email trigger "
+                "reads mail, so it needs an IMAP or POP3 Endpoint target"
+            )
+        elif kind == "pop3" and (action := trigger.after_success.action.value) in ("mark_read", "move"):
+            problems.append(
+                f"{where}.after_success: POP3 has no folders or flags, so {action} "
+                "cannot be done; use action delete or none, or an IMAP target"
+            )
+        elif kind == "pop3" and trigger.folder != "INBOX":
+            problems.append(
+                f"{where}.folder: POP3 reads only the inbox; leave folder out or use an IMAP target"
+            )
+    return problems
+
+
 class WorkflowService:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -63,14 +89,17 @@ class WorkflowService:
 
     def _check(self, document: WorkflowDocument) -> None:
         with self._db.session() as session:
-            target_names = set(session.scalars(select(TargetRow.display_name)).all())
+            target_types: dict[str, str] = dict(
+                session.execute(select(TargetRow.display_name, TargetRow.type)).all()
+            )
             key_names = set(session.scalars(select(AccountKeyRow.name)).all())
         problems = check_references(
             document,
             activities={a.name for a in activities()},
-            targets=target_names,
+            targets=set(target_types),
             account_keys=key_names,
         )
+        problems.extend(trigger_problems(document, target_types))
         if problems:
             listing = "; ".join(problems)
             raise ValidationError(

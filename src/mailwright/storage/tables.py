@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, String, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Dialect, ForeignKey, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -147,6 +147,8 @@ class RunRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The mail that started the run (an email trigger): {"message": ..., "target": ..., "folder": ...}.
+    trigger: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class RunStepRow(Base):
@@ -189,4 +191,51 @@ class ScheduleStateRow(Base):
     last_run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     missed_count: Mapped[int] = mapped_column(default=0)
     last_missed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TriggerStateRow(Base):
+    """Where a workflow's email trigger stands: its folder's UIDVALIDITY and the last UID seen."""
+
+    __tablename__ = "trigger_states"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workflow_id: Mapped[str] = mapped_column(String(36), ForeignKey("workflows.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column()
+    target_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    folder: Mapped[str] = mapped_column(String(500))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[str] = mapped_column(String(20), default="starting")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_uid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    baseline_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_checked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_message_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TriggerMessageRow(Base):
+    """One mail an email trigger took. The unique key is what makes it one run per mail."""
+
+    __tablename__ = "trigger_messages"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workflow_id: Mapped[str] = mapped_column(String(36), ForeignKey("workflows.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column()
+    target_id: Mapped[str] = mapped_column(String(36))
+    folder: Mapped[str] = mapped_column(String(500))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    # IMAP: the UID; POP3: the UIDL and the Message-ID (servers may reuse a UIDL).
+    message_key: Mapped[str] = mapped_column(String(500))
+    uid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    message_id: Mapped[str | None] = mapped_column(String(998), nullable=True)
+    subject: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # started → succeeded (after-success done) | failed | retrying; skipped: conditions not met
+    status: Mapped[str] = mapped_column(String(20))
+    run_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    retry_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -26,6 +26,7 @@ import contextlib
 import imaplib
 import io
 import re
+import select
 import socket
 import ssl
 import time
@@ -855,6 +856,7 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
         self.capabilities: set[str] = set()
         self.auth_capabilities: set[str] = set()  # as announced before the login
         self.selected: str | None = None
+        self.uidnext: int | None = None  # of the selected folder, when the server said
         self._client: _IMAP4 | None = None
 
     async def __aenter__(self) -> IMAPConnection:
@@ -1032,7 +1034,35 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
         self._expect_ok("select", f"to open the folder {folder!r}", typ, list(data))
         self.selected = folder
         _code, validity = client.response("UIDVALIDITY")
+        _code, following = client.response("UIDNEXT")
+        self.uidnext = _first_int(following) or None
         return _first_int(validity), _first_int(data)
+
+    async def idle(self, *, timeout: float) -> bool:
+        """Wait in IDLE (RFC 2177) for a change to the selected folder, at most `timeout` seconds.
+
+        True when the server reported one (EXISTS, EXPUNGE, FETCH, RECENT). The caller
+        re-IDLEs after a timeout, well within the 29 minutes servers allow.
+        """
+        if "IDLE" not in self.capabilities:
+            raise TargetError(
+                f"{self.endpoint.address} does not offer IDLE", target=self.endpoint.target_name
+            )
+        return await self._run(self._idle, timeout)
+
+    def _idle(self, timeout: float) -> bool:
+        client = self._require(selected=True)
+        with self._stage("idle"):
+            tag = client._new_tag()  # registers the tag, so that its tagged reply is awaited
+            client.send(tag + b" IDLE\r\n")
+            first = client._get_line()
+            if not first.startswith(b"+"):
+                self._expect_ok("idle", "IDLE", "NO", [first])
+            changed = _wait_for_change(client, deadline=time.monotonic() + timeout)
+            client.send(b"DONE\r\n")
+            typ, data = client._command_complete("IDLE", tag)
+        self._expect_ok("idle", "IDLE", typ, list(data))
+        return changed
 
     async def search_uids(self, criteria: str = "ALL") -> list[int]:
         """UID SEARCH with IMAP search criteria (ASCII), e.g. 'UNSEEN FROM "alerts@example.org"'."""
@@ -1179,6 +1209,39 @@ def _chunks(uids: list[int]) -> Iterator[list[int]]:
     ordered = sorted(set(uids))
     for start in range(0, len(ordered), _UID_CHUNK):
         yield ordered[start : start + _UID_CHUNK]
+
+
+_CHANGE_RE = re.compile(rb"^\* (?:\d+ (?:EXISTS|EXPUNGE|RECENT|FETCH)\b|BYE\b)", re.IGNORECASE)
+
+
+def _readable(client: imaplib.IMAP4, wait: float) -> bool:
+    """Whether a line can be read without blocking: data in imaplib's buffer, TLS's, or the socket's."""
+    sock = client.sock
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    previous = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        buffered = client.file.peek(1)  # type: ignore[union-attr]
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        buffered = b""
+    finally:
+        sock.settimeout(previous)
+    if buffered:
+        return True
+    ready, _, _ = select.select([sock], [], [], wait)
+    return bool(ready)
+
+
+def _wait_for_change(client: imaplib.IMAP4, *, deadline: float) -> bool:
+    """Read untagged lines during IDLE until a change is reported or the deadline passes."""
+    while (remaining := deadline - time.monotonic()) > 0:
+        if not _readable(client, min(remaining, 1.0)):
+            continue
+        line = client._get_line()
+        if _CHANGE_RE.match(line):
+            return True
+    return False
 
 
 def _first_int(data: Any) -> int:

@@ -16,6 +16,7 @@ from mailwright.web import (
     pages_sandbox,
     pages_send,
     pages_targets,
+    pages_triggers,
     pages_workflows,
 )
 from mailwright.web.render import render
@@ -67,7 +68,15 @@ async def _mailwright_error(request: Request, exc: Exception) -> Response:
 def install(app: FastAPI) -> None:
     static = resources.files("mailwright.web").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    routers = (pages_auth, pages_targets, pages_account_keys, pages_send, pages_sandbox, pages_workflows)
+    routers = (
+        pages_auth,
+        pages_targets,
+        pages_account_keys,
+        pages_send,
+        pages_sandbox,
+        pages_workflows,
+        pages_triggers,
+    )
     for module in routers:
         app.include_router(module.router)
     app.add_exception_handler(LoginRequired, _login_required)

@@ -117,6 +117,7 @@ def show_workflow(request: Request, ref: str, services: ServicesDep, session: Se
         workflow=workflow,
         document=services.workflows.export(ref).document,
         targets=services.targets.list_all(),
+        triggers=services.triggers.list_all(workflow.id),
         values={},
         errors={},
     )

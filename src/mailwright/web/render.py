@@ -25,6 +25,7 @@ NAV = [
     ("sandbox", "Sandbox mailbox", "/sandbox"),
     ("workflows", "Workflows", "/workflows"),
     ("runs", "Runs", "/runs"),
+    ("triggers", "Triggers", "/triggers"),
 ]
 
 
