@@ -226,3 +226,23 @@ def test_round_trip_through_the_stdlib_parser(
     (attachment,) = list(parsed.iter_attachments())
     assert attachment.get_content() == blob
     assert attachment.get_filename() == filename.strip()
+
+
+def test_long_words_fold_but_message_ids_stay_verbatim() -> None:
+    long_id = f"<{'a' * 90}@example.org>"
+    message = OutgoingMessage(
+        sender=SENDER,
+        to=parse_address_list("bob@example.net", field="to"),
+        subject="see " + "x" * 200,
+        references=[long_id, "<b@example.org>"],
+        headers=[("X-Token", "t" * 1200)],
+    )
+    data, parsed = build(message)
+    assert_wire_clean(data)
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    # Words too long for a line become encoded words, which fold anywhere.
+    assert max(len(line) for line in head if long_id.encode() not in line) <= 100
+    assert str(parsed["Subject"]) == "see " + "x" * 200
+    assert str(parsed["X-Token"]) == "t" * 1200
+    # Message IDs are never encoded: References folds only between them.
+    assert f"References: {long_id}\r\n <b@example.org>\r\n".encode() in data

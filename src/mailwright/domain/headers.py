@@ -16,6 +16,8 @@ from mailwright.domain.addresses import Address
 MAX_LINE = 78
 # "=?utf-8?b?" + "?=" is 12 characters; 45 bytes of UTF-8 become 60 of base64: 72 < 75.
 _CHUNK_BYTES = 45
+# A plain word in a display name longer than this could not share a line with "Reply-To: ".
+_PHRASE_WORD_MAX = 60
 _ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]+$")
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]*$")
 
@@ -71,14 +73,23 @@ def unstructured(name: str, value: str) -> str:
     """A free-text header (Subject, custom headers): encoded words when it is not plain ASCII."""
     if not value:
         return f"{name}: \r\n"
-    if _needs_encoding(value) or value != value.strip() or "  " in value:
-        # Encoded words also keep leading, trailing and repeated spaces exactly.
+    words = value.split(" ")
+    if _needs_encoding(value) or value != value.strip() or "  " in value or not _fits(words, name=name):
+        # Encoded words also keep leading, trailing and repeated spaces exactly, and
+        # split a word too long for one line, which folding alone cannot.
         return _fold(_encoded_words(value), name=name)
-    return _fold(_split_spaces(value), name=name)
+    return _fold(words, name=name)
 
 
-def _split_spaces(value: str) -> list[str]:
-    return value.split(" ")
+def words(name: str, tokens: list[str]) -> str:
+    """A header of words that must stay as written (References), folded between them."""
+    return _fold(tokens, name=name)
+
+
+def _fits(tokens: list[str], *, name: str) -> bool:
+    """Whether folding alone keeps every line within 78 characters."""
+    first_room = MAX_LINE - len(name) - 2
+    return len(tokens[0]) <= first_room and all(len(t) < MAX_LINE for t in tokens)
 
 
 def _phrase(name: str) -> list[str]:
@@ -89,8 +100,13 @@ def _phrase(name: str) -> list[str]:
     if _needs_encoding(name):
         return _encoded_words(name)
     if _ATOM.match(name) and "  " not in name and name == name.strip():
-        return name.split(" ")
-    return [_quoted(name)]
+        atoms = name.split(" ")
+        if all(len(a) <= _PHRASE_WORD_MAX for a in atoms):
+            return atoms
+    elif len(quoted := _quoted(name)) <= _PHRASE_WORD_MAX:
+        return [quoted]
+    # Too long for one line: encoded words are the only way to fold a phrase's word.
+    return _encoded_words(name)
 
 
 def _quoted(text: str) -> str:

@@ -8,14 +8,13 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email import policy as email_policy
-from email.message import EmailMessage
 from email.utils import format_datetime
 from enum import StrEnum
 
-from mailwright.domain import headers
+from mailwright.domain import headers, mime
 from mailwright.domain.addresses import Address, dedupe
 from mailwright.domain.html_text import html_to_text
+from mailwright.domain.mime import normalise_newlines as normalise_newlines
 from mailwright.errors import ValidationError
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
@@ -97,11 +96,6 @@ class OutgoingMessage:
         return any(a.needs_smtputf8 for a in (self.sender, *self.to, *self.cc, *self.reply_to))
 
 
-def normalise_newlines(text: str) -> str:
-    """Bare CR and bare LF both become line ends (CRLF on the wire)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
 def check_header(name: str, value: str) -> tuple[str, str]:
     """A custom header, refused with a reason if it could break the message."""
     name = name.strip()
@@ -161,7 +155,8 @@ def _headers(message: OutgoingMessage, *, message_id: str, date: datetime, smtpu
     if message.in_reply_to:
         lines.append(f"In-Reply-To: {message.in_reply_to}\r\n")
     if message.references:
-        lines.append(headers.unstructured("References", " ".join(message.references)))
+        # Message IDs must stay as written (never encoded words), so only fold between them.
+        lines.append(headers.words("References", message.references))
     if message.importance is not Importance.NORMAL:
         lines.append(f"Importance: {message.importance.value.capitalize()}\r\n")
         lines.append(f"X-Priority: {_PRIORITY[message.importance]}\r\n")
@@ -177,27 +172,10 @@ def build_mime(
     smtputf8: bool,
 ) -> bytes:
     """The message as wire bytes (CRLF line ends). Bcc never appears in the headers."""
-    # The body and its MIME structure come from the standard library; the
-    # addressing headers are written by `headers`, which folds them correctly.
-    body = EmailMessage(policy=email_policy.SMTP.clone(cte_type="7bit"))
-    _set_body(body, message)
     top = _headers(message, message_id=message_id, date=date, smtputf8=smtputf8)
-    return top.encode("utf-8" if smtputf8 else "ascii") + body.as_bytes()
-
-
-def _set_body(mime: EmailMessage, message: OutgoingMessage) -> None:
-    text = normalise_newlines(message.text) if message.text is not None else None
-    html = normalise_newlines(message.html) if message.html is not None else None
-    if text is None and html is not None:
-        text = html_to_text(html)
-    mime.set_content(text or "", charset="utf-8")
-    if html is not None:
-        mime.add_alternative(html, subtype="html", charset="utf-8")
-    for attachment in message.attachments:
-        maintype, _, subtype = attachment.effective_content_type.partition("/")
-        mime.add_attachment(
-            attachment.content,
-            maintype=maintype,
-            subtype=subtype or "octet-stream",
-            filename=attachment.filename,
-        )
+    text = message.text
+    if text is None:
+        # HTML-only mail still gets a plain-text alternative for readers that want one.
+        text = html_to_text(normalise_newlines(message.html)) if message.html is not None else ""
+    body = mime.build_body(text=text, html=message.html, attachments=message.attachments)
+    return top.encode("utf-8" if smtputf8 else "ascii") + body
