@@ -246,3 +246,10 @@ def test_long_words_fold_but_message_ids_stay_verbatim() -> None:
     assert str(parsed["X-Token"]) == "t" * 1200
     # Message IDs are never encoded: References folds only between them.
     assert f"References: {long_id}\r\n <b@example.org>\r\n".encode() in data
+
+
+def test_a_non_ascii_message_id_is_refused_with_its_field() -> None:
+    from mailwright.domain.message import check_message_id
+
+    with pytest.raises(ValidationError, match=r"in_reply_to: .* must be ASCII"):
+        check_message_id("<idé@example.org>", field="in_reply_to")

@@ -120,6 +120,13 @@ def check_message_id(value: str, *, field: str) -> str:
         value = f"<{value}>"
     if not _MSGID.match(value):
         raise ValidationError(f"{field}: {value!r} is not a message id like <id@host>", field=field)
+    if not value.isascii():
+        # Message ids go in the headers verbatim; only ASCII is readable by every server.
+        raise ValidationError(
+            f"{field}: {value!r} has non-ASCII characters; a message id must be ASCII",
+            field=field,
+            hint="use the Message-ID exactly as the original message's headers carry it",
+        )
     return value
 
 
