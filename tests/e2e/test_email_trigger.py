@@ -99,6 +99,11 @@ async def test_invoice_workflow_forwards_attachments_and_moves_mail(
     run = mw.runs.get(row.run_id or "")
     assert run.status == "succeeded" and run.trigger is not None
     assert run.trigger["subject"] == "Invoice 42" and run.trigger["folder"] == "INBOX"
+    shown = CLI(mw.settings.home)("runs", "show", run.id)
+    assert (
+        f"started by mail 'Invoice 42' from Billing <billing@supplier.example> (IMAP {inbox.address}"
+        in shown.stdout
+    )
 
 
 async def test_idle_picks_up_new_mail_within_a_second(mw: Services, mailstack: MailStack) -> None:

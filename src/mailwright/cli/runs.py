@@ -39,6 +39,10 @@ async def wait_inline(run_id: str) -> RunPublic:
 def print_run(run: RunPublic) -> None:
     typer.echo(f"run {run.id}  {run.workflow!r}  {run.status.upper()}")
     typer.echo(f"  created {run.created_at:%Y-%m-%d %H:%M:%S}, target {run.target or '-'}")
+    if run.trigger:
+        mail = run.trigger
+        where = f"{mail.get('target')} / {mail.get('folder')}, UID {mail.get('uid') or mail.get('uidl')}"
+        typer.echo(f"  started by mail {mail.get('subject')!r} from {mail.get('from')} ({where})")
     if run.error:
         typer.echo(f"  error: {run.error.get('message')}")
     for step in run.steps:
