@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         default=30.0, gt=0.5, le=3600, description="how long a worker holds a run without renewing it"
     )
     triggers: bool = Field(default=True, description="workers watch the mailboxes of email triggers")
+    files_dir: Path | None = Field(
+        default=None, description="where attachments read from mail are kept (default: HOME/files)"
+    )
 
     @field_validator("home")
     @classmethod

@@ -99,6 +99,9 @@ async def test_invoice_workflow_forwards_attachments_and_moves_mail(
     run = mw.runs.get(row.run_id or "")
     assert run.status == "succeeded" and run.trigger is not None
     assert run.trigger["subject"] == "Invoice 42" and run.trigger["folder"] == "INBOX"
+    (stored,) = next(r for r in runs(mw) if r.id == run.id).trigger["message"]["attachments"]  # type: ignore[index]
+    # The run record holds a reference to the stored file, not the attachment's bytes.
+    assert "content" not in stored and mw.files.get(stored["file"]) == PDF
     shown = CLI(mw.settings.home)("runs", "show", run.id)
     assert (
         f"started by mail 'Invoice 42' from Billing <billing@supplier.example> (IMAP {inbox.address}"

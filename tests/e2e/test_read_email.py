@@ -125,6 +125,32 @@ def test_cli_read(mailstack: MailStack, tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     assert table.returncode == 0 and "From the CLI test" in table.stdout
+    _deliver(mailstack, address, "With a report", attachment=b"%PDF-1.7 cli")
+    mailstack.wait_for_messages(address, password, 2)
+    out = str(tmp_path / "out")
+    saved = subprocess.run(
+        [
+            cli,
+            "read",
+            "--target",
+            f"IMAP {address}",
+            "--subject",
+            "report",
+            "--save-attachments",
+            out,
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert saved.returncode == 0, saved.stderr
+    (message,) = json.loads(saved.stdout)["messages"]
+    (attachment,) = message["attachments"]
+    assert Path(attachment["saved_to"]).read_bytes() == b"%PDF-1.7 cli" and "content" not in attachment
+    assert Path(attachment["saved_to"]).name == f"{message['uid']}-report.pdf"
 
 
 async def test_workflow_reads_and_forwards_the_attachment(mw: Services, mailstack: MailStack) -> None:

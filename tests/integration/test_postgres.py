@@ -18,6 +18,7 @@ from mailwright.services.account_keys import AccountKeyCreate
 from mailwright.services.app import Services
 from mailwright.services.sending import SendEmailRequest
 from mailwright.services.targets import TargetCreate
+from mailwright.services.triggers import Mail
 from mailwright.storage.db import SCHEMA_REVISION
 from tests.support.smtpserver import SMTPServerFactory
 
@@ -88,3 +89,41 @@ async def test_core_on_postgres(pg_url: str, tmp_path: Path, smtp_server_factory
         assert services.targets.get("Keyed").created_at.tzinfo is not None
     finally:
         services.close()
+
+
+def test_trigger_mail_is_taken_once_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    """Two watchers (two Services on one database) offer the same mail batch: one run per mail."""
+    first = Services(Settings(home=tmp_path, database_url=pg_url))
+    second = Services(Settings(home=tmp_path, database_url=pg_url))
+    try:
+        first.targets.create(
+            TargetCreate.model_validate(
+                {
+                    "display_name": "Inbox",
+                    "type": "imap",
+                    "server": "127.0.0.1",
+                    "port": 993,
+                    "no_account_keys": True,
+                }
+            )
+        )
+        first.workflows.create(
+            "name: Triggered\ntriggers: [{type: email, target: Inbox}]\n"
+            "steps: [{id: s, activity: set_variables, with: {x: '{{ trigger.message.subject }}'}}]\n"
+        )
+        (plan,) = first.triggers.plans()
+        mails = [Mail(key=str(uid), message={"uid": uid, "subject": f"m{uid}"}) for uid in range(1, 6)]
+        runs_a = first.triggers.take_many(plan, folder="INBOX", uidvalidity=7, mails=mails[:3], last_uid=3)
+        # The second watcher saw the folder a moment later: three of its five were taken already.
+        runs_b = second.triggers.take_many(plan, folder="INBOX", uidvalidity=7, mails=mails, last_uid=5)
+        assert len(runs_a) == 3 and len(runs_b) == 2
+        assert first.triggers.take_many(plan, folder="INBOX", uidvalidity=7, mails=mails) == []
+        assert (
+            first.triggers.position(plan.state_id)[1] == 5
+            or first.triggers.position(plan.state_id)[1] is None
+        )
+        (state,) = first.triggers.list_all("Triggered")
+        assert state.runs_started == 5
+    finally:
+        first.close()
+        second.close()

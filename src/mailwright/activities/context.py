@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from mailwright.errors import ValidationError
 from mailwright.services.targets import TargetService
+from mailwright.storage.files import FileStore
 
 
 @dataclass
@@ -20,6 +21,8 @@ class ActivityContext:
     message_id: str | None
     remember_message_id: Callable[[str], Awaitable[None]]
     mark_sending: Callable[[], Awaitable[None]]
+    # Where read attachments are kept (None: they are returned inline, as base64).
+    files: FileStore | None = None
 
     def require_target(self, activity: str) -> str:
         if not self.target:

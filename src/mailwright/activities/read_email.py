@@ -13,6 +13,7 @@ from mailwright.errors import ValidationError
 from mailwright.plugins import ActivitySpec, register_activity
 from mailwright.sandbox.parse import extract_attachment, parse_message
 from mailwright.services.targets import TargetService
+from mailwright.storage.files import FileStore
 from mailwright.targets.imap import IMAPSettings
 from mailwright.transport.imap import IMAPConnection, quote_string
 
@@ -74,7 +75,14 @@ def search_criteria(inputs: ReadEmailInput) -> str:
     return " ".join(terms) or "ALL"
 
 
-def message_output(uid: int, raw: bytes, inputs: ReadEmailInput) -> dict[str, Any] | None:
+def message_output(
+    uid: int, raw: bytes, inputs: ReadEmailInput, *, files: FileStore | None = None
+) -> dict[str, Any] | None:
+    """The Read Email fields of one message; None when the has_attachment filter rules it out.
+
+    Downloaded attachments go to the file store when there is one (`file`: a reference a
+    Send Email step can attach), else inline as base64 (`content`).
+    """
     parsed = parse_message(raw).as_dict()
     attachments = []
     for info in parsed["attachments"]:
@@ -87,7 +95,9 @@ def message_output(uid: int, raw: bytes, inputs: ReadEmailInput) -> dict[str, An
         }
         if inputs.download_attachments and info["size"] <= inputs.attachment_size_limit:
             found = extract_attachment(raw, info["index"])
-            if found is not None:
+            if found is not None and files is not None:
+                entry["file"] = files.put(found[1])
+            elif found is not None:
                 # The shape Send Email takes, so a later step can forward it.
                 entry["content"] = base64.b64encode(found[1]).decode()
         attachments.append(entry)
@@ -110,7 +120,9 @@ def message_output(uid: int, raw: bytes, inputs: ReadEmailInput) -> dict[str, An
     }
 
 
-async def read_messages(targets: TargetService, target: str, inputs: ReadEmailInput) -> dict[str, Any]:
+async def read_messages(
+    targets: TargetService, target: str, inputs: ReadEmailInput, *, files: FileStore | None = None
+) -> dict[str, Any]:
     """Search, fetch (without marking read), parse; then the `after` action on what was read."""
     if inputs.after == "move" and not inputs.move_to:
         raise ValidationError("after: move needs move_to (the folder)", field="move_to")
@@ -129,7 +141,7 @@ async def read_messages(targets: TargetService, target: str, inputs: ReadEmailIn
         messages = [
             m
             for uid in uids[: inputs.max]
-            if uid in fetched and (m := message_output(uid, fetched[uid], inputs))
+            if uid in fetched and (m := message_output(uid, fetched[uid], inputs, files=files))
         ]
         chosen = [m["uid"] for m in messages]
         if chosen and inputs.after == "mark_read":
@@ -152,7 +164,8 @@ async def read_messages(targets: TargetService, target: str, inputs: ReadEmailIn
 
 
 async def execute(ctx: ActivityContext, inputs: ReadEmailInput) -> dict[str, Any]:
-    return await read_messages(ctx.targets, inputs.target or ctx.require_target("read_email"), inputs)
+    target = inputs.target or ctx.require_target("read_email")
+    return await read_messages(ctx.targets, target, inputs, files=ctx.files)
 
 
 SPEC = register_activity(

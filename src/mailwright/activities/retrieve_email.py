@@ -40,7 +40,7 @@ async def execute(ctx: ActivityContext, inputs: RetrieveEmailInput) -> dict[str,
                 continue
             if len(messages) >= inputs.max:
                 break
-            output = message_output(number, await connection.retrieve(number), options)
+            output = message_output(number, await connection.retrieve(number), options, files=ctx.files)
             if output is None:
                 continue
             output["uidl"] = uidl

@@ -9,6 +9,7 @@ from pydantic import ConfigDict
 from mailwright.activities.context import ActivityContext
 from mailwright.domain.message import make_message_id
 from mailwright.plugins import ActivitySpec, register_activity
+from mailwright.services.ratelimit import INLINE_WAIT, RateLimits
 from mailwright.services.sending import SendEmailRequest, build_outgoing, deliver, resolve_sender
 
 
@@ -23,7 +24,14 @@ class SendEmailInput(SendEmailRequest):
 async def execute(ctx: ActivityContext, inputs: SendEmailInput) -> dict[str, Any]:
     target = inputs.target or ctx.require_target("send_email")
     resolved = ctx.targets.resolve(target, account_key=inputs.account_key or ctx.account_key)
-    message = build_outgoing(inputs, resolve_sender(inputs, resolved))
+    # A short wait happens here; a longer one raises RateLimitedError and the engine defers the run.
+    await ctx.targets.rate_limits.acquire(
+        key=resolved.target.id,
+        limits=RateLimits.of(resolved.smtp()),
+        target=resolved.target.display_name,
+        max_wait=INLINE_WAIT,
+    )
+    message = build_outgoing(inputs, resolve_sender(inputs, resolved), files=ctx.files)
     message_id = ctx.message_id
     if message_id is None:
         message_id = make_message_id(message.sender.ascii_domain)

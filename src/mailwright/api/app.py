@@ -12,6 +12,7 @@ from fastapi.responses import RedirectResponse
 from mailwright import __version__
 from mailwright.api import errors
 from mailwright.api.routes import router
+from mailwright.api.routes_batch import router as batch_router
 from mailwright.api.routes_workflows import router as workflow_router
 from mailwright.engine.worker import Worker
 from mailwright.sandbox import SANDBOX_DIRECTORY_NAME, SandboxStore
@@ -33,6 +34,7 @@ def _lifespan(
             stop.set()
             if task is not None:
                 await task
+            await services.aclose()
 
     return lifespan
 
@@ -59,6 +61,7 @@ def create_app(
     app.state.sandbox_address = sandbox_address
     errors.install(app)
     app.include_router(router)
+    app.include_router(batch_router)
     app.include_router(workflow_router)
 
     web.install(app)

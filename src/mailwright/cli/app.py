@@ -12,6 +12,7 @@ import typer
 
 from mailwright import __version__
 from mailwright.cli import account_keys, runs, sandbox, targets, tokens, triggers, workflows
+from mailwright.cli.batch import send_batch
 from mailwright.cli.output import EXIT_BAD_INPUT, exit_code_for, print_error
 from mailwright.cli.read import read
 from mailwright.cli.send import send
@@ -32,6 +33,7 @@ app.add_typer(targets.app, name="targets")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(sandbox.app, name="sandbox")
 app.command("send")(send)
+app.command("send-batch")(send_batch)
 app.command("serve")(serve)
 app.add_typer(workflows.app, name="workflows")
 app.add_typer(runs.app, name="runs")

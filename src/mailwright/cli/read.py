@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import base64
+from pathlib import Path, PurePath
+from typing import Annotated, Any
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import print_json, print_table
+from mailwright.errors import ValidationError
 
 
 def read(
@@ -22,6 +25,10 @@ def read(
         str, typer.Option("--after", help="nothing (default), mark_read, move or delete")
     ] = "nothing",
     move_to: Annotated[str | None, typer.Option("--move-to", help="the folder for --after move")] = None,
+    save_attachments: Annotated[
+        Path | None,
+        typer.Option("--save-attachments", help="write each message's attachments into this directory"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (bodies and headers included)")] = False,
 ) -> None:
     """Read messages without marking them read (unless --after says otherwise)."""
@@ -38,9 +45,15 @@ def read(
             "max": max_count,
             "after": after,
             "move_to": move_to,
+            "download_attachments": save_attachments is not None,
         },
     )
-    result = asyncio.run(read_messages(services().targets, target, inputs))
+    svc = services()
+    # Saved attachments come back inline and go to the directory, not to the file store.
+    files = None if save_attachments is not None else svc.files
+    result = asyncio.run(read_messages(svc.targets, target, inputs, files=files))
+    if save_attachments is not None:
+        _save(result["messages"], save_attachments)
     if as_json:
         print_json(result)
         return
@@ -52,3 +65,24 @@ def read(
             for m in result["messages"]
         ],
     )
+
+
+def _save(messages: list[dict[str, Any]], directory: Path) -> None:
+    """Write attachments as UID-NAME files; the JSON then names the file instead of the bytes."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError(
+            f"cannot create {directory}: {exc.strerror}", field="save_attachments"
+        ) from None
+    for message in messages:
+        for attachment in message["attachments"]:
+            content = attachment.pop("content", None)
+            if content is None:
+                continue  # over the size limit
+            written = str(attachment["file_name"] or "attachment").replace("\\", "/")
+            name = PurePath(written).name or "attachment"  # never a path out of the directory
+            path = directory / f"{message['uid']}-{name}"
+            path.write_bytes(base64.b64decode(content))
+            attachment["saved_to"] = str(path)
+            typer.echo(f"saved {path} ({attachment['size']} bytes)", err=True)

@@ -43,6 +43,29 @@ PollingInterval = Annotated[
     float | None,
     typer.Option("--polling-interval", help="imap/pop3: seconds between polls of a mail trigger"),
 ]
+RatePerSecond = Annotated[
+    int | None, typer.Option("--rate-per-second", help="smtp: at most N messages per second (0: no limit)")
+]
+RatePerMinute = Annotated[
+    int | None, typer.Option("--rate-per-minute", help="smtp: at most N messages per minute (0: no limit)")
+]
+RatePerDay = Annotated[
+    int | None,
+    typer.Option("--rate-per-day", help="smtp: at most N messages per UTC day (0: no limit)"),
+]
+MaxConnections = Annotated[
+    int | None, typer.Option("--max-connections", help="smtp: pooled connections at once (default 8)")
+]
+MaxMessagesPerConnection = Annotated[
+    int | None,
+    typer.Option(
+        "--max-messages-per-connection",
+        help="smtp: messages before a connection is replaced (default 100; Gmail about 100)",
+    ),
+]
+IdleTimeout = Annotated[
+    float | None, typer.Option("--idle-timeout", help="smtp: seconds before an unused connection closes")
+]
 
 
 def _settings(**values: Any) -> dict[str, Any]:
@@ -80,6 +103,8 @@ def _show(t: TargetPublic) -> None:
             *([("EHLO name", t.ehlo_name or "(this host's name)")] if t.protocol == "SMTP" else []),
             *([("Polling interval", f"{t.polling_interval:g} s")] if t.polling_interval else []),
             ("Timeouts", f"connect {t.connect_timeout:g} s, command {t.command_timeout:g} s"),
+            *([("Rate limits", _rates(t))] if t.protocol == "SMTP" else []),
+            *([("Connection pool", _pool(t))] if t.max_connections else []),
             (
                 "Last test",
                 f"{'OK' if last.ok else 'FAILED'} at {last.at:%Y-%m-%d %H:%M} — {last.summary}"
@@ -88,6 +113,19 @@ def _show(t: TargetPublic) -> None:
             ),
             ("ID", t.id),
         ]
+    )
+
+
+def _rates(t: TargetPublic) -> str:
+    pairs = ((t.rate_per_second, "second"), (t.rate_per_minute, "minute"), (t.rate_per_day, "day"))
+    limits = [f"{value:,} per {unit}" for value, unit in pairs if value]
+    return ", ".join(limits) or "none"
+
+
+def _pool(t: TargetPublic) -> str:
+    return (
+        f"up to {t.max_connections} connections, {t.max_messages_per_connection:,} messages each, "
+        f"closed after {t.idle_timeout:g} s idle"
     )
 
 
@@ -131,6 +169,12 @@ def create(
     connect_timeout: ConnectTimeout = None,
     starttls_optional: StarttlsOptional = None,
     polling_interval: PollingInterval = None,
+    rate_per_second: RatePerSecond = None,
+    rate_per_minute: RatePerMinute = None,
+    rate_per_day: RatePerDay = None,
+    max_connections: MaxConnections = None,
+    max_messages_per_connection: MaxMessagesPerConnection = None,
+    idle_timeout: IdleTimeout = None,
     description: Description = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -146,6 +190,12 @@ def create(
         connect_timeout=connect_timeout,
         starttls_optional=starttls_optional,
         polling_interval=polling_interval,
+        rate_per_second=rate_per_second,
+        rate_per_minute=rate_per_minute,
+        rate_per_day=rate_per_day,
+        max_connections=max_connections,
+        max_messages_per_connection=max_messages_per_connection,
+        idle_timeout=idle_timeout,
     )
     target = services().targets.create(
         TargetCreate(
@@ -228,6 +278,12 @@ def update(
         typer.Option("--starttls-optional/--starttls-required", help="with starttls: is it optional?"),
     ] = None,
     polling_interval: PollingInterval = None,
+    rate_per_second: RatePerSecond = None,
+    rate_per_minute: RatePerMinute = None,
+    rate_per_day: RatePerDay = None,
+    max_connections: MaxConnections = None,
+    max_messages_per_connection: MaxMessagesPerConnection = None,
+    idle_timeout: IdleTimeout = None,
     description: Description = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -243,6 +299,12 @@ def update(
         connect_timeout=connect_timeout,
         starttls_optional=starttls_optional,
         polling_interval=polling_interval,
+        rate_per_second=rate_per_second,
+        rate_per_minute=rate_per_minute,
+        rate_per_day=rate_per_day,
+        max_connections=max_connections,
+        max_messages_per_connection=max_messages_per_connection,
+        idle_timeout=idle_timeout,
     )
     target = services().targets.update(
         ref,

@@ -17,7 +17,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
 
@@ -25,11 +25,21 @@ from mailwright.activities.context import ActivityContext
 from mailwright.domain.validation import validate_model
 from mailwright.domain.workflows import Step, WorkflowDocument
 from mailwright.engine.expressions import evaluate_condition, render_value
-from mailwright.errors import MailwrightError, TargetDeferredError, TargetRejectedError
+from mailwright.errors import (
+    MailwrightError,
+    RecipientsRefusedError,
+    TargetDeferredError,
+    TargetRejectedError,
+)
 from mailwright.plugins import activity
+from mailwright.services.ratelimit import RateLimitedError
 from mailwright.services.targets import TargetService
 from mailwright.storage.db import Database
+from mailwright.storage.files import FileStore
 from mailwright.storage.tables import RunRow, RunStepRow, utcnow
+
+if TYPE_CHECKING:
+    from mailwright.engine.batch import BatchProgress
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,8 @@ BACKOFF_CAP = 300.0
 INLINE_WAIT = 5.0
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+BATCH_KIND = "batch"  # a run document of this kind is a batch of messages, one step each
+RATE_LIMIT_NOTE = "rate limit: "
 STEP_DONE = {"succeeded", "failed", "skipped", "cancelled"}
 
 
@@ -70,14 +82,23 @@ def is_transient(exc: BaseException) -> bool:
 
 class Executor:
     def __init__(
-        self, db: Database, targets: TargetService, *, worker_id: str, lease: timedelta = LEASE
+        self,
+        db: Database,
+        targets: TargetService,
+        *,
+        worker_id: str,
+        lease: timedelta = LEASE,
+        files: FileStore | None = None,
     ) -> None:
         self._db = db
         self._targets = targets
+        self._files = files
         self.worker_id = worker_id
         self.lease = lease
         # Set when the worker is asked to stop: runs are released between steps.
         self.stopping = asyncio.Event()
+        # Told the live progress of each batch this executor runs (the CLI draws its bar from it).
+        self.on_batch_progress: Callable[[BatchProgress], None] | None = None
 
     # --- claiming -------------------------------------------------------------
 
@@ -132,10 +153,13 @@ class Executor:
             assert run is not None
             if run.started_at is None:
                 run.started_at = utcnow()
-            document = WorkflowDocument.model_validate(run.document)
+            raw_document = run.document
             inputs = dict(run.inputs)
             target, key = run.target, run.account_key
             trigger = run.trigger
+        if raw_document.get("kind") == BATCH_KIND:
+            return await self._execute_batch(run_id, lost)
+        document = WorkflowDocument.model_validate(raw_document)
         context: dict[str, Any] = {"inputs": inputs, "steps": {}}
         if trigger is not None:
             context["trigger"] = trigger
@@ -154,6 +178,12 @@ class Executor:
                 error = context["steps"][step.id].get("error")
                 return self._finish(run_id, "failed", error)
         return self._finish(run_id, "succeeded", None)
+
+    async def _execute_batch(self, run_id: str, lost: asyncio.Event) -> str:
+        # Imported here: the batch engine builds on this module's claims, retries and deferral.
+        from mailwright.engine.batch import BatchRunner
+
+        return await BatchRunner(self, run_id=run_id, lost=lost).run()
 
     def _cancel_requested(self, run_id: str) -> bool:
         with self._db.session() as session:
@@ -304,6 +334,7 @@ class Executor:
                 message_id=message_id,
                 remember_message_id=self._remembering(row_id),
                 mark_sending=self._marking(row_id),
+                files=self._files,
             )
             output = await asyncio.wait_for(spec.execute(ctx, inputs), timeout=step.timeout)
         except Exception as exc:  # recorded on the step; a bug in one activity must not stall the run
@@ -400,14 +431,18 @@ class Executor:
         context: dict[str, Any],
         exc: BaseException,
     ) -> str:
+        if isinstance(exc, RateLimitedError):
+            return self._throttled(run_id, row_id, exc)
         error = error_record(exc)
         with self._db.session() as session:
             row = session.get(RunStepRow, row_id)
             assert row is not None
             row.error = error
-            # A refusal of the message (4xx/5xx after DATA) means nothing was delivered;
-            # a timeout or a dropped connection there leaves "sending": the outcome is unknown.
-            if row.send_state == "sending" and isinstance(exc, TargetRejectedError | TargetDeferredError):
+            # A refusal of the message (4xx/5xx after DATA, or of its recipients: with PIPELINING
+            # DATA may already be on its way) means nothing was delivered; a timeout or a
+            # dropped connection there leaves "sending": the outcome is unknown.
+            nothing_sent = TargetRejectedError | TargetDeferredError | RecipientsRefusedError
+            if row.send_state == "sending" and isinstance(exc, nothing_sent):
                 row.send_state = None
             retry = is_transient(exc) and row.attempts < row.max_attempts
             wait = backoff(row.attempts) if retry else 0.0
@@ -436,6 +471,20 @@ class Executor:
             assert run is not None
             target, key = run.target, run.account_key
         return await self._run_item(run_id, position, index, step, context, target=target, key=key)
+
+    def _throttled(self, run_id: str, row_id: str, exc: RateLimitedError) -> str:
+        """Held back by the target's rate limit: not an attempt and not a failure; the run waits."""
+        with self._db.session() as session:
+            row = session.get(RunStepRow, row_id)
+            assert row is not None
+            row.attempts = max(0, row.attempts - 1)
+            row.status = "deferred"
+            # One rate-limit note at a time: a long queue would otherwise pile them up.
+            notes = [n for n in row.notes if not n.startswith(RATE_LIMIT_NOTE)]
+            row.notes = [*notes, f"{RATE_LIMIT_NOTE}{exc.message}"]
+            row.updated_at = utcnow()
+        self._defer_run(run_id, max(0.0, (exc.until - utcnow()).total_seconds()))
+        return "deferred"
 
     def _release(self, run_id: str) -> None:
         """Give the run back at once (a graceful stop); the next worker resumes it."""

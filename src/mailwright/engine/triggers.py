@@ -159,7 +159,7 @@ class Watcher:
             self.backoff = min(self.backoff * 2, MAX_BACKOFF)
 
     def _message(self, uid: int, raw: bytes) -> dict[str, Any]:
-        output = message_output(uid, raw, self.read_input)
+        output = message_output(uid, raw, self.read_input, files=self.manager.services.files)
         assert output is not None  # no has_attachment filter: every message has an output
         return output
 

@@ -51,7 +51,9 @@ class Worker:
         self.services = services
         self.id = worker_id()
         lease = timedelta(seconds=services.settings.lease_seconds)
-        self.executor = Executor(services.db, services.targets, worker_id=self.id, lease=lease)
+        self.executor = Executor(
+            services.db, services.targets, worker_id=self.id, lease=lease, files=services.files
+        )
         self.poll_interval = poll_interval
         self._broker = make_broker(services.settings.broker)
 

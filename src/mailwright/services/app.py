@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mailwright.config import Settings
 from mailwright.services.account_keys import AccountKeyService
+from mailwright.services.batches import BatchService
 from mailwright.services.runs import RunService
 from mailwright.services.schedules import ScheduleService
 from mailwright.services.sending import SendService
@@ -13,6 +14,8 @@ from mailwright.services.triggers import TriggerService
 from mailwright.services.web_auth import WebAuthService
 from mailwright.services.workflows import WorkflowService
 from mailwright.storage.db import Database
+from mailwright.storage.files import FileStore
+from mailwright.transport.pool import PoolRegistry, shared_pools
 
 
 class Services:
@@ -22,14 +25,18 @@ class Services:
             settings.ensure_home()
         self.db = Database(settings.effective_database_url)
         self.db.migrate()
+        self.files = FileStore(settings.files_dir or settings.home / "files")
         box = settings.secret_box()
         self.account_keys = AccountKeyService(self.db, box)
         self.targets = TargetService(self.db, self.account_keys)
-        self.sending = SendService(self.targets)
+        self.sending = SendService(self.targets, self.files)
+        # SMTP connection pools, shared by every send of the process; closed by `aclose`.
+        self.pools: PoolRegistry = shared_pools()
         self.tokens = TokenService(self.db)
         self.web_auth = WebAuthService(self.db, self.tokens)
         self.workflows = WorkflowService(self.db)
         self.runs = RunService(self.db)
+        self.batches = BatchService(self.db, self.targets, self.runs, files=self.files)
         self.schedules = ScheduleService(self.db, self.runs)
         self.triggers = TriggerService(self.db, self.runs)
         self.workflows.on_saved = self._workflow_saved
@@ -37,6 +44,10 @@ class Services:
     def _workflow_saved(self, workflow_id: str) -> None:
         self.schedules.sync(workflow_id)
         self.triggers.sync(workflow_id)
+
+    async def aclose(self) -> None:
+        """Release what lives in the event loop (pooled SMTP connections: QUIT); then `close`."""
+        await self.pools.aclose()
 
     def close(self) -> None:
         self.db.dispose()

@@ -8,8 +8,17 @@ from typing import TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailwright.domain.workflows import WorkflowDocument
 from mailwright.errors import NotFoundError, ValidationError
-from mailwright.storage.tables import AccountKeyRow, ApiTokenRow, TargetRow, WorkflowRow, name_key
+from mailwright.storage.tables import (
+    AccountKeyRow,
+    ApiTokenRow,
+    ScheduleStateRow,
+    TargetRow,
+    TriggerStateRow,
+    WorkflowRow,
+    name_key,
+)
 
 Row = TypeVar("Row", AccountKeyRow, TargetRow, ApiTokenRow, WorkflowRow)
 
@@ -45,3 +54,18 @@ def find(session: Session, model: type[Row], ref: str, *, what: str) -> Row:
             hint=f"list them with `mailwright {what.replace(' ', '-')}s list`",
         )
     return row
+
+
+State = TypeVar("State", ScheduleStateRow, TriggerStateRow)
+
+
+def workflow_states(
+    session: Session, model: type[State], workflow_id: str
+) -> tuple[WorkflowDocument, dict[int, State]] | None:
+    """A workflow's document and its stored schedule or trigger states by position (None if it is gone)."""
+    row = session.get(WorkflowRow, workflow_id)
+    if row is None:
+        return None
+    document = WorkflowDocument.model_validate(row.document)
+    found = session.scalars(select(model).where(model.workflow_id == workflow_id)).all()
+    return document, {state.position: state for state in found}

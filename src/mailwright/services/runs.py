@@ -17,6 +17,7 @@ from mailwright.storage.db import Database
 from mailwright.storage.tables import RunRow, RunStepRow, TargetRow, WorkflowRow, name_key, utcnow
 
 ACTIVE = ("queued", "running")
+BATCH_STEPS_SHOWN = 100
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
@@ -50,6 +51,9 @@ class RunPublic(BaseModel):
     finished_at: datetime | None
     not_before: datetime | None
     trigger: dict[str, Any] | None = None  # the mail that started it: where from, uid, subject, sender
+    # Batches only: `steps` is the first page; GET /api/v1/runs/{id}/steps pages through the rest.
+    steps_total: int | None = None
+    step_counts: dict[str, int] | None = None
     steps: list[StepPublic]
 
 
@@ -248,12 +252,20 @@ class RunService:
         run = session.get(RunRow, run_id.strip())
         if run is None:
             raise NotFoundError(f"no run with id {run_id!r}", hint="list them with `mailwright runs list`")
-        steps = session.scalars(
+        query = (
             select(RunStepRow)
             .where(RunStepRow.run_id == run.id)
             .order_by(RunStepRow.position, RunStepRow.item_index)
-        ).all()
-        return _public(run, list(steps))
+        )
+        if run.document.get("kind") != "batch":
+            return _public(run, list(session.scalars(query).all()))
+        # A batch may have 100,000 steps: the first page and the counts; the rest page by page.
+        public = _public(run, list(session.scalars(query.limit(BATCH_STEPS_SHOWN)).all()))
+        by_status = select(RunStepRow.status, func.count()).where(RunStepRow.run_id == run.id)
+        counts = session.execute(by_status.group_by(RunStepRow.status)).all()
+        public.step_counts = {status: int(n) for status, n in counts}
+        public.steps_total = sum(public.step_counts.values())
+        return public
 
     def list_runs(
         self, *, limit: int = 50, status: str | None = None, workflow: str | None = None

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 
 from mailwright.domain.workflows import WorkflowDocument
 from mailwright.errors import NotFoundError
-from mailwright.services.common import find
+from mailwright.services.common import find, workflow_states
 from mailwright.services.runs import RunService
 from mailwright.storage.db import Database
 from mailwright.storage.tables import ScheduleStateRow, WorkflowRow, utcnow
@@ -67,16 +67,10 @@ class ScheduleService:
     def sync(self, workflow_id: str) -> None:
         """Align the stored states with the workflow document (after create or replace)."""
         with self._db.session() as session:
-            row = session.get(WorkflowRow, workflow_id)
-            if row is None:
+            loaded = workflow_states(session, ScheduleStateRow, workflow_id)
+            if loaded is None:
                 return
-            document = WorkflowDocument.model_validate(row.document)
-            states = {
-                s.position: s
-                for s in session.scalars(
-                    select(ScheduleStateRow).where(ScheduleStateRow.workflow_id == workflow_id)
-                ).all()
-            }
+            document, states = loaded
             for position, schedule in enumerate(document.schedules):
                 state = states.pop(position, None)
                 if state is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import hashlib
 import ipaddress
 import logging
 import time
@@ -26,7 +28,8 @@ from mailwright.domain.message import (
 )
 from mailwright.errors import TargetError, ValidationError
 from mailwright.services.targets import ResolvedTarget, TargetService
-from mailwright.transport.smtp import SMTPConnection
+from mailwright.storage.files import FileStore
+from mailwright.transport.pool import PoolLimits, SMTPPool, shared_pools
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,10 @@ class AttachmentIn(BaseModel):
 
     filename: str = Field(validation_alias=AliasChoices("filename", "file_name", "name"))
     content_type: str | None = Field(default=None, description="guessed from the name if absent")
-    content: str = Field(description="the file's bytes, base64")
+    content: str | None = Field(default=None, description="the file's bytes, base64")
+    file: str | None = Field(
+        default=None, description="or a stored file (sha256:…), as read_email gives for an attachment"
+    )
     # What read_email reports beside each attachment, so its list can be forwarded as is.
     size: int | None = Field(default=None, exclude=True)
     sha256: str | None = Field(default=None, exclude=True)
@@ -117,18 +123,35 @@ def _headers(value: dict[str, str] | list[str]) -> list[tuple[str, str]]:
     return [check_header(name, text) for name, text in pairs]
 
 
-def _attachments(items: list[AttachmentIn]) -> list[Attachment]:
+def _attachment_bytes(item: AttachmentIn, name: str, files: FileStore | None) -> bytes:
+    if (item.content is None) == (item.file is None):
+        raise ValidationError(
+            f"attachment {name!r}: give either content (base64) or file (a stored file reference)",
+            field="attachments",
+        )
+    if item.file is not None:
+        if files is None:
+            raise ValidationError(
+                f"attachment {name!r}: stored files can be attached only inside Mailwright's runs",
+                field="attachments",
+                hint="send the bytes as base64 content instead",
+            )
+        return files.get(item.file)
+    try:
+        return base64.b64decode(item.content or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationError(
+            f"attachment {name!r}: content is not valid base64", field="attachments"
+        ) from exc
+
+
+def _attachments(items: list[AttachmentIn], files: FileStore | None) -> list[Attachment]:
     out = []
     for item in items:
         name = item.filename.replace("\\", "/").rsplit("/", 1)[-1].strip()
         if not name or any(ord(c) < 32 for c in name):
             raise ValidationError(f"attachment name {item.filename!r} is not usable", field="attachments")
-        try:
-            content = base64.b64decode(item.content, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValidationError(
-                f"attachment {name!r}: content is not valid base64", field="attachments"
-            ) from exc
+        content = _attachment_bytes(item, name, files)
         content_type = (item.content_type or "").strip()
         if content_type and (content_type.count("/") != 1 or any(c in content_type for c in " \r\n;")):
             raise ValidationError(
@@ -168,8 +191,13 @@ def resolve_sender(request: SendEmailRequest, resolved: ResolvedTarget) -> Addre
     return parse_address(login.username, field="from")
 
 
-def build_outgoing(request: SendEmailRequest, sender: Address) -> OutgoingMessage:
-    """The validated message; every field is checked so that no input can inject headers."""
+def build_outgoing(
+    request: SendEmailRequest, sender: Address, *, files: FileStore | None = None
+) -> OutgoingMessage:
+    """The validated message; every field is checked so that no input can inject headers.
+
+    `files` is where attachments given by reference (`file: sha256:…`) are read from.
+    """
     to = parse_address_list(request.to, field="to")
     cc = parse_address_list(request.cc, field="cc")
     bcc = parse_address_list(request.bcc, field="bcc")
@@ -184,7 +212,7 @@ def build_outgoing(request: SendEmailRequest, sender: Address) -> OutgoingMessag
         subject=check_single_line(request.subject, field="subject"),
         text=request.body,
         html=request.html,
-        attachments=_attachments(request.attachments),
+        attachments=_attachments(request.attachments, files),
         headers=_headers(request.headers),
         in_reply_to=check_message_id(request.in_reply_to, field="in_reply_to")
         if request.in_reply_to
@@ -195,18 +223,19 @@ def build_outgoing(request: SendEmailRequest, sender: Address) -> OutgoingMessag
 
 
 class SendService:
-    def __init__(self, targets: TargetService) -> None:
+    def __init__(self, targets: TargetService, files: FileStore | None = None) -> None:
         self._targets = targets
+        self._files = files
 
     def check(self, request: SendEmailRequest) -> None:
         """Everything that can be checked without a server: target, key, sender, every field."""
         resolved = self._targets.resolve(request.target, account_key=request.account_key)
-        build_outgoing(request, resolve_sender(request, resolved))
+        build_outgoing(request, resolve_sender(request, resolved), files=self._files)
 
     async def send(self, request: SendEmailRequest) -> SendResult:
         # Everything is validated before any connection is opened.
         resolved = self._targets.resolve(request.target, account_key=request.account_key)
-        message = build_outgoing(request, resolve_sender(request, resolved))
+        message = build_outgoing(request, resolve_sender(request, resolved), files=self._files)
         return await deliver(
             message, resolved, continue_if_one_address_valid=request.continue_if_one_address_valid
         )
@@ -220,38 +249,34 @@ async def deliver(
     message_id: str | None = None,
     before_data: Callable[[], Awaitable[None]] | None = None,
 ) -> SendResult:
-    """Open a connection to the target, send one message, close.
+    """Send one message on a pooled connection to the target.
 
-    A durable caller passes the Message-ID it stored, so a retry sends the very
-    same message, and `before_data` to record that the outcome may become unknown.
+    Safe for many concurrent calls: sends to one target share its pool. A durable
+    caller passes the Message-ID it stored, so a retry sends the very same message,
+    and `before_data` to record that the outcome may become unknown.
     """
     started = time.perf_counter()
     target_name = resolved.target.display_name
-    connection = SMTPConnection(resolved.smtp().endpoint(target_name))
-    try:
-        await connection.open(resolved.login)
-        smtputf8 = message.needs_smtputf8 and connection.capabilities.smtputf8
-        if message.sender.needs_smtputf8 and not smtputf8:
-            raise TargetError(
-                f"the sender {message.sender.addr} needs SMTPUTF8, which {resolved.smtp().server} "
-                "does not offer",
-                target=target_name,
-                hint="send from an ASCII address",
-            )
-        message_id = message_id or make_message_id(message.sender.ascii_domain)
-        data = build_mime(message, message_id=message_id, date=datetime.now(UTC), smtputf8=smtputf8)
-        delivery = await connection.deliver(
-            sender=message.sender.envelope(),
-            recipients=[(a.envelope(), a.needs_smtputf8) for a in message.recipients()],
-            data=data,
-            smtputf8=smtputf8,
-            continue_if_one_address_valid=continue_if_one_address_valid,
-            before_data=before_data,
+    pool = target_pool(resolved)
+    capabilities = await pool.capabilities()
+    smtputf8 = message.needs_smtputf8 and capabilities.smtputf8
+    if message.sender.needs_smtputf8 and not smtputf8:
+        raise TargetError(
+            f"the sender {message.sender.addr} needs SMTPUTF8, which {resolved.smtp().server} does not offer",
+            target=target_name,
+            hint="send from an ASCII address",
         )
-    finally:
-        await connection.close()
-    warnings = _transport_warnings(resolved, connection)
-    timings = dict(connection.timings)
+    message_id = message_id or make_message_id(message.sender.ascii_domain)
+    data = build_mime(message, message_id=message_id, date=datetime.now(UTC), smtputf8=smtputf8)
+    delivery = await pool.deliver(
+        sender=message.sender.envelope(),
+        recipients=[(a.envelope(), a.needs_smtputf8) for a in message.recipients()],
+        data=data,
+        smtputf8=smtputf8,
+        continue_if_one_address_valid=continue_if_one_address_valid,
+        before_data=before_data,
+    )
+    timings = dict(delivery.timings)
     timings["total"] = round((time.perf_counter() - started) * 1000, 2)
     recipients = [RecipientOutcome(**r.as_dict()) for r in delivery.recipients]
     result = SendResult(
@@ -265,19 +290,50 @@ async def deliver(
         size=delivery.size,
         smtputf8=smtputf8,
         timings=timings,
-        warnings=warnings,
+        warnings=_transport_warnings(resolved, pool.endpoint.host, tls=delivery.tls is not None),
     )
-    log.info(
-        "sent %s via %r: %d accepted, %d refused (%s)",
-        message_id,
-        target_name,
-        sum(r.status == "accepted" for r in recipients),
-        sum(r.status == "refused" for r in recipients),
-        f"{delivery.code} {delivery.reply}",
-    )
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "sent %s via %r: %d accepted, %d refused (%s)",
+            message_id,
+            target_name,
+            sum(r.status == "accepted" for r in recipients),
+            sum(r.status == "refused" for r in recipients),
+            f"{delivery.code} {delivery.reply}",
+        )
     return result
 
 
+def target_pool(resolved: ResolvedTarget) -> SMTPPool:
+    """The connection pool of the target; an edited target or account key gets fresh connections."""
+    settings = resolved.smtp()
+    login = resolved.login
+    # Compared, never shown: the secret enters as a digest, so a changed password is a new pool.
+    identity = (
+        settings,
+        resolved.target.display_name,  # named in the connections' errors
+        login.key_name if login else None,
+        login.username if login else None,
+        _digest(login.password.reveal()) if login else None,
+    )
+    return shared_pools().pool(
+        target_id=resolved.target.id,
+        identity=identity,
+        endpoint=lambda: settings.endpoint(resolved.target.display_name),
+        login=login,
+        limits=PoolLimits(
+            max_connections=settings.max_connections,
+            max_messages_per_connection=settings.max_messages_per_connection,
+            idle_timeout=settings.idle_timeout,
+        ),
+    )
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -287,11 +343,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _transport_warnings(resolved: ResolvedTarget, connection: SMTPConnection) -> list[str]:
+def _transport_warnings(resolved: ResolvedTarget, host: str, *, tls: bool) -> list[str]:
     """What the user should know about how the message travelled."""
     out: list[str] = []
     if resolved.smtp().disable_certificate_validation:
         out.append("certificate validation is disabled for this target: the server was not authenticated")
-    if connection.tls is None and not _is_loopback(connection.endpoint.host):
+    if not tls and not _is_loopback(host):
         out.append("the message went to the server without TLS (in plain text)")
     return out

@@ -16,6 +16,7 @@ from mailwright.errors import ConflictError, ValidationError
 from mailwright.plugins import target_type
 from mailwright.services.account_keys import AccountKeyService
 from mailwright.services.common import clean_name, find
+from mailwright.services.ratelimit import limiter_for
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AccountKeyRow, AppSettingRow, TargetRow, WorkflowRow, name_key, utcnow
 from mailwright.targets.report import ConnectionTestReport
@@ -36,6 +37,12 @@ _SETTING_FIELDS = (
     "connect_timeout",
     "command_timeout",
     "polling_interval",
+    "rate_per_second",
+    "rate_per_minute",
+    "rate_per_day",
+    "max_connections",
+    "max_messages_per_connection",
+    "idle_timeout",
 )
 
 
@@ -53,11 +60,21 @@ class _TargetFields(BaseModel):
     connect_timeout: float | None = Field(default=None, gt=0, le=300)
     command_timeout: float | None = Field(default=None, gt=0, le=3600)
     polling_interval: float | None = Field(default=None, ge=5, le=86_400, description="IMAP/POP3: seconds")
+    rate_per_second: int | None = Field(default=None, ge=0, description="SMTP: messages/second; 0: no limit")
+    rate_per_minute: int | None = Field(default=None, ge=0, description="SMTP: messages/minute; 0: no limit")
+    rate_per_day: int | None = Field(default=None, ge=0, description="SMTP: messages/day (UTC); 0: no limit")
+    max_connections: int | None = Field(default=None, ge=1, le=256, description="SMTP: pooled connections")
+    max_messages_per_connection: int | None = Field(
+        default=None, ge=1, le=100_000, description="SMTP: messages before a connection is replaced"
+    )
+    idle_timeout: float | None = Field(default=None, gt=0, le=3600, description="SMTP: seconds idle")
     account_key: str | None = Field(default=None, description="default account key, by name or id")
     no_account_keys: bool | None = Field(default=None, description="True for open relays")
 
     def settings_values(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in _SETTING_FIELDS if getattr(self, f) is not None}
+        values = {f: getattr(self, f) for f in _SETTING_FIELDS if getattr(self, f) is not None}
+        # A rate limit of 0 removes the limit (None is "leave it as it is" in an update).
+        return {k: None if k.startswith("rate_per_") and v == 0 else v for k, v in values.items()}
 
 
 class TargetCreate(_TargetFields):
@@ -95,6 +112,12 @@ class TargetPublic(BaseModel):
     starttls_required: bool = True
     ehlo_name: str | None = None
     polling_interval: float | None = None
+    rate_per_second: int | None = None
+    rate_per_minute: int | None = None
+    rate_per_day: int | None = None
+    max_connections: int | None = None
+    max_messages_per_connection: int | None = None
+    idle_timeout: float | None = None
     no_account_keys: bool
     account_key: str | None
     account_key_id: str | None
@@ -127,6 +150,8 @@ class TargetService:
     def __init__(self, db: Database, account_keys: AccountKeyService) -> None:
         self._db = db
         self._keys = account_keys
+        # One limiter per process: every run sending through a target shares its budget.
+        self.rate_limits = limiter_for(db)
 
     def create(self, data: TargetCreate) -> TargetPublic:
         kind = target_type(data.type)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from mailwright.domain.triggers import EmailTrigger
 from mailwright.domain.workflows import WorkflowDocument
 from mailwright.errors import NotFoundError
-from mailwright.services.common import find
+from mailwright.services.common import find, workflow_states
 from mailwright.services.runs import RunService
 from mailwright.storage.db import Database
 from mailwright.storage.tables import (
@@ -135,16 +135,10 @@ class TriggerService:
     def sync(self, workflow_id: str) -> None:
         """Align the states with the document. A trigger whose target and folder stay keeps its place."""
         with self._db.session() as session:
-            row = session.get(WorkflowRow, workflow_id)
-            if row is None:
+            loaded = workflow_states(session, TriggerStateRow, workflow_id)
+            if loaded is None:
                 return
-            document = WorkflowDocument.model_validate(row.document)
-            states = {
-                s.position: s
-                for s in session.scalars(
-                    select(TriggerStateRow).where(TriggerStateRow.workflow_id == workflow_id)
-                ).all()
-            }
+            document, states = loaded
             for position, trigger in enumerate(document.triggers):
                 target = session.scalars(
                     select(TargetRow).where(TargetRow.name_key == name_key(trigger.target))

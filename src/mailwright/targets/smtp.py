@@ -28,6 +28,21 @@ class SMTPSettings(ServerSettings):
         default=True, description="with starttls: fail when the server does not offer it"
     )
     ehlo_name: str | None = Field(default=None, description="client host name sent in EHLO")
+    # The connection pool (transport/pool.py): providers cap messages per connection
+    # (Gmail about 100, SendGrid 5,000) and close connections that idle too long.
+    max_connections: int = Field(default=8, ge=1, le=256, description="concurrent connections")
+    max_messages_per_connection: int = Field(
+        default=100, ge=1, le=100_000, description="messages before a connection is replaced"
+    )
+    idle_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="seconds before an unused connection is closed"
+    )
+    # Provider limits, enforced per target across every run of the process (None: unlimited).
+    rate_per_second: int | None = Field(default=None, ge=1, le=100_000, description="messages per second")
+    rate_per_minute: int | None = Field(default=None, ge=1, le=1_000_000, description="messages per minute")
+    rate_per_day: int | None = Field(
+        default=None, ge=1, le=100_000_000, description="messages per calendar day (UTC)"
+    )
 
     @field_validator("ehlo_name")
     @classmethod

@@ -12,7 +12,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -23,7 +23,6 @@ from aiosmtplib import SMTPStatus
 from mailwright.domain.smtp import Capabilities, Security, parse_ehlo
 from mailwright.errors import (
     CertificateUntrustedError,
-    MessageTooLargeError,
     RecipientsRefusedError,
     TargetAuthError,
     TargetConnectError,
@@ -96,12 +95,14 @@ class RecipientResult:
 
 @dataclass(slots=True)
 class Delivery:
-    """What the server said about one message."""
+    """What the server said about one message, and how it travelled."""
 
     recipients: list[RecipientResult]
     code: int
     reply: str
     size: int
+    timings: dict[str, float] = field(default_factory=dict)
+    tls: TLSState | None = None
 
 
 @dataclass(slots=True)
@@ -114,7 +115,11 @@ class TLSState:
 
 @dataclass(slots=True)
 class SMTPConnection:
-    """One SMTP session: open (connect, TLS, EHLO, AUTH), deliver messages, close."""
+    """The opening of an SMTP session (connect, TLS, EHLO, AUTH), with diagnoses.
+
+    Mail transactions then go through `pipeline.Session`, which takes the
+    transport over (`detach`); a connection test just opens and closes.
+    """
 
     endpoint: SMTPEndpoint
     timings: dict[str, float] = field(default_factory=dict)
@@ -241,7 +246,7 @@ class SMTPConnection:
                 await method(login.username, login.password.reveal())
             except aiosmtplib.SMTPAuthenticationError as exc:
                 if 400 <= exc.code < 500:
-                    raise _reply_error(
+                    raise reply_error(
                         ep, "could not check the login for now", exc.code, exc.message
                     ) from None
                 raise _auth_refused(ep, login, exc.code, exc.message) from None
@@ -271,99 +276,34 @@ class SMTPConnection:
             verified=self.endpoint.ssl_context.verify_mode != ssl.CERT_NONE,
         )
 
-    # --- delivering -----------------------------------------------------------
+    # --- handing over --------------------------------------------------------
 
-    async def deliver(
-        self,
-        *,
-        sender: str,
-        recipients: list[tuple[str, bool]],
-        data: bytes,
-        smtputf8: bool,
-        continue_if_one_address_valid: bool,
-        before_data: Callable[[], Awaitable[None]] | None = None,
-    ) -> Delivery:
-        """Send one message. `recipients` pairs each envelope address with whether it needs SMTPUTF8.
+    def detach(self) -> asyncio.Transport:
+        """The opened transport, for `pipeline.Session` to carry the mail transactions.
 
-        Recipients are checked one by one before DATA, so a refusal never leaves
-        a half-delivered message behind unless the caller allowed it. `before_data`
-        runs just before the DATA command: from then on the outcome can be unknown
-        if the process dies, so durable callers record it there.
+        aiosmtplib reads one reply per command it wrote, so it cannot pipeline;
+        after the handshake this connection is done and the session owns the socket.
         """
-        ep = self.endpoint
-        caps = self.capabilities
-        if caps.size is not None and len(data) > caps.size:
-            raise MessageTooLargeError(
-                f"the message is {_human_size(len(data))}; {ep.address} accepts at most "
-                f"{_human_size(caps.size)} (SIZE {caps.size})",
-                size=len(data),
-                limit=caps.size,
-                target=ep.target_name,
+        client = self._require_client()
+        transport = client.transport
+        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+            raise TargetConnectError(
+                f"the connection to {self.endpoint.address} closed after the handshake",
+                target=self.endpoint.target_name,
             )
-        use_utf8 = smtputf8 and caps.smtputf8
-        await self._mail_from(sender, size=len(data), smtputf8=use_utf8)
-        results = [await self._rcpt(addr, needs_utf8=needs, utf8=use_utf8) for addr, needs in recipients]
-        accepted = [r for r in results if r.status == "accepted"]
-        if len(accepted) < len(results) and (not continue_if_one_address_valid or not accepted):
-            await self._reset()
-            raise _refused(ep, results, allowed_partial=continue_if_one_address_valid)
-        if before_data is not None:
-            await before_data()
-        code, reply = await self._data(data)
-        return Delivery(recipients=results, code=code, reply=reply, size=len(data))
-
-    async def _mail_from(self, sender: str, *, size: int, smtputf8: bool) -> None:
-        client = self._require_client()
-        options = [f"SIZE={size}"] if self.capabilities.size is not None else []
-        if smtputf8:
-            options.append("SMTPUTF8")
-        with self._stage("mail"):
-            try:
-                await client.mail(sender, options=options, encoding="utf-8" if smtputf8 else "ascii")
-            except aiosmtplib.SMTPSenderRefused as exc:
-                raise _reply_error(
-                    self.endpoint,
-                    "refused the sender",
-                    exc.code,
-                    exc.message,
-                    sender,
-                    hint="use a From address the account key may send as",
-                ) from None
-
-    async def _rcpt(self, address: str, *, needs_utf8: bool, utf8: bool) -> RecipientResult:
-        if needs_utf8 and not utf8:
-            return RecipientResult(
-                address=address,
-                status="refused",
-                reply=f"{self.endpoint.address} does not offer SMTPUTF8, which this address needs",
-            )
-        client = self._require_client()
-        with self._stage("rcpt"):
-            try:
-                response = await client.rcpt(address, encoding="utf-8" if utf8 else "ascii")
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                return RecipientResult(address=address, status="refused", code=exc.code, reply=exc.message)
-        return RecipientResult(address=address, status="accepted", code=response.code, reply=response.message)
-
-    async def _data(self, data: bytes) -> tuple[int, str]:
-        client = self._require_client()
-        with self._stage("data"):
-            try:
-                response = await client.data(data)
-            except aiosmtplib.SMTPDataError as exc:
-                raise _reply_error(self.endpoint, "refused the message", exc.code, exc.message) from None
-        return response.code, response.message
-
-    async def _reset(self) -> None:
-        client = self._require_client()
-        try:
-            await client.rset()
-        except aiosmtplib.SMTPException:
-            # The refusal is what the caller needs to hear; a failed RSET only
-            # means this connection is not reusable.
-            client.close()
+        # Forget the transport without closing it: it now belongs to the session.
+        client.transport = None
+        client.protocol = None
+        self._client = None
+        return transport
 
     # --- closing --------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Close at once, without QUIT (the task is being cancelled)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -434,7 +374,7 @@ def _default_ehlo_name() -> str:
     return name if name and "." in name else "localhost.localdomain"
 
 
-def _human_size(size: int) -> str:
+def human_size(size: int) -> str:
     if size >= 1024 * 1024:
         return f"{size / (1024 * 1024):.1f} MiB"
     if size >= 1024:
@@ -460,7 +400,7 @@ def _auth_refused(ep: SMTPEndpoint, login: Login, code: int, reply: str) -> Targ
     )
 
 
-def _reply_error(
+def reply_error(
     ep: SMTPEndpoint,
     what: str,
     code: int,
@@ -480,7 +420,7 @@ def _reply_error(
     )
 
 
-def _refused(
+def recipients_refused(
     ep: SMTPEndpoint, results: list[RecipientResult], *, allowed_partial: bool
 ) -> RecipientsRefusedError:
     refused = [r for r in results if r.status == "refused"]
@@ -528,20 +468,20 @@ def translate(exc: BaseException, *, stage: Stage, endpoint: SMTPEndpoint) -> Ta
     if ssl_error is not None:
         return _tls_failure(ep, stage, ssl_error)
     if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
-        return _reply_error(ep, "refused the connection", exc.code, exc.message)
+        return reply_error(ep, "refused the connection", exc.code, exc.message)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return _reply_error(ep, f"answered {stage.upper()} with an error", exc.code, exc.message)
+        return reply_error(ep, f"answered {stage.upper()} with an error", exc.code, exc.message)
     if isinstance(exc, TimeoutError):
-        return _timeout(ep, stage)
+        return translate_timeout(ep, stage)
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected) or (
         stage in ("connect", "tls", "starttls") and "disconnect" in str(exc).lower()
     ):
-        return _disconnected(ep, stage)
+        return translate_disconnect(ep, stage)
     os_error = next((e for e in chain if isinstance(e, OSError) and e.errno is not None), None)
     if os_error is not None:
         return _os_failure(ep, os_error)
     if isinstance(exc, aiosmtplib.SMTPConnectError):
-        return _disconnected(ep, stage)
+        return translate_disconnect(ep, stage)
     return TargetError(f"{ep.address}: {stage} failed: {exc}", target=ep.target_name)
 
 
@@ -560,7 +500,7 @@ def _tls_failure(ep: SMTPEndpoint, stage: Stage, error: ssl.SSLError) -> TargetT
     )
 
 
-def _timeout(ep: SMTPEndpoint, stage: Stage) -> TargetTimeoutError:
+def translate_timeout(ep: SMTPEndpoint, stage: Stage) -> TargetTimeoutError:
     if stage == "connect" and ep.security is not Security.SSL:
         hint = (
             f"no greeting within {ep.connect_timeout:g} s; if port {ep.port} expects implicit TLS "
@@ -575,7 +515,7 @@ def _timeout(ep: SMTPEndpoint, stage: Stage) -> TargetTimeoutError:
     )
 
 
-def _disconnected(ep: SMTPEndpoint, stage: Stage) -> TargetConnectError:
+def translate_disconnect(ep: SMTPEndpoint, stage: Stage) -> TargetConnectError:
     if stage == "data":
         message = (
             f"{ep.address} closed the connection during DATA: the message may or may not have been accepted"

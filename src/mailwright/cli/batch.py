@@ -1,0 +1,258 @@
+"""`mailwright send-batch`: many messages from a JSONL file (or stdin), sent in this process.
+
+Each line is one message with the fields of /api/v1/send-email. The file is
+streamed, never held whole: every message is checked and stored (a bad line
+refuses the whole file, listing the bad lines, and nothing is sent); then the
+stored messages are sent with a progress bar and a summary at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mailwright.cli.context import services
+from mailwright.cli.output import EXIT_BAD_INPUT, EXIT_FAILED, print_json
+from mailwright.engine.batch import BatchProgress
+from mailwright.errors import ValidationError
+from mailwright.services.app import Services
+from mailwright.services.batches import BatchCreated, BatchRefusedError
+
+PLAIN_EVERY = 2.0  # seconds between progress lines when stderr is not a terminal
+REFRESH = 0.2
+
+
+def send_batch(
+    target: Annotated[str, typer.Option("--target", help="target display name or id")],
+    file: Annotated[
+        str, typer.Option("--file", help="JSONL: one message per line (fields of send-email); - for stdin")
+    ],
+    account_key: Annotated[
+        str | None, typer.Option("--account-key", help="override the target's default key")
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", help="messages in flight at once (default 16, at most the target's)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Send many messages through a target. Exit 0 if all were sent, 1 if some were not, 2 on bad input."""
+    svc = services()
+    started = time.monotonic()
+    with _lines(file) as lines:
+        try:
+            created = svc.batches.create(
+                lines, target=target, account_key=account_key, concurrency=concurrency, source=_name(file)
+            )
+        except BatchRefusedError as exc:
+            _print_refusal(exc)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+    stored = time.monotonic() - started
+    err = Console(stderr=True, highlight=False)
+    if not as_json:
+        err.print(
+            f"queued {created.total:,} messages as run {created.run_id} "
+            f"(target {created.target!r}, {created.concurrency} at a time, stored in {stored:.1f} s)"
+        )
+    show = "none" if as_json else ("bar" if err.is_terminal else "plain")
+    progress, status = asyncio.run(_execute(svc, created, show=show, console=err))
+    summary = _summary(svc, created, progress, status=status, stored=stored)
+    if as_json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+    if summary["sent"] + summary["partial"] < created.total:
+        raise typer.Exit(EXIT_FAILED)
+
+
+# --- reading the file -----------------------------------------------------------------
+
+
+def _name(file: str) -> str:
+    return "stdin" if file == "-" else file
+
+
+@contextmanager
+def _lines(file: str) -> Iterator[Iterator[tuple[str, str]]]:
+    if file == "-":
+        yield _numbered(sys.stdin, "stdin")
+        return
+    try:
+        handle = Path(file).open(encoding="utf-8", newline="\n")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise ValidationError(f"cannot read {file}: {exc.strerror}", field="file") from exc
+    with handle:
+        yield _numbered(handle, file)
+
+
+def _numbered(handle: IO[str], name: str) -> Iterator[tuple[str, str]]:
+    number = 0
+    try:
+        for number, line in enumerate(handle, start=1):
+            yield f"line {number}", line
+    except UnicodeDecodeError:
+        raise ValidationError(
+            f"{name}: line {number + 1} is not UTF-8 text", field="file", hint="save the file as UTF-8"
+        ) from None
+
+
+def _print_refusal(exc: BatchRefusedError) -> None:
+    typer.echo(f"error: {exc.message}", err=True)
+    for problem in exc.problems:
+        typer.echo(f"  {problem.where}: {problem.message}", err=True)
+    if exc.bad > len(exc.problems):
+        typer.echo(f"  … and {exc.bad - len(exc.problems):,} more", err=True)
+    typer.echo(f"hint: {exc.hint}", err=True)
+
+
+# --- sending ----------------------------------------------------------------------------
+
+
+async def _execute(
+    svc: Services, created: BatchCreated, *, show: str, console: Console
+) -> tuple[BatchProgress | None, str]:
+    """Run the batch here, as a worker would; if a running worker took it first, follow it."""
+    from mailwright.engine.executor import Executor
+    from mailwright.engine.worker import worker_id
+
+    lease = timedelta(seconds=svc.settings.lease_seconds)
+    executor = Executor(svc.db, svc.targets, worker_id=worker_id(), lease=lease, files=svc.files)
+    live: list[BatchProgress] = []
+    executor.on_batch_progress = live.append
+    drawing = asyncio.create_task(_draw(live, total=created.total, show=show, console=console))
+    try:
+        status = await executor.execute(created.run_id)
+        if status is None:  # another worker (`serve`) claimed it: show its progress from the rows
+            status = await _follow(svc, created, live)
+    finally:
+        drawing.cancel()
+        await asyncio.gather(drawing, return_exceptions=True)
+        await svc.pools.aclose()  # QUIT on the pooled connections before the loop ends
+        if live:
+            _final_line(live[0], show=show, console=console)
+    return (live[0] if live else None), status
+
+
+async def _follow(svc: Services, created: BatchCreated, live: list[BatchProgress]) -> str:
+    progress = BatchProgress(total=created.total)
+    live.append(progress)
+    while True:
+        run = await asyncio.to_thread(svc.runs.get, created.run_id)
+        counts = run.step_counts or {}
+        progress.sent = counts.get("succeeded", 0)
+        progress.failed = counts.get("failed", 0)
+        if run.status in ("succeeded", "failed", "cancelled"):
+            return run.status
+        await asyncio.sleep(0.5)
+
+
+async def _draw(live: list[BatchProgress], *, total: int, show: str, console: Console) -> None:
+    if show == "none":
+        return
+    while not live:
+        await asyncio.sleep(REFRESH)
+    progress = live[0]
+    if show == "plain":
+        while True:
+            await asyncio.sleep(PLAIN_EVERY)
+            console.print(_plain(progress))
+    columns = (
+        TextColumn("sending"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "sent {task.fields[sent]:,}  failed {task.fields[failed]:,}  {task.fields[rate]:,.0f} msg/s"
+        ),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("batch", total=total, sent=0, failed=0, rate=0.0)
+        while True:
+            bar.update(
+                task,
+                completed=progress.done,
+                sent=progress.sent + progress.partial,
+                failed=progress.failed,
+                rate=progress.rate,
+            )
+            await asyncio.sleep(REFRESH)
+
+
+def _plain(progress: BatchProgress) -> str:
+    eta = f", ETA {progress.eta:.0f} s" if progress.eta is not None and progress.done < progress.total else ""
+    return (
+        f"progress: {progress.done:,}/{progress.total:,}  sent {progress.sent + progress.partial:,}  "
+        f"failed {progress.failed:,}  {progress.rate:,.0f} msg/s{eta}"
+    )
+
+
+def _final_line(progress: BatchProgress, *, show: str, console: Console) -> None:
+    if show == "plain":
+        console.print(_plain(progress))
+    if progress.deferred_reason:
+        console.print(f"[yellow]deferred:[/] {progress.deferred_reason}")
+        console.print(
+            "the rest is queued in the database: `mailwright serve` or `mailwright worker` sends it then"
+        )
+
+
+# --- the summary ------------------------------------------------------------------------
+
+
+def _summary(
+    svc: Services, created: BatchCreated, progress: BatchProgress | None, *, status: str, stored: float
+) -> dict[str, Any]:
+    run = svc.runs.get(created.run_id)
+    counts = run.step_counts or {}
+    partial = progress.partial if progress else 0
+    sent = max(0, counts.get("succeeded", 0) - partial)
+    seconds = progress.elapsed if progress else 0.0
+    return {
+        "run_id": created.run_id,
+        "status": run.status if status != "queued" else "deferred" if run.not_before else run.status,
+        "target": created.target,
+        "total": created.total,
+        "sent": sent,
+        "partial": partial,
+        "failed": counts.get("failed", 0),
+        "not_sent": sum(counts.get(s, 0) for s in ("pending", "deferred", "running", "skipped", "cancelled")),
+        "deferred_until": run.not_before.isoformat() if run.not_before else None,
+        "error": run.error,
+        "store_seconds": round(stored, 3),
+        "send_seconds": round(seconds, 3),
+        "messages_per_second": round((sent + partial + counts.get("failed", 0)) / seconds, 1)
+        if seconds
+        else 0.0,
+    }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"batch {summary['run_id']}: {summary['status']}", show_header=True)
+    for name in ("sent", "partial", "failed", "not sent", "duration", "msg/s", "run id"):
+        table.add_column(name, justify="left" if name == "run id" else "right")
+    table.add_row(
+        f"{summary['sent']:,}",
+        f"{summary['partial']:,}",
+        f"{summary['failed']:,}",
+        f"{summary['not_sent']:,}",
+        f"{summary['send_seconds']:.1f} s",
+        f"{summary['messages_per_second']:,.0f}",
+        summary["run_id"],
+    )
+    Console(highlight=False, width=120).print(table)
+    if summary["error"]:
+        typer.echo(f"error: {summary['error'].get('message')}", err=True)
+    if summary["failed"]:
+        typer.echo(f"see the failed messages with `mailwright runs show {summary['run_id']}`", err=True)

@@ -1,0 +1,362 @@
+"""Batches: many messages as one run, one step per message, stored before anything is sent.
+
+Messages are streamed: each is validated (every field, the target and key, the
+sender) and written in chunks of `CHUNK` rows per transaction, so a 100,000-line
+file never sits in memory. The run stays `preparing` (no worker takes it) until
+the last message is stored. If any message is bad, the whole batch is refused:
+nothing is queued, the rows already written are deleted, and the error lists
+the bad lines (or message indexes) with what is wrong in each.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+from pydantic import ConfigDict, Field
+from sqlalchemy import func, insert, select, update
+
+from mailwright.domain.addresses import Address
+from mailwright.domain.validation import describe
+from mailwright.errors import MailwrightError, NotFoundError, ValidationError
+from mailwright.services.runs import RunService
+from mailwright.services.sending import SendEmailRequest, build_outgoing, resolve_sender
+from mailwright.services.targets import ResolvedTarget, TargetService
+from mailwright.storage.db import Database
+from mailwright.storage.files import FileStore
+from mailwright.storage.tables import RunRow, RunStepRow, new_id, utcnow
+
+BATCH_KIND = "batch"
+BATCH_NAME = "Send Email batch"
+STEP_ID = "message"
+CHUNK = 1000  # rows per transaction while storing
+SHOWN_PROBLEMS = 20
+DEFAULT_CONCURRENCY = 16
+MAX_CONCURRENCY = 256
+MAX_ATTEMPTS = 4
+
+
+class BatchMessage(SendEmailRequest):
+    """One message of a batch: the fields of /api/v1/send-email; `target` defaults to the batch's."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    target: str = Field(default="", description="this message's target; blank: the batch's")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    where: str  # "line 7" or "message 3"
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"where": self.where, "message": self.message}
+
+
+class BatchRefusedError(ValidationError):
+    """Some messages are not valid: nothing was queued. `problems` lists the first of them."""
+
+    def __init__(self, *, problems: list[Problem], bad: int, total: int, source: str) -> None:
+        first = problems[0]
+        super().__init__(
+            f"{source}: {bad:,} of {total:,} message{'s' if total != 1 else ''} "
+            f"{'is' if bad == 1 else 'are'} not valid ({first.where}: {first.message}); nothing was queued",
+            hint="fix the messages listed and send the batch again",
+        )
+        self.problems = problems
+        self.bad = bad
+        self.total = total
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "bad": self.bad, "problems": [p.as_dict() for p in self.problems]}
+
+
+@dataclass(slots=True)
+class _Intake:
+    """What storing a batch has seen so far."""
+
+    total: int = 0
+    bad: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    chunk: list[dict[str, Any]] = field(default_factory=list)
+
+    def refuse(self, where: str, message: str) -> None:
+        self.bad += 1
+        self.chunk.clear()  # the batch will be refused: stop writing, keep checking
+        if len(self.problems) < SHOWN_PROBLEMS:
+            self.problems.append(Problem(where=where, message=message))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCreated:
+    run_id: str
+    total: int
+    target: str
+    concurrency: int
+
+
+class BatchService:
+    def __init__(
+        self, db: Database, targets: TargetService, runs: RunService, *, files: FileStore | None = None
+    ) -> None:
+        self._db = db
+        self._targets = targets
+        self._runs = runs
+        self._files = files  # attachments given by reference (`file: sha256:…`) are checked here
+
+    def create(
+        self,
+        messages: Iterable[tuple[str, str | dict[str, Any]]],
+        *,
+        target: str,
+        account_key: str | None = None,
+        concurrency: int | None = None,
+        source: str = "batch",
+    ) -> BatchCreated:
+        """Store a batch from (where, message) pairs: JSON text lines or parsed objects.
+
+        Blank text lines are skipped. Raises `BatchRefusedError` when any message is bad.
+        """
+        resolved = self._targets.resolve(target, account_key=account_key)
+        resolved.smtp()  # a clear error now if the target cannot send mail
+        workers = _concurrency(concurrency, resolved)
+        run_id = self._start(resolved, account_key=account_key, concurrency=workers, source=source)
+        try:
+            intake = self._store(run_id, messages, resolved=resolved, batch_key=account_key)
+        except BaseException:
+            self._discard(run_id)
+            raise
+        if intake.bad or intake.total == 0:
+            self._discard(run_id)
+            if intake.total == 0:
+                raise ValidationError(f"{source}: there are no messages in it", field="messages")
+            raise BatchRefusedError(
+                problems=intake.problems, bad=intake.bad, total=intake.total, source=source
+            )
+        self._queue(run_id, total=intake.total)
+        self._runs.notify(run_id)
+        return BatchCreated(
+            run_id=run_id, total=intake.total, target=resolved.target.display_name, concurrency=workers
+        )
+
+    def _start(
+        self, resolved: ResolvedTarget, *, account_key: str | None, concurrency: int, source: str
+    ) -> str:
+        with self._db.session() as session:
+            run = RunRow(
+                workflow_id=None,
+                workflow_name=BATCH_NAME,
+                # Only the executor reads a run's document; "kind" sends it to the batch engine.
+                document={
+                    "kind": BATCH_KIND,
+                    "name": BATCH_NAME,
+                    "source": source,
+                    "concurrency": concurrency,
+                },
+                status="preparing",
+                inputs={},
+                target=resolved.target.display_name,
+                account_key=account_key,
+                cancel_requested=False,
+            )
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def _store(
+        self,
+        run_id: str,
+        messages: Iterable[tuple[str, str | dict[str, Any]]],
+        *,
+        resolved: ResolvedTarget,
+        batch_key: str | None,
+    ) -> _Intake:
+        intake = _Intake()
+        targets: dict[tuple[str, str | None], ResolvedTarget] = {("", batch_key): resolved}
+        senders: dict[tuple[str, str | None], Address] = {}
+        for where, raw in messages:
+            if isinstance(raw, str) and not raw.strip():
+                continue
+            intake.total += 1
+            try:
+                fields = self._check(raw, targets=targets, senders=senders, batch_key=batch_key)
+            except MailwrightError as exc:
+                intake.refuse(where, exc.message)
+                continue
+            if intake.bad:
+                continue
+            intake.chunk.append(_step_row(run_id, index=intake.total - 1, fields=fields))
+            if len(intake.chunk) >= CHUNK:
+                self._insert(intake.chunk)
+                intake.chunk.clear()
+        if intake.chunk and not intake.bad:
+            self._insert(intake.chunk)
+        return intake
+
+    def _check(
+        self,
+        raw: str | dict[str, Any],
+        *,
+        targets: dict[tuple[str, str | None], ResolvedTarget],
+        senders: dict[tuple[str, str | None], Address],
+        batch_key: str | None,
+    ) -> dict[str, Any]:
+        """The message's fields if everything in it is valid; raises a MailwrightError otherwise."""
+        fields = _parse(raw)
+        try:
+            request = BatchMessage.model_validate(fields)
+        except pydantic.ValidationError as exc:
+            raise describe(exc) from None
+        key = request.account_key if request.account_key is not None else batch_key
+        which = (request.target.strip().casefold(), key)
+        resolved = targets.get(which)
+        if resolved is None:
+            # Only a message that names another target (or key) costs a lookup.
+            reference = request.target or targets["", batch_key].target.id
+            resolved = self._targets.resolve(reference, account_key=key)
+            resolved.smtp()
+            targets[which] = resolved
+        build_outgoing(request, sender_of(request, resolved, cache=senders), files=self._files)
+        return fields
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        with self._db.session() as session:
+            session.execute(insert(RunStepRow), rows)
+
+    def _queue(self, run_id: str, *, total: int) -> None:
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id)
+            assert run is not None
+            run.document = {**run.document, "messages": total}
+            run.status = "queued"
+            run.created_at = utcnow()
+
+    def _discard(self, run_id: str) -> None:
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id)
+            if run is not None:
+                session.delete(run)
+
+    # --- reading a batch back -------------------------------------------------
+
+    def run_status(self, run_id: str) -> str:
+        """Only the run row's status: cheap to poll whatever the size of the batch."""
+        with self._db.session() as session:
+            status = session.scalar(select(RunRow.status).where(RunRow.id == run_id))
+        if status is None:
+            raise NotFoundError(f"no run with id {run_id!r}", hint="list them with `mailwright runs list`")
+        return status
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        """How many steps of the run are in each status."""
+        with self._db.session() as session:
+            rows = session.execute(
+                select(RunStepRow.status, func.count())
+                .where(RunStepRow.run_id == run_id)
+                .group_by(RunStepRow.status)
+            ).all()
+            return {status: int(n) for status, n in rows}
+
+    def results(
+        self, run_id: str, *, offset: int = 0, limit: int = 100, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """One page of per-message results, in message order."""
+        with self._db.session() as session:
+            if session.get(RunRow, run_id) is None:
+                raise NotFoundError(
+                    f"no run with id {run_id!r}", hint="list them with `mailwright runs list`"
+                )
+            query = (
+                select(RunStepRow)
+                .where(RunStepRow.run_id == run_id)
+                .order_by(RunStepRow.position, RunStepRow.item_index)
+                .offset(max(0, offset))
+                .limit(max(1, min(limit, 1000)))
+            )
+            if status:
+                query = query.where(RunStepRow.status == status)
+            return [message_result(row) for row in session.scalars(query).all()]
+
+    def cancel_remaining(self, run_id: str) -> None:
+        with self._db.session() as session:
+            session.execute(
+                update(RunStepRow)
+                .where(RunStepRow.run_id == run_id, RunStepRow.status.in_(("pending", "deferred")))
+                .values(status="cancelled", updated_at=utcnow())
+            )
+
+
+def message_result(row: RunStepRow) -> dict[str, Any]:
+    """A batch message's outcome as the API and `--json` show it."""
+    output = row.output or {}
+    return {
+        "index": row.item_index,
+        "status": output.get("status", "failed") if row.status == "succeeded" else row.status,
+        "message_id": row.message_id,
+        "recipients": output.get("recipients"),
+        "server_reply": output.get("server_reply"),
+        "error": row.error,
+        "attempts": row.attempts,
+        "notes": row.notes,
+    }
+
+
+def sender_of(
+    request: SendEmailRequest, resolved: ResolvedTarget, *, cache: dict[tuple[str, str | None], Address]
+) -> Address:
+    """The message's From, parsed once per distinct sender and target: batches repeat it."""
+    key = (request.from_ or "", resolved.login.key_name if resolved.login else resolved.target.id)
+    sender = cache.get(key)
+    if sender is None:
+        sender = cache[key] = resolve_sender(request, resolved)
+    return sender
+
+
+def _parse(raw: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw.rstrip("\r\n"))
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise ValidationError(
+            f'a message must be a JSON object like {{"to": [...], "subject": ...}}, '
+            f"not {type(value).__name__}"
+        )
+    return value
+
+
+def _step_row(run_id: str, *, index: int, fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "run_id": run_id,
+        "position": 0,
+        "step_id": STEP_ID,
+        "item_index": index,
+        "activity": "send_email",
+        "status": "pending",
+        "attempts": 0,
+        "max_attempts": MAX_ATTEMPTS,
+        "inputs": fields,
+        "notes": [],
+        "updated_at": utcnow(),
+    }
+
+
+def _concurrency(requested: int | None, resolved: ResolvedTarget) -> int:
+    if requested is not None and not 1 <= requested <= MAX_CONCURRENCY:
+        raise ValidationError(
+            f"concurrency must be between 1 and {MAX_CONCURRENCY}, not {requested}", field="concurrency"
+        )
+    if requested is not None:
+        return requested
+    # The target's pool opens at most `max_connections`; twice that many messages in hand keeps
+    # every connection busy while the next message is being built.
+    connections = getattr(resolved.settings, "max_connections", None)
+    if isinstance(connections, int) and connections > 0:
+        return min(MAX_CONCURRENCY, max(DEFAULT_CONCURRENCY, 2 * connections))
+    return DEFAULT_CONCURRENCY
