@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from email_validator import validate_email
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailwright.domain.addresses import dedupe, parse_address, parse_address_list
@@ -77,3 +78,36 @@ def test_any_text_parses_or_fails_cleanly(text: str) -> None:
     for a in found:
         assert not any(c in a.addr + a.name for c in "\r\n\0")
         assert "@" in a.addr
+
+
+_ATOM = st.text(alphabet="abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=8)
+_LABELS = st.lists(
+    st.from_regex(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,6}[A-Za-z0-9])?", fullmatch=True), min_size=1, max_size=3
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    local=st.lists(_ATOM, min_size=1, max_size=3).map(".".join),
+    labels=_LABELS,
+    tld=st.sampled_from(["org", "COM", "test", "example", "io", "local", "invalid", "onion", "xn--p1ai"]),
+)
+def test_the_plain_ascii_fast_path_agrees_with_email_validator(
+    local: str, labels: list[str], tld: str
+) -> None:
+    """Whatever the fast path accepts, email-validator accepts the same way (or it steps aside)."""
+    from mailwright.domain.addresses import _plain
+
+    addr = f"{local}@{'.'.join(labels)}.{tld}"
+    fast = _plain(addr)
+    if fast is None:
+        return
+    info = validate_email(
+        addr,
+        check_deliverability=False,
+        globally_deliverable=False,
+        allow_domain_literal=True,
+        allow_smtputf8=True,
+    )
+    assert fast.addr == info.normalized
+    assert fast.ascii_addr == f"{info.ascii_local_part}@{info.ascii_domain}"

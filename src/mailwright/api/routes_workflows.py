@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Annotated, Any
 
@@ -45,14 +46,28 @@ def _text(document: str | dict[str, Any]) -> str:
     return document if isinstance(document, str) else json.dumps(document)
 
 
+# A worker of another process finishes runs without telling this one: look at the row this often.
+RECHECK_SECONDS = 0.25
+
+
 async def wait_for_run(services: Any, run_id: str, timeout: float) -> RunPublic:
-    """Poll the run row until it is finished or the timeout passes (then it is returned as it is)."""
+    """The run once finished, or as it is when the timeout passes.
+
+    This process's worker wakes the waiter as soon as the run ends; the row is read
+    again every RECHECK_SECONDS for runs finished elsewhere.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        run: RunPublic = await asyncio.to_thread(services.runs.get, run_id)
-        if run.status in ("succeeded", "failed", "cancelled") or time.monotonic() >= deadline:
-            return run
-        await asyncio.sleep(0.05)
+        woken = services.runs.waiters.register(run_id)  # before reading: a finish in between still wakes us
+        try:
+            run: RunPublic = await asyncio.to_thread(services.runs.get, run_id)
+            remaining = deadline - time.monotonic()
+            if run.status in ("succeeded", "failed", "cancelled") or remaining <= 0:
+                return run
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(woken), timeout=min(remaining, RECHECK_SECONDS))
+        finally:
+            services.runs.waiters.discard(run_id, woken)
 
 
 @router.get("/workflows", tags=["workflows"])

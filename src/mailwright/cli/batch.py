@@ -43,7 +43,10 @@ def send_batch(
     ] = None,
     concurrency: Annotated[
         int | None,
-        typer.Option("--concurrency", help="messages in flight at once (default 16, at most the target's)"),
+        typer.Option(
+            "--concurrency",
+            help="messages in hand at once (default: 4 per connection of the target's pool, at least 16)",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:

@@ -10,8 +10,8 @@ Durability follows the single-send path (engine/executor.py): before a message
 is handed to the connection pool, its step is durably `sending` with its
 Message-ID. That write is the one a sender waits for; the writer commits every
 waiting mark together (group commit), so it costs one transaction per group,
-not one per message, and because the batch keeps about twice as many messages
-in hand as the pool has connections, the wait hides behind the pool's queue
+not one per message, and because the batch keeps several messages in hand per
+connection of the pool (four by default), the wait hides behind the pool's queue
 instead of stalling a connection. Results ride along in the next transaction
 (at the latest `FLUSH_SECONDS` later). After a crash, a step found `sending`
 has an unknown outcome: it is sent again with the same Message-ID, and a note

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from mailwright.activities.context import ActivityContext
 from mailwright.domain.validation import validate_model
@@ -114,7 +114,12 @@ class Executor:
                     or_(RunRow.not_before.is_(None), RunRow.not_before <= now),
                     or_(RunRow.lease_expires_at.is_(None), RunRow.lease_expires_at < now),
                 )
-                .values(lease_owner=self.worker_id, lease_expires_at=now + self.lease, status="running")
+                .values(
+                    lease_owner=self.worker_id,
+                    lease_expires_at=now + self.lease,
+                    status="running",
+                    started_at=func.coalesce(RunRow.started_at, now),
+                )
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -148,11 +153,10 @@ class Executor:
             keeper.cancel()
 
     async def _execute_claimed(self, run_id: str, lost: asyncio.Event) -> str:
-        with self._db.session() as session:
+        with self._db.session() as session:  # read only: the claim set started_at
             run = session.get(RunRow, run_id)
             assert run is not None
-            if run.started_at is None:
-                run.started_at = utcnow()
+            cancelled = run.cancel_requested
             raw_document = run.document
             inputs = dict(run.inputs)
             target, key = run.target, run.account_key
@@ -166,7 +170,8 @@ class Executor:
         for position, step in enumerate(document.steps):
             if lost.is_set():
                 return "running"  # another worker took over; it continues from the rows
-            if self._cancel_requested(run_id):
+            # Before the first step the row was just read; after, it is read again.
+            if cancelled if position == 0 else self._cancel_requested(run_id):
                 return self._finish(run_id, "cancelled", None)
             if self.stopping.is_set():
                 self._release(run_id)
@@ -341,9 +346,9 @@ class Executor:
             if not isinstance(exc, MailwrightError | TimeoutError):
                 log.exception("run %s step %s: unexpected error", run_id, label)
             return await self._failed_attempt(run_id, position, index, row_id, step, context, exc)
+        if index is None:  # one write: the attempt's row is the step's row
+            return self._settle(run_id, position, None, context, step, "succeeded", output, None, sent=True)
         self._complete(row_id, output)
-        if index is None:
-            return self._settle(run_id, position, None, context, step, "succeeded", output, None)
         return "succeeded"
 
     def _record_inputs(self, row_id: str, inputs: dict[str, Any]) -> None:
@@ -516,6 +521,8 @@ class Executor:
         status: str,
         output: Any,
         error: dict[str, Any] | None,
+        *,
+        sent: bool = False,
     ) -> str:
         with self._db.session() as session:
             row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
@@ -524,6 +531,10 @@ class Executor:
                 row.output = output if isinstance(output, dict) else {"items": output}
             if error is not None:
                 row.error = error
+            if sent:  # the attempt succeeded: what it sent (if anything) is known to have arrived
+                row.error = None
+                if row.send_state in ("sending", "unknown"):
+                    row.send_state = "sent"
             row.finished_at = row.updated_at = utcnow()
             context["steps"][step.id] = {"status": status, "output": row.output, "error": row.error}
         return status

@@ -65,13 +65,18 @@ class Worker:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: set[str] = set()
+        self._stop: asyncio.Event | None = None
+        self._dispatching: set[asyncio.Task[None]] = set()
 
     async def _execute(self, run_id: str) -> str | None:
         try:
             # Claim only when a slot is free, so other workers can take the rest, and so
             # that a crash leaves at most `concurrency` sends with an unknown outcome.
             async with self._slots:
-                return await self.executor.execute(run_id)
+                status = await self.executor.execute(run_id)
+            if status in ("succeeded", "failed", "cancelled"):
+                self.services.runs.waiters.finished(run_id)
+            return status
         except Exception:
             # The run stays claimed until its lease expires, then another attempt takes it.
             log.exception("run %s: the executor stopped unexpectedly", run_id)
@@ -80,9 +85,16 @@ class Worker:
             self._inflight.discard(run_id)
 
     def notify(self, run_id: str) -> None:
-        """Thread-safe: a run was queued; look now instead of at the next poll."""
+        """Thread-safe: a run was queued in this process; dispatch it now, without a scan."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._dispatch_soon, run_id)
+
+    def _dispatch_soon(self, run_id: str) -> None:
+        if self._stop is not None and self._stop.is_set():
+            return  # a stopping worker takes nothing new; the run stays queued in the database
+        task = asyncio.create_task(self.dispatch(run_id))
+        self._dispatching.add(task)
+        task.add_done_callback(self._dispatching.discard)
 
     async def dispatch(self, run_id: str) -> None:
         if run_id in self._inflight:
@@ -100,6 +112,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        self._stop = stop
         self.services.runs.on_queued = self.notify
         await self._broker.startup()
         log.info("worker %s started", self.id)

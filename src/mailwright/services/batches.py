@@ -354,9 +354,10 @@ def _concurrency(requested: int | None, resolved: ResolvedTarget) -> int:
         )
     if requested is not None:
         return requested
-    # The target's pool opens at most `max_connections`; twice that many messages in hand keeps
-    # every connection busy while the next message is being built.
+    # The target's pool opens at most `max_connections`. Four messages in hand per connection
+    # keep each one pipelining (one round trip per message) while the next ones are built;
+    # with two, a 20 ms relay got 570 msg/s over 16 connections, with four about 700.
     connections = getattr(resolved.settings, "max_connections", None)
     if isinstance(connections, int) and connections > 0:
-        return min(MAX_CONCURRENCY, max(DEFAULT_CONCURRENCY, 2 * connections))
+        return min(MAX_CONCURRENCY, max(DEFAULT_CONCURRENCY, 4 * connections))
     return DEFAULT_CONCURRENCY

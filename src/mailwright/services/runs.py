@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -114,11 +116,50 @@ def _public(run: RunRow, steps: list[RunStepRow]) -> RunPublic:
     )
 
 
+class RunWaiters:
+    """Callers waiting for runs to finish, woken by the worker of this process (thread-safe).
+
+    A run finished by a worker in another process is not signalled here; waiters
+    therefore also look at the row now and then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+
+    def register(self, run_id: str) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._waiting.setdefault(run_id, []).append((loop, future))
+        return future
+
+    def discard(self, run_id: str, future: asyncio.Future[None]) -> None:
+        with self._lock:
+            left = [(loop, f) for loop, f in self._waiting.get(run_id, []) if f is not future]
+            if left:
+                self._waiting[run_id] = left
+            else:
+                self._waiting.pop(run_id, None)
+
+    def finished(self, run_id: str) -> None:
+        with self._lock:
+            waiting = self._waiting.pop(run_id, [])
+        for loop, future in waiting:
+            loop.call_soon_threadsafe(_wake, future)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class RunService:
     def __init__(self, db: Database) -> None:
         self._db = db
         # The worker in this process (if any) wants to hear of new runs at once.
         self.on_queued: Callable[[str], None] | None = None
+        self.waiters = RunWaiters()
 
     def start_workflow(
         self,
