@@ -37,6 +37,7 @@ from mailwright.transport.pop3 import POP3Connection
 log = logging.getLogger(__name__)
 
 RECONCILE_SECONDS = 2.0  # how soon an enabled, disabled or edited trigger is noticed
+HEARTBEAT_SECONDS = 30.0  # how often the watched triggers are marked alive (else they show "paused")
 IDLE_SECONDS = 25 * 60  # re-IDLE before the 29 minutes after which servers may drop us
 PENDING_CHECK_SECONDS = 1.0  # while runs are out, look for their outcomes this often
 MAX_PER_SCAN = 100  # mail taken per pass, so a flood does not hold the connection for long
@@ -68,12 +69,17 @@ class TriggerManager:
         self._watchers: dict[str, tuple[Watcher, asyncio.Task[None]]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
+        beat = 0.0
+        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
                 try:
                     await self.reconcile()
+                    if loop.time() - beat >= HEARTBEAT_SECONDS:
+                        beat = loop.time()
+                        await asyncio.to_thread(self.services.triggers.heartbeat, list(self._watchers))
                 except Exception:
-                    log.exception("email triggers: could not read the trigger states")
+                    log.exception("email triggers: could not read or update the trigger states")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.reconcile_seconds)
         finally:

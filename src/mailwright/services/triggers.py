@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 TriggerStatus = Literal["starting", "polling", "idle", "paused", "errored", "disabled"]
 FINISHED = ("succeeded", "failed", "cancelled")
+# Watchers say they are alive every HEARTBEAT_SECONDS (engine/triggers.py); a state not
+# touched for this long has nobody watching it.
+PAUSED_AFTER = timedelta(seconds=120)
 
 
 class TriggerPublic(BaseModel):
@@ -116,6 +119,19 @@ class Retry:
     uid: int | None
     message_key: str
     attempts: int
+
+
+def _shown_status(state: TriggerStateRow) -> tuple[str, str | None]:
+    """The state as a user should read it: "paused" when no worker has looked at it lately."""
+    if not state.enabled:
+        return "disabled", None
+    seen = state.last_checked_at or state.updated_at
+    if state.status != "errored" and utcnow() - seen > PAUSED_AFTER:
+        return "paused", (
+            f"no worker has watched this trigger since {seen:%Y-%m-%d %H:%M:%S} UTC; mail waits in "
+            "the folder and is taken when `mailwright serve` or `mailwright worker` runs again"
+        )
+    return state.status, state.error
 
 
 def _document(session: Any, workflow_id: str) -> WorkflowDocument:
@@ -194,6 +210,7 @@ class TriggerService:
         def count(*statuses: str) -> int:
             return sum(counts.get((workflow.id, state.position, s), 0) for s in statuses)
 
+        status, error = _shown_status(state)
         after = "none"
         if trigger is not None:
             after = trigger.after_success.action.value
@@ -207,8 +224,8 @@ class TriggerService:
             target=trigger.target if trigger else "",
             folder=state.folder,
             enabled=state.enabled,
-            status=state.status if state.enabled else "disabled",
-            error=state.error,
+            status=status,
+            error=error,
             after_success=after,
             on_failure=trigger.on_failure.action if trigger else "report",
             uidvalidity=state.uidvalidity,
@@ -300,6 +317,17 @@ class TriggerService:
             elif state.last_uid is None or last_uid > state.last_uid:
                 state.last_uid = last_uid
             state.updated_at = utcnow()
+
+    def heartbeat(self, state_ids: list[str]) -> None:
+        """The watchers of these triggers are alive (also while idling in IDLE for minutes)."""
+        if not state_ids:
+            return
+        with self._db.session() as session:
+            session.execute(
+                update(TriggerStateRow)
+                .where(TriggerStateRow.id.in_(state_ids), TriggerStateRow.enabled.is_(True))
+                .values(last_checked_at=utcnow())
+            )
 
     def set_status(self, state_id: str, status: TriggerStatus, error: str | None = None) -> None:
         with self._db.session() as session:
