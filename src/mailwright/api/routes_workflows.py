@@ -57,13 +57,16 @@ async def wait_for_run(services: Any, run_id: str, timeout: float) -> RunPublic:
     again every RECHECK_SECONDS for runs finished elsewhere.
     """
     deadline = time.monotonic() + timeout
+    fresh = True  # the run was queued a moment ago: wait before the first read
     while True:
         woken = services.runs.waiters.register(run_id)  # before reading: a finish in between still wakes us
         try:
-            run: RunPublic = await asyncio.to_thread(services.runs.get, run_id)
             remaining = deadline - time.monotonic()
-            if run.status in ("succeeded", "failed", "cancelled") or remaining <= 0:
-                return run
+            if not fresh:
+                run: RunPublic = await asyncio.to_thread(services.runs.get, run_id)
+                if run.status in ("succeeded", "failed", "cancelled") or remaining <= 0:
+                    return run
+            fresh = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(woken), timeout=min(remaining, RECHECK_SECONDS))
         finally:

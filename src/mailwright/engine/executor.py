@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
 from sqlalchemy import func, or_, select, update
 
 from mailwright.activities.context import ActivityContext
@@ -323,13 +324,24 @@ class Executor:
     ) -> str:
         spec = activity(step.activity)
         label = step.id if index is None else f"{step.id}[{index}]"
-        row_id, message_id = self._start_attempt(run_id, position, index, step, context)
-        if row_id is None:
-            return "succeeded"
+        # The inputs are rendered first, so that the attempt and what it runs with are one write.
+        inputs: BaseModel | None = None
+        problem: Exception | None = None
         try:
             values = step.with_ if step.literal else render_value(step.with_, context)
             inputs = validate_model(spec.input_model, values)
-            self._record_inputs(row_id, inputs.model_dump(mode="json", by_alias=True, exclude_none=True))
+        except Exception as exc:  # failed as the attempt's outcome, below
+            problem = exc
+        recorded = (
+            None if inputs is None else inputs.model_dump(mode="json", by_alias=True, exclude_none=True)
+        )
+        row_id, message_id = self._start_attempt(run_id, position, index, step, context, inputs=recorded)
+        if row_id is None:
+            return "succeeded"
+        try:
+            if problem is not None:
+                raise problem
+            assert inputs is not None
             ctx = ActivityContext(
                 run_id=run_id,
                 step=label,
@@ -351,16 +363,17 @@ class Executor:
         self._complete(row_id, output)
         return "succeeded"
 
-    def _record_inputs(self, row_id: str, inputs: dict[str, Any]) -> None:
+    @staticmethod
+    def _record_inputs(row: RunStepRow, inputs: dict[str, Any] | None) -> None:
         """What the step ran with, as rendered; attachment bodies are summarised, not copied."""
+        if inputs is None:
+            return
         for attachment in inputs.get("attachments") or []:
             if isinstance(attachment, dict) and "content" in attachment:
                 attachment["content"] = f"<{len(str(attachment['content'])) * 3 // 4} bytes>"
-        with self._db.session() as session:
-            row = session.get(RunStepRow, row_id)
-            assert row is not None
-            if row.item_index is not None or row.inputs is None or "items" not in row.inputs:
-                row.inputs = inputs
+        # A for_each parent keeps its item list; its items and plain steps keep their inputs.
+        if row.item_index is not None or row.inputs is None or "items" not in row.inputs:
+            row.inputs = inputs
 
     @staticmethod
     def _render_name(value: str | None, context: dict[str, Any]) -> str | None:
@@ -369,13 +382,21 @@ class Executor:
         return str(render_value(value, context))
 
     def _start_attempt(
-        self, run_id: str, position: int, index: int | None, step: Step, context: dict[str, Any]
+        self,
+        run_id: str,
+        position: int,
+        index: int | None,
+        step: Step,
+        context: dict[str, Any],
+        *,
+        inputs: dict[str, Any] | None,
     ) -> tuple[str | None, str | None]:
-        """Count the attempt; None when the item already succeeded (a resumed for_each)."""
+        """Count the attempt and record its inputs; None when the item already succeeded."""
         with self._db.session() as session:
             row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
             if row.status == "succeeded":
                 return None, None
+            self._record_inputs(row, inputs)
             if row.send_state == "sending":
                 row.notes = [
                     *row.notes,
