@@ -35,7 +35,7 @@ def list_triggers(
     workflow: Annotated[str | None, typer.Option("--workflow", "-w", help="only this workflow's")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every email trigger: where it watches, its state (polling, idle, errored, disabled), its runs."""
+    """Every email trigger: where it watches, its state (idle, polling, paused, errored...), its runs."""
     listed = services().triggers.list_all(workflow)
     if as_json:
         print_json(listed)
