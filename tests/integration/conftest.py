@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from mailwright.config import Settings
@@ -13,6 +14,7 @@ from mailwright.secrets import Secret
 from mailwright.services.account_keys import AccountKeyCreate
 from mailwright.services.app import Services
 from mailwright.services.targets import TargetCreate, TargetPublic
+from tests.support.apiserver import APIServer
 from tests.support.smtpserver import SMTPTestServer
 from tests.support.tlsfiles import TLSFiles
 
@@ -70,3 +72,16 @@ class Targets:
 @pytest.fixture
 def targets(mw: Services, tls_files: TLSFiles) -> Targets:
     return Targets(mw, tls_files)
+
+
+@pytest.fixture
+def api(mw: Services) -> Iterator[httpx.Client]:
+    """The REST API of `mw`, served on loopback with its worker, and a client with a valid token."""
+    token = mw.tokens.create("tests").token
+    with (
+        APIServer(mw) as server,
+        httpx.Client(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as client,
+    ):
+        yield client

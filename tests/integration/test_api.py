@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import email
 import logging
-from collections.abc import Iterator
 from email import policy
 
 import httpx
@@ -17,18 +16,6 @@ from tests.support.smtpserver import Faults, SMTPServerFactory
 from tests.support.tlsfiles import TLSFiles
 
 PASSWORD = "Api-Secret-Pa55word"
-
-
-@pytest.fixture
-def api(mw: Services) -> Iterator[httpx.Client]:
-    token = mw.tokens.create("tests").token
-    with (
-        APIServer(mw) as server,
-        httpx.Client(
-            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        ) as client,
-    ):
-        yield client
 
 
 def test_requests_need_a_valid_token(mw: Services) -> None:

@@ -25,8 +25,8 @@ from mailwright.services.ratelimit import DatabaseDayCounter, RateLimiter
 from mailwright.services.sending import SendEmailRequest
 from mailwright.storage.tables import RunRow, utcnow
 from tests.integration.conftest import Targets
-from tests.support.apiserver import APIServer
 from tests.support.cli import CLI, MAILWRIGHT, assert_ok
+from tests.support.clock import FakeClock
 from tests.support.smtpserver import Faults, Received, SMTPServerFactory
 
 
@@ -41,34 +41,6 @@ def cli(tmp_path: Path) -> Iterator[CLI]:
     yield runner
     runner.close()
     runner.assert_no_traceback()
-
-
-@pytest.fixture
-def api(mw: Services) -> Iterator[httpx.Client]:
-    token = mw.tokens.create("tests").token
-    with (
-        APIServer(mw) as server,
-        httpx.Client(
-            base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-        ) as client,
-    ):
-        yield client
-
-
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.mono = 1000.0
-        self.wall = start
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def now(self) -> datetime:
-        return self.wall
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-        self.wall += timedelta(seconds=seconds)
 
 
 def message(i: int, **fields: Any) -> dict[str, Any]:

@@ -68,13 +68,6 @@ def client_for(server: APIServer, token: str) -> httpx.Client:
 
 
 @pytest.fixture
-def api(mw: Services) -> Iterator[httpx.Client]:
-    token = mw.tokens.create("tests").token
-    with APIServer(mw) as server, client_for(server, token) as client:
-        yield client
-
-
-@pytest.fixture
 def idle_api(mw: Services) -> Iterator[httpx.Client]:
     """The API without its embedded worker: runs stay queued."""
     token = mw.tokens.create("idle").token

@@ -14,24 +14,9 @@ from mailwright.services.ratelimit import (
     SlidingWindow,
     next_midnight,
 )
+from tests.support.clock import FakeClock
 
 START = datetime(2026, 11, 24, 23, 59, 0, tzinfo=UTC)
-
-
-@dataclass
-class FakeClock:
-    mono: float = 1000.0
-    wall: datetime = START
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def now(self) -> datetime:
-        return self.wall
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-        self.wall += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -48,7 +33,7 @@ class MemoryDays:
 
 
 def limiter() -> tuple[RateLimiter, FakeClock, MemoryDays]:
-    clock, days = FakeClock(), MemoryDays()
+    clock, days = FakeClock(START), MemoryDays()
     return RateLimiter(days, clock=clock), clock, days
 
 
