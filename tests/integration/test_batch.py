@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import json
 import os
@@ -17,13 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from mailwright.engine import batch as batch_module
 from mailwright.engine import executor as executor_module
 from mailwright.engine.executor import Executor
 from mailwright.services.app import Services
-from mailwright.services.ratelimit import DatabaseDayCounter, RateLimiter
-from mailwright.services.sending import SendEmailRequest
-from mailwright.storage.tables import RunRow, utcnow
+from mailwright.services.ratelimit import DatabaseDayCounter, RateLimitedError, RateLimiter
+from mailwright.services.sending import SendEmailRequest, SendResult
+from mailwright.storage.tables import RunRow, RunStepRow, utcnow
 from tests.integration.conftest import Targets
 from tests.support.cli import CLI, MAILWRIGHT, assert_ok
 from tests.support.clock import FakeClock
@@ -104,6 +107,85 @@ async def test_every_message_arrives_once_with_its_own_result(
     assert len(run.steps) == 100  # a batch shows its first page; the rest are paged
 
 
+async def test_rows_written_in_bulk_read_back_like_the_orms_own(
+    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory
+) -> None:
+    """Steps are written on the raw cursor: types, JSON and times must be what the ORM would write."""
+    server = smtp_server_factory()
+    target = targets.target(server, security="none")
+    sent = [message(i, subject=f"Grüße #{i}", cc=["copy@example.net"]) for i in range(30)]
+    created = mw.batches.create(lines(sent), target=target.display_name)
+    with mw.db.session() as session:
+        stored = session.scalars(select(RunStepRow).order_by(RunStepRow.item_index)).all()
+        assert [s.inputs for s in stored] == sent  # the JSONL line itself, stored as its JSON
+        assert all(s.message_id and s.message_id.endswith("@example.org>") for s in stored)
+        assert all(s.status == "pending" and s.attempts == 0 and s.notes == [] for s in stored)
+        fixed_ids = {s.item_index: s.message_id for s in stored}
+    before = utcnow()
+    assert await executor(mw).execute(created.run_id) == "succeeded"
+    received = server.wait_for(30)
+    # The Message-ID is fixed when the batch is stored: every attempt would send the same one.
+    assert set(message_ids(received)) == set(fixed_ids.values())
+    with mw.db.session() as session:
+        rows = session.scalars(select(RunStepRow).order_by(RunStepRow.item_index)).all()
+    for row in rows:
+        assert (row.status, row.send_state, row.attempts, row.error) == ("succeeded", "sent", 1, None)
+        assert row.message_id == fixed_ids[row.item_index]
+        assert row.started_at is not None and row.finished_at is not None
+        assert before <= row.started_at <= row.finished_at <= utcnow()
+        assert row.output is not None
+        # What a batch records is exactly a SendResult's JSON.
+        assert SendResult.model_validate(row.output).model_dump(mode="json") == row.output
+        assert row.output["message_id"] == row.message_id
+        assert [r["status"] for r in row.output["recipients"]] == ["accepted", "accepted"]
+
+
+async def test_a_stopped_batch_puts_back_the_messages_no_sender_took(
+    mw: Services,
+    targets: Targets,
+    smtp_server_factory: SMTPServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Messages are marked `sending` a range at a time; those never sent go back as they were."""
+    monkeypatch.setattr(batch_module, "PAGE", 5)  # the stop is seen between pages
+    put_back: list[int] = []
+    original = batch_module.BatchRunner._put_back_unhanded
+
+    def counting(runner: batch_module.BatchRunner) -> None:
+        put_back.append(len(runner._unhanded))
+        original(runner)
+
+    monkeypatch.setattr(batch_module.BatchRunner, "_put_back_unhanded", counting)
+    server = smtp_server_factory(faults=Faults(delay={"data": 0.05}))
+    target = targets.target(server, security="none")
+    count = 40
+    created = mw.batches.create(
+        lines([message(i) for i in range(count)]), target=target.display_name, concurrency=4
+    )
+    worker = executor(mw)
+    running = asyncio.create_task(worker.execute(created.run_id))
+    deadline = time.monotonic() + 20
+    while len(server.messages) < 6 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    worker.stopping.set()  # the worker shuts down: the batch stops taking messages
+    assert await running == "queued"
+    assert put_back and put_back[0] > 0  # some were marked, and never taken by a sender
+    results = mw.batches.results(created.run_id, limit=100)
+    done = [r for r in results if r["status"] == "sent"]
+    left = [r for r in results if r["status"] != "sent"]
+    assert len(done) == len(server.messages) and 6 <= len(done) < count
+    assert {r["status"] for r in left} == {"pending"}
+    assert all(r["attempts"] == 0 and r["notes"] == [] for r in left)
+    with mw.db.session() as session:
+        states = session.scalars(select(RunStepRow.send_state).where(RunStepRow.status == "pending")).all()
+    assert set(states) == {None}  # certainly not sent: no "outcome unknown" when it resumes
+    assert await executor(mw, "next").execute(created.run_id) == "succeeded"
+    ids = message_ids(server.wait_for(count))
+    assert len(ids) == count and max(ids.values()) == 1
+    results = mw.batches.results(created.run_id, limit=100)
+    assert all(r["attempts"] == 1 and r["notes"] == [] for r in results)
+
+
 async def test_a_refused_message_fails_alone(
     mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory
 ) -> None:
@@ -165,6 +247,39 @@ async def test_throttled_single_send_is_deferred_then_delivered(
     make_due(mw, second.id)
     assert await executor(mw).execute(second.id) == "succeeded"
     assert len(server.wait_for(2)) == 2
+
+
+async def test_a_direct_send_waits_for_a_near_slot_and_refuses_a_far_one(
+    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory, cli: CLI
+) -> None:
+    """`mailwright send` has no run to defer: it obeys the limits by waiting, or sends nothing."""
+    server = smtp_server_factory()
+    target = targets.target(server, security="none", rate_per_second=2, rate_per_day=3)
+    request = SendEmailRequest.model_validate({**message(0), "target": target.display_name})
+    started = time.monotonic()
+    for _ in range(3):
+        assert (await mw.sending.send(request)).status == "sent"
+    assert time.monotonic() - started >= 0.4  # the third waited for the per-second window
+    with pytest.raises(RateLimitedError) as refused:
+        await mw.sending.send(request)
+    assert "3 messages per day" in refused.value.message and "nothing was sent" in refused.value.message
+    assert "deferred" not in refused.value.message
+    assert len(server.wait_for(3)) == 3
+    # The count is the database's: another process (the CLI) is refused too, with the reason.
+    result = cli(
+        "send",
+        "--target",
+        target.display_name,
+        "--from",
+        "batch@example.org",
+        "--to",
+        "x@example.net",
+        "--subject",
+        "one more",
+    )
+    assert result.returncode != 0 and "3 messages per day" in result.stderr
+    assert "nothing was sent" in result.stderr and "hint:" in result.stderr
+    assert len(server.messages) == 3
 
 
 async def test_batch_waits_for_a_per_second_limit(
@@ -308,8 +423,6 @@ def test_crash_mid_batch_loses_nothing_and_doubles_only_the_unknown(
     time.sleep(1.2)  # the dead process's lease expires
     (run,) = mw.runs.list_runs()
     assert run.id in mw.runs.due()
-    import asyncio
-
     assert asyncio.run(executor(mw, "successor").execute(run.id)) == "succeeded"
     received = [*server.messages, *server.dropped]
     ids = message_ids(received)
@@ -366,4 +479,42 @@ def test_api_batch_refuses_bad_messages_by_index(
     assert api.get("/api/v1/runs").json() == []
     unknown = api.post("/api/v1/send-email/batch", json={"target": "Nope", "messages": [message(0)]})
     assert unknown.status_code == 404
+    assert server.messages == []
+
+
+def test_a_batch_whose_storing_process_died_is_discarded_not_left_preparing(
+    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory, tmp_path: Path
+) -> None:
+    """Killed while storing: nothing was accepted, so the half-stored batch is removed, with a log line."""
+    server = smtp_server_factory()
+    targets.target(server, security="none", display_name="Relay")
+    big = jsonl(tmp_path / "big.jsonl", [message(i, body="x" * 500) for i in range(50_000)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILWRIGHT_")}
+    env.update(MAILWRIGHT_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen(
+        [str(MAILWRIGHT), "send-batch", "--target", "Relay", "--file", str(big)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with mw.db.session() as session:
+            stored = session.scalar(select(func.count()).select_from(RunStepRow))
+        if stored:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    (run,) = mw.runs.list_runs()
+    assert run.status == "preparing"
+    assert mw.batches.discard_abandoned() == 0  # its storing lease still runs
+    with mw.db.session() as session:
+        row = session.get(RunRow, run.id)
+        assert row is not None and row.lease_owner == "storing"
+        row.lease_expires_at = utcnow() - timedelta(seconds=1)  # as if two minutes had passed
+    assert mw.batches.discard_abandoned() == 1
+    assert mw.runs.list_runs() == []
+    with mw.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(RunStepRow)) == 0
     assert server.messages == []

@@ -127,3 +127,44 @@ def test_trigger_mail_is_taken_once_on_postgres(pg_url: str, tmp_path: Path) -> 
     finally:
         first.close()
         second.close()
+
+
+async def test_a_batch_on_postgres(
+    pg_url: str, tmp_path: Path, smtp_server_factory: SMTPServerFactory
+) -> None:
+    """The batch's bulk statements (raw cursor, processed values) on PostgreSQL's driver."""
+    import json
+    from datetime import timedelta
+
+    from mailwright.engine.executor import Executor
+    from mailwright.storage.tables import RunStepRow
+
+    services = Services(Settings(home=tmp_path, database_url=pg_url))
+    try:
+        server = smtp_server_factory()
+        services.targets.create(
+            TargetCreate(
+                display_name="Relay",
+                server="127.0.0.1",
+                port=server.port,
+                security="none",
+                no_account_keys=True,
+            )
+        )
+        sent = [
+            {"from": "ops@example.org", "to": [f"r{i}@example.net"], "subject": f"Grüße {i}", "body": "hi"}
+            for i in range(25)
+        ]
+        lines = ((f"line {n}", json.dumps(m)) for n, m in enumerate(sent, start=1))
+        created = services.batches.create(lines, target="Relay")
+        worker = Executor(services.db, services.targets, worker_id="pg", lease=timedelta(seconds=5))
+        assert await worker.execute(created.run_id) == "succeeded"
+        assert len(server.wait_for(25)) == 25
+        with services.db.session() as session:
+            rows = session.scalars(sa.select(RunStepRow).order_by(RunStepRow.item_index)).all()
+        assert [r.inputs for r in rows] == sent
+        assert all(r.status == "succeeded" and r.send_state == "sent" and r.attempts == 1 for r in rows)
+        assert all(r.output and r.output["message_id"] == r.message_id for r in rows)
+        assert all(r.finished_at is not None and r.finished_at.tzinfo is not None for r in rows)
+    finally:
+        services.close()

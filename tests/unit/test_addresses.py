@@ -111,3 +111,11 @@ def test_the_plain_ascii_fast_path_agrees_with_email_validator(
     )
     assert fast.addr == info.normalized
     assert fast.ascii_addr == f"{info.ascii_local_part}@{info.ascii_domain}"
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list('ab@.x ,;\r\n"<>\\\t é')), max_size=30))
+def test_splitting_without_separators_takes_the_short_way_to_the_same_pieces(text: str) -> None:
+    from mailwright.domain.addresses import _split, _split_scanning
+
+    assert _split(text) == _split_scanning(text)

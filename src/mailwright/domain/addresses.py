@@ -85,8 +85,18 @@ def _parse_piece(piece: str, field: str) -> Address:
     return _validated(name, addr, field=field, original=piece)
 
 
+_SPECIAL = re.compile(r'[,;\r\n"<>\\]')
+
+
 def _split(text: str) -> list[str]:
     """Split on commas, semicolons and line breaks outside quotes and angle brackets."""
+    if _SPECIAL.search(text) is None:  # the usual single bare address: no scan char by char
+        stripped = text.strip()
+        return [stripped] if stripped else []
+    return _split_scanning(text)
+
+
+def _split_scanning(text: str) -> list[str]:
     pieces: list[str] = []
     current: list[str] = []
     quoted = angled = escaped = False

@@ -6,18 +6,20 @@ its own Message-ID. Recording is grouped, so the database is never the
 bottleneck: a `StepWriter` collects step updates and writes each group in one
 transaction.
 
-Durability follows the single-send path (engine/executor.py): before a message
-is handed to the connection pool, its step is durably `sending` with its
-Message-ID. That write is the one a sender waits for; the writer commits every
-waiting mark together (group commit), so it costs one transaction per group,
-not one per message, and because the batch keeps several messages in hand per
-connection of the pool (four by default), the wait hides behind the pool's queue
-instead of stalling a connection. Results ride along in the next transaction
-(at the latest `FLUSH_SECONDS` later). After a crash, a step found `sending`
-has an unknown outcome: it is sent again with the same Message-ID, and a note
-on the step says so, exactly as for a single send. The window is the messages
-in hand (`concurrency`) plus the results not yet committed; a failure whose
-stage proves DATA never began clears the mark.
+Durability follows the single-send path (engine/executor.py): a message's
+Message-ID is fixed when the batch is stored, and before a message is handed
+to the connection pool its step is durably `sending`. Those marks are made a
+range of messages at a time, in one statement, ahead of the senders: the
+range starts at half `concurrency` and doubles whenever the senders emptied
+the queue before its mark was written (a fast server), up to a page. Results
+ride along in the next transaction (at the latest `FLUSH_SECONDS` later).
+After a crash, a step found `sending` has an unknown outcome: it is sent again
+with the same Message-ID, and a note on the step says so, exactly as for a
+single send. The window is the messages marked and not yet answered: the
+senders' (`concurrency`) plus at most two ranges. When the batch stops (a
+worker shutting down, a cancel, a deferral), the marked messages no sender
+took go back to pending as they were; a failure whose stage proves DATA never
+began clears the mark.
 
 Rate limits: each message takes a slot from the process-wide limiter of its
 target. A slot within `RATE_INLINE_WAIT` is waited for; further away (a per-day
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, Update, bindparam, func, select, update
+from sqlalchemy import Connection, Table, Update, bindparam, func, select, update
 
 from mailwright.domain.addresses import Address
 from mailwright.domain.message import OutgoingMessage, make_message_id
@@ -53,18 +55,20 @@ from mailwright.errors import (
 )
 from mailwright.services.batches import BatchMessage, sender_of
 from mailwright.services.ratelimit import RateLimitedError, RateLimits
-from mailwright.services.sending import build_outgoing, deliver
+from mailwright.services.sending import build_outgoing, deliver_output, target_pool
 from mailwright.services.targets import ResolvedTarget
+from mailwright.storage.batch_steps import OPEN, batch_steps
 from mailwright.storage.db import Database
 from mailwright.storage.tables import RunRow, RunStepRow, utcnow
+from mailwright.transport.pool import SMTPPool
 
 log = logging.getLogger(__name__)
+
 
 PAGE = 500  # steps read per query
 FLUSH_SECONDS = 0.2  # results wait at most this long for a transaction
 FLUSH_ROWS = 500  # ... or until this many are waiting
 RATE_INLINE_WAIT = 120.0  # a batch may wait this long for a rate-limit slot in place
-OPEN = ("pending", "deferred", "running")  # steps still to send ("running": in flight at a crash)
 # Protocol stages of a failure that prove the message's DATA never started.
 BEFORE_DATA = frozenset({"connect", "tls", "ehlo", "starttls", "auth", "mail", "rcpt"})
 # Errors about the target, not the message: every other message would fail the same way, so the
@@ -115,18 +119,26 @@ class _Step:
     attempts: int
     max_attempts: int
     notes: list[str]
+    # Marked `sending` with its range, the attempt already counted in `attempts` but not begun.
+    counted: bool = False
+    prior_state: str | None = None  # its send_state before that mark
 
 
 class StepWriter:
     """Group commit of step updates.
 
-    `mark_sending` returns once the mark is committed (a sender waits for it before
-    DATA); `record` returns at once and its row joins the next transaction.
+    `mark_range` and `mark_sending` return once the mark is committed (a sender
+    waits for it before DATA); `record_sent` and `record` return at once and
+    their rows join the next transaction.
     """
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._marks: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._steps = batch_steps(db.engine.dialect)
+        self._ranges: list[tuple[str, int, int]] = []
+        self._marks: list[dict[str, Any]] = []
+        self._waiting: list[asyncio.Future[None]] = []
+        self._sent: list[tuple[Any, ...]] = []
         self._rows: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -138,13 +150,28 @@ class StepWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="batch-step-writer")
 
+    async def mark_range(self, run_id: str, first: int, last: int) -> None:
+        """Every open message from `first` to `last` (item indexes) is durably `sending`."""
+        self._ranges.append((run_id, first, last))
+        await self._committed()
+
     async def mark_sending(self, values: dict[str, Any]) -> None:
+        self._marks.append(values)
+        await self._committed()
+
+    async def _committed(self) -> None:
         if self._failed is not None:
             raise self._failed
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._marks.append((values, done))
+        self._waiting.append(done)
         self._wake.set()
         await done
+
+    def record_sent(self, values: tuple[Any, ...]) -> None:
+        """A message sent: the values of `SENT_COLUMNS`."""
+        self._sent.append(values)
+        if len(self._sent) >= FLUSH_ROWS:
+            self._wake.set()
 
     def record(self, values: dict[str, Any]) -> None:
         self._rows.append(values)
@@ -162,38 +189,54 @@ class StepWriter:
 
     async def _loop(self) -> None:
         while True:
-            if not self._marks and not self._closing:
+            if not self._waiting and not self._closing:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=FLUSH_SECONDS)
             self._wake.clear()
+            ranges, self._ranges = self._ranges, []
             marks, self._marks = self._marks, []
+            waiting, self._waiting = self._waiting, []
+            sent, self._sent = self._sent, []
             rows, self._rows = self._rows, []
-            if not marks and not rows:
+            if not (ranges or marks or sent or rows):
                 if self._closing:
                     return
                 continue
             try:
-                await asyncio.to_thread(self._write, [m for m, _ in marks], rows)
+                await asyncio.to_thread(self._write, ranges, marks, sent, rows)
             except Exception as exc:  # the senders waiting on a mark must not hang
                 log.exception("recording batch results failed")
                 self._failed = exc
-                for _, done in marks + self._marks:
+                for done in waiting + self._waiting:
                     if not done.done():
                         done.set_exception(exc)
                 return
-            for _, done in marks:
+            for done in waiting:
                 if not done.done():
                     done.set_result(None)
 
-    def _write(self, marks: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-        # Core executemany, not the ORM: this runs for every group of messages.
+    def _write(
+        self,
+        ranges: list[tuple[str, int, int]],
+        marks: list[dict[str, Any]],
+        sent: list[tuple[Any, ...]],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        now = utcnow()
         with self._db.engine.begin() as connection:
             # Marks first: a result in the same group is newer than its mark.
-            for group in (marks, rows):
-                for columns, same in _by_columns(group).items():
-                    connection.execute(_update_statement(columns), same)
+            for run_id, first, last in ranges:
+                self._steps.mark.execute(connection, self._steps.mark_values(run_id, first, last, now))
+            self._update(connection, marks)
+            self._steps.sent.execute_many(connection, sent)
+            self._update(connection, rows)
         self.transactions += 1
-        self.rows_written += len(marks) + len(rows)
+        self.rows_written += len(ranges) + len(marks) + len(sent) + len(rows)
+
+    @staticmethod
+    def _update(connection: Connection, rows: list[dict[str, Any]]) -> None:
+        for columns, same in _by_columns(rows).items():
+            connection.execute(_update_statement(columns), same)
 
 
 def _by_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
@@ -236,13 +279,18 @@ class BatchRunner:
         self._run_id = run_id
         self._lost = lost
         self._writer = StepWriter(self._db)
+        self._steps = batch_steps(self._db.engine.dialect)
+        # Marked `sending` but not yet taken by a sender: put back to pending if the batch stops.
+        self._unhanded: dict[str, _Step] = {}
         self._queue: asyncio.Queue[_Step | None] = asyncio.Queue()
         self._stop: _Stop | None = None
         self._resolved: dict[tuple[str, str | None], ResolvedTarget] = {}
         self._senders: dict[tuple[str, str | None], Address] = {}
+        self._pools: dict[int, SMTPPool] = {}  # by id() of the entries of `_resolved`
         self._target = ""
         self._account_key: str | None = None
         self._concurrency = 16
+        self._mark_every = 8
         self.progress = BatchProgress(total=0)
 
     # --- the whole run ----------------------------------------------------------------
@@ -259,6 +307,7 @@ class BatchRunner:
             for _ in senders:
                 self._queue.put_nowait(None)
             await asyncio.gather(*senders, return_exceptions=True)
+            self._put_back_unhanded()
             await self._writer.close()
         log.info(
             "batch %s: %d sent, %d partial, %d failed in %.1f s (%.0f msg/s; %d transactions)",
@@ -282,6 +331,7 @@ class BatchRunner:
                 run.started_at = utcnow()
             self._target, self._account_key = run.target or "", run.account_key
             self._concurrency = int(run.document.get("concurrency") or 16)
+            self._mark_every = max(1, self._concurrency // 2)
             counts = dict(
                 session.execute(
                     select(RunStepRow.status, func.count())
@@ -294,22 +344,59 @@ class BatchRunner:
         self.progress = BatchProgress(total=total, done_before=total - open_steps)
 
     async def _feed(self) -> None:
-        """Page through the open steps in message order and hand them to the senders."""
-        after = -1
+        """Page through the open steps in message order and hand them to the senders.
+
+        Each range of half `concurrency` messages is durably marked `sending` in
+        one statement before the first of them is handed out, while the senders
+        work on the range before; so at most about twice `concurrency` messages
+        are marked and not yet answered. A step stored without a Message-ID (by an
+        older version) is marked alone when it is sent.
+        """
+        reading = asyncio.create_task(asyncio.to_thread(self._page, -1))
+        try:
+            await self._feed_pages(reading)
+        finally:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+
+    async def _feed_pages(self, reading: asyncio.Task[list[_Step]]) -> None:
         while self._stop is None:
             if await self._should_stop():
                 return
-            page = await asyncio.to_thread(self._page, after)
+            page = await reading
             if not page:
                 return
-            for step in page:
-                # A bounded queue keeps memory flat: the reader waits for the senders.
-                while self._queue.qsize() >= 2 * self._concurrency and self._stop is None:
-                    await asyncio.sleep(0.002)
+            # The next page is read while this one is sent: the senders never wait for it.
+            reading = asyncio.create_task(asyncio.to_thread(self._page, page[-1].index))
+            first = 0
+            while first < len(page):
+                chunk = page[first : first + self._mark_every]
+                first += len(chunk)
+                marking = asyncio.create_task(self._mark_range(chunk))  # while the queue drains
+                # Few in hand beyond the senders': a crash leaves at most those "unknown".
+                while self._queue.qsize() >= self._mark_every and self._stop is None:
+                    await asyncio.sleep(0.001)
+                waiting = self._queue.qsize()
+                await marking
                 if self._stop is not None:
                     return
-                self._queue.put_nowait(step)
-            after = page[-1].index
+                if waiting and self._queue.empty():
+                    # The senders emptied the queue before the mark was written (a fast server):
+                    # mark further ahead. Against a slow one the window stays small.
+                    self._mark_every = min(PAGE, 2 * self._mark_every)
+                for step in chunk:
+                    self._queue.put_nowait(step)
+
+    async def _mark_range(self, chunk: list[_Step]) -> None:
+        ready = [step for step in chunk if step.message_id]
+        if not ready:
+            return
+        await self._writer.mark_range(self._run_id, chunk[0].index, chunk[-1].index)
+        for step in ready:
+            step.attempts += 1
+            step.counted = True
+            step.prior_state = step.send_state
+            self._unhanded[step.id] = step
 
     async def _should_stop(self) -> bool:
         if self._lost.is_set():
@@ -321,39 +408,20 @@ class BatchRunner:
         return self._stop is not None
 
     def _page(self, after: int) -> list[_Step]:
-        with self._db.session() as session:
-            rows = session.execute(
-                select(
-                    RunStepRow.id,
-                    RunStepRow.item_index,
-                    RunStepRow.inputs,
-                    RunStepRow.message_id,
-                    RunStepRow.send_state,
-                    RunStepRow.attempts,
-                    RunStepRow.max_attempts,
-                    RunStepRow.notes,
-                )
-                .where(
-                    RunStepRow.run_id == self._run_id,
-                    RunStepRow.position == 0,
-                    RunStepRow.item_index > after,
-                    RunStepRow.status.in_(OPEN),
-                )
-                .order_by(RunStepRow.item_index)
-                .limit(PAGE)
-            ).all()
+        with self._db.engine.connect() as connection:
+            rows = self._steps.page.rows(connection, (self._run_id, after, PAGE))
         return [
             _Step(
-                id=r.id,
-                index=r.item_index,
-                inputs=r.inputs or {},
-                message_id=r.message_id,
-                send_state=r.send_state,
-                attempts=r.attempts,
-                max_attempts=r.max_attempts,
-                notes=list(r.notes or []),
+                id=id_,
+                index=index,
+                inputs=inputs or {},
+                message_id=message_id,
+                send_state=send_state,
+                attempts=attempts,
+                max_attempts=max_attempts,
+                notes=list(notes or []),
             )
-            for r in rows
+            for id_, index, inputs, message_id, send_state, attempts, max_attempts, notes in rows
         ]
 
     # --- one message -------------------------------------------------------------------
@@ -373,6 +441,7 @@ class BatchRunner:
                 self._fail(step, exc)
 
     async def _send(self, step: _Step) -> None:
+        self._unhanded.pop(step.id, None)
         try:
             message, resolved, request = self._prepare(step)
         except MailwrightError as exc:
@@ -380,22 +449,27 @@ class BatchRunner:
             return
         if step.send_state == "sending":
             step.notes.append(
-                f"attempt {step.attempts}: the process stopped after DATA began, before the server's reply "
-                "was recorded; the outcome is unknown, so the message is sent again with the same "
-                f"Message-ID {step.message_id}"
+                f"attempt {step.attempts - step.counted}: the process stopped while the message was being "
+                "sent, before the server's reply was recorded; the outcome is unknown, so the message is "
+                f"sent again with the same Message-ID {step.message_id}"
             )
             step.send_state = "unknown"
         step.message_id = step.message_id or make_message_id(message.sender.ascii_domain)
         while True:
             await self._throttle(step, resolved)
-            step.attempts += 1
-            await self._mark_sending(step)
+            if step.counted:  # its range was marked before it was handed out
+                step.counted = False
+                step.send_state = "sending"
+            else:
+                step.attempts += 1
+                await self._mark_sending(step)
             try:
-                result = await deliver(
+                output = await deliver_output(
                     message,
                     resolved,
                     continue_if_one_address_valid=request.continue_if_one_address_valid,
                     message_id=step.message_id,
+                    pool=self._pool_of(resolved),
                 )
             except Exception as exc:
                 if not _data_may_have_begun(exc):
@@ -416,22 +490,9 @@ class BatchRunner:
                 if isinstance(exc, TARGET_LEVEL):
                     raise _Stop("failed", error=exc.details()) from exc
                 return
-            output = result.model_dump(mode="json")
-            self._writer.record(
-                {
-                    "id": step.id,
-                    "status": "succeeded",
-                    "output": output,
-                    "error": None,
-                    "send_state": "sent",
-                    "message_id": step.message_id,
-                    "attempts": step.attempts,
-                    "notes": step.notes,
-                    "finished_at": utcnow(),
-                    "updated_at": utcnow(),
-                }
-            )
-            if result.status == "sent":
+            now = utcnow()
+            self._writer.record_sent((output, step.message_id, step.attempts, step.notes, now, now, step.id))
+            if output["status"] == "sent":
                 self.progress.sent += 1
             else:
                 self.progress.partial += 1
@@ -448,6 +509,13 @@ class BatchRunner:
         sender = sender_of(request, resolved, cache=self._senders)
         return build_outgoing(request, sender, files=self._executor._files), resolved, request
 
+    def _pool_of(self, resolved: ResolvedTarget) -> SMTPPool:
+        # Looked up once per target and key of the batch: the lookup digests the key's secret.
+        pool = self._pools.get(id(resolved))
+        if pool is None or pool.closed:
+            pool = self._pools[id(resolved)] = target_pool(resolved)
+        return pool
+
     async def _throttle(self, step: _Step, resolved: ResolvedTarget) -> None:
         limits = RateLimits.of(resolved.settings)
         if not limits:
@@ -462,9 +530,15 @@ class BatchRunner:
         except RateLimitedError as exc:
             notes = [n for n in step.notes if not n.startswith(RATE_LIMIT_NOTE)]
             step.notes = [*notes, f"{RATE_LIMIT_NOTE}{exc.message}"]
-            self._writer.record(
-                {"id": step.id, "status": "deferred", "notes": step.notes, "updated_at": utcnow()}
-            )
+            row: dict[str, Any] = {
+                "id": step.id,
+                "status": "deferred",
+                "notes": step.notes,
+                "updated_at": utcnow(),
+            }
+            if step.counted:  # marked with its range, never begun: as it was before
+                row |= {"attempts": step.attempts - 1, "send_state": step.prior_state}
+            self._writer.record(row)
             self.progress.deferred_until = exc.until
             self.progress.deferred_reason = exc.message
             raise _Stop("deferred", until=exc.until) from exc
@@ -489,6 +563,20 @@ class BatchRunner:
             }
         )
         step.send_state = "sending"
+
+    def _put_back_unhanded(self) -> None:
+        """Messages marked with their range that no sender took (the batch stopped): as they were."""
+        for step in self._unhanded.values():
+            self._writer.record(
+                {
+                    "id": step.id,
+                    "status": "pending",
+                    "send_state": step.prior_state,
+                    "attempts": step.attempts - 1,
+                    "updated_at": utcnow(),
+                }
+            )
+        self._unhanded.clear()
 
     def _fail(self, step: _Step, exc: BaseException) -> None:
         # A refusal after DATA means nothing was delivered; a dropped connection there

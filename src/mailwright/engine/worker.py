@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 DRAIN_SECONDS = 60.0  # how long a stopping worker waits for the steps in flight
+CLEANUP_INTERVAL = 60.0  # seconds between looks for batches abandoned while being stored
 
 
 def make_broker(kind: str) -> AsyncBroker:
@@ -67,6 +69,7 @@ class Worker:
         self._inflight: set[str] = set()
         self._stop: asyncio.Event | None = None
         self._dispatching: set[asyncio.Task[None]] = set()
+        self._next_cleanup = 0.0  # when to look for batches whose storing process died
 
     async def _execute(self, run_id: str) -> str | None:
         try:
@@ -105,6 +108,9 @@ class Worker:
     async def scan(self) -> int:
         """Fire due schedules, then dispatch every due run (new, retry due, or abandoned by a dead worker)."""
         await asyncio.to_thread(self.services.schedules.tick)
+        if time.monotonic() >= self._next_cleanup:
+            self._next_cleanup = time.monotonic() + CLEANUP_INTERVAL
+            await asyncio.to_thread(self.services.batches.discard_abandoned)
         due = await asyncio.to_thread(self.services.runs.due)
         for run_id in due:
             await self.dispatch(run_id)

@@ -11,20 +11,26 @@ the bad lines (or message indexes) with what is wrong in each.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pydantic
 from pydantic import ConfigDict, Field
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, or_, select, update
 
 from mailwright.domain.addresses import Address
+from mailwright.domain.message import make_message_id
 from mailwright.domain.validation import describe
 from mailwright.errors import MailwrightError, NotFoundError, ValidationError
 from mailwright.services.runs import RunService
 from mailwright.services.sending import SendEmailRequest, build_outgoing, resolve_sender
 from mailwright.services.targets import ResolvedTarget, TargetService
+from mailwright.storage.batch_steps import batch_steps
+from mailwright.storage.bulk import JSONText
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
 from mailwright.storage.tables import RunRow, RunStepRow, new_id, utcnow
@@ -37,6 +43,11 @@ SHOWN_PROBLEMS = 20
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 256
 MAX_ATTEMPTS = 4
+STORING = "storing"  # the lease owner of a batch being stored
+PREPARE_LEASE = timedelta(minutes=2)
+LEGACY_PREPARE_AGE = timedelta(hours=1)
+
+log = logging.getLogger(__name__)
 
 
 class BatchMessage(SendEmailRequest):
@@ -81,7 +92,7 @@ class _Intake:
     total: int = 0
     bad: int = 0
     problems: list[Problem] = field(default_factory=list)
-    chunk: list[dict[str, Any]] = field(default_factory=list)
+    chunk: list[tuple[Any, ...]] = field(default_factory=list)
 
     def refuse(self, where: str, message: str) -> None:
         self.bad += 1
@@ -157,6 +168,10 @@ class BatchService:
                     "concurrency": concurrency,
                 },
                 status="preparing",
+                # Held while this process stores the messages: a batch whose storing process
+                # died (the lease ran out) was never accepted, and `discard_abandoned` removes it.
+                lease_owner=STORING,
+                lease_expires_at=utcnow() + PREPARE_LEASE,
                 inputs={},
                 target=resolved.target.display_name,
                 account_key=account_key,
@@ -175,6 +190,7 @@ class BatchService:
         batch_key: str | None,
     ) -> _Intake:
         intake = _Intake()
+        renewed = time.monotonic()
         targets: dict[tuple[str, str | None], ResolvedTarget] = {("", batch_key): resolved}
         senders: dict[tuple[str, str | None], Address] = {}
         for where, raw in messages:
@@ -182,16 +198,19 @@ class BatchService:
                 continue
             intake.total += 1
             try:
-                fields = self._check(raw, targets=targets, senders=senders, batch_key=batch_key)
+                fields, domain = self._check(raw, targets=targets, senders=senders, batch_key=batch_key)
             except MailwrightError as exc:
                 intake.refuse(where, exc.message)
                 continue
             if intake.bad:
                 continue
-            intake.chunk.append(_step_row(run_id, index=intake.total - 1, fields=fields))
+            # A line already is the JSON to store: it was parsed and every field checked.
+            inputs = JSONText(raw.strip()) if isinstance(raw, str) else fields
+            intake.chunk.append(_step_row(run_id, index=intake.total - 1, inputs=inputs, domain=domain))
             if len(intake.chunk) >= CHUNK:
                 self._insert(intake.chunk)
                 intake.chunk.clear()
+                renewed = self._renew(run_id, renewed)
         if intake.chunk and not intake.bad:
             self._insert(intake.chunk)
         return intake
@@ -203,8 +222,11 @@ class BatchService:
         targets: dict[tuple[str, str | None], ResolvedTarget],
         senders: dict[tuple[str, str | None], Address],
         batch_key: str | None,
-    ) -> dict[str, Any]:
-        """The message's fields if everything in it is valid; raises a MailwrightError otherwise."""
+    ) -> tuple[dict[str, Any], str]:
+        """The message's fields and its sender's domain if everything in it is valid.
+
+        Raises a MailwrightError otherwise.
+        """
         fields = _parse(raw)
         try:
             request = BatchMessage.model_validate(fields)
@@ -219,12 +241,53 @@ class BatchService:
             resolved = self._targets.resolve(reference, account_key=key)
             resolved.smtp()
             targets[which] = resolved
-        build_outgoing(request, sender_of(request, resolved, cache=senders), files=self._files)
-        return fields
+        sender = sender_of(request, resolved, cache=senders)
+        build_outgoing(request, sender, files=self._files)
+        return fields, sender.ascii_domain
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
+    def _renew(self, run_id: str, renewed: float) -> float:
+        """Extend the storing lease now and then (a file of millions of lines takes minutes)."""
+        if time.monotonic() - renewed < PREPARE_LEASE.total_seconds() / 4:
+            return renewed
         with self._db.session() as session:
-            session.execute(insert(RunStepRow), rows)
+            session.execute(
+                update(RunRow).where(RunRow.id == run_id).values(lease_expires_at=utcnow() + PREPARE_LEASE)
+            )
+        return time.monotonic()
+
+    def discard_abandoned(self) -> int:
+        """Remove batches whose storing process stopped before their last message was stored.
+
+        Such a batch was never accepted (its caller got no run id back and nothing
+        of it was sent), so nothing is lost: its rows are deleted, and the log says so.
+        """
+        now = utcnow()
+        with self._db.session() as session:
+            abandoned = session.execute(
+                select(RunRow.id, RunRow.created_at).where(
+                    RunRow.status == "preparing",
+                    RunRow.document["kind"].as_string() == BATCH_KIND,
+                    or_(
+                        RunRow.lease_expires_at < now,
+                        # Stored by a version without the storing lease.
+                        (RunRow.lease_expires_at.is_(None)) & (RunRow.created_at < now - LEGACY_PREPARE_AGE),
+                    ),
+                )
+            ).all()
+            if abandoned:
+                session.execute(delete(RunRow).where(RunRow.id.in_([row.id for row in abandoned])))
+        for row in abandoned:
+            log.warning(
+                "discarded batch run %s (created %s): the process storing it stopped before its last "
+                "message was stored, so none of it was queued or sent",
+                row.id,
+                f"{row.created_at:%Y-%m-%d %H:%M:%S}",
+            )
+        return len(abandoned)
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+        with self._db.engine.begin() as connection:
+            batch_steps(connection.dialect).insert.execute_many(connection, rows)
 
     def _queue(self, run_id: str, *, total: int) -> None:
         with self._db.session() as session:
@@ -232,6 +295,8 @@ class BatchService:
             assert run is not None
             run.document = {**run.document, "messages": total}
             run.status = "queued"
+            run.lease_owner = None
+            run.lease_expires_at = None
             run.created_at = utcnow()
 
     def _discard(self, run_id: str) -> None:
@@ -330,21 +395,28 @@ def _parse(raw: str | dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def _step_row(run_id: str, *, index: int, fields: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": new_id(),
-        "run_id": run_id,
-        "position": 0,
-        "step_id": STEP_ID,
-        "item_index": index,
-        "activity": "send_email",
-        "status": "pending",
-        "attempts": 0,
-        "max_attempts": MAX_ATTEMPTS,
-        "inputs": fields,
-        "notes": [],
-        "updated_at": utcnow(),
-    }
+def _step_row(run_id: str, *, index: int, inputs: dict[str, Any] | JSONText, domain: str) -> tuple[Any, ...]:
+    """The values of `INSERT_COLUMNS` for one message.
+
+    The Message-ID is fixed now, so that every attempt, in this process or after a
+    crash, sends the very same message, and marking messages `sending` can be one
+    statement for a range of them.
+    """
+    return (
+        new_id(),
+        run_id,
+        0,  # position
+        STEP_ID,
+        index,
+        "send_email",
+        "pending",
+        0,  # attempts
+        MAX_ATTEMPTS,
+        inputs,
+        make_message_id(domain),
+        [],  # notes
+        utcnow(),
+    )
 
 
 def _concurrency(requested: int | None, resolved: ResolvedTarget) -> int:

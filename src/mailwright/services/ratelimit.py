@@ -41,9 +41,18 @@ class RateLimitedError(TargetError):
     code = "rate_limited"
     transient = True
 
-    def __init__(self, message: str, *, until: datetime, target: str | None = None, hint: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        until: datetime,
+        target: str | None = None,
+        hint: str | None = None,
+        reason: str | None = None,
+    ):
         super().__init__(message, target=target, hint=hint)
         self.until = until
+        self.reason = reason or message  # which limit, without what happens to the message
 
     def details(self) -> dict[str, Any]:
         return {**super().details(), "until": self.until.isoformat()}
@@ -187,9 +196,10 @@ class RateLimiter:
             return
         self._spent[spent] = today
         until = next_midnight(self._clock.now())
+        reason = f"target {target!r} has sent its {_describe(limit, 'day')} today (UTC)"
         raise RateLimitedError(
-            f"target {target!r} has sent its {_describe(limit, 'day')} today (UTC); "
-            f"deferred until {until:%Y-%m-%d %H:%M} UTC",
+            f"{reason}; deferred until {until:%Y-%m-%d %H:%M} UTC",
+            reason=reason,
             until=until,
             target=target,
             hint=f"raise the limit with `mailwright targets update {target!r} --rate-per-day N` if the "
@@ -201,9 +211,10 @@ class RateLimiter:
         which = [
             _describe(limit, "second" if seconds == 1.0 else "minute") for limit, seconds in limits.windows()
         ]
+        reason = f"target {target!r} is at its rate limit ({' and '.join(which)})"
         return RateLimitedError(
-            f"target {target!r} is at its rate limit ({' and '.join(which)}); "
-            f"deferred until {until:%Y-%m-%d %H:%M:%S} UTC",
+            f"{reason}; deferred until {until:%Y-%m-%d %H:%M:%S} UTC",
+            reason=reason,
             until=until,
             target=target,
         )

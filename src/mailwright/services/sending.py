@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
@@ -27,6 +27,7 @@ from mailwright.domain.message import (
     make_message_id,
 )
 from mailwright.errors import TargetError, ValidationError
+from mailwright.services.ratelimit import RateLimitedError, RateLimits
 from mailwright.services.targets import ResolvedTarget, TargetService
 from mailwright.storage.files import FileStore
 from mailwright.transport.pool import PoolLimits, SMTPPool, shared_pools
@@ -222,6 +223,9 @@ def build_outgoing(
     )
 
 
+DIRECT_RATE_WAIT = 60.0  # seconds a direct send waits for a rate-limit slot
+
+
 class SendService:
     def __init__(self, targets: TargetService, files: FileStore | None = None) -> None:
         self._targets = targets
@@ -233,12 +237,36 @@ class SendService:
         build_outgoing(request, resolve_sender(request, resolved), files=self._files)
 
     async def send(self, request: SendEmailRequest) -> SendResult:
+        """Send now, in this process (`mailwright send`); runs go through the executor instead."""
         # Everything is validated before any connection is opened.
         resolved = self._targets.resolve(request.target, account_key=request.account_key)
         message = build_outgoing(request, resolve_sender(request, resolved), files=self._files)
+        await self._rate_slot(resolved)
         return await deliver(
             message, resolved, continue_if_one_address_valid=request.continue_if_one_address_valid
         )
+
+    async def _rate_slot(self, resolved: ResolvedTarget) -> None:
+        """The target's rate limits hold for a direct send too: a near slot is waited for.
+
+        A direct send has no run to defer, so a slot further away than
+        `DIRECT_RATE_WAIT` (a spent per-day budget) refuses the message, sending nothing.
+        """
+        limits = RateLimits.of(resolved.settings)
+        name = resolved.target.display_name
+        try:
+            await self._targets.rate_limits.acquire(
+                key=resolved.target.id, limits=limits, target=name, max_wait=DIRECT_RATE_WAIT
+            )
+        except RateLimitedError as exc:
+            raise RateLimitedError(
+                f"{exc.reason}: nothing was sent; the next slot is at {exc.until:%Y-%m-%d %H:%M:%S} UTC",
+                reason=exc.reason,
+                until=exc.until,
+                target=name,
+                hint="send it later, or queue it (POST /api/v1/send-email, or a workflow): "
+                "a run waits for its slot",
+            ) from None
 
 
 async def deliver(
@@ -248,6 +276,7 @@ async def deliver(
     continue_if_one_address_valid: bool,
     message_id: str | None = None,
     before_data: Callable[[], Awaitable[None]] | None = None,
+    pool: SMTPPool | None = None,
 ) -> SendResult:
     """Send one message on a pooled connection to the target.
 
@@ -255,9 +284,35 @@ async def deliver(
     caller passes the Message-ID it stored, so a retry sends the very same message,
     and `before_data` to record that the outcome may become unknown.
     """
+    output = await deliver_output(
+        message,
+        resolved,
+        continue_if_one_address_valid=continue_if_one_address_valid,
+        message_id=message_id,
+        before_data=before_data,
+        pool=pool,
+    )
+    return SendResult.model_validate(output)
+
+
+async def deliver_output(
+    message: OutgoingMessage,
+    resolved: ResolvedTarget,
+    *,
+    continue_if_one_address_valid: bool,
+    message_id: str | None = None,
+    before_data: Callable[[], Awaitable[None]] | None = None,
+    pool: SMTPPool | None = None,
+) -> dict[str, Any]:
+    """`deliver`, its result as the JSON of a `SendResult` (what a run step records).
+
+    A batch records thousands of these a second; building the model only to dump
+    it again would cost more than the rest of its bookkeeping. `pool`, when the
+    caller holds the target's pool already, spares looking it up.
+    """
     started = time.perf_counter()
     target_name = resolved.target.display_name
-    pool = target_pool(resolved)
+    pool = pool or target_pool(resolved)
     capabilities = await pool.capabilities()
     smtputf8 = message.needs_smtputf8 and capabilities.smtputf8
     if message.sender.needs_smtputf8 and not smtputf8:
@@ -267,7 +322,8 @@ async def deliver(
             hint="send from an ASCII address",
         )
     message_id = message_id or make_message_id(message.sender.ascii_domain)
-    data = build_mime(message, message_id=message_id, date=datetime.now(UTC), smtputf8=smtputf8)
+    date = datetime.now(UTC).replace(microsecond=0)  # what Date shows; equal within a second
+    data = build_mime(message, message_id=message_id, date=date, smtputf8=smtputf8)
     delivery = await pool.deliver(
         sender=message.sender.envelope(),
         recipients=[(a.envelope(), a.needs_smtputf8) for a in message.recipients()],
@@ -278,30 +334,31 @@ async def deliver(
     )
     timings = dict(delivery.timings)
     timings["total"] = round((time.perf_counter() - started) * 1000, 2)
-    recipients = [RecipientOutcome(**r.as_dict()) for r in delivery.recipients]
-    result = SendResult(
-        status="sent" if all(r.status == "accepted" for r in recipients) else "partial",
-        message_id=message_id,
-        target=target_name,
-        account_key=resolved.login.key_name if resolved.login else None,
-        sender=message.sender.envelope(),
-        recipients=recipients,
-        server_reply=ServerReply(code=delivery.code, text=delivery.reply),
-        size=delivery.size,
-        smtputf8=smtputf8,
-        timings=timings,
-        warnings=_transport_warnings(resolved, pool.endpoint.host, tls=delivery.tls is not None),
-    )
+    recipients = [r.as_dict() for r in delivery.recipients]
+    accepted = sum(r["status"] == "accepted" for r in recipients)
     if log.isEnabledFor(logging.INFO):
         log.info(
             "sent %s via %r: %d accepted, %d refused (%s)",
             message_id,
             target_name,
-            sum(r.status == "accepted" for r in recipients),
-            sum(r.status == "refused" for r in recipients),
+            accepted,
+            len(recipients) - accepted,
             f"{delivery.code} {delivery.reply}",
         )
-    return result
+    return {
+        "status": "sent" if accepted == len(recipients) else "partial",
+        "message_id": message_id,
+        "target": target_name,
+        "account_key": resolved.login.key_name if resolved.login else None,
+        "sender": message.sender.envelope(),
+        "recipients": recipients,
+        "server_reply": {"code": delivery.code, "text": delivery.reply},
+        "size": delivery.size,
+        "smtputf8": smtputf8,
+        "timings": timings,
+        "warnings": _transport_warnings(resolved, pool.endpoint.host, tls=delivery.tls is not None),
+        "run_id": None,
+    }
 
 
 def target_pool(resolved: ResolvedTarget) -> SMTPPool:

@@ -1,0 +1,90 @@
+"""The step rows of a batch run, written and read in bulk (the statements of storage/bulk.py).
+
+A batch's step is one message: stored `pending` with its Message-ID, marked
+`sending` a range of messages at a time before they go to the connection pool,
+and given its result. Rarer updates (a failure, a deferral) go through
+SQLAlchemy Core in engine/batch.py.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Dialect, Table
+
+from mailwright.storage.bulk import BulkSelect, BulkStatement, BulkWrite, columns_of
+from mailwright.storage.tables import RunStepRow
+
+# Steps still to send ("running": in flight at a crash); the statements below spell it out.
+OPEN = ("pending", "deferred", "running")
+
+INSERT_COLUMNS = (
+    "id",
+    "run_id",
+    "position",
+    "step_id",
+    "item_index",
+    "activity",
+    "status",
+    "attempts",
+    "max_attempts",
+    "inputs",
+    "message_id",
+    "notes",
+    "updated_at",
+)
+PAGE_COLUMNS = (
+    "id",
+    "item_index",
+    "inputs",
+    "message_id",
+    "send_state",
+    "attempts",
+    "max_attempts",
+    "notes",
+)
+SENT_COLUMNS = ("output", "message_id", "attempts", "notes", "finished_at", "updated_at", "id")
+
+
+class BatchSteps:
+    """The statements, prepared for one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        table = cast(Table, RunStepRow.__table__)
+        self.insert = BulkWrite.insert(dialect, table, INSERT_COLUMNS)
+        self.page = BulkSelect(
+            dialect,
+            table,
+            PAGE_COLUMNS,
+            "WHERE run_id = ? AND position = 0 AND item_index > ? "
+            "AND status IN ('pending', 'deferred', 'running') "
+            "ORDER BY item_index LIMIT ?",
+        )
+        # One statement marks a whole range of open messages: attempts counts the one to come.
+        self.mark = BulkStatement(
+            dialect,
+            "UPDATE run_steps SET status = 'running', send_state = 'sending', "
+            "attempts = attempts + 1, started_at = ?, updated_at = ? "
+            "WHERE run_id = ? AND position = 0 AND item_index >= ? AND item_index <= ? "
+            "AND status IN ('pending', 'deferred', 'running')",
+            columns_of(table, ("started_at", "updated_at", "run_id", "item_index", "item_index")),
+        )
+        self.sent = BulkWrite.update(
+            dialect,
+            table,
+            constants="status = 'succeeded', error = NULL, send_state = 'sent'",
+            columns=SENT_COLUMNS[:-1],
+            key="id",
+        )
+
+    @staticmethod
+    def mark_values(run_id: str, first: int, last: int, now: datetime) -> Sequence[Any]:
+        return (now, now, run_id, first, last)
+
+
+@functools.lru_cache(maxsize=4)
+def batch_steps(dialect: Dialect) -> BatchSteps:
+    return BatchSteps(dialect)
