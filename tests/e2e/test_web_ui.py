@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from playwright.sync_api import FilePayload, Page, expect
+from playwright.sync_api import FilePayload, Locator, Page, expect
 
 from mailwright.sandbox import SANDBOX_TARGET_NAME
 from tests.support.mailstack import MailStack
@@ -255,3 +255,102 @@ def test_new_imap_target_switches_the_email_area(page: Page, web: WebApp) -> Non
         60,
     )
     expect(page.get_by_text("IMAP Server")).to_be_visible()
+
+
+def prop(page: Page, name: str) -> Locator:
+    """The value (dd) of one property on a detail page."""
+    term = page.locator("dl.props dt").filter(has_text=re.compile(f"^{re.escape(name)}$"))
+    return term.locator("xpath=following-sibling::dd[1]")
+
+
+def test_target_sending_limits_preset_edit_clear_and_errors(page: Page, web: WebApp) -> None:
+    first_login(page, web)
+    page.goto("/targets/new")
+    form = page.locator("#target-form")
+    limits = form.get_by_role("group", name="Sending limits and connections")
+    expect(limits).to_be_visible()
+    form.get_by_label("Target Type").select_option("imap")
+    expect(limits).to_be_hidden()  # SMTP only
+    form.get_by_label("Target Type").select_option("smtp")
+    expect(limits).to_be_visible()
+    expect(form.get_by_label("Max connections")).to_have_value("8")
+    expect(form.get_by_label("Rate per day")).to_have_value("")
+    expect(form.get_by_label("Rate per day")).to_have_attribute(
+        "aria-describedby", re.compile(r"\bh-rate_per_day\b")
+    )
+    expect(page.locator("#h-rate_per_day")).to_contain_text("blank: no limit")
+
+    form.get_by_role("button", name="Use Gmail").click()
+    expect(form.get_by_label("Rate per day")).to_have_value("500")
+    expect(form.get_by_label("Max messages per connection")).to_have_value("100")
+    expect(page.locator("#preset-note")).to_contain_text("Rate per day 500")
+    # Another provider's preset does not keep Gmail's limits.
+    form.get_by_role("button", name="Use Outlook").click()
+    expect(form.get_by_label("Rate per day")).to_have_value("")
+    form.get_by_role("button", name="Use Gmail").click()
+    expect(form.get_by_label("Rate per day")).to_have_value("500")
+    form.get_by_label("No Account Keys").select_option("true")
+    shot(page, "new-target-sending-limits")
+    form.get_by_role("button", name="Submit").click()
+    expect(page.get_by_role("heading", name="Gmail")).to_be_visible()
+    expect(prop(page, "Rate limits")).to_have_text("500 messages per day")
+    expect(prop(page, "Connection pool")).to_have_text(
+        "up to 8 connections, 100 messages each, closed after 30 s idle"
+    )
+    created = web.services.targets.get("Gmail")
+    assert (created.rate_per_day, created.max_messages_per_connection, created.rate_per_minute) == (
+        500,
+        100,
+        None,
+    )
+    api = page.request.get(
+        f"/api/v1/targets/{created.id}", headers={"Authorization": f"Bearer {web.admin_token}"}
+    )
+    assert api.ok, api.text()
+    assert (api.json()["rate_per_day"], api.json()["max_messages_per_connection"]) == (500, 100)
+
+    # Edit: the stored limits are shown; new ones are saved and described.
+    page.get_by_role("link", name="Edit").click()
+    expect(form.get_by_label("Rate per day")).to_have_value("500")
+    expect(form.get_by_label("Rate per minute")).to_have_value("")
+    form.get_by_label("Rate per minute").fill("30")
+    form.get_by_label("Max connections").fill("4")
+    form.get_by_role("button", name="Submit").click()
+    expect(prop(page, "Rate limits")).to_have_text("30 messages per minute, 500 messages per day")
+    expect(prop(page, "Connection pool")).to_have_text(
+        "up to 4 connections, 100 messages each, closed after 30 s idle"
+    )
+    shot(page, "target-detail-sending-limits")
+
+    # A blank rate clears that limit, and only that one.
+    page.get_by_role("link", name="Edit").click()
+    expect(form.get_by_label("Rate per minute")).to_have_value("30")
+    form.get_by_label("Rate per minute").fill("")
+    form.get_by_role("button", name="Submit").click()
+    expect(prop(page, "Rate limits")).to_have_text("500 messages per day")
+    page.get_by_role("link", name="Edit").click()
+    form.get_by_label("Rate per day").fill("")
+    form.get_by_role("button", name="Submit").click()
+    expect(prop(page, "Rate limits")).to_have_text("no limit")
+    saved = web.services.targets.get("Gmail")
+    assert (saved.rate_per_minute, saved.rate_per_day, saved.max_connections) == (None, None, 4)
+
+    # Out-of-range values come back next to their field, naming it; nothing is saved.
+    page.get_by_role("link", name="Edit").click()
+    for name, value, error_id, text in (
+        ("Max connections", "0", "e-max_connections", "greater than or equal to 1"),
+        ("Max connections", "999", "e-max_connections", "less than or equal to 256"),
+        ("Rate per day", "-5", "e-rate_per_day", "greater than or equal to 0"),
+    ):
+        form.get_by_label(name, exact=True).fill(value)
+        with page.expect_response(lambda r: r.request.method == "POST") as posted:
+            form.get_by_role("button", name="Submit").click()
+        assert posted.value.status == 422
+        field = form.get_by_label(name, exact=True)
+        expect(field).to_have_attribute("aria-invalid", "true")
+        expect(field).to_have_value(value)  # what was typed is kept
+        expect(page.locator(f"#{error_id}")).to_contain_text(f"{name}: ")
+        expect(page.locator(f"#{error_id}")).to_contain_text(text)
+        field.fill("4" if name == "Max connections" else "")
+    shot(page, "target-form-bad-rate")
+    assert web.services.targets.get("Gmail").max_connections == 4

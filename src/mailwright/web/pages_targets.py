@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,7 +30,22 @@ DEFAULTS = {
     "security": "starttls",
     "connect_timeout": "10",
     "command_timeout": "60",
+    # The SMTP connection pool's defaults (SMTPSettings), shown so the user sees what applies.
+    "max_connections": "8",
+    "max_messages_per_connection": "100",
+    "idle_timeout": "30",
 }
+
+# SMTP sending limits and connection-pool settings: form name -> label (also in error messages).
+LIMIT_LABELS = {
+    "rate_per_second": "Rate per second",
+    "rate_per_minute": "Rate per minute",
+    "rate_per_day": "Rate per day",
+    "max_connections": "Max connections",
+    "max_messages_per_connection": "Max messages per connection",
+    "idle_timeout": "Idle timeout",
+}
+RATE_FIELDS = ("rate_per_second", "rate_per_minute", "rate_per_day")
 
 
 def _form_context(services: ServicesDep) -> dict[str, Any]:
@@ -63,18 +79,62 @@ def _values_from(target: TargetPublic) -> dict[str, str]:
         "connect_timeout": f"{target.connect_timeout:g}",
         "command_timeout": f"{target.command_timeout:g}",
         "polling_interval": f"{target.polling_interval:g}" if target.polling_interval else "",
+        # Rates: blank is "no limit" (stored as None).
+        **{name: str(getattr(target, name) or "") for name in RATE_FIELDS},
+        "max_connections": _text(target.max_connections),
+        "max_messages_per_connection": _text(target.max_messages_per_connection),
+        "idle_timeout": _text(target.idle_timeout),
     }
 
 
-_ONLY_FOR = {"starttls_required": {"smtp"}, "ehlo_name": {"smtp"}, "polling_interval": {"imap", "pop3"}}
+def _text(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _rates(target: TargetPublic) -> str:
+    pairs = (
+        (target.rate_per_second, "second"),
+        (target.rate_per_minute, "minute"),
+        (target.rate_per_day, "day"),
+    )
+    limits = [f"{value:,} messages per {unit}" for value, unit in pairs if value]
+    return ", ".join(limits) or "no limit"
+
+
+def _pool(target: TargetPublic) -> str | None:
+    if target.max_connections is None:
+        return None
+    parts = [f"up to {target.max_connections} connection{'s' if target.max_connections != 1 else ''}"]
+    if target.max_messages_per_connection is not None:
+        parts.append(f"{target.max_messages_per_connection:,} messages each")
+    if target.idle_timeout is not None:
+        parts.append(f"closed after {target.idle_timeout:g} s idle")
+    return ", ".join(parts)
+
+
+def _labelled(error: MailwrightError) -> MailwrightError:
+    """Name a limit field by its label ("Max connections: …"), not its API name, in the form."""
+    label = LIMIT_LABELS.get((error.field or "").split(".")[0])
+    if label is None or not isinstance(error, ValidationError):
+        return error
+    message = re.sub(r"^[\w.]+: ", f"{label}: ", error.message)
+    return ValidationError(message, hint=error.hint, field=error.field)
+
+
+_ONLY_FOR = {
+    "starttls_required": {"smtp"},
+    "ehlo_name": {"smtp"},
+    "polling_interval": {"imap", "pop3"},
+    **{name: {"smtp"} for name in LIMIT_LABELS},
+}
 
 
 def _fields(form: FormData, kind: str) -> dict[str, Any]:
     """The settings the form posted that the target type has (SMTP has no polling interval…)."""
-    return {k: v for k, v in _all_fields(form).items() if kind in _ONLY_FOR.get(k, {kind})}
+    return {k: v for k, v in _all_fields(form, kind).items() if kind in _ONLY_FOR.get(k, {kind})}
 
 
-def _all_fields(form: FormData) -> dict[str, Any]:
+def _all_fields(form: FormData, kind: str) -> dict[str, Any]:
     no_keys = forms.text(form, "no_account_keys").lower() == "true"
     return {
         "description": forms.text(form, "description"),
@@ -88,6 +148,12 @@ def _all_fields(form: FormData) -> dict[str, Any]:
         "connect_timeout": forms.number(form, "connect_timeout", label="Connect timeout"),
         "command_timeout": forms.number(form, "command_timeout", label="Command timeout"),
         "polling_interval": forms.number(form, "polling_interval", label="Polling interval"),
+        # Parsed only for the types that have them: another type's hidden inputs never fail the form.
+        **{
+            name: forms.number(form, name, label=label, integer=name != "idle_timeout")
+            for name, label in LIMIT_LABELS.items()
+            if kind in _ONLY_FOR[name]
+        },
         "no_account_keys": no_keys,
         "account_key": None if no_keys else forms.optional(form, "account_key"),
     }
@@ -110,7 +176,7 @@ def _form_page(
         mode="new" if target is None else "edit",
         target=target,
         values=values,
-        errors=field_errors(error) if error else {},
+        errors=field_errors(_labelled(error)) if error else {},
         status_code=422 if error else 200,
         **_form_context(services),
     )
@@ -152,6 +218,11 @@ async def create_target(request: Request, services: ServicesDep, session: Sessio
     return redirect(f"/targets/{target.id}", flash=f"Target {target.display_name!r} created.")
 
 
+def _detail_context(target: TargetPublic) -> dict[str, Any]:
+    smtp = target.protocol == "SMTP"
+    return {"target": target, "rate_limits": _rates(target) if smtp else None, "pool": _pool(target)}
+
+
 @router.get("/targets/{ref}")
 def show_target(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
     return render(
@@ -159,8 +230,8 @@ def show_target(request: Request, ref: str, services: ServicesDep, session: Sess
         "targets/detail.html",
         session=session,
         section="targets",
-        target=services.targets.get(ref),
         report=None,
+        **_detail_context(services.targets.get(ref)),
     )
 
 
@@ -174,8 +245,8 @@ async def test_target(request: Request, ref: str, services: ServicesDep, session
         "targets/detail.html",
         session=session,
         section="targets",
-        target=services.targets.get(ref),
         report=report.as_dict(),
+        **_detail_context(services.targets.get(ref)),
     )
 
 
@@ -196,6 +267,8 @@ async def update_target(request: Request, ref: str, services: ServicesDep, sessi
         fields["ca_file"] = forms.text(form, "ca_file")
         if target.type == "smtp":
             fields["ehlo_name"] = forms.text(form, "ehlo_name")
+            # A blank rate clears the limit: 0 is "no limit" in an update, None "unchanged".
+            fields.update({name: 0 for name in RATE_FIELDS if fields.get(name) is None})
         target = services.targets.update(
             target.id,
             validate_model(

@@ -50,6 +50,9 @@ function setupPresets() {
   const parsed = JSON.parse(data.textContent);
   setupTargetType(parsed.protocols);
   const note = document.getElementById("preset-note");
+  // Fields the last preset filled besides server/port/security (Gmail: rate_per_day…), so the
+  // next preset puts back what the page started with instead of keeping another provider's limits.
+  let presetFilled = [];
   document.querySelectorAll("[data-preset]").forEach((button) => {
     button.addEventListener("click", () => {
       const preset = parsed.presets[button.dataset.type][button.dataset.preset];
@@ -57,13 +60,28 @@ function setupPresets() {
       document.getElementById("f-server").value = settings.server;
       document.getElementById("f-port").value = settings.port;
       document.getElementById("f-security").value = settings.security;
+      for (const input of presetFilled) {
+        if (!(input.name in settings)) input.value = input.defaultValue;
+      }
+      presetFilled = [];
+      const filled = [];
+      for (const [name, value] of Object.entries(settings)) {
+        if (["server", "port", "security"].includes(name)) continue;
+        const input = document.getElementById(`f-${name}`);
+        if (!input || value === null || value === undefined) continue;
+        input.value = value;
+        presetFilled.push(input);
+        const label = document.querySelector(`label[for="f-${name}"]`);
+        filled.push(`${label ? label.textContent.trim() : name} ${value}`);
+      }
       const name = document.getElementById("f-display_name");
       if (!name.value) name.value = preset.label;
       const alternatives = preset.alternatives.map((a) => `${a.port} (${a.security})`).join(", ");
       note.textContent = "";
       const text = document.createElement("span");
       text.textContent = `${preset.label}: ${settings.server}, port ${settings.port} (${settings.security})` +
-        (alternatives ? ` or ${alternatives}` : "") + ". " + preset.note + " ";
+        (alternatives ? ` or ${alternatives}` : "") + ". " +
+        (filled.length ? `Filled in: ${filled.join(", ")}. ` : "") + preset.note + " ";
       note.appendChild(text);
       if (preset.help_url) {
         const link = document.createElement("a");

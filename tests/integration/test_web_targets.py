@@ -1,0 +1,126 @@
+"""The web UI's target form over real HTTP, without a browser: sending limits and pool settings."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from mailwright.services.app import Services
+from tests.support.apiserver import APIServer
+
+
+@dataclass
+class Browserless:
+    client: httpx.Client
+    csrf_token: str
+
+    def post(self, path: str, **fields: str) -> httpx.Response:
+        return self.client.post(path, data={"csrf_token": self.csrf_token, **fields})
+
+
+@pytest.fixture
+def web(mw: Services) -> Iterator[Browserless]:
+    """The web UI served on loopback with a signed-in session (its cookie and CSRF token)."""
+    signed_in = mw.web_auth.open_session()
+    with (
+        APIServer(mw) as server,
+        httpx.Client(
+            base_url=server.base_url, headers={"Cookie": f"mw_session={signed_in.cookie}"}, timeout=30
+        ) as client,
+    ):
+        yield Browserless(client, signed_in.session.csrf_token)
+
+
+SMTP = {
+    "target_type": "smtp",
+    "display_name": "Relay",
+    "no_account_keys": "true",
+    "server": "smtp.example.test",
+    "port": "587",
+    "security": "starttls",
+    "rate_per_second": "",
+    "rate_per_minute": "",
+    "rate_per_day": "500",
+    "max_connections": "4",
+    "max_messages_per_connection": "100",
+    "idle_timeout": "30",
+}
+
+
+def error_text(response: httpx.Response, field: str) -> str:
+    assert response.status_code == 422, response.text
+    start = response.text.index(f'id="e-{field}"')
+    return html.unescape(response.text[start : response.text.index("</p>", start)])
+
+
+def test_new_form_shows_the_limits_with_the_pool_defaults(web: Browserless) -> None:
+    page = web.client.get("/targets/new")
+    assert page.status_code == 200
+    assert "Sending limits and connections" in page.text
+    for name in ("rate_per_second", "rate_per_minute", "rate_per_day", "max_messages_per_connection"):
+        assert f'<label for="f-{name}">' in page.text
+    assert 'id="f-max_connections" name="max_connections" type="number" value="8"' in page.text
+    assert 'id="f-rate_per_day" name="rate_per_day" type="number" value=""' in page.text
+
+
+def test_create_edit_and_clear_limits(web: Browserless, mw: Services) -> None:
+    created = web.post("/targets/new", **SMTP)
+    assert created.status_code == 303, created.text
+    target = mw.targets.get("Relay")
+    assert (target.rate_per_minute, target.rate_per_day, target.max_connections) == (None, 500, 4)
+    detail = web.client.get(f"/targets/{target.id}").text
+    assert "500 messages per day" in detail
+    assert "up to 4 connections, 100 messages each, closed after 30 s idle" in detail
+
+    edit = web.client.get(f"/targets/{target.id}/edit").text
+    assert 'name="rate_per_day" type="number" value="500"' in edit
+    assert 'name="rate_per_minute" type="number" value=""' in edit
+    # A blank rate clears the limit; a blank pool setting keeps the stored one.
+    saved = web.post(
+        f"/targets/{target.id}/edit",
+        **{**SMTP, "rate_per_day": "", "rate_per_minute": "30", "max_connections": ""},
+    )
+    assert saved.status_code == 303, saved.text
+    target = mw.targets.get("Relay")
+    assert (target.rate_per_minute, target.rate_per_day, target.max_connections) == (30, None, 4)
+    web.post(f"/targets/{target.id}/edit", **{**SMTP, "rate_per_day": "", "rate_per_minute": ""})
+    assert "no limit" in web.client.get(f"/targets/{target.id}").text
+    assert mw.targets.get("Relay").rate_per_minute is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("max_connections", "0", "Max connections: input should be greater than or equal to 1"),
+        ("max_connections", "999", "Max connections: input should be less than or equal to 256"),
+        ("max_connections", "many", "Max connections must be a whole number, not 'many'"),
+        ("rate_per_minute", "-1", "Rate per minute: input should be greater than or equal to 0"),
+        ("rate_per_second", "2.5", "Rate per second must be a whole number"),
+        ("rate_per_second", "100001", "Rate per second: input should be less than or equal to 100000"),
+        ("max_messages_per_connection", "0", "Max messages per connection: input should be greater"),
+        ("idle_timeout", "soon", "Idle timeout must be a number, not 'soon'"),
+        ("idle_timeout", "0", "Idle timeout: input should be greater than 0"),
+    ],
+)
+def test_bad_limits_are_field_errors_on_create_and_edit(
+    web: Browserless, mw: Services, field: str, value: str, expected: str
+) -> None:
+    assert expected in error_text(web.post("/targets/new", **{**SMTP, field: value}), field)
+    assert web.post("/targets/new", **SMTP).status_code == 303
+    ref = mw.targets.get("Relay").id
+    assert expected in error_text(web.post(f"/targets/{ref}/edit", **{**SMTP, field: value}), field)
+    assert mw.targets.get("Relay").max_connections == 4  # nothing saved
+
+
+def test_mailbox_targets_ignore_the_smtp_limits(web: Browserless, mw: Services) -> None:
+    form = {**SMTP, "target_type": "imap", "port": "993", "security": "ssl", "max_connections": "many"}
+    assert web.post("/targets/new", **form).status_code == 303
+    target = mw.targets.get("Relay")
+    assert (target.type, target.max_connections, target.rate_per_day) == ("imap", None, None)
+    detail = web.client.get(f"/targets/{target.id}").text
+    assert "Rate limits" not in detail and "Connection pool" not in detail
+    assert web.post(f"/targets/{target.id}/edit", **form).status_code == 303
