@@ -10,8 +10,9 @@ Durability follows the single-send path (engine/executor.py): a message's
 Message-ID is fixed when the batch is stored, and before a message is handed
 to the connection pool its step is durably `sending`. Those marks are made a
 range of messages at a time, in one statement, ahead of the senders: the
-range starts at half `concurrency` and doubles whenever the senders emptied
-the queue before its mark was written (a fast server), up to a page. Results
+first range gives every sender a message; the next ones start at half
+`concurrency` and double whenever senders ran out of messages while a mark
+was still being written (a fast server), up to a page. Results
 ride along in the next transaction (at the latest `FLUSH_SECONDS` later).
 After a crash, a step found `sending` has an unknown outcome: it is sent again
 with the same Message-ID, and a note on the step says so, exactly as for a
@@ -291,6 +292,8 @@ class BatchRunner:
         self._account_key: str | None = None
         self._concurrency = 16
         self._mark_every = 8
+        self._handed_out = False  # the first range went out
+        self._idle_senders = 0  # waiting for the feeder
         self.progress = BatchProgress(total=0)
 
     # --- the whole run ----------------------------------------------------------------
@@ -346,11 +349,10 @@ class BatchRunner:
     async def _feed(self) -> None:
         """Page through the open steps in message order and hand them to the senders.
 
-        Each range of half `concurrency` messages is durably marked `sending` in
-        one statement before the first of them is handed out, while the senders
-        work on the range before; so at most about twice `concurrency` messages
-        are marked and not yet answered. A step stored without a Message-ID (by an
-        older version) is marked alone when it is sent.
+        Each range of messages is durably marked `sending` in one statement before
+        the first of them is handed out, while the senders work on the range
+        before (see the module's docstring for its size). A step stored without a
+        Message-ID (by an older version) is marked alone when it is sent.
         """
         reading = asyncio.create_task(asyncio.to_thread(self._page, -1))
         try:
@@ -370,20 +372,22 @@ class BatchRunner:
             reading = asyncio.create_task(asyncio.to_thread(self._page, page[-1].index))
             first = 0
             while first < len(page):
-                chunk = page[first : first + self._mark_every]
+                # The first range gives every sender a message; later ones top the queue up.
+                size = self._mark_every if self._handed_out else self._concurrency
+                chunk = page[first : first + size]
                 first += len(chunk)
                 marking = asyncio.create_task(self._mark_range(chunk))  # while the queue drains
                 # Few in hand beyond the senders': a crash leaves at most those "unknown".
                 while self._queue.qsize() >= self._mark_every and self._stop is None:
                     await asyncio.sleep(0.001)
-                waiting = self._queue.qsize()
+                if self._handed_out and self._idle_senders and not marking.done():
+                    # Senders ran out of messages while the mark is still being written (a fast
+                    # server): mark further ahead. Against a slow one the window stays small.
+                    self._mark_every = min(PAGE, 2 * self._mark_every)
                 await marking
                 if self._stop is not None:
                     return
-                if waiting and self._queue.empty():
-                    # The senders emptied the queue before the mark was written (a fast server):
-                    # mark further ahead. Against a slow one the window stays small.
-                    self._mark_every = min(PAGE, 2 * self._mark_every)
+                self._handed_out = True
                 for step in chunk:
                     self._queue.put_nowait(step)
 
@@ -428,7 +432,14 @@ class BatchRunner:
 
     async def _sender(self) -> None:
         while True:
-            step = await self._queue.get()
+            if self._queue.empty():
+                self._idle_senders += 1
+                try:
+                    step = await self._queue.get()
+                finally:
+                    self._idle_senders -= 1
+            else:
+                step = self._queue.get_nowait()
             if step is None or self._stop is not None:
                 return
             try:
