@@ -121,16 +121,30 @@ class BulkWrite:
         if self._multirow is None:
             self._statement.execute_many(connection, rows)
             return
-        group = max(1, _SQLITE_PARAMETERS // self._width)
-        for start in range(0, len(rows), group):
-            chunk = rows[start : start + group]
-            sql = self._sql.get(len(chunk))
-            if sql is None:
-                sql = self._multirow(len(chunk))
-                if len(self._sql) < 8:  # the full group and a few tails
-                    self._sql[len(chunk)] = sql
+        start = 0
+        for size in _powers_of_two(len(rows), most=_SQLITE_PARAMETERS // self._width):
+            chunk = rows[start : start + size]
+            start += size
             params = [value for row in chunk for value in self._statement.params(row)]
-            connection.exec_driver_sql(sql, tuple(params))
+            connection.exec_driver_sql(self._sql_for(size), tuple(params))
+
+    def _sql_for(self, rows: int) -> str:
+        # Only powers of two: SQLite caches every prepared statement per connection, and
+        # one for each group size seen would hold megabytes for the life of the process.
+        sql = self._sql.get(rows)
+        if sql is None:
+            assert self._multirow is not None
+            sql = self._sql[rows] = self._multirow(rows)
+        return sql
+
+
+def _powers_of_two(total: int, *, most: int) -> list[int]:
+    """`total` as a sum of powers of two, the largest first, none above `most`."""
+    top = 1 << (max(1, most).bit_length() - 1)
+    sizes = [top] * (total // top)
+    rest = total % top
+    sizes.extend(1 << bit for bit in reversed(range(rest.bit_length())) if rest >> bit & 1)
+    return sizes
 
 
 class BulkSelect:
