@@ -126,8 +126,8 @@ async def _execute(
     svc: Services, created: BatchCreated, *, show: str, console: Console
 ) -> tuple[BatchProgress | None, str]:
     """Run the batch here, as a worker would; if a running worker took it first, follow it."""
-    from mailwright.engine.executor import Executor
-    from mailwright.engine.worker import worker_id
+    # Not from engine.worker: that imports the task broker, a quarter of a second here.
+    from mailwright.engine.executor import Executor, worker_id
 
     lease = timedelta(seconds=svc.settings.lease_seconds)
     executor = Executor(svc.db, svc.targets, worker_id=worker_id(), lease=lease, files=svc.files)

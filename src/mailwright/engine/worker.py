@@ -13,16 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
-import uuid
 from datetime import timedelta
 from typing import Any
 
 from taskiq import AsyncBroker, InMemoryBroker
 
-from mailwright.engine.executor import Executor
+from mailwright.engine.executor import Executor, worker_id
 from mailwright.engine.triggers import TriggerManager
 from mailwright.errors import ConfigError
 from mailwright.services.app import Services
@@ -42,10 +39,6 @@ def make_broker(kind: str) -> AsyncBroker:
         f"unknown broker {kind!r}",
         hint="MAILWRIGHT_BROKER=embedded is the broker this version ships",
     )
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Worker:
