@@ -22,7 +22,7 @@ to each case. Then the peak memory (max RSS) of `send-batch` with 100,000 messag
 latency of single `POST /api/v1/send-email` calls (`wait`, the default) through `mailwright
 serve` to the loopback sink: median and p95 of 200 sequential requests.
 
-    .venv/bin/python bench/throughput.py            # everything, about 8 minutes here
+    .venv/bin/python bench/throughput.py            # everything, about 3 minutes here
     .venv/bin/python bench/throughput.py --quick    # smaller counts, one run each
 
 Needs the Debian `postfix` package (for /usr/sbin/smtp-sink and smtp-source).
