@@ -49,6 +49,15 @@ def pg_url() -> Iterator[str]:
     admin.dispose()
 
 
+def open_relay(services: Services, port: int) -> None:
+    """A target "Relay" to the in-process SMTP server on `port`, with no login."""
+    services.targets.create(
+        TargetCreate(
+            display_name="Relay", server="127.0.0.1", port=port, security="none", no_account_keys=True
+        )
+    )
+
+
 async def test_core_on_postgres(pg_url: str, tmp_path: Path, smtp_server_factory: SMTPServerFactory) -> None:
     services = Services(Settings(home=tmp_path, database_url=pg_url))
     try:
@@ -59,15 +68,7 @@ async def test_core_on_postgres(pg_url: str, tmp_path: Path, smtp_server_factory
         with pytest.raises(ConflictError):
             services.account_keys.create(AccountKeyCreate(name="alice", username="x", password=Secret("y")))
         server = smtp_server_factory()
-        services.targets.create(
-            TargetCreate(
-                display_name="Relay",
-                server="127.0.0.1",
-                port=server.port,
-                security="none",
-                no_account_keys=True,
-            )
-        )
+        open_relay(services, server.port)
         services.targets.create(
             TargetCreate(display_name="Keyed", server="smtp.example.org", port=587, account_key="ALICE")
         )
@@ -142,15 +143,7 @@ async def test_a_batch_on_postgres(
     services = Services(Settings(home=tmp_path, database_url=pg_url))
     try:
         server = smtp_server_factory()
-        services.targets.create(
-            TargetCreate(
-                display_name="Relay",
-                server="127.0.0.1",
-                port=server.port,
-                security="none",
-                no_account_keys=True,
-            )
-        )
+        open_relay(services, server.port)
         sent = [
             {"from": "ops@example.org", "to": [f"r{i}@example.net"], "subject": f"Grüße {i}", "body": "hi"}
             for i in range(25)
