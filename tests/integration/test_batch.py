@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from mailwright.engine import batch as batch_module
 from mailwright.engine import executor as executor_module
@@ -138,6 +138,23 @@ async def test_rows_written_in_bulk_read_back_like_the_orms_own(
         assert SendResult.model_validate(row.output).model_dump(mode="json") == row.output
         assert row.output["message_id"] == row.message_id
         assert [r["status"] for r in row.output["recipients"]] == ["accepted", "accepted"]
+
+
+async def test_steps_stored_without_a_message_id_by_an_older_version_are_marked_one_by_one(
+    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory
+) -> None:
+    server = smtp_server_factory()
+    target = targets.target(server, security="none")
+    created = mw.batches.create(lines([message(i) for i in range(12)]), target=target.display_name)
+    with mw.db.session() as session:  # as an older version stored them: no Message-ID yet
+        session.execute(
+            update(RunStepRow).where(RunStepRow.item_index.in_([0, 5, 6, 11])).values(message_id=None)
+        )
+    assert await executor(mw).execute(created.run_id) == "succeeded"
+    ids = message_ids(server.wait_for(12))
+    assert len(ids) == 12 and max(ids.values()) == 1
+    results = mw.batches.results(created.run_id)
+    assert all(r["attempts"] == 1 and r["notes"] == [] and r["message_id"] in ids for r in results)
 
 
 async def test_a_stopped_batch_puts_back_the_messages_no_sender_took(

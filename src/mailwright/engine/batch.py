@@ -576,7 +576,14 @@ class BatchRunner:
         step.send_state = "sending"
 
     def _put_back_unhanded(self) -> None:
-        """Messages marked with their range that no sender took (the batch stopped): as they were."""
+        """Messages marked with their range that no sender took (the batch stopped): as they were.
+
+        Not when the lease was lost: the run's new owner may be sending them already,
+        and to it they are `sending`, an unknown outcome, as after a crash.
+        """
+        if self._stop is not None and self._stop.status == "running":
+            self._unhanded.clear()
+            return
         for step in self._unhanded.values():
             self._writer.record(
                 {

@@ -64,12 +64,13 @@ class BatchSteps:
             "ORDER BY item_index LIMIT ?",
         )
         # One statement marks a whole range of open messages: attempts counts the one to come.
+        # Steps stored without a Message-ID (by an older version) are marked one by one.
         self.mark = BulkStatement(
             dialect,
             "UPDATE run_steps SET status = 'running', send_state = 'sending', "
             "attempts = attempts + 1, started_at = ?, updated_at = ? "
             "WHERE run_id = ? AND position = 0 AND item_index >= ? AND item_index <= ? "
-            "AND status IN ('pending', 'deferred', 'running')",
+            "AND status IN ('pending', 'deferred', 'running') AND message_id IS NOT NULL",
             columns_of(table, ("started_at", "updated_at", "run_id", "item_index", "item_index")),
         )
         self.sent = BulkWrite.update(
