@@ -26,6 +26,7 @@ from mailwright.engine.executor import Executor
 from mailwright.services.app import Services
 from mailwright.services.ratelimit import DatabaseDayCounter, RateLimitedError, RateLimiter
 from mailwright.services.sending import SendEmailRequest, SendResult
+from mailwright.services.targets import TargetUpdate
 from mailwright.storage.tables import RunRow, RunStepRow, utcnow
 from tests.integration.conftest import Targets
 from tests.support.cli import CLI, MAILWRIGHT, assert_ok
@@ -350,7 +351,6 @@ def test_gmail_preset_carries_googles_daily_limit(mw: Services, targets: Targets
 
     gmail = mw.targets.create(TargetCreate(display_name="Gmail", preset="gmail", account_key=key))
     assert gmail.rate_per_day == 500 and gmail.server == "smtp.gmail.com"
-    from mailwright.services.targets import TargetUpdate
 
     assert mw.targets.update("Gmail", TargetUpdate(rate_per_day=2000)).rate_per_day == 2000
     assert mw.targets.update("Gmail", TargetUpdate(rate_per_day=0)).rate_per_day is None
@@ -535,3 +535,49 @@ def test_a_batch_whose_storing_process_died_is_discarded_not_left_preparing(
     with mw.db.session() as session:
         assert session.scalar(select(func.count()).select_from(RunStepRow)) == 0
     assert server.messages == []
+
+
+def test_ctrl_c_stops_the_batch_cleanly_and_leaves_the_rest_queued(
+    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory, tmp_path: Path
+) -> None:
+    """The first Ctrl-C: what is in flight finishes, the rest goes back to queued, untouched.
+
+    The target allows 3 messages a minute, so the 4th waits for its slot: the stop must not
+    wait that minute out.
+    """
+    server = smtp_server_factory()
+    target = targets.target(server, security="none", display_name="Slow", rate_per_minute=3)
+    file = jsonl(tmp_path / "m.jsonl", [message(i) for i in range(10)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILWRIGHT_")}
+    env.update(MAILWRIGHT_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen(
+        [str(MAILWRIGHT), "send-batch", "--target", "Slow", "--file", str(file), "--concurrency", "4"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server.wait_for(3)
+    time.sleep(0.3)  # the 4th is waiting for its slot now
+    interrupted = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert time.monotonic() - interrupted < 5
+    assert proc.returncode == 130, stderr
+    assert "stopped by Ctrl-C" in stderr and "7 messages stay queued" in stderr
+    assert "Traceback" not in stderr
+    (run,) = mw.runs.list_runs()
+    assert run.status == "queued"
+    results = mw.batches.results(run.id)
+    assert [r["status"] for r in results] == ["sent"] * 3 + ["pending"] * 7
+    assert all(r["attempts"] == 0 and r["notes"] == [] for r in results[3:])
+    with mw.db.session() as session:
+        row = session.get(RunRow, run.id)
+        assert row is not None and row.lease_owner is None
+        states = session.scalars(select(RunStepRow.send_state).where(RunStepRow.status == "pending")).all()
+    assert set(states) == {None}
+    # Whoever takes the run up sends the rest, once each.
+    mw.targets.update(target.id, TargetUpdate(rate_per_minute=0))
+    assert asyncio.run(executor(mw, "serve").execute(run.id)) == "succeeded"
+    ids = message_ids(server.wait_for(10))
+    assert len(ids) == 10 and max(ids.values()) == 1

@@ -9,6 +9,8 @@ stored messages are sent with a progress bar and a summary at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -29,6 +31,8 @@ from mailwright.errors import ValidationError
 from mailwright.services.app import Services
 from mailwright.services.batches import BatchCreated, BatchRefusedError
 
+INTERRUPTED = "interrupted"  # stopped by Ctrl-C; the rest of the run stays queued
+EXIT_INTERRUPTED = 130  # what shells report for a command stopped by SIGINT
 PLAIN_EVERY = 2.0  # seconds between progress lines when stderr is not a terminal
 REFRESH = 0.2
 
@@ -75,6 +79,14 @@ def send_batch(
         print_json(summary)
     else:
         _print_summary(summary)
+    if status == INTERRUPTED:
+        typer.echo(
+            f"stopped by Ctrl-C: the other {summary['not_sent']:,} messages stay queued as run "
+            f"{created.run_id}; `mailwright serve` or `mailwright worker` sends them, "
+            f"`mailwright runs cancel {created.run_id}` drops them",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
     if summary["sent"] + summary["partial"] < created.total:
         raise typer.Exit(EXIT_FAILED)
 
@@ -133,9 +145,12 @@ async def _execute(
     executor = Executor(svc.db, svc.targets, worker_id=worker_id(), lease=lease, files=svc.files)
     live: list[BatchProgress] = []
     executor.on_batch_progress = live.append
+    interrupted = _stop_on_ctrl_c(executor.stopping, console=console)
     drawing = asyncio.create_task(_draw(live, total=created.total, show=show, console=console))
     try:
         status = await executor.execute(created.run_id)
+        if status == "queued" and interrupted.is_set():
+            status = INTERRUPTED
         if status is None:  # another worker (`serve`) claimed it: show its progress from the rows
             status = await _follow(svc, created, live)
     finally:
@@ -145,6 +160,28 @@ async def _execute(
         if live:
             _final_line(live[0], show=show, console=console)
     return (live[0] if live else None), status
+
+
+def _stop_on_ctrl_c(stopping: asyncio.Event, *, console: Console) -> asyncio.Event:
+    """The first Ctrl-C stops the batch cleanly; a second one quits at once.
+
+    Stopping cleanly: the messages being sent finish and are recorded, the rest go
+    back to queued, and the run is released for `serve` or `worker` to finish.
+    """
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def interrupt() -> None:
+        interrupted.set()
+        stopping.set()
+        loop.remove_signal_handler(signal.SIGINT)  # Python's own handler again: KeyboardInterrupt
+        console.print(
+            "stopping: the messages in flight finish, the rest stay queued (Ctrl-C again to quit now)"
+        )
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals outside the main thread
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    return interrupted
 
 
 async def _follow(svc: Services, created: BatchCreated, live: list[BatchProgress]) -> str:
@@ -222,9 +259,13 @@ def _summary(
     partial = progress.partial if progress else 0
     sent = max(0, counts.get("succeeded", 0) - partial)
     seconds = progress.elapsed if progress else 0.0
+    if status == INTERRUPTED:
+        shown = INTERRUPTED
+    else:
+        shown = run.status if status != "queued" else "deferred" if run.not_before else run.status
     return {
         "run_id": created.run_id,
-        "status": run.status if status != "queued" else "deferred" if run.not_before else run.status,
+        "status": shown,
         "target": created.target,
         "total": created.total,
         "sent": sent,

@@ -36,6 +36,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -372,13 +373,15 @@ class BatchRunner:
             reading = asyncio.create_task(asyncio.to_thread(self._page, page[-1].index))
             first = 0
             while first < len(page):
+                if self._told_to_halt():
+                    return
                 # The first range gives every sender a message; later ones top the queue up.
                 size = self._mark_every if self._handed_out else self._concurrency
                 chunk = page[first : first + size]
                 first += len(chunk)
                 marking = asyncio.create_task(self._mark_range(chunk))  # while the queue drains
                 # Few in hand beyond the senders': a crash leaves at most those "unknown".
-                while self._queue.qsize() >= self._mark_every and self._stop is None:
+                while self._queue.qsize() >= self._mark_every and not self._told_to_halt():
                     await asyncio.sleep(0.001)
                 if self._handed_out and self._idle_senders and not marking.done():
                     # Senders ran out of messages while the mark is still being written (a fast
@@ -403,13 +406,39 @@ class BatchRunner:
             self._unhanded[step.id] = step
 
     async def _should_stop(self) -> bool:
-        if self._lost.is_set():
-            self._stop = _Stop("running")
-        elif self._executor.stopping.is_set():
-            self._stop = _Stop("queued")
-        elif await asyncio.to_thread(self._executor._cancel_requested, self._run_id):
+        if not self._told_to_halt() and await asyncio.to_thread(
+            self._executor._cancel_requested, self._run_id
+        ):
             self._stop = _Stop("cancelled")
         return self._stop is not None
+
+    def _told_to_halt(self) -> bool:
+        """The part of `_should_stop` that needs no database: checked for every range and message."""
+        if self._stop is None:
+            if self._lost.is_set():
+                self._stop = _Stop("running")
+            elif self._executor.stopping.is_set():
+                self._stop = _Stop("queued")
+        return self._stop is not None
+
+    async def _unless_halted(self, work: Awaitable[None]) -> bool:
+        """Wait for `work` (a rate-limit slot can be minutes away) unless the batch is stopped."""
+        task = asyncio.ensure_future(work)
+        halts = [
+            asyncio.ensure_future(self._executor.stopping.wait()),
+            asyncio.ensure_future(self._lost.wait()),
+        ]
+        try:
+            await asyncio.wait([task, *halts], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for halt in halts:
+                halt.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        self._told_to_halt()
+        return False
 
     def _page(self, after: int) -> list[_Step]:
         with self._db.engine.connect() as connection:
@@ -440,7 +469,7 @@ class BatchRunner:
                     self._idle_senders -= 1
             else:
                 step = self._queue.get_nowait()
-            if step is None or self._stop is not None:
+            if step is None or self._told_to_halt():
                 return
             try:
                 await self._send(step)
@@ -467,7 +496,9 @@ class BatchRunner:
             step.send_state = "unknown"
         step.message_id = step.message_id or make_message_id(message.sender.ascii_domain)
         while True:
-            await self._throttle(step, resolved)
+            if not await self._throttle(step, resolved):
+                self._abandon(step)
+                return
             if step.counted:  # its range was marked before it was handed out
                 step.counted = False
                 step.send_state = "sending"
@@ -527,16 +558,19 @@ class BatchRunner:
             pool = self._pools[id(resolved)] = target_pool(resolved)
         return pool
 
-    async def _throttle(self, step: _Step, resolved: ResolvedTarget) -> None:
+    async def _throttle(self, step: _Step, resolved: ResolvedTarget) -> bool:
+        """Wait for the target's rate-limit slot; False if the batch was stopped meanwhile."""
         limits = RateLimits.of(resolved.settings)
         if not limits:
-            return
+            return True
         try:
-            await self._targets.rate_limits.acquire(
-                key=resolved.target.id,
-                limits=limits,
-                target=resolved.target.display_name,
-                max_wait=RATE_INLINE_WAIT,
+            return await self._unless_halted(
+                self._targets.rate_limits.acquire(
+                    key=resolved.target.id,
+                    limits=limits,
+                    target=resolved.target.display_name,
+                    max_wait=RATE_INLINE_WAIT,
+                )
             )
         except RateLimitedError as exc:
             notes = [n for n in step.notes if not n.startswith(RATE_LIMIT_NOTE)]
@@ -574,6 +608,22 @@ class BatchRunner:
             }
         )
         step.send_state = "sending"
+
+    def _abandon(self, step: _Step) -> None:
+        """The batch stopped while this message waited for its slot: it was not sent."""
+        if step.counted:
+            self._unhanded[step.id] = step  # put back as it was before its range was marked
+            return
+        self._writer.record(
+            {
+                "id": step.id,
+                "status": "pending",
+                "send_state": step.send_state,
+                "attempts": step.attempts,
+                "notes": step.notes,
+                "updated_at": utcnow(),
+            }
+        )
 
     def _put_back_unhanded(self) -> None:
         """Messages marked with their range that no sender took (the batch stopped): as they were.
