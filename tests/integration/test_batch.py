@@ -457,8 +457,14 @@ def test_crash_mid_batch_loses_nothing_and_doubles_only_the_unknown(
 
 
 def test_api_batch_wait_results_and_paging(
-    api: httpx.Client, targets: Targets, smtp_server_factory: SMTPServerFactory
+    api: httpx.Client,
+    targets: Targets,
+    smtp_server_factory: SMTPServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from mailwright.services import batches
+
+    monkeypatch.setattr(batches, "RESULTS_PAGE", 2)  # the answer holds every result, read page by page
     server = smtp_server_factory(faults=Faults(refuse_recipients={"r2@example.net": (550, "no such user")}))
     target = targets.target(server, security="none", display_name="Relay")
     body = {"target": target.display_name, "messages": [message(i) for i in range(5)], "wait": True}

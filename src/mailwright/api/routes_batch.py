@@ -63,7 +63,7 @@ async def send_batch(body: BatchIn, services: ServicesDep) -> JSONResponse:
     status = await _wait(services, created.run_id, body.timeout)
     if status not in ("succeeded", "failed", "cancelled"):
         return JSONResponse({**summary, "status": status}, status_code=202)
-    results = await asyncio.to_thread(services.batches.results, created.run_id, limit=MAX_MESSAGES)
+    results = await asyncio.to_thread(services.batches.all_results, created.run_id)
     counts = await asyncio.to_thread(services.batches.counts, created.run_id)
     return JSONResponse({**summary, "status": status, "counts": counts, "results": results})
 

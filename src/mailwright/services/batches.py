@@ -43,6 +43,7 @@ SHOWN_PROBLEMS = 20
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 256
 MAX_ATTEMPTS = 4
+RESULTS_PAGE = 1000  # results read at most per query
 STORING = "storing"  # the lease owner of a batch being stored
 PREPARE_LEASE = timedelta(minutes=2)
 LEGACY_PREPARE_AGE = timedelta(hours=1)
@@ -339,11 +340,20 @@ class BatchService:
                 .where(RunStepRow.run_id == run_id)
                 .order_by(RunStepRow.position, RunStepRow.item_index)
                 .offset(max(0, offset))
-                .limit(max(1, min(limit, 1000)))
+                .limit(max(1, min(limit, RESULTS_PAGE)))
             )
             if status:
                 query = query.where(RunStepRow.status == status)
             return [message_result(row) for row in session.scalars(query).all()]
+
+    def all_results(self, run_id: str) -> list[dict[str, Any]]:
+        """Every message's outcome, in message order (for batches small enough to answer whole)."""
+        out: list[dict[str, Any]] = []
+        while page := self.results(run_id, offset=len(out), limit=RESULTS_PAGE):
+            out.extend(page)
+            if len(page) < RESULTS_PAGE:
+                break
+        return out
 
     def cancel_remaining(self, run_id: str) -> None:
         with self._db.session() as session:
