@@ -379,6 +379,19 @@ def test_cli_send_batch_progress_summary_and_json_from_stdin(
     assert shown["steps_total"] == 10 and shown["step_counts"] == {"succeeded": 10}
 
 
+def test_cli_takes_a_windows_file_with_a_byte_order_mark_and_crlf(
+    cli: CLI, targets: Targets, smtp_server_factory: SMTPServerFactory, tmp_path: Path
+) -> None:
+    server = smtp_server_factory()
+    targets.target(server, security="none", display_name="Relay")
+    file = tmp_path / "notepad.jsonl"
+    file.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(message(i)) + "\r\n" for i in range(3)).encode())
+    summary = assert_ok(cli("send-batch", "--target", "Relay", "--file", file, "--json")).json()
+    assert summary["sent"] == 3
+    received = server.wait_for(3)
+    assert sorted(str(email.message_from_bytes(m.content)["Subject"]) for m in received) == ["#0", "#1", "#2"]
+
+
 def test_cli_refuses_bad_lines_with_numbers_and_sends_nothing(
     cli: CLI, targets: Targets, smtp_server_factory: SMTPServerFactory, tmp_path: Path
 ) -> None:

@@ -115,7 +115,8 @@ def _numbered(handle: IO[str], name: str) -> Iterator[tuple[str, str]]:
     number = 0
     try:
         for number, line in enumerate(handle, start=1):
-            yield f"line {number}", line
+            # Windows editors start UTF-8 files with a byte order mark; JSON does not allow one.
+            yield f"line {number}", line.removeprefix("\ufeff") if number == 1 else line
     except UnicodeDecodeError:
         raise ValidationError(
             f"{name}: line {number + 1} is not UTF-8 text", field="file", hint="save the file as UTF-8"
