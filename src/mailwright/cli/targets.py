@@ -103,8 +103,8 @@ def _show(t: TargetPublic) -> None:
             *([("EHLO name", t.ehlo_name or "(this host's name)")] if t.protocol == "SMTP" else []),
             *([("Polling interval", f"{t.polling_interval:g} s")] if t.polling_interval else []),
             ("Timeouts", f"connect {t.connect_timeout:g} s, command {t.command_timeout:g} s"),
-            *([("Rate limits", _rates(t))] if t.protocol == "SMTP" else []),
-            *([("Connection pool", _pool(t))] if t.max_connections else []),
+            *([("Rate limits", rates)] if (rates := t.rate_limits_text()) else []),
+            *([("Connection pool", pool)] if (pool := t.pool_text()) else []),
             (
                 "Last test",
                 f"{'OK' if last.ok else 'FAILED'} at {last.at:%Y-%m-%d %H:%M} — {last.summary}"
@@ -113,19 +113,6 @@ def _show(t: TargetPublic) -> None:
             ),
             ("ID", t.id),
         ]
-    )
-
-
-def _rates(t: TargetPublic) -> str:
-    pairs = ((t.rate_per_second, "second"), (t.rate_per_minute, "minute"), (t.rate_per_day, "day"))
-    limits = [f"{value:,} per {unit}" for value, unit in pairs if value]
-    return ", ".join(limits) or "none"
-
-
-def _pool(t: TargetPublic) -> str:
-    return (
-        f"up to {t.max_connections} connections, {t.max_messages_per_connection:,} messages each, "
-        f"closed after {t.idle_timeout:g} s idle"
     )
 
 

@@ -125,6 +125,31 @@ class TargetPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
 
+    def rate_limits_text(self) -> str | None:
+        """The rate limits in words, as the CLI and the web show them (None: the type has none)."""
+        if self.protocol != "SMTP":
+            return None
+        pairs = (
+            (self.rate_per_second, "second"),
+            (self.rate_per_minute, "minute"),
+            (self.rate_per_day, "day"),
+        )
+        limits = [
+            f"{value:,} message{'s' if value != 1 else ''} per {unit}" for value, unit in pairs if value
+        ]
+        return ", ".join(limits) or "no limit"
+
+    def pool_text(self) -> str | None:
+        """The connection pool's settings in words (None: the type has no pool)."""
+        if self.max_connections is None:
+            return None
+        parts = [f"up to {self.max_connections} connection{'s' if self.max_connections != 1 else ''}"]
+        if self.max_messages_per_connection is not None:
+            parts.append(f"{self.max_messages_per_connection:,} messages each")
+        if self.idle_timeout is not None:
+            parts.append(f"closed after {self.idle_timeout:g} s idle")
+        return ", ".join(parts)
+
 
 @dataclass(frozen=True, slots=True)
 class ResolvedTarget:

@@ -91,27 +91,6 @@ def _text(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
 
-def _rates(target: TargetPublic) -> str:
-    pairs = (
-        (target.rate_per_second, "second"),
-        (target.rate_per_minute, "minute"),
-        (target.rate_per_day, "day"),
-    )
-    limits = [f"{value:,} messages per {unit}" for value, unit in pairs if value]
-    return ", ".join(limits) or "no limit"
-
-
-def _pool(target: TargetPublic) -> str | None:
-    if target.max_connections is None:
-        return None
-    parts = [f"up to {target.max_connections} connection{'s' if target.max_connections != 1 else ''}"]
-    if target.max_messages_per_connection is not None:
-        parts.append(f"{target.max_messages_per_connection:,} messages each")
-    if target.idle_timeout is not None:
-        parts.append(f"closed after {target.idle_timeout:g} s idle")
-    return ", ".join(parts)
-
-
 def _labelled(error: MailwrightError) -> MailwrightError:
     """Name a limit field by its label ("Max connections: …"), not its API name, in the form."""
     label = LIMIT_LABELS.get((error.field or "").split(".")[0])
@@ -219,8 +198,7 @@ async def create_target(request: Request, services: ServicesDep, session: Sessio
 
 
 def _detail_context(target: TargetPublic) -> dict[str, Any]:
-    smtp = target.protocol == "SMTP"
-    return {"target": target, "rate_limits": _rates(target) if smtp else None, "pool": _pool(target)}
+    return {"target": target, "rate_limits": target.rate_limits_text(), "pool": target.pool_text()}
 
 
 @router.get("/targets/{ref}")
