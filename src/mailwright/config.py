@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     files_dir: Path | None = Field(
         default=None, description="where attachments read from mail are kept (default: HOME/files)"
     )
+    files_keep_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="workers remove stored files older than this many days, unless an active run "
+        "refers to them (default: keep forever)",
+    )
 
     @field_validator("home")
     @classmethod

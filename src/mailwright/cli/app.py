@@ -11,7 +11,7 @@ import pydantic
 import typer
 
 from mailwright import __version__
-from mailwright.cli import account_keys, runs, sandbox, targets, tokens, triggers, workflows
+from mailwright.cli import account_keys, files, runs, sandbox, targets, tokens, triggers, workflows
 from mailwright.cli.batch import send_batch
 from mailwright.cli.output import EXIT_BAD_INPUT, exit_code_for, print_error
 from mailwright.cli.read import read
@@ -38,6 +38,7 @@ app.command("serve")(serve)
 app.add_typer(workflows.app, name="workflows")
 app.add_typer(runs.app, name="runs")
 app.add_typer(triggers.app, name="triggers")
+app.add_typer(files.app, name="files")
 app.command("worker")(runs.worker)
 app.command("read")(read)
 

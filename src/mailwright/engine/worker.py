@@ -23,12 +23,14 @@ from mailwright.engine.executor import Executor, worker_id
 from mailwright.engine.triggers import TriggerManager
 from mailwright.errors import ConfigError
 from mailwright.services.app import Services
+from mailwright.services.files import PruneResult
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 DRAIN_SECONDS = 60.0  # how long a stopping worker waits for the steps in flight
 CLEANUP_INTERVAL = 60.0  # seconds between looks for batches abandoned while being stored
+FILES_PRUNE_INTERVAL = 3600.0  # seconds between applications of MAILWRIGHT_FILES_KEEP_DAYS
 
 
 def make_broker(kind: str) -> AsyncBroker:
@@ -63,6 +65,7 @@ class Worker:
         self._stop: asyncio.Event | None = None
         self._dispatching: set[asyncio.Task[None]] = set()
         self._next_cleanup = 0.0  # when to look for batches whose storing process died
+        self._next_files_prune = 0.0  # when to apply the file retention (if configured) again
 
     async def _execute(self, run_id: str) -> str | None:
         try:
@@ -104,10 +107,40 @@ class Worker:
         if time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + CLEANUP_INTERVAL
             await asyncio.to_thread(self.services.batches.discard_abandoned)
+        if self.services.settings.files_keep_days is not None and time.monotonic() >= self._next_files_prune:
+            self._next_files_prune = time.monotonic() + FILES_PRUNE_INTERVAL
+            await self.prune_files()
         due = await asyncio.to_thread(self.services.runs.due)
         for run_id in due:
             await self.dispatch(run_id)
         return len(due)
+
+    async def prune_files(self) -> PruneResult | None:
+        """Apply MAILWRIGHT_FILES_KEEP_DAYS: remove older stored files no active run refers to."""
+        days = self.services.settings.files_keep_days
+        if days is None:
+            return None
+        try:
+            result = await asyncio.to_thread(
+                self.services.file_service.prune, timedelta(days=days), dry_run=False
+            )
+        except Exception:
+            # Retention must never stop the worker: the next hour tries again.
+            log.exception("file retention: pruning files older than %d days failed", days)
+            return None
+        if result.removed or result.failed:
+            log.info(
+                "file retention: removed %d file(s) older than %d days (%d bytes freed); "
+                "kept %d still referenced by active runs; %d could not be removed",
+                result.removed,
+                days,
+                result.removed_bytes,
+                result.kept_referenced,
+                result.failed,
+            )
+        for error in result.errors:
+            log.warning("file retention: could not remove %s", error)
+        return result
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()

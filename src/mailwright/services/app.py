@@ -5,6 +5,7 @@ from __future__ import annotations
 from mailwright.config import Settings
 from mailwright.services.account_keys import AccountKeyService
 from mailwright.services.batches import BatchService
+from mailwright.services.files import FileService
 from mailwright.services.runs import RunService
 from mailwright.services.schedules import ScheduleService
 from mailwright.services.sending import SendService
@@ -26,6 +27,7 @@ class Services:
         self.db = Database(settings.effective_database_url)
         self.db.migrate()
         self.files = FileStore(settings.files_dir or settings.home / "files")
+        self.file_service = FileService(self.db, self.files)  # retention: summary and prune
         box = settings.secret_box()
         self.account_keys = AccountKeyService(self.db, box)
         self.targets = TargetService(self.db, self.account_keys)
