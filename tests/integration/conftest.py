@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from mailwright.config import Settings
 from mailwright.secrets import Secret
@@ -15,6 +19,7 @@ from mailwright.services.account_keys import AccountKeyCreate
 from mailwright.services.app import Services
 from mailwright.services.targets import TargetCreate, TargetPublic
 from tests.support.apiserver import APIServer
+from tests.support.cli import CLI
 from tests.support.smtpserver import SMTPTestServer
 from tests.support.tlsfiles import TLSFiles
 
@@ -85,3 +90,37 @@ def api(mw: Services) -> Iterator[httpx.Client]:
         ) as client,
     ):
         yield client
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[CLI]:
+    """The CLI on ``tmp_path / "home"``, the same data directory as the ``mw`` fixture."""
+    runner = CLI(tmp_path / "home")
+    yield runner
+    runner.close()
+    runner.assert_no_traceback()
+
+
+# Created by scripts/install-system-deps.sh (make test); override to use another server.
+ADMIN_URL = os.environ.get(
+    "MAILWRIGHT_TEST_POSTGRES_URL", "postgresql+psycopg://mailwright:mailwright@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database for the test, dropped afterwards."""
+    name = f"mw_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {ADMIN_URL}: run `bash scripts/install-system-deps.sh` ({exc})"
+        )
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

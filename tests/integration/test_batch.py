@@ -39,14 +39,6 @@ def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(executor_module, "BACKOFF_BASE", 0.05)
 
 
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[CLI]:
-    runner = CLI(tmp_path / "home")  # the same data directory as the `mw` fixture
-    yield runner
-    runner.close()
-    runner.assert_no_traceback()
-
-
 def message(i: int, **fields: Any) -> dict[str, Any]:
     return {
         "from": "batch@example.org",

@@ -18,13 +18,10 @@ import base64
 import email
 import json
 import re
-from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 from types import SimpleNamespace
-
-import pytest
 
 from tests.integration.conftest import PASSWORD, Targets
 from tests.support.cli import CLI, CLIResult, assert_error, assert_ok
@@ -33,15 +30,6 @@ from tests.support.tlsfiles import TLSFiles
 
 USERNAME = "alice@example.org"
 MASK = "********"
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[CLI]:
-    """The CLI on ``tmp_path / "home"``, the same data directory as the ``mw`` fixture."""
-    runner = CLI(tmp_path / "home")
-    yield runner
-    runner.close()
-    runner.assert_no_traceback()
 
 
 def first_line(text: str) -> str:

@@ -5,16 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from mailwright.config import Settings
 from mailwright.engine.executor import Executor
@@ -24,20 +21,11 @@ from mailwright.services.sending import SendEmailRequest
 from mailwright.services.targets import TargetCreate
 from mailwright.storage.tables import RunRow, RunStepRow
 from tests.integration.conftest import Targets
-from tests.integration.test_postgres import ADMIN_URL
 from tests.support.cli import CLI, assert_error, assert_ok
 from tests.support.smtpserver import SMTPServerFactory
 
 DAY = 86400.0
 MONTH = timedelta(days=30)
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[CLI]:
-    runner = CLI(tmp_path / "home")  # the same data directory as the `mw` fixture
-    yield runner
-    runner.close()
-    runner.assert_no_traceback()
 
 
 def path_of(mw: Services, ref: str) -> Path:
@@ -265,24 +253,11 @@ def test_cli_refuses_a_zero_or_missing_duration(cli: CLI) -> None:
 
 
 @pytest.fixture
-def pg(tmp_path: Path) -> Iterator[Services]:
-    """Services on a fresh PostgreSQL database (as test_postgres.py), dropped afterwards."""
-    name = f"mw_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {ADMIN_URL}: run `bash scripts/install-system-deps.sh` ({exc})"
-        )
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    services = Services(Settings(home=tmp_path / "pg-home", database_url=url))
+def pg(pg_url: str, tmp_path: Path) -> Iterator[Services]:
+    """Services on a fresh PostgreSQL database (the `pg_url` fixture), dropped afterwards."""
+    services = Services(Settings(home=tmp_path / "pg-home", database_url=pg_url))
     yield services
     services.close()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.mark.postgres

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from mailwright.config import Settings
 from mailwright.errors import ConflictError
@@ -23,30 +19,6 @@ from mailwright.storage.db import SCHEMA_REVISION
 from tests.support.smtpserver import SMTPServerFactory
 
 pytestmark = pytest.mark.postgres
-
-# Created by scripts/install-system-deps.sh (make test); override to use another server.
-ADMIN_URL = os.environ.get(
-    "MAILWRIGHT_TEST_POSTGRES_URL", "postgresql+psycopg://mailwright:mailwright@127.0.0.1:5432/postgres"
-)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database for the test, dropped afterwards."""
-    name = f"mw_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {ADMIN_URL}: run `bash scripts/install-system-deps.sh` ({exc})"
-        )
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def open_relay(services: Services, port: int) -> None:

@@ -371,14 +371,6 @@ def test_constant_for_the_target_name() -> None:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[CLI]:
-    runner = CLI(tmp_path / "home")
-    yield runner
-    runner.close()
-    runner.assert_no_traceback()
-
-
 def test_cli_list_show_and_clear(cli: CLI, store: SandboxStore, server: SandboxServer) -> None:
     with smtplib.SMTP(server.host, server.port, timeout=TIMEOUT) as client:
         client.send_message(utf8_message())

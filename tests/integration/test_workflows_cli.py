@@ -25,7 +25,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from mailwright.services.app import Services
@@ -65,15 +64,6 @@ steps:
       body: escalated
       in_reply_to: "{{{{ steps.alert.output.message_id }}}}"
 """
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Iterator[CLI]:
-    """The CLI on ``tmp_path / "home"``, the same data directory as the ``mw`` fixture."""
-    runner = CLI(tmp_path / "home")
-    yield runner
-    runner.close()
-    runner.assert_no_traceback()
 
 
 def parse(received: Received) -> EmailMessage:
