@@ -45,20 +45,16 @@ def start_sink(port: int, delay_ms: int) -> subprocess.Popen[bytes]:
             command += ["-W", f"{verb}:{delay_ms / 1000:g}"]
     command += [f"127.0.0.1:{port}", "1024"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit("smtp-sink did not start")
+    return _listening(process, port, "smtp-sink")
 
 
 def start_slow_sink(port: int, latency_ms: int) -> subprocess.Popen[bytes]:
     command = [sys.executable, __file__, "--serve-slow", str(port), "--latency-ms", str(latency_ms)]
-    process = subprocess.Popen(command)
+    return _listening(subprocess.Popen(command), port, "the slow sink")
+
+
+def _listening(process: subprocess.Popen[bytes], port: int, name: str) -> subprocess.Popen[bytes]:
+    """`process` once something accepts connections on `port` (5 s at most)."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
@@ -67,7 +63,7 @@ def start_slow_sink(port: int, latency_ms: int) -> subprocess.Popen[bytes]:
         except OSError:
             time.sleep(0.05)
     process.kill()
-    raise SystemExit("the slow sink did not start")
+    raise SystemExit(f"{name} did not start")
 
 
 class SlowSink(asyncio.Protocol):

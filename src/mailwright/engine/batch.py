@@ -46,7 +46,7 @@ from sqlalchemy import Connection, Table, Update, bindparam, func, select, updat
 from mailwright.domain.addresses import Address
 from mailwright.domain.message import OutgoingMessage, make_message_id
 from mailwright.engine import executor as engine
-from mailwright.engine.executor import RATE_LIMIT_NOTE, Executor, error_record, is_transient
+from mailwright.engine.executor import RATE_LIMIT_NOTE, Executor, close_run, error_record, is_transient
 from mailwright.errors import (
     MailwrightError,
     TargetAuthError,
@@ -718,12 +718,7 @@ class BatchRunner:
         with self._db.session() as session:
             run = session.get(RunRow, self._run_id)
             assert run is not None
-            run.status = status
-            run.error = error
-            run.finished_at = utcnow()
-            run.lease_owner = None
-            run.lease_expires_at = None
-            run.not_before = None
+            close_run(run, status, error)
         log.info("run %s %s", self._run_id, status)
         return status
 

@@ -84,6 +84,16 @@ def is_transient(exc: BaseException) -> bool:
     return bool(getattr(exc, "transient", False)) or isinstance(exc, TimeoutError)
 
 
+def close_run(run: RunRow, status: str, error: dict[str, Any] | None) -> None:
+    """Give a run its final status and free it: no lease, nothing left to wait for."""
+    run.status = status
+    run.error = error
+    run.finished_at = utcnow()
+    run.lease_owner = None
+    run.lease_expires_at = None
+    run.not_before = None
+
+
 def worker_id() -> str:
     """This process's name in run leases: host, pid and a random tag (pids are reused)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -208,11 +218,7 @@ class Executor:
         with self._db.session() as session:
             run = session.get(RunRow, run_id)
             assert run is not None
-            run.status = status
-            run.error = error
-            run.finished_at = utcnow()
-            run.lease_owner = None
-            run.lease_expires_at = None
+            close_run(run, status, error)
             if status != "succeeded":
                 for row in self._rows(session, run_id):
                     if row.status in ("pending", "queued", "deferred"):
