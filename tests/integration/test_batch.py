@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select
 
 from mailwright.engine import batch as batch_module
 from mailwright.engine import executor as executor_module
@@ -27,7 +27,7 @@ from mailwright.services.app import Services
 from mailwright.services.ratelimit import DatabaseDayCounter, RateLimitedError, RateLimiter
 from mailwright.services.sending import SendEmailRequest, SendResult
 from mailwright.services.targets import TargetUpdate
-from mailwright.storage.tables import RunRow, RunStepRow, utcnow
+from mailwright.storage.tables import RunRow, RunStepRow, StepInputRow, utcnow
 from tests.integration.conftest import Targets
 from tests.support.cli import CLI, MAILWRIGHT, assert_ok
 from tests.support.clock import FakeClock
@@ -110,7 +110,11 @@ async def test_rows_written_in_bulk_read_back_like_the_orms_own(
     created = mw.batches.create(lines(sent), target=target.display_name)
     with mw.db.session() as session:
         stored = session.scalars(select(RunStepRow).order_by(RunStepRow.item_index)).all()
-        assert [s.inputs for s in stored] == sent  # the JSONL line itself, stored as its JSON
+        # The message's fields are kept apart from the step row that is updated as it is sent:
+        # the JSONL line itself, stored as its JSON.
+        assert all(s.inputs is None for s in stored)
+        fields = {row.step_id: row.inputs for row in session.scalars(select(StepInputRow))}
+        assert [fields[s.id] for s in stored] == sent
         assert all(s.message_id and s.message_id.endswith("@example.org>") for s in stored)
         assert all(s.status == "pending" and s.attempts == 0 and s.notes == [] for s in stored)
         fixed_ids = {s.item_index: s.message_id for s in stored}
@@ -138,16 +142,25 @@ async def test_steps_stored_without_a_message_id_by_an_older_version_are_marked_
 ) -> None:
     server = smtp_server_factory()
     target = targets.target(server, security="none")
-    created = mw.batches.create(lines([message(i) for i in range(12)]), target=target.display_name)
-    with mw.db.session() as session:  # as an older version stored them: no Message-ID yet
-        session.execute(
-            update(RunStepRow).where(RunStepRow.item_index.in_([0, 5, 6, 11])).values(message_id=None)
-        )
+    sent = [message(i) for i in range(12)]
+    created = mw.batches.create(lines(sent), target=target.display_name)
+    legacy = [0, 5, 6, 11]
+    with mw.db.session() as session:  # as an older version stored them: no Message-ID yet...
+        for index in legacy:
+            step = session.scalars(select(RunStepRow).where(RunStepRow.item_index == index)).one()
+            step.message_id = None
+            step.inputs = sent[index]  # ... and the fields in the step row itself
+            session.execute(delete(StepInputRow).where(StepInputRow.step_id == step.id))
+    assert mw.runs.get(created.run_id).steps[5].inputs == sent[5]
     assert await executor(mw).execute(created.run_id) == "succeeded"
-    ids = message_ids(server.wait_for(12))
+    received = server.wait_for(12)
+    ids = message_ids(received)
     assert len(ids) == 12 and max(ids.values()) == 1
+    assert sorted(m.rcpt_tos[0] for m in received) == sorted(f"r{i}@example.net" for i in range(12))
     results = mw.batches.results(created.run_id)
     assert all(r["attempts"] == 1 and r["notes"] == [] and r["message_id"] in ids for r in results)
+    shown = mw.runs.get(created.run_id).steps
+    assert [s.inputs for s in shown] == sent  # wherever the fields are kept
 
 
 async def test_a_stopped_batch_puts_back_the_messages_no_sender_took(
@@ -545,6 +558,7 @@ def test_a_batch_whose_storing_process_died_is_discarded_not_left_preparing(
     assert mw.runs.list_runs() == []
     with mw.db.session() as session:
         assert session.scalar(select(func.count()).select_from(RunStepRow)) == 0
+        assert session.scalar(select(func.count()).select_from(StepInputRow)) == 0
     assert server.messages == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -148,6 +149,22 @@ def test_old_files_of_unfinished_runs_are_kept_until_the_run_finishes(
     result = mw.file_service.prune(MONTH, dry_run=False)
     assert (result.removed, result.kept_referenced) == (5, 0)
     assert present(mw) == set()
+
+
+def test_a_queued_batch_keeps_the_files_its_messages_attach(
+    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory
+) -> None:
+    """A batch message's fields live in step_inputs, apart from its step row: they count too."""
+    target = targets.target(smtp_server_factory(), security="none")
+    attached, other = stored(mw, b"%PDF-1.7 batch", days_old=60), stored(mw, b"unused", days_old=60)
+    fields = send_request(target.display_name, attached).model_dump(mode="json", by_alias=True)
+    line = json.dumps({k: v for k, v in fields.items() if v not in (None, [], {})})
+    created = mw.batches.create([("line 1", line)], target=target.display_name)
+
+    result = mw.file_service.prune(MONTH, dry_run=False)
+    assert (result.removed, result.kept_referenced) == (1, 1)
+    assert result.referencing_runs == [created.run_id]
+    assert present(mw) == {attached} and other not in present(mw)
 
 
 async def test_a_retried_run_whose_file_was_pruned_fails_naming_the_file(

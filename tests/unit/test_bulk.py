@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailwright.storage.bulk import BulkSelect, BulkWrite, JSONText, _powers_of_two
+from mailwright.storage.bulk import BulkSelect, BulkWrite, JSONText, _powers_of_two, columns_of
 from mailwright.storage.tables import UTCDateTime
 
 
@@ -51,7 +51,9 @@ def test_rows_written_in_groups_read_back_as_the_orm_wrote_them(count: int) -> N
         update.execute_many(connection, [({"done": i}, f"k{i}") for i in range(0, count, 3)])
     with engine.connect() as connection:
         read = {r.id: r for r in connection.execute(sa.select(table))}
-        fetched = BulkSelect(engine.dialect, table, ("id", "doc", "at"), "WHERE n = ?").rows(connection, (1,))
+        columns = columns_of(table, ("id", "doc", "at"))
+        select = BulkSelect(engine.dialect, f"SELECT id, doc, at FROM {table.name} WHERE n = ?", columns)
+        fetched = select.rows(connection, (1,))
     assert len(read) == count
     for i in range(count):
         row = read[f"k{i}"]

@@ -93,11 +93,13 @@ class _Intake:
     total: int = 0
     bad: int = 0
     problems: list[Problem] = field(default_factory=list)
-    chunk: list[tuple[Any, ...]] = field(default_factory=list)
+    chunk: list[tuple[Any, ...]] = field(default_factory=list)  # step rows not yet written
+    inputs: list[tuple[str, Any]] = field(default_factory=list)  # their (step id, fields)
 
     def refuse(self, where: str, message: str) -> None:
         self.bad += 1
         self.chunk.clear()  # the batch will be refused: stop writing, keep checking
+        self.inputs.clear()
         if len(self.problems) < SHOWN_PROBLEMS:
             self.problems.append(Problem(where=where, message=message))
 
@@ -207,13 +209,14 @@ class BatchService:
                 continue
             # A line already is the JSON to store: it was parsed and every field checked.
             inputs = JSONText(raw.strip()) if isinstance(raw, str) else fields
-            intake.chunk.append(_step_row(run_id, index=intake.total - 1, inputs=inputs, domain=domain))
+            step = _step_row(run_id, index=intake.total - 1, domain=domain)
+            intake.chunk.append(step)
+            intake.inputs.append((step[0], inputs))
             if len(intake.chunk) >= CHUNK:
-                self._insert(intake.chunk)
-                intake.chunk.clear()
+                self._insert(intake)
                 renewed = self._renew(run_id, renewed)
         if intake.chunk and not intake.bad:
-            self._insert(intake.chunk)
+            self._insert(intake)
         return intake
 
     def _check(
@@ -286,9 +289,14 @@ class BatchService:
             )
         return len(abandoned)
 
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
+    def _insert(self, intake: _Intake) -> None:
+        """Write the chunk's step rows and their messages' fields, then empty the chunk."""
         with self._db.engine.begin() as connection:
-            batch_steps(connection.dialect).insert.execute_many(connection, rows)
+            steps = batch_steps(connection.dialect)
+            steps.insert.execute_many(connection, intake.chunk)
+            steps.insert_inputs.execute_many(connection, intake.inputs)
+        intake.chunk.clear()
+        intake.inputs.clear()
 
     def _queue(self, run_id: str, *, total: int) -> None:
         with self._db.session() as session:
@@ -405,8 +413,8 @@ def _parse(raw: str | dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def _step_row(run_id: str, *, index: int, inputs: dict[str, Any] | JSONText, domain: str) -> tuple[Any, ...]:
-    """The values of `INSERT_COLUMNS` for one message.
+def _step_row(run_id: str, *, index: int, domain: str) -> tuple[Any, ...]:
+    """The values of `INSERT_COLUMNS` for one message (its fields go to `step_inputs`).
 
     The Message-ID is fixed now, so that every attempt, in this process or after a
     crash, sends the very same message, and marking messages `sending` can be one
@@ -422,7 +430,6 @@ def _step_row(run_id: str, *, index: int, inputs: dict[str, Any] | JSONText, dom
         "pending",
         0,  # attempts
         MAX_ATTEMPTS,
-        inputs,
         make_message_id(domain),
         [],  # notes
         utcnow(),

@@ -25,7 +25,7 @@ from mailwright.errors import ValidationError
 from mailwright.services.runs import ACTIVE
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore, StoredFile
-from mailwright.storage.tables import RunRow, RunStepRow
+from mailwright.storage.tables import RunRow, RunStepRow, StepInputRow
 
 __all__ = ["KEEPING_STATUSES", "FileService", "FilesSummary", "PruneResult"]
 
@@ -167,8 +167,14 @@ class FileService:
             .join(RunRow, RunRow.id == RunStepRow.run_id)
             .where(active)
         )
+        batch_inputs = (
+            select(RunStepRow.run_id, cast(StepInputRow.inputs, Text))
+            .join(RunStepRow, RunStepRow.id == StepInputRow.step_id)
+            .join(RunRow, RunRow.id == RunStepRow.run_id)
+            .where(active)
+        )
         with self._db.session() as session:
-            for query in (runs, steps):
+            for query in (runs, steps, batch_inputs):
                 # A batch may have 100,000 steps: streamed, never all in memory at once.
                 for row in session.execute(query.execution_options(yield_per=_BATCH)):
                     values: tuple[Any, ...] = tuple(row)

@@ -10,13 +10,22 @@ from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from mailwright.domain.workflows import WorkflowDocument, coerce_inputs
 from mailwright.errors import ConflictError, NotFoundError, ValidationError
 from mailwright.services.common import find
 from mailwright.services.sending import SendEmailRequest
 from mailwright.storage.db import Database
-from mailwright.storage.tables import RunRow, RunStepRow, TargetRow, WorkflowRow, name_key, utcnow
+from mailwright.storage.tables import (
+    RunRow,
+    RunStepRow,
+    StepInputRow,
+    TargetRow,
+    WorkflowRow,
+    name_key,
+    utcnow,
+)
 
 ACTIVE = ("queued", "running")
 BATCH_STEPS_SHOWN = 100
@@ -80,7 +89,19 @@ def _step_label(row: RunStepRow) -> str:
     return row.step_id if row.item_index is None else f"{row.step_id}[{row.item_index}]"
 
 
-def _public(run: RunRow, steps: list[RunStepRow]) -> RunPublic:
+def _batch_inputs(session: Session, steps: list[RunStepRow]) -> dict[str, dict[str, Any]]:
+    """The fields of batch messages, which live in `step_inputs` (not in their step rows)."""
+    ids = [s.id for s in steps if s.inputs is None]
+    if not ids:
+        return {}
+    query = select(StepInputRow.step_id, StepInputRow.inputs).where(StepInputRow.step_id.in_(ids))
+    return {row.step_id: row.inputs for row in session.execute(query)}
+
+
+def _public(
+    run: RunRow, steps: list[RunStepRow], *, inputs: dict[str, dict[str, Any]] | None = None
+) -> RunPublic:
+    inputs = inputs or {}
     return RunPublic(
         id=run.id,
         workflow=run.workflow_name,
@@ -104,7 +125,7 @@ def _public(run: RunRow, steps: list[RunStepRow]) -> RunPublic:
                 max_attempts=s.max_attempts,
                 started_at=s.started_at,
                 finished_at=s.finished_at,
-                inputs=s.inputs,
+                inputs=s.inputs if s.inputs is not None else inputs.get(s.id),
                 output=s.output,
                 error=s.error,
                 message_id=s.message_id,
@@ -301,7 +322,8 @@ class RunService:
         if run.document.get("kind") != "batch":
             return _public(run, list(session.scalars(query).all()))
         # A batch may have 100,000 steps: the first page and the counts; the rest page by page.
-        public = _public(run, list(session.scalars(query.limit(BATCH_STEPS_SHOWN)).all()))
+        steps = list(session.scalars(query.limit(BATCH_STEPS_SHOWN)).all())
+        public = _public(run, steps, inputs=_batch_inputs(session, steps))
         by_status = select(RunStepRow.status, func.count()).where(RunStepRow.run_id == run.id)
         counts = session.execute(by_status.group_by(RunStepRow.status)).all()
         public.step_counts = {status: int(n) for status, n in counts}

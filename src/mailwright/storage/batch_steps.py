@@ -1,9 +1,9 @@
 """The step rows of a batch run, written and read in bulk (the statements of storage/bulk.py).
 
-A batch's step is one message: stored `pending` with its Message-ID, marked
-`sending` a range of messages at a time before they go to the connection pool,
-and given its result. Rarer updates (a failure, a deferral) go through
-SQLAlchemy Core in engine/batch.py.
+A batch's step is one message: stored `pending` with its Message-ID (its fields
+go to `step_inputs`, written once), marked `sending` a range of messages at a
+time before they go to the connection pool, and given its result. Rarer updates
+(a failure, a deferral) go through SQLAlchemy Core in engine/batch.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, cast
 from sqlalchemy import Dialect, Table
 
 from mailwright.storage.bulk import BulkSelect, BulkStatement, BulkWrite, columns_of
-from mailwright.storage.tables import RunStepRow
+from mailwright.storage.tables import RunStepRow, StepInputRow
 
 # Steps still to send ("running": in flight at a crash); the statements below spell it out.
 OPEN = ("pending", "deferred", "running")
@@ -31,15 +31,15 @@ INSERT_COLUMNS = (
     "status",
     "attempts",
     "max_attempts",
-    "inputs",
     "message_id",
     "notes",
     "updated_at",
 )
+INPUT_COLUMNS = ("step_id", "inputs")
 PAGE_COLUMNS = (
     "id",
     "item_index",
-    "inputs",
+    "inputs",  # from step_inputs, or from the step row of a batch stored by an older version
     "message_id",
     "send_state",
     "attempts",
@@ -54,14 +54,19 @@ class BatchSteps:
 
     def __init__(self, dialect: Dialect) -> None:
         table = cast(Table, RunStepRow.__table__)
+        inputs = cast(Table, StepInputRow.__table__)
         self.insert = BulkWrite.insert(dialect, table, INSERT_COLUMNS)
+        self.insert_inputs = BulkWrite.insert(dialect, inputs, INPUT_COLUMNS)
+        selected = ", ".join(
+            "COALESCE(i.inputs, s.inputs)" if name == "inputs" else f"s.{name}" for name in PAGE_COLUMNS
+        )
         self.page = BulkSelect(
             dialect,
-            table,
-            PAGE_COLUMNS,
-            "WHERE run_id = ? AND position = 0 AND item_index > ? "
-            "AND status IN ('pending', 'deferred', 'running') "
-            "ORDER BY item_index LIMIT ?",
+            f"SELECT {selected} FROM run_steps s LEFT JOIN step_inputs i ON i.step_id = s.id "  # noqa: S608
+            "WHERE s.run_id = ? AND s.position = 0 AND s.item_index > ? "
+            "AND s.status IN ('pending', 'deferred', 'running') "
+            "ORDER BY s.item_index LIMIT ?",
+            columns_of(table, PAGE_COLUMNS),
         )
         # One statement marks a whole range of open messages: attempts counts the one to come.
         # Steps stored without a Message-ID (by an older version) are marked one by one.

@@ -148,15 +148,13 @@ def _powers_of_two(total: int, *, most: int) -> list[int]:
 
 
 class BulkSelect:
-    """A SELECT of `columns` (plus any WHERE with `?` placeholders); rows come back processed."""
+    """A SELECT whose `?` placeholders are parameters; each row's values come back processed
+    as the values of `columns` (the result processors of those columns, in order)."""
 
-    def __init__(self, dialect: Dialect, table: Table, columns: Sequence[str], where: str) -> None:
-        cols = columns_of(table, columns)
+    def __init__(self, dialect: Dialect, sql: str, columns: Sequence[Column[Any]]) -> None:
         placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
-        names = ", ".join(columns)
-        # Built from the table's own column names, never from values (those are parameters).
-        self.sql = f"SELECT {names} FROM {table.name} {where}".replace("?", placeholder)  # noqa: S608
-        processors = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in cols]
+        self.sql = sql.replace("?", placeholder)
+        processors = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
         self._processors = [(i, p) for i, p in enumerate(processors) if p is not None]
 
     def rows(self, connection: Connection, params: Sequence[Any]) -> list[list[Any]]:

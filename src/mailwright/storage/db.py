@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailwright.errors import ConfigError
 
 # The newest migration in storage/migrations/versions (a test keeps the two equal).
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -176,6 +176,24 @@ class RunStepRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class StepInputRow(Base):
+    """A batch message's fields, kept apart from its step row.
+
+    The step row is rewritten twice per message (marked sending, then its result).
+    On SQLite an update rewrites the whole row, so a 4 KB message inside it was
+    written three times over (and each time again at the checkpoint); here it is
+    written once. `run_steps.inputs` is NULL for such steps; a batch stored by an
+    older version keeps its fields there, and readers take whichever is set.
+    """
+
+    __tablename__ = "step_inputs"
+
+    step_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("run_steps.id", ondelete="CASCADE"), primary_key=True
+    )
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class ScheduleStateRow(Base):
     """Where a workflow's cron schedule stands: next fire time, last fire, missed fires."""
 
