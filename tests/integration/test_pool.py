@@ -325,6 +325,33 @@ def test_pools_do_not_cross_event_loops(smtp_server_factory: SMTPServerFactory) 
     assert len(server.wait_for(2)) == 2 and server.connections == 2
 
 
+def test_sends_on_uvloop_as_serve_does_when_it_is_installed(
+    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory
+) -> None:
+    """uvicorn runs `serve` on uvloop when it is installed, and uvloop's transports do not derive
+    from asyncio.Transport: the pool took that for a closed connection and sent nothing."""
+    import uvloop
+
+    server = smtp_server_factory(tls="starttls", users={"alice@example.org": PASSWORD})
+    target = targets.target(server, security="starttls", key=targets.key())
+    request = SendEmailRequest.model_validate(
+        {"target": target.display_name, "to": ["bob@example.net"], "subject": "on uvloop", "body": "hi"}
+    )
+
+    async def send_many() -> list[str]:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        try:
+            results = await asyncio.gather(*(mw.sending.send(request) for _ in range(12)))
+        finally:
+            await mw.pools.aclose()
+        return [r.status for r in results]
+
+    assert uvloop.run(send_many()) == ["sent"] * 12
+    received = server.wait_for(12)
+    assert all(m.tls and m.auth_login == "alice@example.org" for m in received)
+    assert server.connections <= 8  # pooled and reused, not one per message
+
+
 async def test_a_refused_recipient_with_pipelined_data_leaves_no_unknown_outcome(
     mw: Services, targets: Targets
 ) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiosmtplib
 from aiosmtplib import SMTPStatus
@@ -285,8 +285,10 @@ class SMTPConnection:
         after the handshake this connection is done and the session owns the socket.
         """
         client = self._require_client()
-        transport = client.transport
-        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+        # Not `isinstance(…, asyncio.Transport)`: uvloop's transports (uvicorn runs `serve` on
+        # uvloop when it is installed) do not derive from it, yet are full transports.
+        transport = cast(asyncio.Transport | None, client.transport)
+        if transport is None or transport.is_closing():
             raise TargetConnectError(
                 f"the connection to {self.endpoint.address} closed after the handshake",
                 target=self.endpoint.target_name,
