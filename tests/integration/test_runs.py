@@ -115,6 +115,27 @@ async def test_permanent_failure_fails_at_once(
     assert finished.steps[0].send_state is None  # refused: nothing was delivered
 
 
+async def test_the_message_id_is_kept_from_a_failure_before_data_to_the_retry(
+    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Message-ID is written with the "sending" mark before DATA or, when the attempt
+    failed sooner (here MAIL FROM refused), with the failure: a retry sends the same one."""
+    monkeypatch.setattr(executor_module, "INLINE_WAIT", 0.0)  # the retry releases the run
+    server = smtp_server_factory(faults=Faults(reply={"mail": (451, "4.3.0 busy")}, fail_times=1))
+    target = targets.target(server, security="none")
+    run = mw.runs.start_send_email(mw_request(target.display_name))
+    assert await executor(mw).execute(run.id) == "queued"
+    (deferred,) = mw.runs.get(run.id).steps
+    assert deferred.status == "deferred" and deferred.send_state is None and server.messages == []
+    assert deferred.message_id is not None and deferred.message_id.endswith("@example.org>")
+    await asyncio.sleep(0.3)  # the retry's backoff
+    assert await executor(mw).execute(run.id) == "succeeded"
+    (step,) = mw.runs.get(run.id).steps
+    assert step.attempts == 2 and step.message_id == deferred.message_id
+    (message,) = server.wait_for(1)
+    assert email.message_from_bytes(message.content, policy=policy.default)["Message-ID"] == step.message_id
+
+
 async def test_connection_dropped_during_data_resends_with_the_same_message_id(
     mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory
 ) -> None:

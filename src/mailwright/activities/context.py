@@ -17,9 +17,11 @@ class ActivityContext:
     targets: TargetService
     target: str | None
     account_key: str | None
-    # A Send Email step keeps one Message-ID across attempts; the engine stores it.
+    # A Send Email step keeps one Message-ID across attempts: the one stored (`message_id`), else
+    # the one the activity chose and told `remember_message_id`. The engine writes it with the
+    # durable "sending" mark that `mark_sending` makes before DATA (or with the attempt's failure).
     message_id: str | None
-    remember_message_id: Callable[[str], Awaitable[None]]
+    remember_message_id: Callable[[str], None]
     mark_sending: Callable[[], Awaitable[None]]
     # Where read attachments are kept (None: they are returned inline, as base64).
     files: FileStore | None = None

@@ -35,7 +35,7 @@ async def execute(ctx: ActivityContext, inputs: SendEmailInput) -> dict[str, Any
     message_id = ctx.message_id
     if message_id is None:
         message_id = make_message_id(message.sender.ascii_domain)
-        await ctx.remember_message_id(message_id)
+        ctx.remember_message_id(message_id)
     result = await deliver(
         message,
         resolved,

@@ -13,6 +13,8 @@ from mailwright.api.errors import status_for_code
 from mailwright.api.routes_workflows import WAIT_LIMIT, wait_for_run
 from mailwright.plugins import target_types
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
+from mailwright.services.app import Services
+from mailwright.services.runs import RunPublic
 from mailwright.services.sending import SendEmailRequest, SendResult
 from mailwright.services.targets import TargetCreate, TargetPublic, TargetUpdate
 
@@ -92,6 +94,11 @@ async def test_target(ref: str, services: ServicesDep) -> dict[str, Any]:
     return report.as_dict()
 
 
+def _accept(services: Services, body: SendEmailRequest) -> RunPublic:
+    services.sending.check(body)  # bad input: 422/404, nothing stored
+    return services.runs.start_send_email(body)
+
+
 @router.post("/send-email", tags=["send"], responses={202: {"description": "accepted, still running"}})
 async def send_email(
     body: SendEmailRequest, services: ServicesDep, wait: bool = True, timeout: float = 180.0
@@ -101,8 +108,7 @@ async def send_email(
     With `wait` (the default) the answer is the result, listing every recipient's
     outcome; without it, 202 with the run id.
     """
-    await asyncio.to_thread(services.sending.check, body)  # bad input: 422/404, nothing stored
-    run = await asyncio.to_thread(services.runs.start_send_email, body)
+    run = await asyncio.to_thread(_accept, services, body)
     if wait:
         run = await wait_for_run(services, run.id, min(max(timeout, 1.0), WAIT_LIMIT))
     if run.status == "succeeded" and run.steps[0].output is not None:

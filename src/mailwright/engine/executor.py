@@ -352,6 +352,7 @@ class Executor:
         row_id, message_id = self._start_attempt(run_id, position, index, step, context, inputs=recorded)
         if row_id is None:
             return "succeeded"
+        chosen = _ChosenMessageId(message_id)
         try:
             if problem is not None:
                 raise problem
@@ -363,15 +364,17 @@ class Executor:
                 target=self._render_name(step.target, context) or target,
                 account_key=self._render_name(step.account_key, context) or key,
                 message_id=message_id,
-                remember_message_id=self._remembering(row_id),
-                mark_sending=self._marking(row_id),
+                remember_message_id=chosen.remember,
+                mark_sending=self._marking(row_id, chosen),
                 files=self._files,
             )
             output = await asyncio.wait_for(spec.execute(ctx, inputs), timeout=step.timeout)
         except Exception as exc:  # recorded on the step; a bug in one activity must not stall the run
             if not isinstance(exc, MailwrightError | TimeoutError):
                 log.exception("run %s step %s: unexpected error", run_id, label)
-            return await self._failed_attempt(run_id, position, index, row_id, step, context, exc)
+            return await self._failed_attempt(
+                run_id, position, index, row_id, step, context, exc, message_id=chosen.value
+            )
         if index is None:  # one write: the attempt's row is the step's row
             return self._settle(run_id, position, None, context, step, "succeeded", output, None, sent=True)
         self._complete(row_id, output)
@@ -426,25 +429,15 @@ class Executor:
             row.updated_at = utcnow()
             return row.id, row.message_id
 
-    def _remembering(self, row_id: str) -> Callable[[str], Awaitable[None]]:
-        async def remember(message_id: str) -> None:
-            def write() -> None:
-                with self._db.session() as session:
-                    row = session.get(RunStepRow, row_id)
-                    assert row is not None
-                    row.message_id = message_id
-
-            await asyncio.to_thread(write)
-
-        return remember
-
-    def _marking(self, row_id: str) -> Callable[[], Awaitable[None]]:
+    def _marking(self, row_id: str, chosen: _ChosenMessageId) -> Callable[[], Awaitable[None]]:
         async def mark() -> None:
             def write() -> None:
+                # One write before DATA: the state and the Message-ID a retry must send again.
                 with self._db.session() as session:
                     row = session.get(RunStepRow, row_id)
                     assert row is not None
                     row.send_state = "sending"
+                    row.message_id = row.message_id or chosen.value
 
             await asyncio.to_thread(write)
 
@@ -470,6 +463,8 @@ class Executor:
         step: Step,
         context: dict[str, Any],
         exc: BaseException,
+        *,
+        message_id: str | None,
     ) -> str:
         if isinstance(exc, RateLimitedError):
             return self._throttled(run_id, row_id, exc)
@@ -478,6 +473,9 @@ class Executor:
             row = session.get(RunStepRow, row_id)
             assert row is not None
             row.error = error
+            # Chosen for an attempt that failed before DATA (so before its mark): shown, and sent
+            # again by the retry, like any Message-ID of the step.
+            row.message_id = row.message_id or message_id
             # A refusal of the message (4xx/5xx after DATA, or of its recipients: with PIPELINING
             # DATA may already be on its way) means nothing was delivered; a timeout or a
             # dropped connection there leaves "sending": the outcome is unknown.
@@ -573,6 +571,20 @@ class Executor:
             row.finished_at = row.updated_at = utcnow()
             context["steps"][step.id] = {"status": status, "output": row.output, "error": row.error}
         return status
+
+
+class _ChosenMessageId:
+    """The Message-ID an attempt sends with (kept across attempts once stored).
+
+    The activity chooses it; it is written with the attempt's "sending" mark, in
+    the same transaction, or with the attempt's failure: never a write of its own.
+    """
+
+    def __init__(self, stored: str | None) -> None:
+        self.value = stored
+
+    def remember(self, message_id: str) -> None:
+        self.value = message_id
 
 
 class StepValueError(MailwrightError):
