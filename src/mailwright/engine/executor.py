@@ -123,6 +123,10 @@ class Executor:
 
     def claim(self, run_id: str) -> bool:
         """Take the run if it is due and nobody holds a live lease on it."""
+        return self._claim(run_id) is not None
+
+    def _claim(self, run_id: str) -> _Claimed | None:
+        """`claim`, and what running it needs from its row, read in the same transaction."""
         now = utcnow()
         with self._db.session() as session:
             result = session.execute(
@@ -140,7 +144,25 @@ class Executor:
                     started_at=func.coalesce(RunRow.started_at, now),
                 )
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            if not result.rowcount:  # type: ignore[attr-defined]
+                return None
+            run = session.get(RunRow, run_id)
+            assert run is not None
+            # Nobody else changes the steps while the lease is ours: read once, here.
+            steps = session.execute(
+                select(RunStepRow.position, RunStepRow.status, RunStepRow.output, RunStepRow.error).where(
+                    RunStepRow.run_id == run_id, RunStepRow.item_index.is_(None)
+                )
+            ).all()
+            return _Claimed(
+                document=run.document,
+                inputs=dict(run.inputs),
+                target=run.target,
+                account_key=run.account_key,
+                trigger=run.trigger,
+                cancel_requested=run.cancel_requested,
+                steps={s.position: {"status": s.status, "output": s.output, "error": s.error} for s in steps},
+            )
 
     def renew(self, run_id: str) -> bool:
         with self._db.session() as session:
@@ -162,40 +184,35 @@ class Executor:
 
     async def execute(self, run_id: str) -> str | None:
         """Run what is left of a run; returns its status, or None if another worker has it."""
-        if not self.claim(run_id):
+        claimed = self._claim(run_id)
+        if claimed is None:
             return None
         lost = asyncio.Event()
         keeper = asyncio.create_task(self._keep_lease(run_id, lost))
         try:
-            return await self._execute_claimed(run_id, lost)
+            return await self._execute_claimed(run_id, claimed, lost)
         finally:
             keeper.cancel()
 
-    async def _execute_claimed(self, run_id: str, lost: asyncio.Event) -> str:
-        with self._db.session() as session:  # read only: the claim set started_at
-            run = session.get(RunRow, run_id)
-            assert run is not None
-            cancelled = run.cancel_requested
-            raw_document = run.document
-            inputs = dict(run.inputs)
-            target, key = run.target, run.account_key
-            trigger = run.trigger
-        if raw_document.get("kind") == BATCH_KIND:
+    async def _execute_claimed(self, run_id: str, claimed: _Claimed, lost: asyncio.Event) -> str:
+        if claimed.document.get("kind") == BATCH_KIND:
             return await self._execute_batch(run_id, lost)
-        document = WorkflowDocument.model_validate(raw_document)
-        context: dict[str, Any] = {"inputs": inputs, "steps": {}}
-        if trigger is not None:
-            context["trigger"] = trigger
+        document = WorkflowDocument.model_validate(claimed.document)
+        context: dict[str, Any] = {"inputs": dict(claimed.inputs), "steps": {}}
+        if claimed.trigger is not None:
+            context["trigger"] = claimed.trigger
+        target, key = claimed.target, claimed.account_key
         for position, step in enumerate(document.steps):
             if lost.is_set():
                 return "running"  # another worker took over; it continues from the rows
-            # Before the first step the row was just read; after, it is read again.
-            if cancelled if position == 0 else self._cancel_requested(run_id):
+            # Before the first step the row was just read by the claim; after, it is read again.
+            if claimed.cancel_requested if position == 0 else self._cancel_requested(run_id):
                 return self._finish(run_id, "cancelled", None)
             if self.stopping.is_set():
                 self._release(run_id)
                 return "queued"
-            outcome = await self._run_step(run_id, position, step, context, target=target, key=key)
+            state = claimed.steps[position]
+            outcome = await self._run_step(run_id, position, step, state, context, target=target, key=key)
             if outcome == "deferred":
                 return "queued"
             if outcome == "failed" and not step.continue_on_failure:
@@ -241,14 +258,13 @@ class Executor:
         run_id: str,
         position: int,
         step: Step,
+        state: dict[str, Any],
         context: dict[str, Any],
         *,
         target: str | None,
         key: str | None,
     ) -> str:
-        with self._db.session() as session:
-            parent = next(r for r in self._rows(session, run_id, position) if r.item_index is None)
-            state = {"status": parent.status, "output": parent.output, "error": parent.error}
+        """Run the step unless an earlier execution finished it (`state`: as the claim read it)."""
         if state["status"] in STEP_DONE:
             context["steps"][step.id] = state
             return str(state["status"])
@@ -432,12 +448,17 @@ class Executor:
     def _marking(self, row_id: str, chosen: _ChosenMessageId) -> Callable[[], Awaitable[None]]:
         async def mark() -> None:
             def write() -> None:
-                # One write before DATA: the state and the Message-ID a retry must send again.
+                # One statement before DATA: the state and the Message-ID a retry must send again.
                 with self._db.session() as session:
-                    row = session.get(RunStepRow, row_id)
-                    assert row is not None
-                    row.send_state = "sending"
-                    row.message_id = row.message_id or chosen.value
+                    session.execute(
+                        update(RunStepRow)
+                        .where(RunStepRow.id == row_id)
+                        .values(
+                            send_state="sending",
+                            message_id=func.coalesce(RunStepRow.message_id, chosen.value),
+                        )
+                        .execution_options(synchronize_session=False)  # no row is loaded here
+                    )
 
             await asyncio.to_thread(write)
 
@@ -571,6 +592,19 @@ class Executor:
             row.finished_at = row.updated_at = utcnow()
             context["steps"][step.id] = {"status": status, "output": row.output, "error": row.error}
         return status
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    """The fields of a run's row that executing it reads, as the claim returned them."""
+
+    document: dict[str, Any]
+    inputs: dict[str, Any]
+    target: str | None
+    account_key: str | None
+    trigger: dict[str, Any] | None
+    cancel_requested: bool
+    steps: dict[int, dict[str, Any]]  # position -> the step's status, output and error
 
 
 class _ChosenMessageId:

@@ -193,7 +193,7 @@ class RunService:
         with self._db.session() as session:
             workflow = find(session, WorkflowRow, ref, what="workflow")
             document = WorkflowDocument.model_validate(workflow.document)
-            run = self._create(
+            run, steps = self._create(
                 session,
                 document,
                 inputs=coerce_inputs(document, inputs or {}),
@@ -201,7 +201,7 @@ class RunService:
                 account_key=account_key or document.account_key,
                 workflow_id=workflow.id,
             )
-            result = self._get(session, run.id)
+            result = _public(run, steps)
         self._notify(result.id)
         return result
 
@@ -218,7 +218,7 @@ class RunService:
 
         The caller calls `notify(run_id)` once that transaction is committed.
         """
-        run = self._create(
+        run, _steps = self._create(
             session,
             document,
             inputs=coerce_inputs(document, inputs),
@@ -245,7 +245,7 @@ class RunService:
             }
         )
         with self._db.session() as session:
-            run = self._create(
+            run, steps = self._create(
                 session,
                 document,
                 inputs={},
@@ -253,7 +253,7 @@ class RunService:
                 account_key=request.account_key,
                 workflow_id=None,
             )
-            result = self._get(session, run.id)
+            result = _public(run, steps)
         self._notify(result.id)
         return result
 
@@ -266,7 +266,8 @@ class RunService:
         target: str | None,
         account_key: str | None,
         workflow_id: str | None,
-    ) -> RunRow:
+    ) -> tuple[RunRow, list[RunStepRow]]:
+        """The run and its step rows, flushed (the caller's transaction commits them)."""
         if target is not None:
             exists = session.scalars(
                 select(TargetRow.id).where(TargetRow.name_key == name_key(target))
@@ -287,20 +288,22 @@ class RunService:
         )
         session.add(run)
         session.flush()
-        for position, step in enumerate(document.steps):
-            session.add(
-                RunStepRow(
-                    run_id=run.id,
-                    position=position,
-                    step_id=step.id,
-                    item_index=None,
-                    activity=step.activity,
-                    status="pending",
-                    max_attempts=step.retries + 1,
-                    notes=[],
-                )
+        steps = [
+            RunStepRow(
+                run_id=run.id,
+                position=position,
+                step_id=step.id,
+                item_index=None,
+                activity=step.activity,
+                status="pending",
+                max_attempts=step.retries + 1,
+                notes=[],
             )
-        return run
+            for position, step in enumerate(document.steps)
+        ]
+        session.add_all(steps)
+        session.flush()
+        return run, steps
 
     def _notify(self, run_id: str) -> None:
         if self.on_queued is not None:
