@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -86,6 +87,7 @@ class Figures:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     send_phase: dict[str, float] = field(default_factory=dict)  # sink -> Mailwright's reported rate
     store_seconds: dict[str, float] = field(default_factory=dict)
+    disk_kb: dict[str, float] = field(default_factory=dict)  # sink -> KB written to disk per message
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -232,9 +234,12 @@ class BatchRun:
     wall_rate: float
     send_rate: float
     store_seconds: float
+    disk_kb_per_message: float
 
 
 def run_send_batch(env: dict[str, str], messages: Path, count: int) -> BatchRun:
+    # The child's blocks written to disk: the difference in what waited-for children used.
+    written_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock
     started_at = time.perf_counter()
     proc = subprocess.Popen(
         [MAILWRIGHT, "send-batch", "--target", "Sink", "--file", str(messages), "--json"],
@@ -250,10 +255,12 @@ def run_send_batch(env: dict[str, str], messages: Path, count: int) -> BatchRun:
     summary = json.loads(stdout)
     if summary["sent"] != count:
         raise RuntimeError(f"send-batch sent {summary['sent']} of {count}: {summary}")
+    written = resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock - written_before
     return BatchRun(
         wall_rate=count / wall,
         send_rate=float(summary["messages_per_second"]),
         store_seconds=float(summary["store_seconds"]),
+        disk_kb_per_message=written * 512 / 1024 / count,
     )
 
 
@@ -338,13 +345,17 @@ def measure_sink(
     def ours() -> float:
         result = run_send_batch(fresh_home(work, port), messages, counts["mailwright"])
         batches.append(result)
-        log(f"    (send phase {result.send_rate:,.0f} msg/s; stored in {result.store_seconds:.1f} s)")
+        log(
+            f"    (send phase {result.send_rate:,.0f} msg/s; stored in {result.store_seconds:.1f} s; "
+            f"{result.disk_kb_per_message:,.0f} KB written per message)"
+        )
         return result.wall_rate
 
     rates["mailwright"] = measure("mailwright send-batch", runs, ours, log=log)
     figures.rates[sink.name] = rates
     figures.send_phase[sink.name] = statistics.median(b.send_rate for b in batches)
     figures.store_seconds[sink.name] = statistics.median(b.store_seconds for b in batches)
+    figures.disk_kb[sink.name] = statistics.median(b.disk_kb_per_message for b in batches)
 
 
 def table(figures: Figures) -> str:
@@ -426,7 +437,8 @@ def report(
     for sink, rate in figures.send_phase.items():
         print(
             f"- Mailwright send phase alone ({sink}): {rate:,.0f} msg/s as `send-batch` reports it "
-            f"(checking and storing the messages took {figures.store_seconds[sink]:.1f} s before it)"
+            f"(checking and storing the messages took {figures.store_seconds[sink]:.1f} s before it); "
+            f"{figures.disk_kb[sink]:,.0f} KB written to disk per message, database included"
         )
     if memory is not None:
         print(
