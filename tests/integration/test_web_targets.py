@@ -124,3 +124,15 @@ def test_mailbox_targets_ignore_the_smtp_limits(web: Browserless, mw: Services) 
     detail = web.client.get(f"/targets/{target.id}").text
     assert "Rate limits" not in detail and "Connection pool" not in detail
     assert web.post(f"/targets/{target.id}/edit", **form).status_code == 303
+
+
+def test_pages_and_the_api_carry_the_security_headers(web: Browserless) -> None:
+    from mailwright.web.app import PAGE_CSP, SECURITY_HEADERS
+
+    page = web.client.get("/targets")
+    api = web.client.get("/api/v1/targets")  # the page's cookie is no API token: 401
+    assert page.status_code == 200 and api.status_code == 401
+    for response in (page, api):
+        assert all(response.headers[name] == value for name, value in SECURITY_HEADERS.items())
+    assert page.headers["Content-Security-Policy"] == PAGE_CSP
+    assert "Content-Security-Policy" not in api.headers  # JSON needs no page policy
