@@ -29,6 +29,7 @@ from mailwright.errors import MailwrightError, NotFoundError, ValidationError
 from mailwright.services.runs import RunService
 from mailwright.services.sending import SendEmailRequest, build_outgoing, resolve_sender
 from mailwright.services.targets import ResolvedTarget, TargetService
+from mailwright.storage import jsontext
 from mailwright.storage.batch_steps import batch_steps
 from mailwright.storage.bulk import JSONText
 from mailwright.storage.db import Database
@@ -402,7 +403,7 @@ def _parse(raw: str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     try:
-        value = json.loads(raw.rstrip("\r\n"))
+        value = jsontext.loads(raw.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
         raise ValidationError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(value, dict):

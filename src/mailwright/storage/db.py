@@ -12,6 +12,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailwright.errors import ConfigError
+from mailwright.storage import jsontext
 
 # The newest migration in storage/migrations/versions (a test keeps the two equal).
 SCHEMA_REVISION = "0006"
@@ -30,7 +31,9 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     try:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(
+            url, pool_pre_ping=True, json_serializer=jsontext.dumps, json_deserializer=jsontext.loads
+        )
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(
             f"cannot use the database URL: {exc}",
