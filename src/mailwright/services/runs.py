@@ -24,6 +24,7 @@ from mailwright.storage.tables import (
     TargetRow,
     WorkflowRow,
     name_key,
+    new_id,
     utcnow,
 )
 
@@ -277,6 +278,7 @@ class RunService:
                     f"no target named {target!r}", hint="list them with `mailwright targets list`"
                 )
         run = RunRow(
+            id=new_id(),  # known now, so that the run and its steps are one flush
             workflow_id=workflow_id,
             workflow_name=document.name,
             document=document.model_dump(mode="json", by_alias=True, exclude_unset=True),
@@ -287,7 +289,6 @@ class RunService:
             cancel_requested=False,
         )
         session.add(run)
-        session.flush()
         steps = [
             RunStepRow(
                 run_id=run.id,
