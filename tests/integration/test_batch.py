@@ -243,6 +243,55 @@ def test_bad_messages_refuse_the_whole_batch_with_where_and_why(
     assert mw.runs.list_runs() == []  # nothing stored, nothing queued
 
 
+def test_a_bad_line_after_chunks_were_written_leaves_nothing_behind(
+    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks are written by a thread behind the check; a late bad line still refuses all."""
+    from mailwright.services import batches
+    from mailwright.services.batches import BatchRefusedError
+
+    monkeypatch.setattr(batches, "CHUNK", 3)
+    written: list[int] = []
+    insert = mw.batches._insert
+
+    def spy(chunk: list[Any], inputs: list[Any]) -> None:
+        insert(chunk, inputs)
+        written.append(len(chunk))
+
+    monkeypatch.setattr(mw.batches, "_insert", spy)
+    target = targets.target(smtp_server_factory(), security="none")
+    raw = [json.dumps(message(i)) for i in range(10)] + ["{not json"]
+    with pytest.raises(BatchRefusedError) as refused:
+        mw.batches.create(((f"line {n}", r) for n, r in enumerate(raw, 1)), target=target.display_name)
+    assert refused.value.bad == 1 and refused.value.total == 11
+    assert written == [3, 3, 3]  # three chunks reached the database before the bad line
+    with mw.db.session() as session:
+        for table in (RunRow, RunStepRow, StepInputRow):
+            assert session.scalar(select(func.count()).select_from(table)) == 0
+
+
+def test_long_lines_make_smaller_chunks(
+    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines that carry attachments must not pile up 4,000 to a chunk in memory."""
+    from mailwright.services import batches
+
+    monkeypatch.setattr(batches, "CHUNK_BYTES", 5_000)
+    written: list[int] = []
+    insert = mw.batches._insert
+
+    def spy(chunk: list[Any], inputs: list[Any]) -> None:
+        insert(chunk, inputs)
+        written.append(len(chunk))
+
+    monkeypatch.setattr(mw.batches, "_insert", spy)
+    target = targets.target(smtp_server_factory(), security="none")
+    raw = [json.dumps(message(i, body="x" * 2_000)) for i in range(7)]
+    created = mw.batches.create(((f"line {n}", r) for n, r in enumerate(raw, 1)), target=target.display_name)
+    assert created.total == 7 and written == [3, 3, 1]
+    assert len(mw.runs.get(created.run_id).steps) == 7
+
+
 # --- rate limits ----------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -39,7 +40,11 @@ from mailwright.storage.tables import RunRow, RunStepRow, new_id, utcnow
 BATCH_KIND = "batch"
 BATCH_NAME = "Send Email batch"
 STEP_ID = "message"
-CHUNK = 1000  # rows per transaction while storing
+# Rows per transaction while storing, and the text of their messages at most: a commit
+# syncs the disk, so fewer and larger ones store faster; the bytes bound the memory
+# when lines carry attachments.
+CHUNK = 4000
+CHUNK_BYTES = 16 * 1024 * 1024
 SHOWN_PROBLEMS = 20
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 256
@@ -96,11 +101,20 @@ class _Intake:
     problems: list[Problem] = field(default_factory=list)
     chunk: list[tuple[Any, ...]] = field(default_factory=list)  # step rows not yet written
     inputs: list[tuple[str, Any]] = field(default_factory=list)  # their (step id, fields)
+    size: int = 0  # characters of the chunk's lines
+
+    def full(self) -> bool:
+        return len(self.chunk) >= CHUNK or self.size >= CHUNK_BYTES
+
+    def take(self) -> tuple[list[tuple[Any, ...]], list[tuple[str, Any]]]:
+        """The chunk to write, handed over whole (the intake starts a new one)."""
+        taken = self.chunk, self.inputs
+        self.chunk, self.inputs, self.size = [], [], 0
+        return taken
 
     def refuse(self, where: str, message: str) -> None:
         self.bad += 1
-        self.chunk.clear()  # the batch will be refused: stop writing, keep checking
-        self.inputs.clear()
+        self.take()  # the batch will be refused: stop writing, keep checking
         if len(self.problems) < SHOWN_PROBLEMS:
             self.problems.append(Problem(where=where, message=message))
 
@@ -197,28 +211,43 @@ class BatchService:
         renewed = time.monotonic()
         targets: dict[tuple[str, str | None], ResolvedTarget] = {("", batch_key): resolved}
         senders: dict[tuple[str, str | None], Address] = {}
-        for where, raw in messages:
-            if isinstance(raw, str) and not raw.strip():
-                continue
-            intake.total += 1
-            try:
-                fields, domain = self._check(raw, targets=targets, senders=senders, batch_key=batch_key)
-            except MailwrightError as exc:
-                intake.refuse(where, exc.message)
-                continue
-            if intake.bad:
-                continue
-            # A line already is the JSON to store: it was parsed and every field checked.
-            inputs = JSONText(raw.strip()) if isinstance(raw, str) else fields
-            step = _step_row(run_id, index=intake.total - 1, domain=domain)
-            intake.chunk.append(step)
-            intake.inputs.append((step[0], inputs))
-            if len(intake.chunk) >= CHUNK:
-                self._insert(intake)
-                renewed = self._renew(run_id, renewed)
-        if intake.chunk and not intake.bad:
-            self._insert(intake)
+        # A chunk is written by this thread while the next one is checked: SQLite writes and
+        # syncs without the interpreter lock, so the two overlap. One chunk at most is in
+        # flight, and leaving this block waits for it (so a refused batch is discarded after).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-store") as writer:
+            written: Future[None] | None = None
+            for where, raw in messages:
+                if isinstance(raw, str) and not raw.strip():
+                    continue
+                intake.total += 1
+                try:
+                    fields, domain = self._check(raw, targets=targets, senders=senders, batch_key=batch_key)
+                except MailwrightError as exc:
+                    intake.refuse(where, exc.message)
+                    continue
+                if intake.bad:
+                    continue
+                # A line already is the JSON to store: it was parsed and every field checked.
+                inputs = JSONText(raw.strip()) if isinstance(raw, str) else fields
+                step = _step_row(run_id, index=intake.total - 1, domain=domain)
+                intake.chunk.append(step)
+                intake.inputs.append((step[0], inputs))
+                intake.size += len(raw) if isinstance(raw, str) else 0  # an API body is in memory already
+                if intake.full():
+                    written = self._write_behind(writer, written, intake)
+                    renewed = self._renew(run_id, renewed)
+            if intake.chunk and not intake.bad:
+                written = self._write_behind(writer, written, intake)
+            if written is not None:
+                written.result()
         return intake
+
+    def _write_behind(
+        self, writer: ThreadPoolExecutor, written: Future[None] | None, intake: _Intake
+    ) -> Future[None]:
+        if written is not None:
+            written.result()  # the previous chunk is on disk (or its error is raised here)
+        return writer.submit(self._insert, *intake.take())
 
     def _check(
         self,
@@ -290,14 +319,12 @@ class BatchService:
             )
         return len(abandoned)
 
-    def _insert(self, intake: _Intake) -> None:
-        """Write the chunk's step rows and their messages' fields, then empty the chunk."""
+    def _insert(self, chunk: list[tuple[Any, ...]], inputs: list[tuple[str, Any]]) -> None:
+        """Write a chunk's step rows and their messages' fields, in one transaction."""
         with self._db.engine.begin() as connection:
             steps = batch_steps(connection.dialect)
-            steps.insert.execute_many(connection, intake.chunk)
-            steps.insert_inputs.execute_many(connection, intake.inputs)
-        intake.chunk.clear()
-        intake.inputs.clear()
+            steps.insert.execute_many(connection, chunk)
+            steps.insert_inputs.execute_many(connection, inputs)
 
     def _queue(self, run_id: str, *, total: int) -> None:
         with self._db.session() as session:
