@@ -243,22 +243,32 @@ def test_bad_messages_refuse_the_whole_batch_with_where_and_why(
     assert mw.runs.list_runs() == []  # nothing stored, nothing queued
 
 
+@pytest.fixture
+def written(mw: Services, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each chunk a batch wrote, in order."""
+    sizes: list[int] = []
+    insert = mw.batches._insert
+
+    def spy(chunk: list[Any], inputs: list[Any]) -> None:
+        insert(chunk, inputs)
+        sizes.append(len(chunk))
+
+    monkeypatch.setattr(mw.batches, "_insert", spy)
+    return sizes
+
+
 def test_a_bad_line_after_chunks_were_written_leaves_nothing_behind(
-    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory, monkeypatch: pytest.MonkeyPatch
+    mw: Services,
+    targets: Targets,
+    smtp_server_factory: SMTPServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    written: list[int],
 ) -> None:
     """Chunks are written by a thread behind the check; a late bad line still refuses all."""
     from mailwright.services import batches
     from mailwright.services.batches import BatchRefusedError
 
     monkeypatch.setattr(batches, "CHUNK", 3)
-    written: list[int] = []
-    insert = mw.batches._insert
-
-    def spy(chunk: list[Any], inputs: list[Any]) -> None:
-        insert(chunk, inputs)
-        written.append(len(chunk))
-
-    monkeypatch.setattr(mw.batches, "_insert", spy)
     target = targets.target(smtp_server_factory(), security="none")
     raw = [json.dumps(message(i)) for i in range(10)] + ["{not json"]
     with pytest.raises(BatchRefusedError) as refused:
@@ -271,20 +281,16 @@ def test_a_bad_line_after_chunks_were_written_leaves_nothing_behind(
 
 
 def test_long_lines_make_smaller_chunks(
-    mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory, monkeypatch: pytest.MonkeyPatch
+    mw: Services,
+    targets: Targets,
+    smtp_server_factory: SMTPServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    written: list[int],
 ) -> None:
     """Lines that carry attachments must not pile up 4,000 to a chunk in memory."""
     from mailwright.services import batches
 
     monkeypatch.setattr(batches, "CHUNK_BYTES", 5_000)
-    written: list[int] = []
-    insert = mw.batches._insert
-
-    def spy(chunk: list[Any], inputs: list[Any]) -> None:
-        insert(chunk, inputs)
-        written.append(len(chunk))
-
-    monkeypatch.setattr(mw.batches, "_insert", spy)
     target = targets.target(smtp_server_factory(), security="none")
     raw = [json.dumps(message(i, body="x" * 2_000)) for i in range(7)]
     created = mw.batches.create(((f"line {n}", r) for n, r in enumerate(raw, 1)), target=target.display_name)
