@@ -15,7 +15,7 @@ from mailwright.errors import ConfigError
 from mailwright.storage import jsontext
 
 # The newest migration in storage/migrations/versions (a test keeps the two equal).
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

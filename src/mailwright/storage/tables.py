@@ -143,6 +143,9 @@ class RunRow(Base):
     not_before: Mapped[datetime | None] = mapped_column(nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # The fencing token: every claim bumps it, and every write of the run's or its steps' state is
+    # conditioned on it, so a worker that lost its lease (paused, partitioned) cannot write.
+    lease_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
     dispatched_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -174,6 +177,18 @@ class RunStepRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKeyRow(Base):
+    """A client's Idempotency-Key: a retried request with the same key and body gets the same run."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(100), primary_key=True)  # e.g. "send-email"
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 of the canonical request
+    run_id: Mapped[str] = mapped_column(String(36), ForeignKey("runs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class StepInputRow(Base):
