@@ -74,6 +74,9 @@ class TargetError(MailwrightError):
     code = "target_error"
     transient = False
     stage: str | None = None  # the protocol step that failed (connect, tls, auth, rcpt…)
+    # The message's body was written but no reply came (a drop or a timeout after the final
+    # dot): the server may have accepted it. Such a send is never retried blindly.
+    outcome_unknown = False
 
     def __init__(self, message: str, *, target: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -85,6 +88,8 @@ class TargetError(MailwrightError):
             out["target"] = self.target
         if self.stage:
             out["stage"] = self.stage
+        if self.outcome_unknown:
+            out["outcome"] = "unknown"
         return out
 
 
@@ -191,6 +196,7 @@ class RecipientsRefusedError(TargetError):
     """
 
     code = "recipients_refused"
+    stage = "rcpt"  # refused at RCPT TO: nothing was sent
 
     def __init__(
         self,
@@ -207,6 +213,16 @@ class RecipientsRefusedError(TargetError):
 
     def details(self) -> dict[str, Any]:
         return {**super().details(), "recipients": self.recipients}
+
+
+class LeaseLostError(MailwrightError):
+    """This worker no longer holds the run's lease: it must stop sending and write nothing more.
+
+    Raised when a fenced write matches no row (another worker claimed the run,
+    bumping its epoch) or when the lease could not be renewed before its margin ran out.
+    """
+
+    code = "lease_lost"
 
 
 class ActivityError(MailwrightError):

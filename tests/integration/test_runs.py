@@ -136,20 +136,33 @@ async def test_the_message_id_is_kept_from_a_failure_before_data_to_the_retry(
     assert email.message_from_bytes(message.content, policy=policy.default)["Message-ID"] == step.message_id
 
 
-async def test_connection_dropped_during_data_resends_with_the_same_message_id(
+async def test_connection_dropped_after_the_message_was_written_is_unknown_and_not_resent(
     mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory
 ) -> None:
+    """The server had the whole message when the connection broke: it may have been accepted."""
     server = smtp_server_factory(faults=Faults(disconnect_at="after_data", fail_times=1))
     target = targets.target(server, security="none")
     run = mw.runs.start_send_email(mw_request(target.display_name))
+    assert await executor(mw).execute(run.id) == "failed"
+    finished = mw.runs.get(run.id)
+    (step,) = finished.steps
+    assert (step.status, step.send_state, step.attempts) == ("unknown", "unknown", 1)
+    assert step.error is not None and step.error["outcome"] == "unknown"
+    assert any("may or may not have been delivered" in note for note in step.notes)
+    assert finished.error is not None and finished.error["outcome"] == "unknown"
+    (lost,) = server.dropped
+    assert server.messages == []  # not resent on its own
+    # Only an explicit retry sends it again, with the same Message-ID.
+    assert mw.runs.retry(run.id).steps[0].status == "unknown"  # a plain retry leaves it
+    assert await executor(mw).execute(run.id) == "failed" and server.messages == []
+    mw.runs.retry(run.id, include_unknown=True)
     assert await executor(mw).execute(run.id) == "succeeded"
     (step,) = mw.runs.get(run.id).steps
-    assert step.attempts == 2
-    assert any("outcome is unknown" in note for note in step.notes)
+    assert (step.status, step.send_state) == ("succeeded", "sent")
     (delivered,) = server.wait_for(1)
-    (lost,) = server.dropped  # the server had the whole message when the connection broke
     for raw in (delivered.content, lost.content):
         assert email.message_from_bytes(raw, policy=policy.default)["Message-ID"] == step.message_id
+    assert mw.runs.get(run.id, state="unknown").steps == []
 
 
 async def test_server_down_for_a_while_then_back(

@@ -193,6 +193,7 @@ async def _follow(svc: Services, created: BatchCreated, live: list[BatchProgress
         counts = run.step_counts or {}
         progress.sent = counts.get("succeeded", 0)
         progress.failed = counts.get("failed", 0)
+        progress.unknown = counts.get("unknown", 0)
         if run.status in ("succeeded", "failed", "cancelled"):
             return run.status
         await asyncio.sleep(0.5)
@@ -213,19 +214,21 @@ async def _draw(live: list[BatchProgress], *, total: int, show: str, console: Co
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn(
-            "sent {task.fields[sent]:,}  failed {task.fields[failed]:,}  {task.fields[rate]:,.0f} msg/s"
+            "sent {task.fields[sent]:,}  failed {task.fields[failed]:,}  unknown {task.fields[unknown]:,}  "
+            "{task.fields[rate]:,.0f} msg/s"
         ),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("batch", total=total, sent=0, failed=0, rate=0.0)
+        task = bar.add_task("batch", total=total, sent=0, failed=0, unknown=0, rate=0.0)
         while True:
             bar.update(
                 task,
                 completed=progress.done,
                 sent=progress.sent + progress.partial,
                 failed=progress.failed,
+                unknown=progress.unknown,
                 rate=progress.rate,
             )
             await asyncio.sleep(REFRESH)
@@ -235,7 +238,7 @@ def _plain(progress: BatchProgress) -> str:
     eta = f", ETA {progress.eta:.0f} s" if progress.eta is not None and progress.done < progress.total else ""
     return (
         f"progress: {progress.done:,}/{progress.total:,}  sent {progress.sent + progress.partial:,}  "
-        f"failed {progress.failed:,}  {progress.rate:,.0f} msg/s{eta}"
+        f"failed {progress.failed:,}  unknown {progress.unknown:,}  {progress.rate:,.0f} msg/s{eta}"
     )
 
 
@@ -272,12 +275,15 @@ def _summary(
         "sent": sent,
         "partial": partial,
         "failed": counts.get("failed", 0),
+        "unknown": counts.get("unknown", 0),
         "not_sent": sum(counts.get(s, 0) for s in ("pending", "deferred", "running", "skipped", "cancelled")),
         "deferred_until": run.not_before.isoformat() if run.not_before else None,
         "error": run.error,
         "store_seconds": round(stored, 3),
         "send_seconds": round(seconds, 3),
-        "messages_per_second": round((sent + partial + counts.get("failed", 0)) / seconds, 1)
+        "messages_per_second": round(
+            (sent + partial + counts.get("failed", 0) + counts.get("unknown", 0)) / seconds, 1
+        )
         if seconds
         else 0.0,
     }
@@ -285,12 +291,13 @@ def _summary(
 
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"batch {summary['run_id']}: {summary['status']}", show_header=True)
-    for name in ("sent", "partial", "failed", "not sent", "duration", "msg/s", "run id"):
+    for name in ("sent", "partial", "failed", "unknown", "not sent", "duration", "msg/s", "run id"):
         table.add_column(name, justify="left" if name == "run id" else "right")
     table.add_row(
         f"{summary['sent']:,}",
         f"{summary['partial']:,}",
         f"{summary['failed']:,}",
+        f"{summary['unknown']:,}",
         f"{summary['not_sent']:,}",
         f"{summary['send_seconds']:.1f} s",
         f"{summary['messages_per_second']:,.0f}",
@@ -299,5 +306,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
     Console(highlight=False, width=120).print(table)
     if summary["error"]:
         typer.echo(f"error: {summary['error'].get('message')}", err=True)
+    run_id = summary["run_id"]
     if summary["failed"]:
-        typer.echo(f"see the failed messages with `mailwright runs show {summary['run_id']}`", err=True)
+        typer.echo(f"see the failed messages with `mailwright runs show {run_id} --state failed`", err=True)
+    if summary["unknown"]:
+        typer.echo(
+            f"{summary['unknown']:,} message(s) may or may not have been delivered (the outcome is unknown): "
+            f"`mailwright runs show {run_id} --state unknown` lists them; check with a recipient, then "
+            f"`mailwright runs retry {run_id} --include-unknown` sends them again with the same Message-ID",
+            err=True,
+        )

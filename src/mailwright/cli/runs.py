@@ -45,6 +45,17 @@ def print_run(run: RunPublic) -> None:
         typer.echo(f"  started by mail {mail.get('subject')!r} from {mail.get('from')} ({where})")
     if run.error:
         typer.echo(f"  error: {run.error.get('message')}")
+    if run.step_counts:
+        counts = ", ".join(f"{status} {n:,}" for status, n in sorted(run.step_counts.items()))
+        typer.echo(f"  {run.steps_total:,} messages: {counts}")
+        if len(run.steps) < (run.steps_total or 0):
+            typer.echo(f"  (the first {len(run.steps)} shown; --state STATE filters, the API pages)")
+    unknown = (run.step_counts or {}).get("unknown") or sum(s.status == "unknown" for s in run.steps)
+    if unknown:
+        typer.echo(
+            f"  {unknown:,} message(s) may or may not have been delivered (outcome unknown): "
+            f"check with a recipient; `mailwright runs retry {run.id} --include-unknown` sends them again"
+        )
     for step in run.steps:
         attempts = f"attempts {step.attempts}/{step.max_attempts}"
         typer.echo(f"  {step.status:<10} {step.step:<20} {step.activity:<14} {attempts}")
@@ -90,9 +101,20 @@ def list_runs(
 
 
 @app.command("show")
-def show(run_id: Annotated[str, typer.Argument(help="run id")], as_json: JsonOpt = False) -> None:
+def show(
+    run_id: Annotated[str, typer.Argument(help="run id")],
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            help="only steps in this state: pending, running, deferred, succeeded, failed, unknown "
+            "(may or may not have been delivered), skipped, cancelled; or the send states sending, sent",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Show a run step by step."""
-    run = services().runs.get(run_id)
+    run = services().runs.get(run_id, state=state)
     if as_json:
         print_json(run)
     else:
@@ -107,10 +129,27 @@ def cancel(run_id: Annotated[str, typer.Argument(help="run id")]) -> None:
 
 
 @app.command("retry")
-def retry(run_id: Annotated[str, typer.Argument(help="run id")]) -> None:
+def retry(
+    run_id: Annotated[str, typer.Argument(help="run id")],
+    include_unknown: Annotated[
+        bool,
+        typer.Option(
+            "--include-unknown",
+            help="also send again the messages whose outcome is unknown (they may have been "
+            "delivered already; they keep their Message-ID)",
+        ),
+    ] = False,
+) -> None:
     """Queue a failed or cancelled run again; succeeded steps are not repeated."""
-    run = services().runs.retry(run_id)
+    run = services().runs.retry(run_id, include_unknown=include_unknown)
     typer.echo(f"run {run.id} queued again")
+    left = (run.step_counts or {}).get("unknown") or sum(s.status == "unknown" for s in run.steps)
+    if left:
+        typer.echo(
+            f"{left:,} message(s) with an unknown outcome are left as they are; "
+            "--include-unknown sends them again",
+            err=True,
+        )
 
 
 def worker() -> None:

@@ -63,6 +63,13 @@ MaxMessagesPerConnection = Annotated[
         help="smtp: messages before a connection is replaced (default 100; Gmail about 100)",
     ),
 ]
+DataTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--data-timeout",
+        help="smtp: seconds to wait for the reply once a message is sent (default 600, per RFC 5321)",
+    ),
+]
 IdleTimeout = Annotated[
     float | None, typer.Option("--idle-timeout", help="smtp: seconds before an unused connection closes")
 ]
@@ -80,6 +87,11 @@ def _settings(**values: Any) -> dict[str, Any]:
     if connect_timeout is not None:
         values["connect_timeout"] = connect_timeout
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _timeouts(t: TargetPublic) -> str:
+    text = f"connect {t.connect_timeout:g} s, command {t.command_timeout:g} s"
+    return text if t.data_timeout is None else f"{text}, end of data {t.data_timeout:g} s"
 
 
 def _show(t: TargetPublic) -> None:
@@ -102,7 +114,7 @@ def _show(t: TargetPublic) -> None:
             ),
             *([("EHLO name", t.ehlo_name or "(this host's name)")] if t.protocol == "SMTP" else []),
             *([("Polling interval", f"{t.polling_interval:g} s")] if t.polling_interval else []),
-            ("Timeouts", f"connect {t.connect_timeout:g} s, command {t.command_timeout:g} s"),
+            ("Timeouts", _timeouts(t)),
             *([("Rate limits", rates)] if (rates := t.rate_limits_text()) else []),
             *([("Connection pool", pool)] if (pool := t.pool_text()) else []),
             (
@@ -162,6 +174,7 @@ def create(
     max_connections: MaxConnections = None,
     max_messages_per_connection: MaxMessagesPerConnection = None,
     idle_timeout: IdleTimeout = None,
+    data_timeout: DataTimeout = None,
     description: Description = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -183,6 +196,7 @@ def create(
         max_connections=max_connections,
         max_messages_per_connection=max_messages_per_connection,
         idle_timeout=idle_timeout,
+        data_timeout=data_timeout,
     )
     target = services().targets.create(
         TargetCreate(
@@ -271,6 +285,7 @@ def update(
     max_connections: MaxConnections = None,
     max_messages_per_connection: MaxMessagesPerConnection = None,
     idle_timeout: IdleTimeout = None,
+    data_timeout: DataTimeout = None,
     description: Description = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -292,6 +307,7 @@ def update(
         max_connections=max_connections,
         max_messages_per_connection=max_messages_per_connection,
         idle_timeout=idle_timeout,
+        data_timeout=data_timeout,
     )
     target = services().targets.update(
         ref,

@@ -7,20 +7,21 @@ bottleneck: a `StepWriter` collects step updates and writes each group in one
 transaction.
 
 Durability follows the single-send path (engine/executor.py): a message's
-Message-ID is fixed when the batch is stored, and before a message is handed
-to the connection pool its step is durably `sending`. Those marks are made a
-range of messages at a time, in one statement, ahead of the senders: the
-first range gives every sender a message; the next ones start at half
-`concurrency` and double whenever senders ran out of messages while a mark
-was still being written (a fast server), up to a page. Results
-ride along in the next transaction (at the latest `FLUSH_SECONDS` later).
-After a crash, a step found `sending` has an unknown outcome: it is sent again
-with the same Message-ID, and a note on the step says so, exactly as for a
-single send. The window is the messages marked and not yet answered: the
-senders' (`concurrency`) plus at most two ranges. When the batch stops (a
-worker shutting down, a cancel, a deferral), the marked messages no sender
-took go back to pending as they were; a failure whose stage proves DATA never
-began clears the mark.
+Message-ID is fixed when the batch is stored, and just before its DATA is
+written (the connection pool's before-DATA hook) its step is durably `sending`.
+The marks of all connections are grouped into one transaction by the writer,
+so a mark costs a sender the wait for a shared commit, not one of its own.
+Every transaction of the writer is fenced by the run's lease (engine/lease.py):
+a worker that lost the lease gets `LeaseLostError` from its next mark and stops
+at once, having sent nothing that was not marked, and writes nothing more.
+
+A step found `sending` when the batch is (re)started was being sent when an
+earlier execution stopped: its outcome is unknown, so it is recorded as
+`unknown` and not sent again (`runs retry --include-unknown` does that). The same
+holds for a message whose connection dropped, or whose reply timed out, after
+it was written. Every other failure is the message's own (retried in place
+when transient, up to its attempts), except those that prove the target
+unusable: authentication, TLS, or no connection at all. Those stop the batch.
 
 Rate limits: each message takes a slot from the process-wide limiter of its
 target. A slot within `RATE_INLINE_WAIT` is waited for; further away (a per-day
@@ -46,13 +47,25 @@ from sqlalchemy import Connection, Table, Update, bindparam, func, select, updat
 from mailwright.domain.addresses import Address
 from mailwright.domain.message import OutgoingMessage, make_message_id
 from mailwright.engine import executor as engine
-from mailwright.engine.executor import RATE_LIMIT_NOTE, Executor, close_run, error_record, is_transient
+from mailwright.engine.executor import (
+    CRASH_WHY,
+    RATE_LIMIT_NOTE,
+    UNKNOWN,
+    Executor,
+    close_run,
+    error_record,
+    is_transient,
+    may_have_arrived,
+    unknown_error,
+    unknown_note,
+)
+from mailwright.engine.lease import Lease
 from mailwright.errors import (
+    LeaseLostError,
     MailwrightError,
     TargetAuthError,
     TargetConnectError,
-    TargetDeferredError,
-    TargetRejectedError,
+    TargetTimeoutError,
     TargetTLSError,
 )
 from mailwright.services.batches import BatchMessage, sender_of
@@ -71,11 +84,9 @@ PAGE = 500  # steps read per query
 FLUSH_SECONDS = 0.2  # results wait at most this long for a transaction
 FLUSH_ROWS = 500  # ... or until this many are waiting
 RATE_INLINE_WAIT = 120.0  # a batch may wait this long for a rate-limit slot in place
-# Protocol stages of a failure that prove the message's DATA never started.
-BEFORE_DATA = frozenset({"connect", "tls", "ehlo", "starttls", "auth", "mail", "rcpt"})
-# Errors about the target, not the message: every other message would fail the same way, so the
-# batch stops (its other messages are skipped, and `mailwright runs retry` takes them up again).
-TARGET_LEVEL = (TargetAuthError, TargetTLSError, TargetConnectError)
+# Stages of opening a connection: a connection or timeout failure there (after the retries) means
+# the server is unreachable, and every other message would fail the same way.
+OPENING = frozenset({"connect", "tls", "ehlo", "starttls", "auth"})
 
 
 @dataclass
@@ -86,6 +97,7 @@ class BatchProgress:
     sent: int = 0
     partial: int = 0
     failed: int = 0
+    unknown: int = 0  # may or may not have been delivered (see the module's docstring)
     done_before: int = 0  # finished in an earlier execution (a resumed batch)
     started: float = field(default_factory=time.monotonic)
     deferred_until: datetime | None = None
@@ -94,7 +106,11 @@ class BatchProgress:
 
     @property
     def done(self) -> int:
-        return self.done_before + self.sent + self.partial + self.failed
+        return self.done_before + self.finished_here
+
+    @property
+    def finished_here(self) -> int:
+        return self.sent + self.partial + self.failed + self.unknown
 
     @property
     def elapsed(self) -> float:
@@ -103,7 +119,7 @@ class BatchProgress:
     @property
     def rate(self) -> float:
         """Messages finished per second in this execution."""
-        return (self.sent + self.partial + self.failed) / self.elapsed
+        return self.finished_here / self.elapsed
 
     @property
     def eta(self) -> float | None:
@@ -121,24 +137,22 @@ class _Step:
     attempts: int
     max_attempts: int
     notes: list[str]
-    # Marked `sending` with its range, the attempt already counted in `attempts` but not begun.
-    counted: bool = False
-    prior_state: str | None = None  # its send_state before that mark
 
 
 class StepWriter:
     """Group commit of step updates.
 
-    `mark_range` and `mark_sending` return once the mark is committed (a sender
-    waits for it before DATA); `record_sent` and `record` return at once and
-    their rows join the next transaction.
+    `mark_sending` returns once the mark is committed (a sender waits for it
+    before DATA); `record_sent` and `record` return at once and their rows join
+    the next transaction. Every transaction is fenced by the run's lease: once it
+    is lost, nothing more is written, and every mark raises `LeaseLostError`.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, lease: Lease) -> None:
         self._db = db
+        self._lease = lease
         self._steps = batch_steps(db.engine.dialect)
-        self._ranges: list[tuple[str, int, int]] = []
-        self._marks: list[dict[str, Any]] = []
+        self._marks: list[tuple[Any, ...]] = []
         self._waiting: list[asyncio.Future[None]] = []
         self._sent: list[tuple[Any, ...]] = []
         self._rows: list[dict[str, Any]] = []
@@ -152,12 +166,8 @@ class StepWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="batch-step-writer")
 
-    async def mark_range(self, run_id: str, first: int, last: int) -> None:
-        """Every open message from `first` to `last` (item indexes) is durably `sending`."""
-        self._ranges.append((run_id, first, last))
-        await self._committed()
-
-    async def mark_sending(self, values: dict[str, Any]) -> None:
+    async def mark_sending(self, values: tuple[Any, ...]) -> None:
+        """A message is durably `sending` (the values of `MARK_COLUMNS`) once this returns."""
         self._marks.append(values)
         await self._committed()
 
@@ -195,19 +205,19 @@ class StepWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=FLUSH_SECONDS)
             self._wake.clear()
-            ranges, self._ranges = self._ranges, []
             marks, self._marks = self._marks, []
             waiting, self._waiting = self._waiting, []
             sent, self._sent = self._sent, []
             rows, self._rows = self._rows, []
-            if not (ranges or marks or sent or rows):
+            if not (marks or sent or rows):
                 if self._closing:
                     return
                 continue
             try:
-                await asyncio.to_thread(self._write, ranges, marks, sent, rows)
+                await asyncio.to_thread(self._write, marks, sent, rows)
             except Exception as exc:  # the senders waiting on a mark must not hang
-                log.exception("recording batch results failed")
+                if not isinstance(exc, LeaseLostError):  # logged by the lease
+                    log.exception("recording batch results failed")
                 self._failed = exc
                 for done in waiting + self._waiting:
                     if not done.done():
@@ -219,21 +229,17 @@ class StepWriter:
 
     def _write(
         self,
-        ranges: list[tuple[str, int, int]],
-        marks: list[dict[str, Any]],
+        marks: list[tuple[Any, ...]],
         sent: list[tuple[Any, ...]],
         rows: list[dict[str, Any]],
     ) -> None:
-        now = utcnow()
-        with self._db.engine.begin() as connection:
+        with self._lease.begin() as connection:
             # Marks first: a result in the same group is newer than its mark.
-            for run_id, first, last in ranges:
-                self._steps.mark.execute(connection, self._steps.mark_values(run_id, first, last, now))
-            self._update(connection, marks)
+            self._steps.marked.execute_many(connection, marks)
             self._steps.sent.execute_many(connection, sent)
             self._update(connection, rows)
         self.transactions += 1
-        self.rows_written += len(ranges) + len(marks) + len(sent) + len(rows)
+        self.rows_written += len(marks) + len(sent) + len(rows)
 
     @staticmethod
     def _update(connection: Connection, rows: list[dict[str, Any]]) -> None:
@@ -272,18 +278,16 @@ class _Stop(Exception):
 
 
 class BatchRunner:
-    """One execution of a claimed batch run (the executor holds and renews the lease)."""
+    """One execution of a claimed batch run (the executor holds the lease; `lease` renews it)."""
 
-    def __init__(self, executor: Executor, *, run_id: str, lost: asyncio.Event) -> None:
+    def __init__(self, executor: Executor, *, run_id: str, lease: Lease) -> None:
         self._executor = executor
         self._db: Database = executor._db
         self._targets = executor._targets
         self._run_id = run_id
-        self._lost = lost
-        self._writer = StepWriter(self._db)
+        self._lease = lease
+        self._writer = StepWriter(self._db, lease)
         self._steps = batch_steps(self._db.engine.dialect)
-        # Marked `sending` but not yet taken by a sender: put back to pending if the batch stops.
-        self._unhanded: dict[str, _Step] = {}
         self._queue: asyncio.Queue[_Step | None] = asyncio.Queue()
         self._stop: _Stop | None = None
         self._resolved: dict[tuple[str, str | None], ResolvedTarget] = {}
@@ -292,9 +296,7 @@ class BatchRunner:
         self._target = ""
         self._account_key: str | None = None
         self._concurrency = 16
-        self._mark_every = 8
-        self._handed_out = False  # the first range went out
-        self._idle_senders = 0  # waiting for the feeder
+        self._room = asyncio.Event()  # the queue has room for more messages
         self.progress = BatchProgress(total=0)
 
     # --- the whole run ----------------------------------------------------------------
@@ -307,18 +309,23 @@ class BatchRunner:
         senders = [asyncio.create_task(self._sender()) for _ in range(self._concurrency)]
         try:
             await self._feed()
+        except BaseException:
+            self._drain_queue()
+            raise
         finally:
+            if self._stop is not None:
+                self._drain_queue()  # messages no sender took: untouched in the database
             for _ in senders:
                 self._queue.put_nowait(None)
             await asyncio.gather(*senders, return_exceptions=True)
-            self._put_back_unhanded()
-            await self._writer.close()
+            await self._close_writer()
         log.info(
-            "batch %s: %d sent, %d partial, %d failed in %.1f s (%.0f msg/s; %d transactions)",
+            "batch %s: %d sent, %d partial, %d failed, %d unknown in %.1f s (%.0f msg/s; %d transactions)",
             self._run_id,
             self.progress.sent,
             self.progress.partial,
             self.progress.failed,
+            self.progress.unknown,
             self.progress.elapsed,
             self.progress.rate,
             self._writer.transactions,
@@ -327,15 +334,18 @@ class BatchRunner:
         self.progress.finished = True
         return status
 
+    async def _close_writer(self) -> None:
+        try:
+            await self._writer.close()
+        except LeaseLostError:
+            self._stop = _Stop("running")  # what was not written is the new owner's to find
+
     def _load_run(self) -> None:
         with self._db.session() as session:
             run = session.get(RunRow, self._run_id)
             assert run is not None
-            if run.started_at is None:
-                run.started_at = utcnow()
             self._target, self._account_key = run.target or "", run.account_key
             self._concurrency = int(run.document.get("concurrency") or 16)
-            self._mark_every = max(1, self._concurrency // 2)
             counts = dict(
                 session.execute(
                     select(RunStepRow.status, func.count())
@@ -350,10 +360,9 @@ class BatchRunner:
     async def _feed(self) -> None:
         """Page through the open steps in message order and hand them to the senders.
 
-        Each range of messages is durably marked `sending` in one statement before
-        the first of them is handed out, while the senders work on the range
-        before (see the module's docstring for its size). A step stored without a
-        Message-ID (by an older version) is marked alone when it is sent.
+        The queue holds at most `concurrency` messages beyond those the senders
+        hold, so a stop leaves little to drain; nothing is marked before a sender
+        hands its message to the connection pool.
         """
         reading = asyncio.create_task(asyncio.to_thread(self._page, -1))
         try:
@@ -371,39 +380,17 @@ class BatchRunner:
                 return
             # The next page is read while this one is sent: the senders never wait for it.
             reading = asyncio.create_task(asyncio.to_thread(self._page, page[-1].index))
-            first = 0
-            while first < len(page):
+            for step in page:
+                while self._queue.qsize() >= self._concurrency and not self._told_to_halt():
+                    self._room.clear()
+                    await self._unless_halted(self._room.wait())
                 if self._told_to_halt():
                     return
-                # The first range gives every sender a message; later ones top the queue up.
-                size = self._mark_every if self._handed_out else self._concurrency
-                chunk = page[first : first + size]
-                first += len(chunk)
-                marking = asyncio.create_task(self._mark_range(chunk))  # while the queue drains
-                # Few in hand beyond the senders': a crash leaves at most those "unknown".
-                while self._queue.qsize() >= self._mark_every and not self._told_to_halt():
-                    await asyncio.sleep(0.001)
-                if self._handed_out and self._idle_senders and not marking.done():
-                    # Senders ran out of messages while the mark is still being written (a fast
-                    # server): mark further ahead. Against a slow one the window stays small.
-                    self._mark_every = min(PAGE, 2 * self._mark_every)
-                await marking
-                if self._stop is not None:
-                    return
-                self._handed_out = True
-                for step in chunk:
-                    self._queue.put_nowait(step)
+                self._queue.put_nowait(step)
 
-    async def _mark_range(self, chunk: list[_Step]) -> None:
-        ready = [step for step in chunk if step.message_id]
-        if not ready:
-            return
-        await self._writer.mark_range(self._run_id, chunk[0].index, chunk[-1].index)
-        for step in ready:
-            step.attempts += 1
-            step.counted = True
-            step.prior_state = step.send_state
-            self._unhanded[step.id] = step
+    def _drain_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     async def _should_stop(self) -> bool:
         if not self._told_to_halt() and await asyncio.to_thread(
@@ -413,20 +400,20 @@ class BatchRunner:
         return self._stop is not None
 
     def _told_to_halt(self) -> bool:
-        """The part of `_should_stop` that needs no database: checked for every range and message."""
+        """The part of `_should_stop` that needs no database: checked for every message."""
         if self._stop is None:
-            if self._lost.is_set():
+            if self._lease.is_lost:
                 self._stop = _Stop("running")
             elif self._executor.stopping.is_set():
                 self._stop = _Stop("queued")
         return self._stop is not None
 
-    async def _unless_halted(self, work: Awaitable[None]) -> bool:
+    async def _unless_halted(self, work: Awaitable[Any]) -> bool:
         """Wait for `work` (a rate-limit slot can be minutes away) unless the batch is stopped."""
         task = asyncio.ensure_future(work)
         halts = [
             asyncio.ensure_future(self._executor.stopping.wait()),
-            asyncio.ensure_future(self._lost.wait()),
+            asyncio.ensure_future(self._lease.lost.wait()),
         ]
         try:
             await asyncio.wait([task, *halts], return_when=asyncio.FIRST_COMPLETED)
@@ -461,14 +448,8 @@ class BatchRunner:
 
     async def _sender(self) -> None:
         while True:
-            if self._queue.empty():
-                self._idle_senders += 1
-                try:
-                    step = await self._queue.get()
-                finally:
-                    self._idle_senders -= 1
-            else:
-                step = self._queue.get_nowait()
+            step = await self._queue.get()
+            self._room.set()
             if step is None or self._told_to_halt():
                 return
             try:
@@ -476,35 +457,26 @@ class BatchRunner:
             except _Stop as stop:
                 if self._stop is None:
                     self._stop = stop
+            except LeaseLostError:
+                self._told_to_halt()
             except Exception as exc:  # a bug must not stall the batch: the step records it
                 log.exception("batch %s message %d: unexpected error", self._run_id, step.index)
                 self._fail(step, exc)
 
     async def _send(self, step: _Step) -> None:
-        self._unhanded.pop(step.id, None)
+        if step.send_state == "sending":  # an earlier execution stopped while sending it
+            self._unknown(step, unknown_error(CRASH_WHY), CRASH_WHY)
+            return
         try:
             message, resolved, request = self._prepare(step)
         except MailwrightError as exc:
             self._fail(step, exc)
             return
-        if step.send_state == "sending":
-            step.notes.append(
-                f"attempt {step.attempts - step.counted}: the process stopped while the message was being "
-                "sent, before the server's reply was recorded; the outcome is unknown, so the message is "
-                f"sent again with the same Message-ID {step.message_id}"
-            )
-            step.send_state = "unknown"
         step.message_id = step.message_id or make_message_id(message.sender.ascii_domain)
         while True:
             if not await self._throttle(step, resolved):
-                self._abandon(step)
-                return
-            if step.counted:  # its range was marked before it was handed out
-                step.counted = False
-                step.send_state = "sending"
-            else:
-                step.attempts += 1
-                await self._mark_sending(step)
+                return  # stopped while waiting for a slot: the step is as it was
+            step.attempts += 1
             try:
                 output = await deliver_output(
                     message,
@@ -512,26 +484,14 @@ class BatchRunner:
                     continue_if_one_address_valid=request.continue_if_one_address_valid,
                     message_id=step.message_id,
                     pool=self._pool_of(resolved),
+                    before_data=functools.partial(self._mark_sending, step),
                 )
+            except LeaseLostError:
+                raise
             except Exception as exc:
-                if not _data_may_have_begun(exc):
-                    step.send_state = None  # it failed before DATA: certainly not delivered
-                if _transient(exc) and step.attempts < step.max_attempts:
-                    wait = _backoff(step.attempts)
-                    if step.send_state == "sending" and not isinstance(exc, TargetDeferredError):
-                        step.notes.append(
-                            f"attempt {step.attempts}: the connection failed after DATA began; the outcome "
-                            "is unknown, so the message is sent again with the same Message-ID"
-                        )
-                    step.notes.append(
-                        f"attempt {step.attempts} failed ({_message(exc)}); retrying in {wait:.1f} s"
-                    )
-                    await asyncio.sleep(wait)
-                    continue
-                self._fail(step, exc)
-                if isinstance(exc, TARGET_LEVEL):
-                    raise _Stop("failed", error=exc.details()) from exc
-                return
+                if not await self._failed_attempt(step, exc):
+                    return
+                continue
             now = utcnow()
             self._writer.record_sent((output, step.message_id, step.attempts, step.notes, now, now, step.id))
             if output["status"] == "sent":
@@ -539,6 +499,35 @@ class BatchRunner:
             else:
                 self.progress.partial += 1
             return
+
+    async def _failed_attempt(self, step: _Step, exc: Exception) -> bool:
+        """Record a failed attempt; True if the message should be tried again now."""
+        marked = step.send_state == "sending"
+        step.send_state = None
+        if marked and may_have_arrived(exc):
+            error = {**error_record(exc), "outcome": UNKNOWN}
+            self._unknown(step, error, str(error["message"]))
+            return False
+        if not (_transient(exc) and step.attempts < step.max_attempts):
+            self._fail(step, exc)
+            if _target_unusable(exc):
+                raise _Stop("failed", error=error_record(exc)) from exc
+            return False
+        wait = _backoff(step.attempts)
+        step.notes.append(f"attempt {step.attempts} failed ({_message(exc)}); retrying in {wait:.1f} s")
+        if marked:  # undo the mark at once: after a crash now, the message is sent, not "unknown"
+            self._writer.record(
+                {
+                    "id": step.id,
+                    "status": "deferred",
+                    "send_state": None,
+                    "message_id": step.message_id,
+                    "attempts": step.attempts,
+                    "notes": step.notes,
+                    "updated_at": utcnow(),
+                }
+            )
+        return await self._unless_halted(asyncio.sleep(wait))
 
     def _prepare(self, step: _Step) -> tuple[OutgoingMessage, ResolvedTarget, BatchMessage]:
         request = BatchMessage.model_validate(step.inputs)
@@ -575,88 +564,50 @@ class BatchRunner:
         except RateLimitedError as exc:
             notes = [n for n in step.notes if not n.startswith(RATE_LIMIT_NOTE)]
             step.notes = [*notes, f"{RATE_LIMIT_NOTE}{exc.message}"]
-            row: dict[str, Any] = {
-                "id": step.id,
-                "status": "deferred",
-                "notes": step.notes,
-                "updated_at": utcnow(),
-            }
-            if step.counted:  # marked with its range, never begun: as it was before
-                row |= {"attempts": step.attempts - 1, "send_state": step.prior_state}
-            self._writer.record(row)
+            self._writer.record(
+                {"id": step.id, "status": "deferred", "notes": step.notes, "updated_at": utcnow()}
+            )
             self.progress.deferred_until = exc.until
             self.progress.deferred_reason = exc.message
             raise _Stop("deferred", until=exc.until) from exc
 
     async def _mark_sending(self, step: _Step) -> None:
-        """Durably "sending" before the message is handed to the pool (whose queue hides the wait).
+        """Durably "sending" just before DATA: the pool's hook, grouped with the other senders'.
 
-        Marking here rather than in the pool's before-DATA hook keeps the commit out of the
-        connection's path; the price is that a crash may also leave messages still queued in
-        the pool marked "sending": they are resent with their Message-ID, never lost.
+        Checked against the lease before and after: a worker paused past its lease
+        (or that cannot renew it) sends nothing more.
         """
-        await self._writer.mark_sending(
-            {
-                "id": step.id,
-                "status": "running",
-                "send_state": "sending",
-                "message_id": step.message_id,
-                "attempts": step.attempts,
-                "notes": step.notes,
-                "started_at": utcnow(),
-                "updated_at": utcnow(),
-            }
-        )
+        self._lease.check()
+        now = utcnow()
+        await self._writer.mark_sending((step.message_id, step.attempts, now, now, step.id))
+        self._lease.check()
         step.send_state = "sending"
 
-    def _abandon(self, step: _Step) -> None:
-        """The batch stopped while this message waited for its slot: it was not sent."""
-        if step.counted:
-            self._unhanded[step.id] = step  # put back as it was before its range was marked
-            return
+    def _unknown(self, step: _Step, error: dict[str, Any], why: str) -> None:
+        """The message may or may not have been delivered: recorded so, and not sent again."""
+        step.notes.append(unknown_note(step.attempts, step.message_id, why))
         self._writer.record(
             {
                 "id": step.id,
-                "status": "pending",
-                "send_state": step.send_state,
+                "status": UNKNOWN,
+                "send_state": UNKNOWN,
+                "error": error,
+                "message_id": step.message_id,
                 "attempts": step.attempts,
                 "notes": step.notes,
+                "finished_at": utcnow(),
                 "updated_at": utcnow(),
             }
         )
-
-    def _put_back_unhanded(self) -> None:
-        """Messages marked with their range that no sender took (the batch stopped): as they were.
-
-        Not when the lease was lost: the run's new owner may be sending them already,
-        and to it they are `sending`, an unknown outcome, as after a crash.
-        """
-        if self._stop is not None and self._stop.status == "running":
-            self._unhanded.clear()
-            return
-        for step in self._unhanded.values():
-            self._writer.record(
-                {
-                    "id": step.id,
-                    "status": "pending",
-                    "send_state": step.prior_state,
-                    "attempts": step.attempts - 1,
-                    "updated_at": utcnow(),
-                }
-            )
-        self._unhanded.clear()
+        self.progress.unknown += 1
 
     def _fail(self, step: _Step, exc: BaseException) -> None:
-        # A refusal after DATA means nothing was delivered; a dropped connection there
-        # leaves "sending": the outcome is unknown (as in the single-send path).
-        refused = isinstance(exc, TargetRejectedError | TargetDeferredError)
-        send_state = None if refused or step.send_state != "sending" else "sending"
         self._writer.record(
             {
                 "id": step.id,
                 "status": "failed",
                 "error": error_record(exc),
-                "send_state": send_state,
+                "send_state": None,
                 "message_id": step.message_id,
                 "attempts": max(step.attempts, 1),
                 "notes": step.notes,
@@ -669,6 +620,12 @@ class BatchRunner:
     # --- the end ------------------------------------------------------------------------
 
     def _settle(self) -> str:
+        try:
+            return self._settle_run()
+        except LeaseLostError:
+            return "running"
+
+    def _settle_run(self) -> str:
         stop = self._stop
         if stop is not None and stop.status == "running":
             return "running"  # the lease was lost: whoever has it now carries on from the rows
@@ -687,15 +644,8 @@ class BatchRunner:
             # Steps still open (e.g. a stop raced the last page): leave the run for the next pass.
             self._executor._release(self._run_id)
             return "queued"
-        failed = counts.get("failed", 0)
-        if failed:
-            total = sum(counts.values())
-            error = {
-                "code": "batch_failed",
-                "message": f"{failed:,} of {total:,} messages failed; see the failed steps",
-            }
-            return self._finish("failed", error)
-        return self._finish("succeeded", None)
+        error = batch_error(counts)
+        return self._finish("failed" if error else "succeeded", error)
 
     def _counts(self) -> dict[str, int]:
         with self._db.session() as session:
@@ -707,7 +657,7 @@ class BatchRunner:
         return {status: int(n) for status, n in rows}
 
     def _close_remaining(self, status: str) -> None:
-        with self._db.session() as session:
+        with self._lease.session() as session:
             session.execute(
                 update(RunStepRow)
                 .where(RunStepRow.run_id == self._run_id, RunStepRow.status.in_(("pending", "deferred")))
@@ -715,7 +665,7 @@ class BatchRunner:
             )
 
     def _finish(self, status: str, error: dict[str, Any] | None) -> str:
-        with self._db.session() as session:
+        with self._lease.session() as session:
             run = session.get(RunRow, self._run_id)
             assert run is not None
             close_run(run, status, error)
@@ -723,8 +673,29 @@ class BatchRunner:
         return status
 
 
-def _data_may_have_begun(exc: BaseException) -> bool:
-    return getattr(exc, "stage", None) not in BEFORE_DATA
+def batch_error(counts: dict[str, int]) -> dict[str, Any] | None:
+    """The error of a finished batch whose messages did not all arrive (None when they did)."""
+    failed, unknown = counts.get("failed", 0), counts.get(UNKNOWN, 0)
+    if not (failed or unknown):
+        return None
+    total = sum(counts.values())
+    parts = [f"{failed:,} of {total:,} messages failed"] if failed else []
+    if unknown:
+        parts.append(f"{unknown:,} of {total:,} may or may not have been delivered (outcome unknown)")
+    return {
+        "code": "batch_failed" if failed else "outcome_unknown",
+        "message": f"{'; '.join(parts)}; see the steps",
+        "hint": "`mailwright runs show RUN_ID --state failed` (or --state unknown) lists them; "
+        "`mailwright runs retry RUN_ID` sends the failed ones again (--include-unknown: the unknown too)",
+    }
+
+
+def _target_unusable(exc: BaseException) -> bool:
+    """A failure that proves the target unusable for every message: the batch stops."""
+    if isinstance(exc, TargetAuthError | TargetTLSError):
+        return True
+    opening = getattr(exc, "stage", None) in OPENING
+    return opening and isinstance(exc, TargetConnectError | TargetTimeoutError)
 
 
 def _transient(exc: BaseException) -> bool:

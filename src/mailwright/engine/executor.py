@@ -5,8 +5,11 @@ UPDATE (only one worker wins), its lease is renewed while it executes, and a
 worker that dies simply lets the lease expire: the recovery loop dispatches the
 run again and execution resumes at the first unfinished step. Succeeded steps
 are never executed twice; a Send Email step keeps its Message-ID across attempts
-and records "sending" just before DATA, so the only unknown outcome is a crash
-between DATA and the recording of the server's reply (see `_resume_send`).
+and records "sending" just before DATA. Every write of the run's or its steps'
+state is fenced by the lease (engine/lease.py): a worker that lost it writes and
+sends nothing more. A step left "sending" (a crash after DATA began, or a
+connection lost after the message was written) has an unknown outcome: it is
+recorded as `unknown` and sent again only when asked (`runs retry --include-unknown`).
 """
 
 from __future__ import annotations
@@ -16,25 +19,24 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from sqlalchemy import bindparam, func, null, or_, select, update
+from sqlalchemy.orm import Session
 
 from mailwright.activities.context import ActivityContext
 from mailwright.domain.validation import validate_model
 from mailwright.domain.workflows import Step, WorkflowDocument
 from mailwright.engine.expressions import evaluate_condition, render_value
-from mailwright.errors import (
-    MailwrightError,
-    RecipientsRefusedError,
-    TargetDeferredError,
-    TargetRejectedError,
-)
+from mailwright.engine.lease import Lease
+from mailwright.errors import LeaseLostError, MailwrightError, TargetError
 from mailwright.plugins import activity
 from mailwright.services.ratelimit import RateLimitedError
 from mailwright.services.targets import TargetService
@@ -54,9 +56,10 @@ BACKOFF_CAP = 300.0
 INLINE_WAIT = 5.0
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+UNKNOWN = "unknown"  # a step's status and send state when its message may or may not have arrived
 BATCH_KIND = "batch"  # a run document of this kind is a batch of messages, one step each
 RATE_LIMIT_NOTE = "rate limit: "
-STEP_DONE = {"succeeded", "failed", "skipped", "cancelled"}
+STEP_DONE = {"succeeded", "failed", "skipped", "cancelled", UNKNOWN}
 
 
 @dataclass
@@ -82,6 +85,40 @@ def error_record(exc: BaseException) -> dict[str, Any]:
 
 def is_transient(exc: BaseException) -> bool:
     return bool(getattr(exc, "transient", False)) or isinstance(exc, TimeoutError)
+
+
+def may_have_arrived(exc: BaseException) -> bool:
+    """Whether a send that failed with `exc` after its "sending" mark may still have been delivered.
+
+    The transport answers for itself: a TargetError says whether the message's body
+    was written without a reply (`outcome_unknown`); anything else (a step timeout
+    cancelling the wait, a bug) cannot tell, so it may have.
+    """
+    if isinstance(exc, LeaseLostError):
+        return False  # raised before DATA: the message was not handed over
+    if isinstance(exc, TargetError):
+        return exc.outcome_unknown
+    return True
+
+
+def unknown_note(attempt: int, message_id: str | None, why: str) -> str:
+    return (
+        f"attempt {attempt}: {why}; the message (Message-ID {message_id}) may or may not have been "
+        "delivered, so it is not sent again on its own: check with a recipient, then send it again, "
+        "if needed, with `mailwright runs retry RUN_ID --include-unknown` (same Message-ID)"
+    )
+
+
+def unknown_error(why: str) -> dict[str, Any]:
+    return {
+        "code": "outcome_unknown",
+        "outcome": "unknown",
+        "message": f"the outcome is unknown: {why}; the message may or may not have been delivered",
+        "hint": "check with a recipient; `mailwright runs retry RUN_ID --include-unknown` sends it again",
+    }
+
+
+CRASH_WHY = "the worker stopped after DATA began, before the server's reply was recorded"
 
 
 def _closing(status: str, error: Any, now: Any) -> dict[str, Any]:
@@ -116,6 +153,7 @@ _CLAIM = (
     .values(
         lease_owner=bindparam("owner"),
         lease_expires_at=bindparam("expires", type_=RunRow.lease_expires_at.type),
+        lease_epoch=RunRow.lease_epoch + 1,  # the fencing token of this claim
         status="running",
         started_at=func.coalesce(RunRow.started_at, _NOW),
     )
@@ -128,6 +166,7 @@ _CLAIMED_RUN = select(
     RunRow.account_key,
     RunRow.trigger,
     RunRow.cancel_requested,
+    RunRow.lease_epoch,
 ).where(RunRow.id == bindparam("run_id"))
 _CLAIMED_STEPS = select(RunStepRow.position, RunStepRow.status, RunStepRow.output, RunStepRow.error).where(
     RunStepRow.run_id == bindparam("run_id"), RunStepRow.item_index.is_(None)
@@ -178,6 +217,7 @@ class Executor:
         self.stopping = asyncio.Event()
         # Told the live progress of each batch this executor runs (the CLI draws its bar from it).
         self.on_batch_progress: Callable[[BatchProgress], None] | None = None
+        self._leases: dict[str, Lease] = {}  # the runs this executor holds now
 
     # --- claiming -------------------------------------------------------------
 
@@ -187,6 +227,7 @@ class Executor:
 
     def _claim(self, run_id: str) -> _Claimed | None:
         """`claim`, and what running it needs from its row, read in the same transaction."""
+        acquired_at = time.monotonic()  # before the lease's clock starts in the database
         now = utcnow()
         params = {"run_id": run_id, "now": now, "owner": self.worker_id, "expires": now + self.lease}
         with self._db.session() as session:
@@ -203,24 +244,18 @@ class Executor:
                 account_key=run.account_key,
                 trigger=run.trigger,
                 cancel_requested=run.cancel_requested,
+                epoch=run.lease_epoch,
+                acquired_at=acquired_at,
                 steps={s.position: {"status": s.status, "output": s.output, "error": s.error} for s in steps},
             )
 
-    def renew(self, run_id: str) -> bool:
-        with self._db.session() as session:
-            result = session.execute(
-                update(RunRow)
-                .where(RunRow.id == run_id, RunRow.lease_owner == self.worker_id)
-                .values(lease_expires_at=utcnow() + self.lease)
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+    def lease_of(self, run_id: str) -> Lease:
+        """The lease this executor holds on a run it is executing."""
+        return self._leases[run_id]
 
-    async def _keep_lease(self, run_id: str, lost: asyncio.Event) -> None:
-        while True:
-            await asyncio.sleep(self.lease.total_seconds() / 3)
-            if not await asyncio.to_thread(self.renew, run_id):
-                lost.set()
-                return
+    def _session(self, run_id: str) -> AbstractContextManager[Session]:
+        """A transaction that writes the run's state: fenced by its lease."""
+        return self._leases[run_id].session()
 
     # --- running --------------------------------------------------------------
 
@@ -229,16 +264,29 @@ class Executor:
         claimed = self._claim(run_id)
         if claimed is None:
             return None
-        lost = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_lease(run_id, lost))
+        lease = Lease(
+            self._db,
+            run_id=run_id,
+            owner=self.worker_id,
+            epoch=claimed.epoch,
+            duration=self.lease,
+            acquired_at=claimed.acquired_at,
+        )
+        self._leases[run_id] = lease
+        keeper = asyncio.create_task(lease.keep())
         try:
-            return await self._execute_claimed(run_id, claimed, lost)
+            return await self._execute_claimed(run_id, claimed, lease)
+        except LeaseLostError:
+            # Logged by the lease; the run's new owner carries on from the rows.
+            return "running"
         finally:
             keeper.cancel()
+            del self._leases[run_id]
 
-    async def _execute_claimed(self, run_id: str, claimed: _Claimed, lost: asyncio.Event) -> str:
+    async def _execute_claimed(self, run_id: str, claimed: _Claimed, lease: Lease) -> str:
         if claimed.document.get("kind") == BATCH_KIND:
-            return await self._execute_batch(run_id, lost)
+            return await self._execute_batch(run_id, lease)
+        lost = lease.lost
         document = WorkflowDocument.model_validate(claimed.document)
         context: dict[str, Any] = {"inputs": dict(claimed.inputs), "steps": {}}
         if claimed.trigger is not None:
@@ -257,16 +305,16 @@ class Executor:
             outcome = await self._run_step(run_id, position, step, state, context, target=target, key=key)
             if outcome == "deferred":
                 return "queued"
-            if outcome == "failed" and not step.continue_on_failure:
+            if outcome in ("failed", UNKNOWN) and not step.continue_on_failure:
                 error = context["steps"][step.id].get("error")
                 return self._finish(run_id, "failed", error)
         return self._finish(run_id, "succeeded", None)
 
-    async def _execute_batch(self, run_id: str, lost: asyncio.Event) -> str:
+    async def _execute_batch(self, run_id: str, lease: Lease) -> str:
         # Imported here: the batch engine builds on this module's claims, retries and deferral.
         from mailwright.engine.batch import BatchRunner
 
-        return await BatchRunner(self, run_id=run_id, lost=lost).run()
+        return await BatchRunner(self, run_id=run_id, lease=lease).run()
 
     def _cancel_requested(self, run_id: str) -> bool:
         with self._db.session() as session:
@@ -274,7 +322,7 @@ class Executor:
             return bool(run and run.cancel_requested)
 
     def _finish(self, run_id: str, status: str, error: dict[str, Any] | None) -> str:
-        with self._db.session() as session:
+        with self._session(run_id) as session:
             if status == "succeeded":  # every step is done: only the run's row changes
                 session.execute(_SUCCEED, {"run_id": run_id, "now": utcnow()})
             else:
@@ -343,15 +391,14 @@ class Executor:
             with self._db.session() as session:
                 row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
                 outputs.append(row.output)
-                failed = row.status == "failed"
-                error = row.error
-            if failed:
-                return self._settle(run_id, position, None, context, step, "failed", outputs, error)
+                status, error = row.status, row.error
+            if status in ("failed", UNKNOWN):
+                return self._settle(run_id, position, None, context, step, status, outputs, error)
         return self._settle(run_id, position, None, context, step, "succeeded", outputs, None)
 
     def _items(self, run_id: str, position: int, step: Step, context: dict[str, Any]) -> list[Any]:
         """The for_each list, rendered once and persisted as item rows (a resumed run reuses them)."""
-        with self._db.session() as session:
+        with self._session(run_id) as session:
             rows = self._rows(session, run_id, position)
             parent = next(r for r in rows if r.item_index is None)
             existing = [r for r in rows if r.item_index is not None]
@@ -408,9 +455,12 @@ class Executor:
         recorded = (
             None if inputs is None else inputs.model_dump(mode="json", by_alias=True, exclude_none=True)
         )
-        row_id, message_id = self._start_attempt(run_id, position, index, step, context, inputs=recorded)
-        if row_id is None:
-            return "succeeded"
+        started = self._start_attempt(run_id, position, index, step, context, inputs=recorded)
+        if isinstance(started, str):  # finished by an earlier execution: succeeded, or unknown
+            if started == UNKNOWN and index is None:
+                return self._settle(run_id, position, None, context, step, UNKNOWN, None, None)
+            return started
+        row_id, message_id = started
         chosen = _ChosenMessageId(message_id)
         try:
             if problem is not None:
@@ -424,11 +474,13 @@ class Executor:
                 account_key=self._render_name(step.account_key, context) or key,
                 message_id=message_id,
                 remember_message_id=chosen.remember,
-                mark_sending=self._marking(row_id, chosen),
+                mark_sending=self._marking(self.lease_of(run_id), row_id, chosen),
                 files=self._files,
             )
             output = await asyncio.wait_for(spec.execute(ctx, inputs), timeout=step.timeout)
         except Exception as exc:  # recorded on the step; a bug in one activity must not stall the run
+            if isinstance(exc, LeaseLostError):
+                raise  # nothing more is written: the run's new owner decides
             if not isinstance(exc, MailwrightError | TimeoutError):
                 log.exception("run %s step %s: unexpected error", run_id, label)
             return await self._failed_attempt(
@@ -436,7 +488,7 @@ class Executor:
             )
         if index is None:  # one write: the attempt's row is the step's row
             return self._settle(run_id, position, None, context, step, "succeeded", output, None, sent=True)
-        self._complete(row_id, output)
+        self._complete(run_id, row_id, output)
         return "succeeded"
 
     @staticmethod
@@ -466,21 +518,23 @@ class Executor:
         context: dict[str, Any],
         *,
         inputs: dict[str, Any] | None,
-    ) -> tuple[str | None, str | None]:
-        """Count the attempt and record its inputs; None when the item already succeeded."""
-        with self._db.session() as session:
+    ) -> tuple[str, str | None] | str:
+        """Count the attempt and record its inputs: the step's row id and Message-ID.
+
+        Or the status of an item that an earlier execution finished: "succeeded", or
+        "unknown" when that execution stopped while the message was being sent.
+        """
+        with self._session(run_id) as session:
             row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
-            if row.status == "succeeded":
-                return None, None
-            self._record_inputs(row, inputs)
+            if row.status in ("succeeded", UNKNOWN):
+                return row.status
             if row.send_state == "sending":
-                row.notes = [
-                    *row.notes,
-                    f"attempt {row.attempts}: the process stopped after DATA began, before the server's "
-                    "reply was recorded; the outcome is unknown, so the message is sent again with the "
-                    f"same Message-ID {row.message_id}",
-                ]
-                row.send_state = "unknown"
+                row.notes = [*row.notes, unknown_note(row.attempts, row.message_id, CRASH_WHY)]
+                row.send_state = row.status = UNKNOWN
+                row.error = unknown_error(CRASH_WHY)
+                row.finished_at = row.updated_at = utcnow()
+                return UNKNOWN
+            self._record_inputs(row, inputs)
             row.attempts += 1
             row.max_attempts = step.retries + 1
             row.status = "running"
@@ -488,25 +542,26 @@ class Executor:
             row.updated_at = utcnow()
             return row.id, row.message_id
 
-    def _marking(self, row_id: str, chosen: _ChosenMessageId) -> Callable[[], Awaitable[None]]:
+    def _marking(self, lease: Lease, row_id: str, chosen: _ChosenMessageId) -> Callable[[], Awaitable[None]]:
         async def mark() -> None:
             def write() -> None:
                 # One statement before DATA: the state and the Message-ID a retry must send again.
-                with self._db.session() as session:
+                with lease.session() as session:
                     session.execute(_MARK_SENDING, {"row_id": row_id, "chosen": chosen.value})
 
             await asyncio.to_thread(write)
+            lease.check()  # the write may have waited: still ours, with the margin kept?
 
         return mark
 
-    def _complete(self, row_id: str, output: dict[str, Any]) -> None:
-        with self._db.session() as session:
+    def _complete(self, run_id: str, row_id: str, output: dict[str, Any]) -> None:
+        with self._session(run_id) as session:
             row = session.get(RunStepRow, row_id)
             assert row is not None
             row.status = "succeeded"
             row.output = output
             row.error = None
-            if row.send_state in ("sending", "unknown"):
+            if row.send_state == "sending":
                 row.send_state = "sent"
             row.finished_at = row.updated_at = utcnow()
 
@@ -525,32 +580,35 @@ class Executor:
         if isinstance(exc, RateLimitedError):
             return self._throttled(run_id, row_id, exc)
         error = error_record(exc)
-        with self._db.session() as session:
+        with self._session(run_id) as session:
             row = session.get(RunStepRow, row_id)
             assert row is not None
             row.error = error
             # Chosen for an attempt that failed before DATA (so before its mark): shown, and sent
             # again by the retry, like any Message-ID of the step.
             row.message_id = row.message_id or message_id
-            # A refusal of the message (4xx/5xx after DATA, or of its recipients: with PIPELINING
-            # DATA may already be on its way) means nothing was delivered; a timeout or a
-            # dropped connection there leaves "sending": the outcome is unknown.
-            nothing_sent = TargetRejectedError | TargetDeferredError | RecipientsRefusedError
-            if row.send_state == "sending" and isinstance(exc, nothing_sent):
-                row.send_state = None
-            retry = is_transient(exc) and row.attempts < row.max_attempts
+            unknown = row.send_state == "sending" and may_have_arrived(exc)
+            if unknown:
+                # Written, unanswered: resending could deliver it twice. Recorded, never retried.
+                error = row.error = {**error, "outcome": UNKNOWN}
+                row.notes = [*row.notes, unknown_note(row.attempts, row.message_id, error["message"])]
+                row.send_state = UNKNOWN
+            elif row.send_state == "sending":
+                row.send_state = None  # refused, or failed before the message was written
+            retry = not unknown and is_transient(exc) and row.attempts < row.max_attempts
             wait = backoff(row.attempts) if retry else 0.0
-            row.status = "deferred" if retry else "failed"
+            row.status = UNKNOWN if unknown else "deferred" if retry else "failed"
             if retry:
                 note = f"attempt {row.attempts} failed ({error['message']}); retrying in {wait:.1f} s"
                 row.notes = [*row.notes, note]
             else:
                 row.finished_at = utcnow()
             row.updated_at = utcnow()
+            status = row.status
         if not retry:
             if index is None:
-                return self._settle(run_id, position, None, context, step, "failed", None, error)
-            return "failed"
+                return self._settle(run_id, position, None, context, step, status, None, error)
+            return status
         if wait <= INLINE_WAIT:
             await asyncio.sleep(wait)
             return await self._retry_inline(run_id, position, index, step, context)
@@ -568,7 +626,7 @@ class Executor:
 
     def _throttled(self, run_id: str, row_id: str, exc: RateLimitedError) -> str:
         """Held back by the target's rate limit: not an attempt and not a failure; the run waits."""
-        with self._db.session() as session:
+        with self._session(run_id) as session:
             row = session.get(RunStepRow, row_id)
             assert row is not None
             row.attempts = max(0, row.attempts - 1)
@@ -582,7 +640,7 @@ class Executor:
 
     def _release(self, run_id: str) -> None:
         """Give the run back at once (a graceful stop); the next worker resumes it."""
-        with self._db.session() as session:
+        with self._session(run_id) as session:
             run = session.get(RunRow, run_id)
             assert run is not None
             run.status = "queued"
@@ -591,7 +649,7 @@ class Executor:
 
     def _defer_run(self, run_id: str, wait: float) -> None:
         """Release the run until the retry is due; any worker may then take it."""
-        with self._db.session() as session:
+        with self._session(run_id) as session:
             run = session.get(RunRow, run_id)
             assert run is not None
             run.status = "queued"
@@ -613,7 +671,7 @@ class Executor:
         *,
         sent: bool = False,
     ) -> str:
-        with self._db.session() as session:
+        with self._session(run_id) as session:
             row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
             row.status = status
             if output is not None:
@@ -622,7 +680,7 @@ class Executor:
                 row.error = error
             if sent:  # the attempt succeeded: what it sent (if anything) is known to have arrived
                 row.error = None
-                if row.send_state in ("sending", "unknown"):
+                if row.send_state == "sending":
                     row.send_state = "sent"
             row.finished_at = row.updated_at = utcnow()
             context["steps"][step.id] = {"status": status, "output": row.output, "error": row.error}
@@ -639,6 +697,8 @@ class _Claimed:
     account_key: str | None
     trigger: dict[str, Any] | None
     cancel_requested: bool
+    epoch: int  # the fencing token of this claim
+    acquired_at: float  # time.monotonic() just before the claim
     steps: dict[int, dict[str, Any]]  # position -> the step's status, output and error
 
 

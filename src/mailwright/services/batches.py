@@ -27,7 +27,7 @@ from mailwright.domain.addresses import Address
 from mailwright.domain.message import make_message_id
 from mailwright.domain.validation import describe
 from mailwright.errors import MailwrightError, NotFoundError, ValidationError
-from mailwright.services.runs import RunService
+from mailwright.services.runs import RunService, step_state_filter
 from mailwright.services.sending import SendEmailRequest, build_outgoing, resolve_sender
 from mailwright.services.targets import ResolvedTarget, TargetService
 from mailwright.storage import jsontext
@@ -363,9 +363,15 @@ class BatchService:
             return {status: int(n) for status, n in rows}
 
     def results(
-        self, run_id: str, *, offset: int = 0, limit: int = 100, status: str | None = None
+        self,
+        run_id: str,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        status: str | None = None,
+        send_state: str | None = None,
     ) -> list[dict[str, Any]]:
-        """One page of per-message results, in message order."""
+        """One page of per-message results, in message order (`send_state`: "unknown", "sent"…)."""
         with self._db.session() as session:
             if session.get(RunRow, run_id) is None:
                 raise NotFoundError(
@@ -380,6 +386,8 @@ class BatchService:
             )
             if status:
                 query = query.where(RunStepRow.status == status)
+            if send_state:
+                query = query.where(step_state_filter(send_state))
             return [message_result(row) for row in session.scalars(query).all()]
 
     def all_results(self, run_id: str) -> list[dict[str, Any]]:
@@ -411,6 +419,7 @@ def message_result(row: RunStepRow) -> dict[str, Any]:
         "server_reply": output.get("server_reply"),
         "error": row.error,
         "attempts": row.attempts,
+        "send_state": row.send_state,
         "notes": row.notes,
     }
 

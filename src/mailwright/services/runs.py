@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from mailwright.domain.workflows import WorkflowDocument, coerce_inputs
@@ -31,6 +31,9 @@ from mailwright.storage.tables import (
 ACTIVE = ("queued", "running")
 BATCH_STEPS_SHOWN = 100
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+# A step's status; "unknown": its message may or may not have been delivered (never resent on its own).
+STEP_STATUSES = ("pending", "running", "deferred", "succeeded", "failed", "unknown", "skipped", "cancelled")
+SEND_STATES = ("sending", "sent")  # filterable besides the statuses: a message being sent, or sent
 
 
 class StepPublic(BaseModel):
@@ -135,6 +138,20 @@ def _public(
             )
             for s in steps
         ],
+    )
+
+
+def step_state_filter(state: str) -> Any:
+    """The condition on steps for `--state` / `?state=`: a status, or a send state."""
+    value = state.strip().lower()
+    if value in STEP_STATUSES:
+        return RunStepRow.status == value
+    if value in SEND_STATES:
+        return RunStepRow.send_state == value
+    raise ValidationError(
+        f"unknown step state {state!r}",
+        field="state",
+        hint=f"use one of: {', '.join((*STEP_STATUSES, *SEND_STATES))}",
     )
 
 
@@ -310,11 +327,12 @@ class RunService:
         if self.on_queued is not None:
             self.on_queued(run_id)
 
-    def get(self, run_id: str) -> RunPublic:
+    def get(self, run_id: str, *, state: str | None = None) -> RunPublic:
+        """A run with its steps; `state` keeps only the steps in that status or send state."""
         with self._db.session() as session:
-            return self._get(session, run_id)
+            return self._get(session, run_id, state=state)
 
-    def _get(self, session: Any, run_id: str) -> RunPublic:
+    def _get(self, session: Any, run_id: str, *, state: str | None = None) -> RunPublic:
         run = session.get(RunRow, run_id.strip())
         if run is None:
             raise NotFoundError(f"no run with id {run_id!r}", hint="list them with `mailwright runs list`")
@@ -323,6 +341,8 @@ class RunService:
             .where(RunStepRow.run_id == run.id)
             .order_by(RunStepRow.position, RunStepRow.item_index)
         )
+        if state is not None:
+            query = query.where(step_state_filter(state))
         if run.document.get("kind") != "batch":
             return _public(run, list(session.scalars(query).all()))
         # A batch may have 100,000 steps: the first page and the counts; the rest page by page.
@@ -375,17 +395,37 @@ class RunService:
                     f"run {run.id} has already {run.status}", hint="only queued or running runs cancel"
                 )
             run.cancel_requested = True
-            if run.status == "queued" and (run.lease_owner is None):
-                # Nobody executes it: cancel it here and now.
-                run.status = "cancelled"
-                run.finished_at = utcnow()
-                for step in session.scalars(select(RunStepRow).where(RunStepRow.run_id == run.id)).all():
-                    if step.status in ("pending", "deferred"):
-                        step.status = "cancelled"
+            session.flush()
+            # Nobody executes it: cancel it here and now, unless a worker claims it meanwhile (the
+            # condition is checked by the write itself; the claim bumps the epoch).
+            taken = session.execute(
+                update(RunRow)
+                .where(
+                    RunRow.id == run.id,
+                    RunRow.status == "queued",
+                    RunRow.lease_owner.is_(None),
+                    RunRow.lease_epoch == run.lease_epoch,
+                )
+                .values(status="cancelled", finished_at=utcnow())
+                .execution_options(synchronize_session="fetch")
+            )
+            if taken.rowcount:  # type: ignore[attr-defined]
+                session.execute(
+                    update(RunStepRow)
+                    .where(RunStepRow.run_id == run.id, RunStepRow.status.in_(("pending", "deferred")))
+                    .values(status="cancelled", updated_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
+            session.expire_all()
             return self._get(session, run.id)
 
-    def retry(self, run_id: str) -> RunPublic:
-        """Queue a failed or cancelled run again; steps that succeeded are not run twice."""
+    def retry(self, run_id: str, *, include_unknown: bool = False) -> RunPublic:
+        """Queue a failed or cancelled run again; steps that succeeded are not run twice.
+
+        Steps whose outcome is unknown (their message may have been delivered) are
+        left as they are unless `include_unknown`: then they are sent again, with
+        the Message-ID they had, so that mail clients can fold a second copy.
+        """
         with self._db.session() as session:
             run = session.get(RunRow, run_id.strip())
             if run is None:
@@ -399,12 +439,19 @@ class RunService:
             run.cancel_requested = False
             run.finished_at = None
             run.not_before = None
-            for step in session.scalars(select(RunStepRow).where(RunStepRow.run_id == run.id)).all():
-                if step.status in ("failed", "cancelled", "skipped", "running", "deferred"):
-                    step.status = "pending"
-                    step.attempts = 0
-                    step.error = None
-                    step.finished_at = None
+            again = ["failed", "cancelled", "skipped", "running", "deferred"]
+            if include_unknown:
+                again.append("unknown")
+            for step in session.scalars(
+                select(RunStepRow).where(RunStepRow.run_id == run.id, RunStepRow.status.in_(again))
+            ).all():
+                if step.status == "unknown":
+                    step.send_state = None
+                    step.notes = [*step.notes, "sent again on request (`runs retry --include-unknown`)"]
+                step.status = "pending"
+                step.attempts = 0
+                step.error = None
+                step.finished_at = None
             result = self._get(session, run.id)
         self._notify(result.id)
         return result

@@ -36,6 +36,7 @@ _SETTING_FIELDS = (
     "ehlo_name",
     "connect_timeout",
     "command_timeout",
+    "data_timeout",
     "polling_interval",
     "rate_per_second",
     "rate_per_minute",
@@ -59,6 +60,9 @@ class _TargetFields(BaseModel):
     ehlo_name: str | None = None
     connect_timeout: float | None = Field(default=None, gt=0, le=300)
     command_timeout: float | None = Field(default=None, gt=0, le=3600)
+    data_timeout: float | None = Field(
+        default=None, gt=0, le=3600, description="SMTP: seconds to wait for the reply to the end of data"
+    )
     polling_interval: float | None = Field(default=None, ge=5, le=86_400, description="IMAP/POP3: seconds")
     rate_per_second: int | None = Field(default=None, ge=0, description="SMTP: messages/second; 0: no limit")
     rate_per_minute: int | None = Field(default=None, ge=0, description="SMTP: messages/minute; 0: no limit")
@@ -112,6 +116,7 @@ class TargetPublic(BaseModel):
     starttls_required: bool = True
     ehlo_name: str | None = None
     polling_interval: float | None = None
+    data_timeout: float | None = None
     rate_per_second: int | None = None
     rate_per_minute: int | None = None
     rate_per_day: int | None = None

@@ -1,21 +1,19 @@
 """The step rows of a batch run, written and read in bulk (the statements of storage/bulk.py).
 
 A batch's step is one message: stored `pending` with its Message-ID (its fields
-go to `step_inputs`, written once), marked `sending` a range of messages at a
-time before they go to the connection pool, and given its result. Rarer updates
-(a failure, a deferral) go through SQLAlchemy Core in engine/batch.py.
+go to `step_inputs`, written once), marked `sending` just before its DATA
+(grouped with other messages' marks), and given its result. Rarer updates (a
+failure, a deferral) go through SQLAlchemy Core in engine/batch.py.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import Dialect, Table
 
-from mailwright.storage.bulk import BulkSelect, BulkStatement, BulkWrite, columns_of
+from mailwright.storage.bulk import BulkSelect, BulkWrite, columns_of
 from mailwright.storage.tables import RunStepRow, StepInputRow
 
 # Steps still to send ("running": in flight at a crash); the statements below spell it out.
@@ -46,6 +44,7 @@ PAGE_COLUMNS = (
     "max_attempts",
     "notes",
 )
+MARK_COLUMNS = ("message_id", "attempts", "started_at", "updated_at", "id")
 SENT_COLUMNS = ("output", "message_id", "attempts", "notes", "finished_at", "updated_at", "id")
 
 
@@ -68,15 +67,13 @@ class BatchSteps:
             "ORDER BY s.item_index LIMIT ?",
             columns_of(table, PAGE_COLUMNS),
         )
-        # One statement marks a whole range of open messages: attempts counts the one to come.
-        # Steps stored without a Message-ID (by an older version) are marked one by one.
-        self.mark = BulkStatement(
+        # Just before its DATA: the message's step is durably "sending" (grouped with others').
+        self.marked = BulkWrite.update(
             dialect,
-            "UPDATE run_steps SET status = 'running', send_state = 'sending', "
-            "attempts = attempts + 1, started_at = ?, updated_at = ? "
-            "WHERE run_id = ? AND position = 0 AND item_index >= ? AND item_index <= ? "
-            "AND status IN ('pending', 'deferred', 'running') AND message_id IS NOT NULL",
-            columns_of(table, ("started_at", "updated_at", "run_id", "item_index", "item_index")),
+            table,
+            constants="status = 'running', send_state = 'sending'",
+            columns=MARK_COLUMNS[:-1],
+            key="id",
         )
         self.sent = BulkWrite.update(
             dialect,
@@ -85,10 +82,6 @@ class BatchSteps:
             columns=SENT_COLUMNS[:-1],
             key="id",
         )
-
-    @staticmethod
-    def mark_values(run_id: str, first: int, last: int, now: datetime) -> Sequence[Any]:
-        return (now, now, run_id, first, last)
 
 
 @functools.lru_cache(maxsize=4)

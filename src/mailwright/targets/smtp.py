@@ -28,6 +28,9 @@ class SMTPSettings(ServerSettings):
         default=True, description="with starttls: fail when the server does not offer it"
     )
     ehlo_name: str | None = Field(default=None, description="client host name sent in EHLO")
+    data_timeout: float = Field(
+        default=600.0, gt=0, le=3600, description="seconds to wait for the reply to a message's end of data"
+    )
     # The connection pool (transport/pool.py): providers cap messages per connection
     # (Gmail about 100, SendGrid 5,000) and close connections that idle too long.
     max_connections: int = Field(default=8, ge=1, le=256, description="concurrent connections")
@@ -71,6 +74,7 @@ class SMTPSettings(ServerSettings):
             ehlo_name=self.ehlo_name,
             connect_timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
+            data_timeout=self.data_timeout,
         )
 
 

@@ -312,6 +312,9 @@ class Session:
         self._offered: Job | None = None
         self._max_transactions = 0
         self._timeout = self.endpoint.command_timeout
+        # RFC 5321 4.5.3.2.6: the reply to the end of data may take 10 minutes (the server may be
+        # filtering the message); giving up sooner leaves an accepted message looking failed.
+        self._data_timeout = max(self.endpoint.data_timeout, self._timeout)
         transport = connection.detach()
         self._protocol = ReplyProtocol(transport)
         transport.set_protocol(self._protocol)
@@ -503,7 +506,7 @@ class Session:
             if pending is None and sending is not None and self._offers is not None:
                 kinds, pending, result = await self._await_final_or_offer(kinds)
             if result is None:
-                result = await self._protocol.read(len(kinds), self._timeout)
+                result = await self._protocol.read(len(kinds), self._read_timeout(kinds))
             replies, failure = result
             self.last_used = time.monotonic()
             collateral = False  # the body's reply never came, so neither could the envelope's
@@ -547,7 +550,7 @@ class Session:
             while True:
                 if self not in offers:  # an offer takes the session off the list
                     offers.append(self)
-                result = await self._protocol.read(len(kinds), self._timeout, wakeable=True)
+                result = await self._protocol.read(len(kinds), self._read_timeout(kinds), wakeable=True)
                 if result[0] or result[1] is not None or self._offered is None:
                     return kinds, None, result
                 job, self._offered = self._offered, None
@@ -691,11 +694,26 @@ class Session:
             )
         )
 
+    def _read_timeout(self, kinds: list[Kind]) -> float:
+        """The end-of-data timeout when a body's reply is among those awaited, else the command's."""
+        return self._data_timeout if kinds and kinds[0] == "final" else self._timeout
+
     def _unknown(self, failure: _Failure | None) -> TargetError:
         """The body was written but its reply never came: the outcome is unknown."""
         if failure is _Failure.TIMEOUT:
-            return _at(translate_timeout(self.endpoint, "data"), "data")
-        return _at(translate_disconnect(self.endpoint, "data"), "data")
+            error: TargetError = translate_timeout(self.endpoint, "data")
+            error.message = (
+                f"{self.endpoint.address} did not answer within {self._data_timeout:g} s after the "
+                "message was sent; it may or may not have been accepted"
+            )
+            error.hint = (
+                "a slow server may need a longer data timeout "
+                f"(the target's --data-timeout, now {self._data_timeout:g} s)"
+            )
+        else:
+            error = translate_disconnect(self.endpoint, "data")
+        error.outcome_unknown = True
+        return _at(error, "data")
 
     def _lost(self, kind: Kind, closing: Reply | None) -> TargetError:
         """Why an envelope could not finish, named after the first command left unanswered."""
@@ -753,7 +771,7 @@ class Session:
         if step != "data":
             return None
         env.written_at = time.perf_counter()
-        reply, failure = await self._command(job.body, timeout=self._timeout)
+        reply, failure = await self._command(job.body, timeout=self._data_timeout)
         if reply is None:
             job.fail(self._unknown(failure))
         else:

@@ -61,6 +61,7 @@ class SMTPEndpoint:
     ehlo_name: str | None = None
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
+    data_timeout: float = 600.0  # the reply to the end of data (RFC 5321 4.5.3.2.6)
 
     @property
     def address(self) -> str:
