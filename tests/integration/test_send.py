@@ -230,7 +230,11 @@ async def test_smtputf8_missing_refuses_only_that_recipient(
         (Faults(disconnect_at="mail"), errors.TargetConnectError, "closed the connection during mail"),
         (Faults(disconnect_at="after_data"), errors.TargetConnectError, "may or may not"),
         (Faults(delay={"rcpt": 3.0}), errors.TargetTimeoutError, "did not answer in time during rcpt"),
-        (Faults(delay={"data": 3.0}), errors.TargetTimeoutError, "did not answer in time during data"),
+        (
+            Faults(delay={"data": 3.0}),
+            errors.TargetTimeoutError,
+            "did not answer within 1 s after the message",
+        ),
         (Faults(reply={"ehlo": (554, "5.5.0 No")}), errors.TargetRejectedError, "554 5.5.0 No"),
         (Faults(disconnect_at="connect"), errors.TargetConnectError, "closed the connection during connect"),
         (Faults(disconnect_at="rcpt"), errors.TargetConnectError, "closed the connection during rcpt"),
@@ -245,7 +249,7 @@ async def test_faults_become_specific_errors(
     smtp_server_factory: SMTPServerFactory,
 ) -> None:
     server = smtp_server_factory(faults=faults)
-    target = targets.target(server, security="none", command_timeout=1)
+    target = targets.target(server, security="none", command_timeout=1, data_timeout=1)
     with pytest.raises(error) as info:
         await mw.sending.send(request(target.display_name, **{"from": "ops@example.org"}))
     assert words in str(info.value)

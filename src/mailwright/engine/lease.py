@@ -181,7 +181,7 @@ class Lease:
                     type(exc).__name__,
                     left,
                 )
-                await asyncio.sleep(min(RENEW_RETRY, left))
+                await asyncio.sleep(min(RENEW_RETRY, left / 3))
                 continue
             if not renewed:
                 self.lose("another worker claimed the run")

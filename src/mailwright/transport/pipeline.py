@@ -314,7 +314,7 @@ class Session:
         self._timeout = self.endpoint.command_timeout
         # RFC 5321 4.5.3.2.6: the reply to the end of data may take 10 minutes (the server may be
         # filtering the message); giving up sooner leaves an accepted message looking failed.
-        self._data_timeout = max(self.endpoint.data_timeout, self._timeout)
+        self._data_timeout = self.endpoint.data_timeout
         transport = connection.detach()
         self._protocol = ReplyProtocol(transport)
         transport.set_protocol(self._protocol)

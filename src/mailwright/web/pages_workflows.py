@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import asyncio
 from typing import Any
 
@@ -205,8 +207,25 @@ def list_runs(request: Request, services: ServicesDep, session: SessionDep) -> H
 
 
 @router.get("/runs/{run_id}")
-def show_run(request: Request, run_id: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
-    return render(request, "runs/detail.html", session=session, section="runs", run=services.runs.get(run_id))
+def show_run(
+    request: Request, run_id: str, services: ServicesDep, session: SessionDep, state: str = ""
+) -> HTMLResponse:
+    shown = state.strip() or None
+    run = services.runs.get(run_id, state=shown)
+    # Counts of every step by status (a batch's come with it; a workflow's are counted here).
+    counts = run.step_counts
+    if counts is None:
+        every = run if shown is None else services.runs.get(run_id)
+        counts = dict(Counter(s.status for s in every.steps))
+    return render(
+        request,
+        "runs/detail.html",
+        session=session,
+        section="runs",
+        run=run,
+        state=shown,
+        counts=counts,
+    )
 
 
 @router.post("/runs/{run_id}/cancel")
@@ -223,5 +242,9 @@ async def cancel_run(request: Request, run_id: str, services: ServicesDep, sessi
 async def retry_run(request: Request, run_id: str, services: ServicesDep, session: SessionDep) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
-    run = services.runs.retry(run_id)
-    return redirect(f"/runs/{run.id}", flash="Queued again; steps that succeeded are not repeated.")
+    include_unknown = forms.optional(form, "include_unknown") == "true"
+    run = services.runs.retry(run_id, include_unknown=include_unknown)
+    flash = "Queued again; steps that succeeded are not repeated."
+    if include_unknown:
+        flash += " Messages whose outcome was unknown are sent again, with their Message-ID."
+    return redirect(f"/runs/{run.id}", flash=flash)
