@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException
 
 from mailwright import __version__
-from mailwright.api import errors
+from mailwright.api import errors, openapi
 from mailwright.api.routes import router
 from mailwright.api.routes_batch import router as batch_router
 from mailwright.api.routes_workflows import router as workflow_router
@@ -65,6 +68,9 @@ def create_app(
     app.include_router(workflow_router)
 
     web.install(app)
+    # Only the routes under /api/ are the API; the web pages are not described.
+    app.openapi = functools.partial(openapi.document, app)  # type: ignore[method-assign]
+    app.add_exception_handler(HTTPException, _http_error)
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
@@ -75,3 +81,30 @@ def create_app(
         return {"status": "ok"}
 
     return app
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """No such path (404) or method (405) under /api/: the API's error body, not FastAPI's `detail`."""
+    assert isinstance(exc, HTTPException)
+    if not request.url.path.startswith(openapi.API_PREFIX):
+        return await http_exception_handler(request, exc)
+    if exc.status_code == 400:  # FastAPI could not parse the body: bad input, as everywhere else
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "validation_error",
+                    "message": f"the request body cannot be read: {exc.detail}",
+                    "hint": "send a JSON object with 'Content-Type: application/json'",
+                    "field": "body",
+                }
+            },
+            status_code=422,
+        )
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    body = {"error": {"code": _HTTP_CODES.get(exc.status_code, "http_error"), "message": message}}
+    if exc.status_code in _HTTP_CODES:
+        body["error"]["hint"] = "the operations are listed in /api/openapi.json (and /api/docs)"
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

@@ -7,18 +7,21 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from mailwright.api.deps import ServicesDep, require_token
 from mailwright.api.errors import status_for_code
-from mailwright.api.routes_workflows import WAIT_LIMIT, wait_for_run
+from mailwright.api.openapi import ErrorBody, errors
+from mailwright.api.params import IdempotencyKey, Ref, Timeout
+from mailwright.api.routes_workflows import wait_for_run
 from mailwright.plugins import target_types
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
 from mailwright.services.app import Services
-from mailwright.services.runs import RunPublic
+from mailwright.services.idempotency import SEND_EMAIL_SCOPE, IdempotencyClaim, Started
 from mailwright.services.sending import SendEmailRequest, SendResult
 from mailwright.services.targets import TargetCreate, TargetPublic, TargetUpdate
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], responses=errors(401))
 
 
 @router.get("/account-keys", tags=["account keys"])
@@ -26,23 +29,23 @@ def list_account_keys(services: ServicesDep) -> list[AccountKeyPublic]:
     return services.account_keys.list_all()
 
 
-@router.post("/account-keys", status_code=201, tags=["account keys"])
+@router.post("/account-keys", status_code=201, tags=["account keys"], responses=errors(409, 422))
 def create_account_key(body: AccountKeyCreate, services: ServicesDep) -> AccountKeyPublic:
     return services.account_keys.create(body)
 
 
-@router.get("/account-keys/{ref}", tags=["account keys"])
-def get_account_key(ref: str, services: ServicesDep) -> AccountKeyPublic:
+@router.get("/account-keys/{ref}", tags=["account keys"], responses=errors(404, 422))
+def get_account_key(ref: Ref, services: ServicesDep) -> AccountKeyPublic:
     return services.account_keys.get(ref)
 
 
-@router.patch("/account-keys/{ref}", tags=["account keys"])
-def update_account_key(ref: str, body: AccountKeyUpdate, services: ServicesDep) -> AccountKeyPublic:
+@router.patch("/account-keys/{ref}", tags=["account keys"], responses=errors(404, 409, 422))
+def update_account_key(ref: Ref, body: AccountKeyUpdate, services: ServicesDep) -> AccountKeyPublic:
     return services.account_keys.update(ref, body)
 
 
-@router.delete("/account-keys/{ref}", status_code=204, tags=["account keys"])
-def delete_account_key(ref: str, services: ServicesDep) -> Response:
+@router.delete("/account-keys/{ref}", status_code=204, tags=["account keys"], responses=errors(404, 409, 422))
+def delete_account_key(ref: Ref, services: ServicesDep) -> Response:
     services.account_keys.delete(ref)
     return Response(status_code=204)
 
@@ -66,57 +69,88 @@ def list_targets(services: ServicesDep) -> list[TargetPublic]:
     return services.targets.list_all()
 
 
-@router.post("/targets", status_code=201, tags=["targets"])
+@router.post("/targets", status_code=201, tags=["targets"], responses=errors(404, 409, 422))
 def create_target(body: TargetCreate, services: ServicesDep) -> TargetPublic:
     return services.targets.create(body)
 
 
-@router.get("/targets/{ref}", tags=["targets"])
-def get_target(ref: str, services: ServicesDep) -> TargetPublic:
+@router.get("/targets/{ref}", tags=["targets"], responses=errors(404, 422))
+def get_target(ref: Ref, services: ServicesDep) -> TargetPublic:
     return services.targets.get(ref)
 
 
-@router.patch("/targets/{ref}", tags=["targets"])
-def update_target(ref: str, body: TargetUpdate, services: ServicesDep) -> TargetPublic:
+@router.patch("/targets/{ref}", tags=["targets"], responses=errors(404, 409, 422))
+def update_target(ref: Ref, body: TargetUpdate, services: ServicesDep) -> TargetPublic:
     return services.targets.update(ref, body)
 
 
-@router.delete("/targets/{ref}", status_code=204, tags=["targets"])
-def delete_target(ref: str, services: ServicesDep) -> Response:
+@router.delete("/targets/{ref}", status_code=204, tags=["targets"], responses=errors(404, 409, 422))
+def delete_target(ref: Ref, services: ServicesDep) -> Response:
     services.targets.delete(ref)
     return Response(status_code=204)
 
 
-@router.post("/targets/{ref}/test", tags=["targets"])
-async def test_target(ref: str, services: ServicesDep) -> dict[str, Any]:
+@router.post("/targets/{ref}/test", tags=["targets"], responses=errors(404, 422, "5XX"))
+async def test_target(ref: Ref, services: ServicesDep) -> dict[str, Any]:
     """Connect, TLS, EHLO, AUTH, QUIT. 200 with `ok: false` and a diagnosis when it fails."""
     report = await services.targets.test(ref)
     return report.as_dict()
 
 
-def _accept(services: Services, body: SendEmailRequest) -> RunPublic:
-    services.sending.check(body)  # bad input: 422/404, nothing stored
-    return services.runs.start_send_email(body)
+class Accepted(BaseModel):
+    """The run is stored and queued (or still running when the wait ran out)."""
+
+    run_id: str
+    status: str
 
 
-@router.post("/send-email", tags=["send"], responses={202: {"description": "accepted, still running"}})
+def _accept(services: Services, body: SendEmailRequest, key: str | None) -> Started:
+    claim = None
+    if key is not None:
+        claim = IdempotencyClaim.of(SEND_EMAIL_SCOPE, key, body.model_dump(mode="json", by_alias=True))
+    # Bad input (422/404) is refused before anything is stored; a retried key skips the checks.
+    return services.idempotency.start_send_email(body, claim, check=lambda: services.sending.check(body))
+
+
+@router.post(
+    "/send-email",
+    tags=["send"],
+    responses={
+        200: {"model": SendResult, "description": "sent (with `wait`, the default)"},
+        202: {"model": Accepted, "description": "accepted, still running"},
+        **errors(404, 422, "5XX"),
+    },
+)
 async def send_email(
-    body: SendEmailRequest, services: ServicesDep, wait: bool = True, timeout: float = 180.0
+    body: SendEmailRequest,
+    services: ServicesDep,
+    idempotency_key: IdempotencyKey = None,
+    wait: bool = True,
+    timeout: Timeout = 180.0,
 ) -> Response:
     """Send one message as a one-step run, stored before anything is answered.
 
     With `wait` (the default) the answer is the result, listing every recipient's
-    outcome; without it, 202 with the run id.
+    outcome; without it, 202 with the run id. With an `Idempotency-Key`, a retry
+    answers with the first request's run (and its result) and sends nothing again.
     """
-    run = await asyncio.to_thread(_accept, services, body)
+    started = await asyncio.to_thread(_accept, services, body, idempotency_key)
+    headers = {"Idempotent-Replayed": "true"} if started.replayed else None
     if wait:
-        run = await wait_for_run(services, run.id, min(max(timeout, 1.0), WAIT_LIMIT))
+        run = await wait_for_run(services, started.run_id, timeout, fresh=not started.replayed)
+    else:
+        run = await asyncio.to_thread(services.runs.get, started.run_id)
     if run.status == "succeeded" and run.steps[0].output is not None:
         result = SendResult.model_validate({**run.steps[0].output, "run_id": run.id})
-        return JSONResponse(result.model_dump(mode="json"))
+        return JSONResponse(result.model_dump(mode="json"), headers=headers)
     if run.status in ("failed", "cancelled"):
         error = run.steps[0].error or run.error or {"code": "failed", "message": f"the run {run.status}"}
+        body_out = ErrorBody.model_validate({"error": error, "run_id": run.id})
         return JSONResponse(
-            {"error": error, "run_id": run.id}, status_code=status_for_code(str(error.get("code")))
+            body_out.model_dump(mode="json", exclude_none=True),
+            status_code=status_for_code(str(error.get("code"))),
+            headers=headers,
         )
-    return JSONResponse({"run_id": run.id, "status": run.status}, status_code=202)
+    return JSONResponse(
+        Accepted(run_id=run.id, status=run.status).model_dump(), status_code=202, headers=headers
+    )

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailwright.api.deps import ServicesDep, require_token
-from mailwright.api.routes_workflows import WAIT_LIMIT
+from mailwright.api.openapi import errors
+from mailwright.api.params import MAX_REF_LENGTH, WAIT_LIMIT, IdempotencyKey, Limit, Offset, RunId
 from mailwright.services.batches import MAX_CONCURRENCY
+from mailwright.services.idempotency import BATCH_SCOPE, IdempotencyClaim
+from mailwright.services.runs import STEP_STATUSES
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], responses=errors(401))
 
 # A request body is parsed whole; bigger batches go through `mailwright send-batch` or several requests.
 MAX_MESSAGES = 10_000
@@ -23,8 +26,14 @@ MAX_MESSAGES = 10_000
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    target: str = Field(description="target display name or id for every message without its own")
-    account_key: str | None = Field(default=None, description="override the target's default key")
+    target: str = Field(
+        min_length=1,
+        max_length=MAX_REF_LENGTH,
+        description="target display name or id for every message without its own",
+    )
+    account_key: str | None = Field(
+        default=None, min_length=1, max_length=MAX_REF_LENGTH, description="override the target's default key"
+    )
     messages: list[dict[str, Any]] = Field(
         min_length=1,
         max_length=MAX_MESSAGES,
@@ -32,22 +41,50 @@ class BatchIn(BaseModel):
     )
     concurrency: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY)
     wait: bool = Field(default=False, description="answer when every message has its result")
-    timeout: float = Field(default=180.0, gt=0, le=WAIT_LIMIT, description="seconds to wait at most")
+    timeout: float = Field(
+        default=180.0, gt=0, le=WAIT_LIMIT, allow_inf_nan=False, description="seconds to wait at most"
+    )
+
+
+class BatchAccepted(BaseModel):
+    run_id: str
+    status: str
+    messages: int
+
+
+class BatchFinished(BatchAccepted):
+    counts: dict[str, int] = Field(description="how many messages ended in each status")
+    results: list[dict[str, Any]] = Field(description="each message's outcome, in order")
+
+
+# What a retry must repeat: `wait` and `timeout` only shape the answer.
+_ANSWER_FIELDS = {"wait", "timeout"}
 
 
 @router.post(
     "/send-email/batch",
     tags=["send"],
     status_code=202,
-    responses={200: {"description": "finished (with `wait`)"}, 202: {"description": "accepted"}},
+    responses={
+        200: {"model": BatchFinished, "description": "finished (with `wait`)"},
+        202: {"model": BatchAccepted, "description": "accepted"},
+        **errors(404, 422, "5XX"),
+    },
 )
-async def send_batch(body: BatchIn, services: ServicesDep) -> JSONResponse:
+async def send_batch(
+    body: BatchIn, services: ServicesDep, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
     """Store every message as a step of one run, then answer 202 with the run id.
 
     All messages are checked first: if any is bad, nothing is stored and the 422
     lists the bad ones by index. With `wait`, the answer is the finished batch
-    with each message's result (recipients, server reply, or error).
+    with each message's result (recipients, server reply, or error). With an
+    `Idempotency-Key`, a retry answers with the first request's batch.
     """
+    claim = None
+    if idempotency_key is not None:
+        request = body.model_dump(mode="json", exclude=_ANSWER_FIELDS)
+        claim = await asyncio.to_thread(IdempotencyClaim.of, BATCH_SCOPE, idempotency_key, request)
     messages = ((f"message {i}", m) for i, m in enumerate(body.messages))
     created = await asyncio.to_thread(
         services.batches.create,
@@ -56,16 +93,23 @@ async def send_batch(body: BatchIn, services: ServicesDep) -> JSONResponse:
         account_key=body.account_key,
         concurrency=body.concurrency,
         source="messages",
+        idempotency=claim,
     )
-    summary = {"run_id": created.run_id, "status": "queued", "messages": created.total}
+    headers = {"Idempotent-Replayed": "true"} if created.replayed else None
+    status = "queued"
+    if created.replayed:
+        status = await asyncio.to_thread(services.batches.run_status, created.run_id)
+    # Every message of the body is one step (none is skipped), also while a replayed batch is stored.
+    summary = BatchAccepted(run_id=created.run_id, status=status, messages=len(body.messages))
     if not body.wait:
-        return JSONResponse(summary, status_code=202)
-    status = await _wait(services, created.run_id, body.timeout)
-    if status not in ("succeeded", "failed", "cancelled"):
-        return JSONResponse({**summary, "status": status}, status_code=202)
+        return JSONResponse(summary.model_dump(), status_code=202, headers=headers)
+    summary.status = await _wait(services, created.run_id, body.timeout)
+    if summary.status not in ("succeeded", "failed", "cancelled"):
+        return JSONResponse(summary.model_dump(), status_code=202, headers=headers)
     results = await asyncio.to_thread(services.batches.all_results, created.run_id)
     counts = await asyncio.to_thread(services.batches.counts, created.run_id)
-    return JSONResponse({**summary, "status": status, "counts": counts, "results": results})
+    finished = BatchFinished(**summary.model_dump(), counts=counts, results=results)
+    return JSONResponse(finished.model_dump(mode="json"), headers=headers)
 
 
 async def _wait(services: Any, run_id: str, timeout: float) -> str:
@@ -78,9 +122,19 @@ async def _wait(services: Any, run_id: str, timeout: float) -> str:
         await asyncio.sleep(0.1)
 
 
-@router.get("/runs/{run_id}/steps", tags=["runs"])
+StepStatus = Annotated[
+    str | None,
+    Query(description="only the steps in this status", pattern=f"^({'|'.join(STEP_STATUSES)})$"),
+]
+
+
+@router.get("/runs/{run_id}/steps", tags=["runs"], responses=errors(404, 422))
 def list_steps(
-    run_id: str, services: ServicesDep, offset: int = 0, limit: int = 100, status: str | None = None
+    run_id: RunId,
+    services: ServicesDep,
+    offset: Offset = 0,
+    limit: Limit = 100,
+    status: StepStatus = None,
 ) -> list[dict[str, Any]]:
     """A run's steps in order, a page at a time (`limit` at most 1000), optionally of one status."""
     return services.batches.results(run_id, offset=offset, limit=limit, status=status)

@@ -5,20 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailwright.api.deps import ServicesDep, require_token
-from mailwright.services.runs import RunPublic
+from mailwright.api.openapi import errors
+from mailwright.api.params import (
+    MAX_INDEX,
+    MAX_REF_LENGTH,
+    WAIT_LIMIT,
+    IdempotencyKey,
+    Index,
+    Limit,
+    NameFilter,
+    Ref,
+    RunId,
+)
+from mailwright.services.runs import RUN_STATUSES, RunPublic
 from mailwright.services.schedules import SchedulePublic
 from mailwright.services.triggers import TriggerPublic
 from mailwright.services.workflows import ExportedWorkflow, WorkflowPublic
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], responses=errors(401))
 
-WAIT_LIMIT = 600.0
+__all__ = ["WAIT_LIMIT", "router", "wait_for_run"]
 
 
 class WorkflowIn(BaseModel):
@@ -33,11 +45,18 @@ class WorkflowIn(BaseModel):
 class StartIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    target: str | None = Field(default=None, description="the workflow's target for this run")
-    account_key: str | None = None
+    target: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_REF_LENGTH,
+        description="the workflow's target for this run",
+    )
+    account_key: str | None = Field(default=None, min_length=1, max_length=MAX_REF_LENGTH)
     inputs: dict[str, Any] = Field(default_factory=dict)
     wait: bool = Field(default=False, description="answer with the finished run")
-    timeout: float = Field(default=180.0, gt=0, le=WAIT_LIMIT, description="seconds to wait at most")
+    timeout: float = Field(
+        default=180.0, gt=0, le=WAIT_LIMIT, allow_inf_nan=False, description="seconds to wait at most"
+    )
 
 
 def _text(document: str | dict[str, Any]) -> str:
@@ -50,14 +69,15 @@ def _text(document: str | dict[str, Any]) -> str:
 RECHECK_SECONDS = 0.25
 
 
-async def wait_for_run(services: Any, run_id: str, timeout: float) -> RunPublic:
+async def wait_for_run(services: Any, run_id: str, timeout: float, *, fresh: bool = True) -> RunPublic:
     """The run once finished, or as it is when the timeout passes.
 
     This process's worker wakes the waiter as soon as the run ends; the row is read
-    again every RECHECK_SECONDS for runs finished elsewhere.
+    again every RECHECK_SECONDS for runs finished elsewhere. `fresh`: the run was
+    queued a moment ago, so wait before the first read (an older one, such as a
+    replayed request's, is read at once).
     """
     deadline = time.monotonic() + timeout
-    fresh = True  # the run was queued a moment ago: wait before the first read
     while True:
         woken = services.runs.waiters.register(run_id)  # before reading: a finish in between still wakes us
         try:
@@ -78,115 +98,145 @@ def list_workflows(services: ServicesDep) -> list[WorkflowPublic]:
     return services.workflows.list_all()
 
 
-@router.post("/workflows", status_code=201, tags=["workflows"])
+@router.post("/workflows", status_code=201, tags=["workflows"], responses=errors(409, 422))
 def create_workflow(body: WorkflowIn, services: ServicesDep) -> WorkflowPublic:
     return services.workflows.create(_text(body.document), replace=body.replace)
 
 
-@router.post("/workflows/validate", tags=["workflows"])
+@router.post("/workflows/validate", tags=["workflows"], responses=errors(422))
 def validate_workflow(body: WorkflowIn, services: ServicesDep) -> dict[str, Any]:
     document = services.workflows.validate(_text(body.document))
     return {"valid": True, "name": document.name, "steps": [s.id for s in document.steps]}
 
 
-@router.get("/workflows/{ref}", tags=["workflows"])
-def get_workflow(ref: str, services: ServicesDep) -> WorkflowPublic:
+@router.get("/workflows/{ref}", tags=["workflows"], responses=errors(404, 422))
+def get_workflow(ref: Ref, services: ServicesDep) -> WorkflowPublic:
     return services.workflows.get(ref)
 
 
-@router.get("/workflows/{ref}/export", tags=["workflows"])
-def export_workflow(ref: str, services: ServicesDep, format: str = "yaml") -> ExportedWorkflow:
-    return services.workflows.export(ref, "json" if format == "json" else "yaml")
+@router.get("/workflows/{ref}/export", tags=["workflows"], responses=errors(404, 422))
+def export_workflow(
+    ref: Ref, services: ServicesDep, format: Literal["yaml", "json"] = "yaml"
+) -> ExportedWorkflow:
+    return services.workflows.export(ref, format)
 
 
-@router.delete("/workflows/{ref}", status_code=204, tags=["workflows"])
-def delete_workflow(ref: str, services: ServicesDep) -> Response:
+@router.delete("/workflows/{ref}", status_code=204, tags=["workflows"], responses=errors(404, 409, 422))
+def delete_workflow(ref: Ref, services: ServicesDep) -> Response:
     services.workflows.delete(ref)
     return Response(status_code=204)
 
 
-@router.post("/workflows/{ref}/start", tags=["workflows"], status_code=202)
+@router.post(
+    "/workflows/{ref}/start",
+    tags=["workflows"],
+    status_code=202,
+    responses={200: {"model": RunPublic, "description": "finished (with `wait`)"}, **errors(404, 422)},
+)
 async def start_workflow(
-    ref: str, services: ServicesDep, response: Response, body: Annotated[StartIn | None, Body()] = None
+    ref: Ref,
+    services: ServicesDep,
+    response: Response,
+    body: Annotated[StartIn | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> RunPublic:
-    """The run is stored before this answers: 202 with the run id, or 200 with the finished run if `wait`."""
+    """The run is stored before this answers: 202 with the run id, or 200 with the finished run if `wait`.
+
+    With an `Idempotency-Key` (kept per workflow), a retry answers with the first
+    request's run and starts no other; `wait` and `timeout` need not match.
+    """
     body = body or StartIn()
-    run = await asyncio.to_thread(
-        services.runs.start_workflow,
+    started = await asyncio.to_thread(
+        services.idempotency.start_workflow,
         ref,
+        key=idempotency_key,
         inputs=body.inputs,
         target=body.target,
         account_key=body.account_key,
     )
+    if started.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     if not body.wait:
-        return run
-    finished = await wait_for_run(services, run.id, body.timeout)
+        return await asyncio.to_thread(services.runs.get, started.run_id)
+    finished = await wait_for_run(services, started.run_id, body.timeout, fresh=not started.replayed)
     # Still running when the wait ran out: 202, as without `wait`, with the run as it stands.
     response.status_code = 200 if finished.status in ("succeeded", "failed", "cancelled") else 202
     return finished
 
 
-@router.get("/workflows/{ref}/schedules", tags=["workflows"])
-def list_schedules(ref: str, services: ServicesDep) -> list[SchedulePublic]:
+@router.get("/workflows/{ref}/schedules", tags=["workflows"], responses=errors(404, 422))
+def list_schedules(ref: Ref, services: ServicesDep) -> list[SchedulePublic]:
     return services.schedules.list_for(ref)
 
 
-@router.post("/workflows/{ref}/schedules/{index}/enable", tags=["workflows"])
-def enable_schedule(ref: str, index: int, services: ServicesDep) -> SchedulePublic:
+@router.post("/workflows/{ref}/schedules/{index}/enable", tags=["workflows"], responses=errors(404, 422))
+def enable_schedule(ref: Ref, index: Index, services: ServicesDep) -> SchedulePublic:
     return services.schedules.set_enabled(ref, index, True)
 
 
-@router.post("/workflows/{ref}/schedules/{index}/disable", tags=["workflows"])
-def disable_schedule(ref: str, index: int, services: ServicesDep) -> SchedulePublic:
+@router.post("/workflows/{ref}/schedules/{index}/disable", tags=["workflows"], responses=errors(404, 422))
+def disable_schedule(ref: Ref, index: Index, services: ServicesDep) -> SchedulePublic:
     return services.schedules.set_enabled(ref, index, False)
 
 
-@router.get("/triggers", tags=["triggers"])
-def list_triggers(services: ServicesDep, workflow: str | None = None) -> list[TriggerPublic]:
+@router.get("/triggers", tags=["triggers"], responses=errors(404, 422))
+def list_triggers(services: ServicesDep, workflow: NameFilter = None) -> list[TriggerPublic]:
     """Every email trigger with its state: polling, idle, errored (with the reason), disabled."""
     return services.triggers.list_all(workflow)
 
 
-@router.get("/workflows/{ref}/triggers", tags=["triggers"])
-def workflow_triggers(ref: str, services: ServicesDep) -> list[TriggerPublic]:
+@router.get("/workflows/{ref}/triggers", tags=["triggers"], responses=errors(404, 422))
+def workflow_triggers(ref: Ref, services: ServicesDep) -> list[TriggerPublic]:
     return services.triggers.list_all(ref)
 
 
-@router.post("/workflows/{ref}/triggers/{index}/enable", tags=["triggers"])
-def enable_trigger(ref: str, index: int, services: ServicesDep) -> TriggerPublic:
+@router.post("/workflows/{ref}/triggers/{index}/enable", tags=["triggers"], responses=errors(404, 422))
+def enable_trigger(ref: Ref, index: Index, services: ServicesDep) -> TriggerPublic:
     return services.triggers.set_enabled(ref, index, True)
 
 
-@router.post("/workflows/{ref}/triggers/{index}/disable", tags=["triggers"])
-def disable_trigger(ref: str, index: int, services: ServicesDep) -> TriggerPublic:
+@router.post("/workflows/{ref}/triggers/{index}/disable", tags=["triggers"], responses=errors(404, 422))
+def disable_trigger(ref: Ref, index: Index, services: ServicesDep) -> TriggerPublic:
     return services.triggers.set_enabled(ref, index, False)
 
 
-@router.get("/workflows/{ref}/triggers/messages", tags=["triggers"])
+@router.get("/workflows/{ref}/triggers/messages", tags=["triggers"], responses=errors(404, 422))
 def trigger_messages(
-    ref: str, services: ServicesDep, index: int | None = None, limit: int = 100
+    ref: Ref,
+    services: ServicesDep,
+    index: Annotated[int | None, Query(ge=0, le=MAX_INDEX, description="one trigger's mail only")] = None,
+    limit: Limit = 100,
 ) -> list[dict[str, Any]]:
     """The mail the workflow's triggers took, newest first, with each one's run and status."""
-    return services.triggers.messages(ref, index, limit=max(1, min(limit, 1000)))
+    return services.triggers.messages(ref, index, limit=limit)
 
 
-@router.get("/runs", tags=["runs"])
+RunStatus = Annotated[
+    str | None,
+    Query(
+        description="only the runs in this status",
+        pattern=f"^({'|'.join((*RUN_STATUSES, 'preparing'))})$",
+    ),
+]
+
+
+@router.get("/runs", tags=["runs"], responses=errors(422))
 def list_runs(
-    services: ServicesDep, status: str | None = None, workflow: str | None = None, limit: int = 50
+    services: ServicesDep, status: RunStatus = None, workflow: NameFilter = None, limit: Limit = 50
 ) -> list[RunPublic]:
     return services.runs.list_runs(limit=limit, status=status, workflow=workflow)
 
 
-@router.get("/runs/{run_id}", tags=["runs"])
-def get_run(run_id: str, services: ServicesDep) -> RunPublic:
+@router.get("/runs/{run_id}", tags=["runs"], responses=errors(404, 422))
+def get_run(run_id: RunId, services: ServicesDep) -> RunPublic:
     return services.runs.get(run_id)
 
 
-@router.post("/runs/{run_id}/cancel", tags=["runs"])
-def cancel_run(run_id: str, services: ServicesDep) -> RunPublic:
+@router.post("/runs/{run_id}/cancel", tags=["runs"], responses=errors(404, 409, 422))
+def cancel_run(run_id: RunId, services: ServicesDep) -> RunPublic:
     return services.runs.cancel(run_id)
 
 
-@router.post("/runs/{run_id}/retry", tags=["runs"])
-def retry_run(run_id: str, services: ServicesDep, request: Request) -> RunPublic:
+@router.post("/runs/{run_id}/retry", tags=["runs"], responses=errors(404, 422))
+def retry_run(run_id: RunId, services: ServicesDep, request: Request) -> RunPublic:
     return services.runs.retry(run_id)

@@ -469,7 +469,10 @@ def _yaml_error(exc: yaml.YAMLError) -> ValidationError:
 
 
 def _load_yaml(text: str) -> tuple[Any, Callable[[tuple[str | int, ...]], int | None]]:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # refuses control characters YAML does not allow, at once
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc) from None
     try:
         root = loader.get_single_node()
         if root is None:

@@ -18,13 +18,23 @@ from mailwright.transport.smtp import Login
 
 KIND = "email_credentials"
 
+# What `clean_name` accepts, for the OpenAPI document (it checks, with messages that say what to fix):
+# 1 to 200 characters, not only white space, no control characters.
+NAME_SCHEMA: dict[str, Any] = {
+    "minLength": 1,
+    "maxLength": 200,
+    "pattern": r"^[^\x00-\x1f]*[^\s\x00-\x1f][^\x00-\x1f]*$",
+}
+
 
 class AccountKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="unique name, e.g. 'alice-gmail'")
+    name: str = Field(description="unique name, e.g. 'alice-gmail'", json_schema_extra=NAME_SCHEMA)
     username: str = Field(min_length=1, max_length=320, description="mailbox username")
-    password: Secret = Field(description="mailbox password or app password (write-only)")
+    password: Secret = Field(
+        description="mailbox password or app password (write-only)", json_schema_extra={"minLength": 1}
+    )
     sender: str | None = Field(default=None, description="default From address")
     description: str = ""
 
@@ -32,7 +42,7 @@ class AccountKeyCreate(BaseModel):
 class AccountKeyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = None
+    name: str | None = Field(default=None, json_schema_extra=NAME_SCHEMA)
     username: str | None = Field(default=None, min_length=1, max_length=320)
     password: Secret | None = Field(default=None, description="blank keeps the stored one")
     sender: str | None = Field(default=None, description="empty string clears it")

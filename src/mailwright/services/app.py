@@ -6,6 +6,7 @@ from mailwright.config import Settings
 from mailwright.services.account_keys import AccountKeyService
 from mailwright.services.batches import BatchService
 from mailwright.services.files import FileService
+from mailwright.services.idempotency import IdempotencyService
 from mailwright.services.runs import RunService
 from mailwright.services.schedules import ScheduleService
 from mailwright.services.sending import SendService
@@ -38,7 +39,9 @@ class Services:
         self.web_auth = WebAuthService(self.db, self.tokens)
         self.workflows = WorkflowService(self.db)
         self.runs = RunService(self.db)
-        self.batches = BatchService(self.db, self.targets, self.runs, files=self.files)
+        # Idempotency-Key: a retried request gets the run its first attempt started.
+        self.idempotency = IdempotencyService(self.db, self.runs)
+        self.batches = BatchService(self.db, self.targets, self.runs, files=self.files, keys=self.idempotency)
         self.schedules = ScheduleService(self.db, self.runs)
         self.triggers = TriggerService(self.db, self.runs)
         self.workflows.on_saved = self._workflow_saved

@@ -22,11 +22,13 @@ from typing import Any
 import pydantic
 from pydantic import ConfigDict, Field
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from mailwright.domain.addresses import Address
 from mailwright.domain.message import make_message_id
 from mailwright.domain.validation import describe
 from mailwright.errors import MailwrightError, NotFoundError, ValidationError
+from mailwright.services.idempotency import IdempotencyClaim, IdempotencyService
 from mailwright.services.runs import RunService, step_state_filter
 from mailwright.services.sending import SendEmailRequest, build_outgoing, resolve_sender
 from mailwright.services.targets import ResolvedTarget, TargetService
@@ -125,16 +127,24 @@ class BatchCreated:
     total: int
     target: str
     concurrency: int
+    replayed: bool = False  # an earlier request with the same Idempotency-Key stored this batch
 
 
 class BatchService:
     def __init__(
-        self, db: Database, targets: TargetService, runs: RunService, *, files: FileStore | None = None
+        self,
+        db: Database,
+        targets: TargetService,
+        runs: RunService,
+        *,
+        files: FileStore | None = None,
+        keys: IdempotencyService | None = None,
     ) -> None:
         self._db = db
         self._targets = targets
         self._runs = runs
         self._files = files  # attachments given by reference (`file: sha256:…`) are checked here
+        self._keys = keys or IdempotencyService(db, runs)
 
     def create(
         self,
@@ -144,15 +154,30 @@ class BatchService:
         account_key: str | None = None,
         concurrency: int | None = None,
         source: str = "batch",
+        idempotency: IdempotencyClaim | None = None,
     ) -> BatchCreated:
         """Store a batch from (where, message) pairs: JSON text lines or parsed objects.
 
         Blank text lines are skipped. Raises `BatchRefusedError` when any message is bad.
+        With an `idempotency` claim whose key already started a batch, that batch is
+        answered (`replayed`) and nothing is stored.
         """
+        if idempotency is not None and (first := self._keys.first_run(idempotency)) is not None:
+            return self._replayed(first)
         resolved = self._targets.resolve(target, account_key=account_key)
         resolved.smtp()  # a clear error now if the target cannot send mail
         workers = _concurrency(concurrency, resolved)
-        run_id = self._start(resolved, account_key=account_key, concurrency=workers, source=source)
+        # The key is written with the run while it is `preparing`: a refused or abandoned batch
+        # is deleted, and its key with it (ON DELETE CASCADE), so the key can be used again.
+        started = self._keys.start(
+            idempotency,
+            lambda session: self._start(
+                session, resolved, account_key=account_key, concurrency=workers, source=source
+            ),
+        )
+        if started.replayed:
+            return self._replayed(started.run_id)
+        run_id = started.run_id
         try:
             intake = self._store(run_id, messages, resolved=resolved, batch_key=account_key)
         except BaseException:
@@ -171,33 +196,58 @@ class BatchService:
             run_id=run_id, total=intake.total, target=resolved.target.display_name, concurrency=workers
         )
 
-    def _start(
-        self, resolved: ResolvedTarget, *, account_key: str | None, concurrency: int, source: str
-    ) -> str:
+    def _replayed(self, run_id: str) -> BatchCreated:
+        """The batch an earlier request with the same key stored (it may still be storing)."""
         with self._db.session() as session:
-            run = RunRow(
-                workflow_id=None,
-                workflow_name=BATCH_NAME,
-                # Only the executor reads a run's document; "kind" sends it to the batch engine.
-                document={
-                    "kind": BATCH_KIND,
-                    "name": BATCH_NAME,
-                    "source": source,
-                    "concurrency": concurrency,
-                },
-                status="preparing",
-                # Held while this process stores the messages: a batch whose storing process
-                # died (the lease ran out) was never accepted, and `discard_abandoned` removes it.
-                lease_owner=STORING,
-                lease_expires_at=utcnow() + PREPARE_LEASE,
-                inputs={},
-                target=resolved.target.display_name,
-                account_key=account_key,
-                cancel_requested=False,
+            run = session.get(RunRow, run_id)
+            if run is None:
+                raise NotFoundError(f"no run with id {run_id!r}")
+            total = run.document.get("messages")
+            if total is None:  # still being stored: what is stored so far
+                total = session.scalar(
+                    select(func.count()).select_from(RunStepRow).where(RunStepRow.run_id == run_id)
+                )
+            return BatchCreated(
+                run_id=run.id,
+                total=int(total or 0),
+                target=run.target or "",
+                concurrency=int(run.document.get("concurrency") or DEFAULT_CONCURRENCY),
+                replayed=True,
             )
-            session.add(run)
-            session.flush()
-            return run.id
+
+    def _start(
+        self,
+        session: Session,
+        resolved: ResolvedTarget,
+        *,
+        account_key: str | None,
+        concurrency: int,
+        source: str,
+    ) -> str:
+        """The batch's run row, `preparing`, in the caller's transaction."""
+        run = RunRow(
+            workflow_id=None,
+            workflow_name=BATCH_NAME,
+            # Only the executor reads a run's document; "kind" sends it to the batch engine.
+            document={
+                "kind": BATCH_KIND,
+                "name": BATCH_NAME,
+                "source": source,
+                "concurrency": concurrency,
+            },
+            status="preparing",
+            # Held while this process stores the messages: a batch whose storing process
+            # died (the lease ran out) was never accepted, and `discard_abandoned` removes it.
+            lease_owner=STORING,
+            lease_expires_at=utcnow() + PREPARE_LEASE,
+            inputs={},
+            target=resolved.target.display_name,
+            account_key=account_key,
+            cancel_requested=False,
+        )
+        session.add(run)
+        session.flush()
+        return run.id
 
     def _store(
         self,

@@ -55,9 +55,23 @@ class AttachmentIn(BaseModel):
 class SendEmailRequest(BaseModel):
     """The fields of /api/v1/send-email and `mailwright send`."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "target": "Local sandbox",
+                    "from": "Robot <robot@example.org>",
+                    "to": ["bob@example.org"],
+                    "subject": "Weekly report",
+                    "body": "Hello Bob",
+                }
+            ]
+        },
+    )
 
-    target: str = Field(description="target display name or id")
+    target: str = Field(min_length=1, max_length=255, description="target display name or id")
     from_: str | None = Field(
         default=None,
         alias="from",

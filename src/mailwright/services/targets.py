@@ -14,7 +14,7 @@ from mailwright.domain.smtp import Security
 from mailwright.domain.workflows import WorkflowDocument, references
 from mailwright.errors import ConflictError, ValidationError
 from mailwright.plugins import target_type
-from mailwright.services.account_keys import AccountKeyService
+from mailwright.services.account_keys import NAME_SCHEMA, AccountKeyService
 from mailwright.services.common import clean_name, find
 from mailwright.services.ratelimit import limiter_for
 from mailwright.storage.db import Database
@@ -82,13 +82,13 @@ class _TargetFields(BaseModel):
 
 
 class TargetCreate(_TargetFields):
-    display_name: str
+    display_name: str = Field(json_schema_extra=NAME_SCHEMA)
     type: str = Field(default="smtp", description="target type: smtp, imap or pop3")
     preset: str | None = Field(default=None, description="gmail, outlook, yahoo, icloud, fastmail, zoho")
 
 
 class TargetUpdate(_TargetFields):
-    display_name: str | None = None
+    display_name: str | None = Field(default=None, json_schema_extra=NAME_SCHEMA)
 
 
 class LastTest(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from typing import Any
+from urllib.parse import quote, unquote
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -39,6 +40,7 @@ def render(
     **context: Any,
 ) -> HTMLResponse:
     flash = request.cookies.get(FLASH_COOKIE)
+    flash = unquote(flash) if flash else flash
     response = templates.TemplateResponse(
         request,
         template,
@@ -60,7 +62,9 @@ def render(
 def redirect(url: str, *, flash: str | None = None) -> RedirectResponse:
     response = RedirectResponse(url, status_code=303)
     if flash:
-        response.set_cookie(FLASH_COOKIE, flash[:300], max_age=60, httponly=True, samesite="lax", path="/")
+        # Percent-encoded: a cookie is Latin-1 on the wire, and names and subjects are any Unicode.
+        value = quote(flash[:300], safe=" ")
+        response.set_cookie(FLASH_COOKIE, value, max_age=60, httponly=True, samesite="lax", path="/")
     return response
 
 
