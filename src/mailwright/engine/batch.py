@@ -43,6 +43,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, Update, bindparam, func, select, update
+from sqlalchemy.orm import Session
 
 from mailwright.domain.addresses import Address
 from mailwright.domain.message import OutgoingMessage, make_message_id
@@ -330,7 +331,7 @@ class BatchRunner:
             self.progress.rate,
             self._writer.transactions,
         )
-        status = await asyncio.to_thread(self._settle)
+        status = await self._settle()
         self.progress.finished = True
         return status
 
@@ -619,33 +620,32 @@ class BatchRunner:
 
     # --- the end ------------------------------------------------------------------------
 
-    def _settle(self) -> str:
+    async def _settle(self) -> str:
         try:
-            return self._settle_run()
+            return await self._settle_run()
         except LeaseLostError:
             return "running"
 
-    def _settle_run(self) -> str:
+    async def _settle_run(self) -> str:
         stop = self._stop
         if stop is not None and stop.status == "running":
             return "running"  # the lease was lost: whoever has it now carries on from the rows
         if stop is not None and stop.status == "queued":
-            self._executor._release(self._run_id)
+            await self._executor._release(self._run_id)
             return "queued"
         if stop is not None and stop.status == "deferred":
             assert stop.until is not None
-            self._executor._defer_run(self._run_id, max(0.0, (stop.until - utcnow()).total_seconds()))
+            await self._executor._defer_run(self._run_id, max(0.0, (stop.until - utcnow()).total_seconds()))
             return "queued"
         if stop is not None and stop.status in ("cancelled", "failed"):
-            self._close_remaining("cancelled" if stop.status == "cancelled" else "skipped")
-            return self._finish(stop.status, stop.error)
-        counts = self._counts()
+            return await self._finish(stop.status, stop.error, close_steps=True)
+        counts = await asyncio.to_thread(self._counts)
         if any(counts.get(s, 0) for s in OPEN):
             # Steps still open (e.g. a stop raced the last page): leave the run for the next pass.
-            self._executor._release(self._run_id)
+            await self._executor._release(self._run_id)
             return "queued"
         error = batch_error(counts)
-        return self._finish("failed" if error else "succeeded", error)
+        return await self._finish("failed" if error else "succeeded", error)
 
     def _counts(self) -> dict[str, int]:
         with self._db.session() as session:
@@ -656,19 +656,21 @@ class BatchRunner:
             ).all()
         return {status: int(n) for status, n in rows}
 
-    def _close_remaining(self, status: str) -> None:
-        with self._lease.session() as session:
-            session.execute(
-                update(RunStepRow)
-                .where(RunStepRow.run_id == self._run_id, RunStepRow.status.in_(("pending", "deferred")))
-                .values(status=status, updated_at=utcnow())
-            )
+    async def _finish(self, status: str, error: dict[str, Any] | None, *, close_steps: bool = False) -> str:
+        """The run's end; `close_steps`: its messages not sent are skipped (or cancelled) with it."""
 
-    def _finish(self, status: str, error: dict[str, Any] | None) -> str:
-        with self._lease.session() as session:
+        def apply(session: Session) -> None:
+            if close_steps:
+                session.execute(
+                    update(RunStepRow)
+                    .where(RunStepRow.run_id == self._run_id, RunStepRow.status.in_(("pending", "deferred")))
+                    .values(status="cancelled" if status == "cancelled" else "skipped", updated_at=utcnow())
+                )
             run = session.get(RunRow, self._run_id)
             assert run is not None
             close_run(run, status, error)
+
+        await self._executor._write(self._run_id, apply)
         log.info("run %s %s", self._run_id, status)
         return status
 

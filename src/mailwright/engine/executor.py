@@ -22,10 +22,9 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import bindparam, func, null, or_, select, update
@@ -48,6 +47,7 @@ if TYPE_CHECKING:
     from mailwright.engine.batch import BatchProgress
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LEASE = timedelta(seconds=30)
 BACKOFF_BASE = 1.0  # seconds; doubled per attempt, with jitter
@@ -223,45 +223,48 @@ class Executor:
 
     def claim(self, run_id: str) -> bool:
         """Take the run if it is due and nobody holds a live lease on it."""
-        return self._claim(run_id) is not None
+        with self._db.session() as session:
+            return self._claim(session, run_id, time.monotonic()) is not None
 
-    def _claim(self, run_id: str) -> _Claimed | None:
-        """`claim`, and what running it needs from its row, read in the same transaction."""
-        acquired_at = time.monotonic()  # before the lease's clock starts in the database
+    def _claim(self, session: Session, run_id: str, acquired_at: float) -> _Claimed | None:
+        """`claim`, and what running it needs from its row, read in the same transaction.
+
+        `acquired_at` is time.monotonic() from before the lease's clock starts in the database.
+        """
         now = utcnow()
         params = {"run_id": run_id, "now": now, "owner": self.worker_id, "expires": now + self.lease}
-        with self._db.session() as session:
-            result = session.execute(_CLAIM, params)
-            if not result.rowcount:  # type: ignore[attr-defined]
-                return None
-            run = session.execute(_CLAIMED_RUN, {"run_id": run_id}).one()
-            # Nobody else changes the steps while the lease is ours: read once, here.
-            steps = session.execute(_CLAIMED_STEPS, {"run_id": run_id}).all()
-            return _Claimed(
-                document=run.document,
-                inputs=dict(run.inputs),
-                target=run.target,
-                account_key=run.account_key,
-                trigger=run.trigger,
-                cancel_requested=run.cancel_requested,
-                epoch=run.lease_epoch,
-                acquired_at=acquired_at,
-                steps={s.position: {"status": s.status, "output": s.output, "error": s.error} for s in steps},
-            )
+        result = session.execute(_CLAIM, params)
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return None
+        run = session.execute(_CLAIMED_RUN, {"run_id": run_id}).one()
+        # Nobody else changes the steps while the lease is ours: read once, here.
+        steps = session.execute(_CLAIMED_STEPS, {"run_id": run_id}).all()
+        return _Claimed(
+            document=run.document,
+            inputs=dict(run.inputs),
+            target=run.target,
+            account_key=run.account_key,
+            trigger=run.trigger,
+            cancel_requested=run.cancel_requested,
+            epoch=run.lease_epoch,
+            acquired_at=acquired_at,
+            steps={s.position: {"status": s.status, "output": s.output, "error": s.error} for s in steps},
+        )
 
     def lease_of(self, run_id: str) -> Lease:
         """The lease this executor holds on a run it is executing."""
         return self._leases[run_id]
 
-    def _session(self, run_id: str) -> AbstractContextManager[Session]:
-        """A transaction that writes the run's state: fenced by its lease."""
-        return self._leases[run_id].session()
+    async def _write(self, run_id: str, apply: Callable[[Session], T]) -> T:
+        """Write the run's state, fenced by its lease, grouped with other runs' writes (one commit)."""
+        return await self._db.group.write(apply, fence=self._leases[run_id].fence_in)
 
     # --- running --------------------------------------------------------------
 
     async def execute(self, run_id: str) -> str | None:
         """Run what is left of a run; returns its status, or None if another worker has it."""
-        claimed = self._claim(run_id)
+        acquired_at = time.monotonic()
+        claimed = await self._db.group.write(lambda session: self._claim(session, run_id, acquired_at))
         if claimed is None:
             return None
         lease = Lease(
@@ -297,9 +300,9 @@ class Executor:
                 return "running"  # another worker took over; it continues from the rows
             # Before the first step the row was just read by the claim; after, it is read again.
             if claimed.cancel_requested if position == 0 else self._cancel_requested(run_id):
-                return self._finish(run_id, "cancelled", None)
+                return await self._finish(run_id, "cancelled", None)
             if self.stopping.is_set():
-                self._release(run_id)
+                await self._release(run_id)
                 return "queued"
             state = claimed.steps[position]
             outcome = await self._run_step(run_id, position, step, state, context, target=target, key=key)
@@ -307,8 +310,8 @@ class Executor:
                 return "queued"
             if outcome in ("failed", UNKNOWN) and not step.continue_on_failure:
                 error = context["steps"][step.id].get("error")
-                return self._finish(run_id, "failed", error)
-        return self._finish(run_id, "succeeded", None)
+                return await self._finish(run_id, "failed", error)
+        return await self._finish(run_id, "succeeded", None)
 
     async def _execute_batch(self, run_id: str, lease: Lease) -> str:
         # Imported here: the batch engine builds on this module's claims, retries and deferral.
@@ -321,18 +324,20 @@ class Executor:
             run = session.get(RunRow, run_id)
             return bool(run and run.cancel_requested)
 
-    def _finish(self, run_id: str, status: str, error: dict[str, Any] | None) -> str:
-        with self._session(run_id) as session:
+    async def _finish(self, run_id: str, status: str, error: dict[str, Any] | None) -> str:
+        def apply(session: Session) -> None:
             if status == "succeeded":  # every step is done: only the run's row changes
                 session.execute(_SUCCEED, {"run_id": run_id, "now": utcnow()})
-            else:
-                run = session.get(RunRow, run_id)
-                assert run is not None
-                close_run(run, status, error)
-                for row in self._rows(session, run_id):
-                    if row.status in ("pending", "queued", "deferred"):
-                        row.status = "cancelled" if status == "cancelled" else "skipped"
-                        row.updated_at = utcnow()
+                return
+            run = session.get(RunRow, run_id)
+            assert run is not None
+            close_run(run, status, error)
+            for row in self._rows(session, run_id):
+                if row.status in ("pending", "queued", "deferred"):
+                    row.status = "cancelled" if status == "cancelled" else "skipped"
+                    row.updated_at = utcnow()
+
+        await self._write(run_id, apply)
         log.info("run %s %s", run_id, status)
         return status
 
@@ -360,15 +365,15 @@ class Executor:
             context["steps"][step.id] = state
             return str(state["status"])
         if step.skip_execution:
-            return self._settle(run_id, position, None, context, step, "skipped", None, None)
+            return await self._settle(run_id, position, None, context, step, "skipped", None, None)
         try:
             if step.if_ and not evaluate_condition(step.if_, context):
-                return self._settle(run_id, position, None, context, step, "skipped", None, None)
+                return await self._settle(run_id, position, None, context, step, "skipped", None, None)
             if step.for_each is None:
                 return await self._run_item(run_id, position, None, step, context, target=target, key=key)
             return await self._run_items(run_id, position, step, context, target=target, key=key)
         except MailwrightError as exc:  # a bad expression fails the step, not the worker
-            return self._settle(run_id, position, None, context, step, "failed", None, exc.details())
+            return await self._settle(run_id, position, None, context, step, "failed", None, exc.details())
 
     async def _run_items(
         self,
@@ -380,7 +385,7 @@ class Executor:
         target: str | None,
         key: str | None,
     ) -> str:
-        items = self._items(run_id, position, step, context)
+        items = await self._items(run_id, position, step, context)
         outputs: list[Any] = []
         for index, item in enumerate(items):
             outcome = await self._run_item(
@@ -393,43 +398,52 @@ class Executor:
                 outputs.append(row.output)
                 status, error = row.status, row.error
             if status in ("failed", UNKNOWN):
-                return self._settle(run_id, position, None, context, step, status, outputs, error)
-        return self._settle(run_id, position, None, context, step, "succeeded", outputs, None)
+                return await self._settle(run_id, position, None, context, step, status, outputs, error)
+        return await self._settle(run_id, position, None, context, step, "succeeded", outputs, None)
 
-    def _items(self, run_id: str, position: int, step: Step, context: dict[str, Any]) -> list[Any]:
+    async def _items(self, run_id: str, position: int, step: Step, context: dict[str, Any]) -> list[Any]:
         """The for_each list, rendered once and persisted as item rows (a resumed run reuses them)."""
-        with self._session(run_id) as session:
+        stored = self._stored_items(run_id, position)
+        if stored is not None:
+            return stored
+        value = render_value(step.for_each, context)
+        if not isinstance(value, list):
+            raise StepValueError(f"step {step.id!r}: for_each must give a list, not {type(value).__name__}")
+        if len(value) > step.max_items:
+            raise StepValueError(
+                f"step {step.id!r}: for_each gives {len(value)} items; the limit is {step.max_items}",
+                hint="raise max_items on the step, or split the list",
+            )
+        await self._write(run_id, lambda session: self._store_items(session, run_id, position, step, value))
+        return value
+
+    def _stored_items(self, run_id: str, position: int) -> list[Any] | None:
+        with self._db.session() as session:
             rows = self._rows(session, run_id, position)
             parent = next(r for r in rows if r.item_index is None)
-            existing = [r for r in rows if r.item_index is not None]
-            if existing:
+            if any(r.item_index is not None for r in rows):
                 return list((parent.inputs or {}).get("items", []))
-            value = render_value(step.for_each, context)
-            if not isinstance(value, list):
-                raise StepValueError(
-                    f"step {step.id!r}: for_each must give a list, not {type(value).__name__}"
+            return None
+
+    def _store_items(
+        self, session: Session, run_id: str, position: int, step: Step, value: list[Any]
+    ) -> None:
+        parent = next(r for r in self._rows(session, run_id, position) if r.item_index is None)
+        parent.inputs = {"items": value}
+        parent.status = "running"
+        parent.started_at = utcnow()
+        for index in range(len(value)):
+            session.add(
+                RunStepRow(
+                    run_id=run_id,
+                    position=position,
+                    step_id=step.id,
+                    item_index=index,
+                    activity=step.activity,
+                    status="pending",
+                    max_attempts=step.retries + 1,
                 )
-            if len(value) > step.max_items:
-                raise StepValueError(
-                    f"step {step.id!r}: for_each gives {len(value)} items; the limit is {step.max_items}",
-                    hint="raise max_items on the step, or split the list",
-                )
-            parent.inputs = {"items": value}
-            parent.status = "running"
-            parent.started_at = utcnow()
-            for index in range(len(value)):
-                session.add(
-                    RunStepRow(
-                        run_id=run_id,
-                        position=position,
-                        step_id=step.id,
-                        item_index=index,
-                        activity=step.activity,
-                        status="pending",
-                        max_attempts=step.retries + 1,
-                    )
-                )
-            return value
+            )
 
     async def _run_item(
         self,
@@ -455,10 +469,10 @@ class Executor:
         recorded = (
             None if inputs is None else inputs.model_dump(mode="json", by_alias=True, exclude_none=True)
         )
-        started = self._start_attempt(run_id, position, index, step, context, inputs=recorded)
+        started = await self._start_attempt(run_id, position, index, step, inputs=recorded)
         if isinstance(started, str):  # finished by an earlier execution: succeeded, or unknown
             if started == UNKNOWN and index is None:
-                return self._settle(run_id, position, None, context, step, UNKNOWN, None, None)
+                return await self._settle(run_id, position, None, context, step, UNKNOWN, None, None)
             return started
         row_id, message_id = started
         chosen = _ChosenMessageId(message_id)
@@ -474,7 +488,7 @@ class Executor:
                 account_key=self._render_name(step.account_key, context) or key,
                 message_id=message_id,
                 remember_message_id=chosen.remember,
-                mark_sending=self._marking(self.lease_of(run_id), row_id, chosen),
+                mark_sending=self._marking(run_id, row_id, chosen),
                 files=self._files,
             )
             output = await asyncio.wait_for(spec.execute(ctx, inputs), timeout=step.timeout)
@@ -487,8 +501,10 @@ class Executor:
                 run_id, position, index, row_id, step, context, exc, message_id=chosen.value
             )
         if index is None:  # one write: the attempt's row is the step's row
-            return self._settle(run_id, position, None, context, step, "succeeded", output, None, sent=True)
-        self._complete(run_id, row_id, output)
+            return await self._settle(
+                run_id, position, None, context, step, "succeeded", output, None, sent=True
+            )
+        await self._complete(run_id, row_id, output)
         return "succeeded"
 
     @staticmethod
@@ -509,13 +525,12 @@ class Executor:
             return None
         return str(render_value(value, context))
 
-    def _start_attempt(
+    async def _start_attempt(
         self,
         run_id: str,
         position: int,
         index: int | None,
         step: Step,
-        context: dict[str, Any],
         *,
         inputs: dict[str, Any] | None,
     ) -> tuple[str, str | None] | str:
@@ -524,7 +539,8 @@ class Executor:
         Or the status of an item that an earlier execution finished: "succeeded", or
         "unknown" when that execution stopped while the message was being sent.
         """
-        with self._session(run_id) as session:
+
+        def apply(session: Session) -> tuple[str, str | None] | str:
             row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
             if row.status in ("succeeded", UNKNOWN):
                 return row.status
@@ -542,20 +558,22 @@ class Executor:
             row.updated_at = utcnow()
             return row.id, row.message_id
 
-    def _marking(self, lease: Lease, row_id: str, chosen: _ChosenMessageId) -> Callable[[], Awaitable[None]]:
-        async def mark() -> None:
-            def write() -> None:
-                # One statement before DATA: the state and the Message-ID a retry must send again.
-                with lease.session() as session:
-                    session.execute(_MARK_SENDING, {"row_id": row_id, "chosen": chosen.value})
+        return await self._write(run_id, apply)
 
-            await asyncio.to_thread(write)
+    def _marking(self, run_id: str, row_id: str, chosen: _ChosenMessageId) -> Callable[[], Awaitable[None]]:
+        lease = self._leases[run_id]
+
+        async def mark() -> None:
+            lease.check()  # not after the lease could have run out: nothing is sent then
+            # One statement before DATA: the state and the Message-ID a retry must send again.
+            params = {"row_id": row_id, "chosen": chosen.value}
+            await self._write(run_id, lambda session: session.execute(_MARK_SENDING, params))
             lease.check()  # the write may have waited: still ours, with the margin kept?
 
         return mark
 
-    def _complete(self, run_id: str, row_id: str, output: dict[str, Any]) -> None:
-        with self._session(run_id) as session:
+    async def _complete(self, run_id: str, row_id: str, output: dict[str, Any]) -> None:
+        def apply(session: Session) -> None:
             row = session.get(RunStepRow, row_id)
             assert row is not None
             row.status = "succeeded"
@@ -564,6 +582,8 @@ class Executor:
             if row.send_state == "sending":
                 row.send_state = "sent"
             row.finished_at = row.updated_at = utcnow()
+
+        await self._write(run_id, apply)
 
     async def _failed_attempt(
         self,
@@ -578,41 +598,19 @@ class Executor:
         message_id: str | None,
     ) -> str:
         if isinstance(exc, RateLimitedError):
-            return self._throttled(run_id, row_id, exc)
-        error = error_record(exc)
-        with self._session(run_id) as session:
-            row = session.get(RunStepRow, row_id)
-            assert row is not None
-            row.error = error
-            # Chosen for an attempt that failed before DATA (so before its mark): shown, and sent
-            # again by the retry, like any Message-ID of the step.
-            row.message_id = row.message_id or message_id
-            unknown = row.send_state == "sending" and may_have_arrived(exc)
-            if unknown:
-                # Written, unanswered: resending could deliver it twice. Recorded, never retried.
-                error = row.error = {**error, "outcome": UNKNOWN}
-                row.notes = [*row.notes, unknown_note(row.attempts, row.message_id, error["message"])]
-                row.send_state = UNKNOWN
-            elif row.send_state == "sending":
-                row.send_state = None  # refused, or failed before the message was written
-            retry = not unknown and is_transient(exc) and row.attempts < row.max_attempts
-            wait = backoff(row.attempts) if retry else 0.0
-            row.status = UNKNOWN if unknown else "deferred" if retry else "failed"
-            if retry:
-                note = f"attempt {row.attempts} failed ({error['message']}); retrying in {wait:.1f} s"
-                row.notes = [*row.notes, note]
-            else:
-                row.finished_at = utcnow()
-            row.updated_at = utcnow()
-            status = row.status
-        if not retry:
+            return await self._throttled(run_id, row_id, exc)
+        recorded = await self._write(
+            run_id, lambda session: _record_failure(session, row_id, exc, message_id)
+        )
+        status, error, wait = recorded
+        if wait is None:
             if index is None:
-                return self._settle(run_id, position, None, context, step, status, None, error)
+                return await self._settle(run_id, position, None, context, step, status, None, error)
             return status
         if wait <= INLINE_WAIT:
             await asyncio.sleep(wait)
             return await self._retry_inline(run_id, position, index, step, context)
-        self._defer_run(run_id, wait)
+        await self._defer_run(run_id, wait)
         return "deferred"
 
     async def _retry_inline(
@@ -624,9 +622,10 @@ class Executor:
             target, key = run.target, run.account_key
         return await self._run_item(run_id, position, index, step, context, target=target, key=key)
 
-    def _throttled(self, run_id: str, row_id: str, exc: RateLimitedError) -> str:
+    async def _throttled(self, run_id: str, row_id: str, exc: RateLimitedError) -> str:
         """Held back by the target's rate limit: not an attempt and not a failure; the run waits."""
-        with self._session(run_id) as session:
+
+        def apply(session: Session) -> None:
             row = session.get(RunStepRow, row_id)
             assert row is not None
             row.attempts = max(0, row.attempts - 1)
@@ -635,30 +634,21 @@ class Executor:
             notes = [n for n in row.notes if not n.startswith(RATE_LIMIT_NOTE)]
             row.notes = [*notes, f"{RATE_LIMIT_NOTE}{exc.message}"]
             row.updated_at = utcnow()
-        self._defer_run(run_id, max(0.0, (exc.until - utcnow()).total_seconds()))
+
+        await self._write(run_id, apply)
+        await self._defer_run(run_id, max(0.0, (exc.until - utcnow()).total_seconds()))
         return "deferred"
 
-    def _release(self, run_id: str) -> None:
+    async def _release(self, run_id: str) -> None:
         """Give the run back at once (a graceful stop); the next worker resumes it."""
-        with self._session(run_id) as session:
-            run = session.get(RunRow, run_id)
-            assert run is not None
-            run.status = "queued"
-            run.lease_owner = None
-            run.lease_expires_at = None
+        await self._write(run_id, lambda session: _give_back(session, run_id, not_before=None))
 
-    def _defer_run(self, run_id: str, wait: float) -> None:
+    async def _defer_run(self, run_id: str, wait: float) -> None:
         """Release the run until the retry is due; any worker may then take it."""
-        with self._session(run_id) as session:
-            run = session.get(RunRow, run_id)
-            assert run is not None
-            run.status = "queued"
-            run.not_before = utcnow() + timedelta(seconds=wait)
-            run.lease_owner = None
-            run.lease_expires_at = None
-            run.dispatched_at = None
+        due = utcnow() + timedelta(seconds=wait)
+        await self._write(run_id, lambda session: _give_back(session, run_id, not_before=due))
 
-    def _settle(
+    async def _settle(
         self,
         run_id: str,
         position: int,
@@ -671,7 +661,7 @@ class Executor:
         *,
         sent: bool = False,
     ) -> str:
-        with self._session(run_id) as session:
+        def apply(session: Session) -> dict[str, Any]:
             row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
             row.status = status
             if output is not None:
@@ -683,8 +673,55 @@ class Executor:
                 if row.send_state == "sending":
                     row.send_state = "sent"
             row.finished_at = row.updated_at = utcnow()
-            context["steps"][step.id] = {"status": status, "output": row.output, "error": row.error}
+            return {"status": status, "output": row.output, "error": row.error}
+
+        context["steps"][step.id] = await self._write(run_id, apply)
         return status
+
+
+def _record_failure(
+    session: Session, row_id: str, exc: BaseException, message_id: str | None
+) -> tuple[str, dict[str, Any], float | None]:
+    """A failed attempt on its step's row: its status, its error, and the wait before a retry (or None)."""
+    error = error_record(exc)
+    row = session.get(RunStepRow, row_id)
+    assert row is not None
+    row.error = error
+    # Chosen for an attempt that failed before DATA (so before its mark): shown, and sent
+    # again by the retry, like any Message-ID of the step.
+    row.message_id = row.message_id or message_id
+    unknown = row.send_state == "sending" and may_have_arrived(exc)
+    if unknown:
+        # Written, unanswered: resending could deliver it twice. Recorded, never retried.
+        error = row.error = {**error, "outcome": UNKNOWN}
+        row.notes = [*row.notes, unknown_note(row.attempts, row.message_id, error["message"])]
+        row.send_state = UNKNOWN
+    elif row.send_state == "sending":
+        row.send_state = None  # refused, or failed before the message was written
+    retry = not unknown and is_transient(exc) and row.attempts < row.max_attempts
+    wait = backoff(row.attempts) if retry else None
+    row.status = UNKNOWN if unknown else "deferred" if retry else "failed"
+    if wait is not None:
+        row.notes = [
+            *row.notes,
+            f"attempt {row.attempts} failed ({error['message']}); retrying in {wait:.1f} s",
+        ]
+    else:
+        row.finished_at = utcnow()
+    row.updated_at = utcnow()
+    return row.status, error, wait
+
+
+def _give_back(session: Session, run_id: str, *, not_before: datetime | None) -> None:
+    """The run is queued again, free for any worker (from `not_before` when a retry is due later)."""
+    run = session.get(RunRow, run_id)
+    assert run is not None
+    run.status = "queued"
+    run.lease_owner = None
+    run.lease_expires_at = None
+    if not_before is not None:
+        run.not_before = not_before
+        run.dispatched_at = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """A claimed run's lease: the fencing token that every write of its state is conditioned on.
 
 A claim bumps the run's `lease_epoch`. Each transaction that writes the run's or
-its steps' state starts with the fence, an UPDATE of the run's row matching this
+its steps' state starts with the fence (`begin`, or `fence_in` for an operation
+of the group commit, storage/group.py), an UPDATE of the run's row matching this
 worker and this epoch: on PostgreSQL it locks the row until the commit (a claim
 by another worker waits, then sees the new epoch of its own), on SQLite it takes
 the write lock for the whole transaction. If the fence matches nothing, another
@@ -128,20 +129,19 @@ class Lease:
     # --- fenced writes ---------------------------------------------------------------------
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """An ORM transaction that commits only if this worker still holds the lease."""
-        self.check()
-        with self._db.session() as session:
-            self._fence(session.execute(_FENCE, self._params).rowcount)  # type: ignore[attr-defined]
-            yield session
-
-    @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A Core transaction, fenced like `session`."""
+        """A Core transaction that commits only if this worker still holds the lease."""
         self.check()
         with self._db.engine.begin() as connection:
             self._fence(connection.execute(_FENCE, self._params).rowcount)
             yield connection
+
+    def fence_in(self, session: Session) -> LeaseLostError | None:
+        """The fence as a group commit's operation runs it: the error if the lease is gone."""
+        if self._lost or not session.execute(_FENCE, self._params).rowcount:  # type: ignore[attr-defined]
+            self.lose("another worker claimed the run")
+            return LeaseLostError(f"run {self.run_id}: this worker lost its lease ({self.reason})")
+        return None
 
     def _fence(self, rowcount: int) -> None:
         if not rowcount:

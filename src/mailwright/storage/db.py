@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailwright.errors import ConfigError
 from mailwright.storage import jsontext
+from mailwright.storage.group import GroupCommit
 
 # The newest migration in storage/migrations/versions (a test keeps the two equal).
 SCHEMA_REVISION = "0007"
@@ -49,6 +50,14 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._group: GroupCommit | None = None
+
+    @property
+    def group(self) -> GroupCommit:
+        """The group commit of this database's small concurrent writes (started when first used)."""
+        if self._group is None:
+            self._group = GroupCommit(self)
+        return self._group
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -85,4 +94,6 @@ class Database:
             ) from None
 
     def dispose(self) -> None:
+        if self._group is not None:
+            self._group.close()
         self.engine.dispose()

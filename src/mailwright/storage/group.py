@@ -1,0 +1,134 @@
+"""Group commit: the small write transactions of many concurrent runs, committed together.
+
+A single send writes its run's state four or five times (claim, attempt, the
+"sending" mark before DATA, result, end), each a transaction with its own disk
+sync, and on SQLite each waits for the one writer lock. Fifty concurrent sends
+then queue for the lock one transaction at a time. Here each write is an
+operation handed to one writer thread, which applies every operation waiting at
+that moment in one transaction: one lock, one commit, one sync for all of them.
+A caller hears of its operation only once that commit is durable.
+
+An operation may carry a fence (the lease check of engine/lease.py), run first:
+when it refuses (it returns the exception to raise), that operation is dropped
+before it wrote anything and its caller gets that exception, while the others
+go on. If an operation's own
+writes fail (a bug, a constraint), the group is rolled back and each operation
+is applied again alone, so only the culprit fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from mailwright.storage.db import Database
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_GROUP = 256  # operations per transaction
+
+
+# Run first in the operation's transaction: None to go on, or the exception its caller gets.
+Fence = Callable[[Session], BaseException | None]
+
+
+@dataclass(eq=False)
+class _Operation:
+    apply: Callable[[Session], Any]
+    fence: Fence | None
+    done: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+class GroupCommit:
+    """One writer thread applying the operations of many callers in shared transactions."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._waiting: list[_Operation] = []
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.transactions = 0
+        self.operations = 0
+
+    async def write(self, apply: Callable[[Session], T], *, fence: Fence | None = None) -> T:
+        """Apply `apply(session)` in the next group; returns its result once it is committed."""
+        return await asyncio.wrap_future(self._submit(apply, fence))
+
+    def write_sync(self, apply: Callable[[Session], T], *, fence: Fence | None = None) -> T:
+        """`write` for code running in a thread."""
+        result: T = self._submit(apply, fence).result()
+        return result
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _submit(
+        self, apply: Callable[[Session], Any], fence: Fence | None
+    ) -> concurrent.futures.Future[Any]:
+        operation = _Operation(apply, fence)
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the database is closed")
+            self._waiting.append(operation)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+                self._thread.start()
+            self._ready.notify()
+        return operation.done
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._waiting and not self._closed:
+                    self._ready.wait()
+                if not self._waiting:
+                    return
+                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            self._commit(group)
+
+    def _commit(self, group: list[_Operation]) -> None:
+        outcomes: list[tuple[_Operation, Any, BaseException | None]] = []
+        try:
+            with self._db.session() as session:
+                for operation in group:
+                    outcomes.append(_apply(session, operation))
+        except Exception as exc:
+            if len(group) == 1:
+                _settle(group[0], None, exc)
+                return
+            log.warning("a group of %d writes failed (%s); writing them one by one", len(group), exc)
+            for operation in group:
+                self._commit([operation])
+            return
+        self.transactions += 1
+        self.operations += len(group)
+        for operation, result, error in outcomes:
+            _settle(operation, result, error)
+
+
+def _apply(session: Session, operation: _Operation) -> tuple[_Operation, Any, BaseException | None]:
+    refused = operation.fence(session) if operation.fence is not None else None
+    if refused is not None:
+        return operation, None, refused  # dropped before it wrote anything
+    return operation, operation.apply(session), None
+
+
+def _settle(operation: _Operation, result: Any, error: BaseException | None) -> None:
+    if error is not None:
+        operation.done.set_exception(error)
+    else:
+        operation.done.set_result(result)
