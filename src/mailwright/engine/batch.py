@@ -75,6 +75,7 @@ from mailwright.services.sending import build_outgoing, deliver_output, target_p
 from mailwright.services.targets import ResolvedTarget
 from mailwright.storage.batch_steps import OPEN, batch_steps
 from mailwright.storage.db import Database
+from mailwright.storage.group import BLIP_WAITS, is_blip
 from mailwright.storage.tables import RunRow, RunStepRow, utcnow
 from mailwright.transport.pool import SMTPPool
 
@@ -215,7 +216,7 @@ class StepWriter:
                     return
                 continue
             try:
-                await asyncio.to_thread(self._write, marks, sent, rows)
+                await self._write_through_blips(marks, sent, rows)
             except Exception as exc:  # the senders waiting on a mark must not hang
                 if not isinstance(exc, LeaseLostError):  # logged by the lease
                     log.exception("recording batch results failed")
@@ -227,6 +228,23 @@ class StepWriter:
             for done in waiting:
                 if not done.done():
                     done.set_result(None)
+
+    async def _write_through_blips(
+        self, marks: list[tuple[Any, ...]], sent: list[tuple[Any, ...]], rows: list[dict[str, Any]]
+    ) -> None:
+        """Write one group; a database blip is tried again while the lease still holds."""
+        for wait in BLIP_WAITS:
+            try:
+                await asyncio.to_thread(self._write, marks, sent, rows)
+                return
+            except Exception as exc:
+                if not is_blip(exc) or self._lease.usable_for() <= wait:
+                    raise
+                log.warning(
+                    "recording batch results failed (%s); trying again in %.1f s", type(exc).__name__, wait
+                )
+                await asyncio.sleep(wait)
+        await asyncio.to_thread(self._write, marks, sent, rows)
 
     def _write(
         self,

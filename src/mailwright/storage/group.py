@@ -13,7 +13,9 @@ when it refuses (it returns the exception to raise), that operation is dropped
 before it wrote anything and its caller gets that exception, while the others
 go on. If an operation's own
 writes fail (a bug, a constraint), the group is rolled back and each operation
-is applied again alone, so only the culprit fails.
+is applied again alone, so only the culprit fails. A database blip (locked past
+the busy timeout, a connection lost) is met by trying the group again a few
+times over about 3 s.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
@@ -35,6 +39,16 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_GROUP = 256  # operations per transaction
+# A database blip (a lock held past the busy timeout, a dropped connection, a failover) is met by
+# trying the whole group again after these waits; nothing of a failed attempt was committed.
+BLIP_WAITS = (0.1, 0.3, 1.0, 2.0)
+
+
+def is_blip(exc: BaseException) -> bool:
+    """A database error worth trying again: locked, or the connection lost."""
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 # Run first in the operation's transaction: None to go on, or the exception its caller gets.
@@ -76,9 +90,7 @@ class GroupCommit:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def _submit(
-        self, apply: Callable[[Session], Any], fence: Fence | None
-    ) -> concurrent.futures.Future[Any]:
+    def _submit(self, apply: Callable[[Session], Any], fence: Fence | None) -> concurrent.futures.Future[Any]:
         operation = _Operation(apply, fence)
         with self._ready:
             if self._closed:
@@ -103,12 +115,21 @@ class GroupCommit:
     def _commit(self, group: list[_Operation]) -> None:
         outcomes: list[tuple[_Operation, Any, BaseException | None]] = []
         try:
-            with self._db.session() as session:
-                for operation in group:
-                    outcomes.append(_apply(session, operation))
+            for wait in (*BLIP_WAITS, None):
+                try:
+                    outcomes = self._attempt(group)
+                    break
+                except Exception as exc:
+                    if wait is None or not is_blip(exc):
+                        raise
+                    log.warning(
+                        "a database write failed (%s); trying again in %.1f s", type(exc).__name__, wait
+                    )
+                    time.sleep(wait)
         except Exception as exc:
-            if len(group) == 1:
-                _settle(group[0], None, exc)
+            if len(group) == 1 or is_blip(exc):  # the database is gone for now: everyone hears it
+                for operation in group:
+                    _settle(operation, None, exc)
                 return
             log.warning("a group of %d writes failed (%s); writing them one by one", len(group), exc)
             for operation in group:
@@ -118,6 +139,10 @@ class GroupCommit:
         self.operations += len(group)
         for operation, result, error in outcomes:
             _settle(operation, result, error)
+
+    def _attempt(self, group: list[_Operation]) -> list[tuple[_Operation, Any, BaseException | None]]:
+        with self._db.session() as session:
+            return [_apply(session, operation) for operation in group]
 
 
 def _apply(session: Session, operation: _Operation) -> tuple[_Operation, Any, BaseException | None]:
