@@ -136,9 +136,11 @@ async def send_email(
     """
     started = await asyncio.to_thread(_accept, services, body, idempotency_key)
     headers = {"Idempotent-Replayed": "true"} if started.replayed else None
+    if not wait and not started.replayed:  # accepted: what a worker does with it is for later
+        return JSONResponse(Accepted(run_id=started.run_id, status="queued").model_dump(), status_code=202)
     if wait:
         run = await wait_for_run(services, started.run_id, timeout, fresh=not started.replayed)
-    else:
+    else:  # a retry of a request that did not wait: the run as it is now (finished, maybe)
         run = await asyncio.to_thread(services.runs.get, started.run_id)
     if run.status == "succeeded" and run.steps[0].output is not None:
         result = SendResult.model_validate({**run.steps[0].output, "run_id": run.id})
