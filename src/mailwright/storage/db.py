@@ -31,9 +31,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    sqlite_file = url.startswith("sqlite") and ":memory:" not in url and url.rstrip("/") != "sqlite:"
+    # A SQLite file's connection cannot drop, so it needs no ping; and under concurrency a pool
+    # too small for the threads that share it closes and reopens connections (each open runs
+    # the pragmas below) on every request.
+    pooling: dict[str, Any] = (
+        {"pool_size": 32, "max_overflow": 32} if sqlite_file else {"pool_pre_ping": True}
+    )
     try:
         engine = create_engine(
-            url, pool_pre_ping=True, json_serializer=jsontext.dumps, json_deserializer=jsontext.loads
+            url, json_serializer=jsontext.dumps, json_deserializer=jsontext.loads, **pooling
         )
     except (ArgumentError, ImportError) as exc:
         raise ConfigError(
