@@ -618,7 +618,7 @@ async def test_silent_server_times_out(mailstack: MailStack, protocol: str) -> N
         started = time.monotonic()
         with pytest.raises(TargetTimeoutError) as info:
             await connection.open(None)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 10  # bounded by the connect timeout, not hanging
     assert info.value.stage == "connect" and info.value.transient
     assert info.value.hint is not None and "choose ssl" in info.value.hint
 
@@ -637,10 +637,10 @@ async def test_cancelled_command_frees_the_worker(mailstack: MailStack) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 10
         while sock.fileno() != -1 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert sock.fileno() == -1, "the worker thread did not let go of the socket"
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 10  # not the 15 s command timeout
         with pytest.raises(TargetConnectError, match="not connected"):
             await imap.search_uids("ALL")

