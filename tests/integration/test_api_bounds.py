@@ -6,15 +6,18 @@ answers and the body they have.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
+from mailwright.config import Settings
 from mailwright.services.app import Services
 from mailwright.storage.tables import RunRow
 from tests.integration.conftest import Targets
+from tests.support.apiserver import APIServer
 from tests.support.smtpserver import SMTPServerFactory
 
 
@@ -185,3 +188,41 @@ def test_openapi_describes_the_api_only_with_its_errors(api: httpx.Client) -> No
 def test_names_the_document_refuses_are_refused(api: httpx.Client, name: str) -> None:
     answer = api.post("/api/v1/account-keys", json={"name": name, "username": "u", "password": "p"})
     assert_refused(answer, "name")
+
+
+NUL_BODIES = [
+    ("/api/v1/account-keys", {"name": "k", "username": "u", "password": "p", "description": "a\x00b"}),
+    ("/api/v1/targets", {"display_name": "t", "server": "127.0.0.1", "port": 25, "description": "\x00"}),
+    ("/api/v1/send-email/batch", {"target": "x\x00", "messages": [{}]}),
+    ("/api/v1/workflows/w/start", {"inputs": {"to": "\x00"}}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), NUL_BODIES)
+def test_a_nul_character_in_a_body_is_refused(api: httpx.Client, path: str, body: dict[str, Any]) -> None:
+    error = assert_refused(api.post(path, json=body), "body")
+    assert "NUL" in error["message"]
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_nul(api: httpx.Client) -> None:
+    body = {"name": "k", "username": "u", "password": "p", "description": "C:\\u0000"}
+    created = api.post("/api/v1/account-keys", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["description"] == "C:\\u0000"
+
+
+@pytest.mark.postgres
+def test_a_nul_character_is_a_422_on_postgresql_too(pg_url: str, tmp_path: Path) -> None:
+    # PostgreSQL refuses NUL in text: without the check these were 500s.
+    services = Services(Settings(home=tmp_path / "home", database_url=pg_url))
+    token = services.tokens.create("tests").token
+    try:
+        with (
+            APIServer(services) as server,
+            httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {token}"}) as client,
+        ):
+            for path, body in NUL_BODIES:
+                assert_refused(client.post(path, json=body), "body")
+            assert_refused(client.get("/api/v1/targets/a%00b"), "path.ref")
+    finally:
+        services.close()

@@ -37,6 +37,7 @@ from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -58,7 +59,13 @@ steps:
     activity: send_email
     with: {from: robot@example.test, to: ["{{ inputs.to }}"], subject: Hi, body: Hello}
 """
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 # Unknown query parameters are ignored (as most HTTP APIs do), not refused: do not send them as
 # "invalid" requests expecting a 4xx.

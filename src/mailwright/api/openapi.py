@@ -51,6 +51,15 @@ _DESCRIPTIONS: dict[int | str, str] = {
 }
 
 
+# Set on an answer given for an earlier request with the same Idempotency-Key.
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this answers an earlier request with the same Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
+
 def errors(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the error statuses an operation can answer."""
     return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in statuses}

@@ -6,10 +6,12 @@ after a message was stored or sent (a client retrying on 5xx would send it twice
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import Header, Path, Query
+from fastapi import Header, Path, Query, Request
 
+from mailwright.errors import ValidationError
 from mailwright.services.idempotency import HEADER, KEY_PATTERN, MAX_KEY_LENGTH
 
 WAIT_LIMIT = 600.0  # seconds an answer waits for a run at most
@@ -53,3 +55,22 @@ IdempotencyKey = Annotated[
         json_schema_extra={"minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN},
     ),
 ]
+
+
+# A JSON string can hold NUL only as the escape \u0000 (a raw NUL byte is not JSON); the escape
+# counts when its backslash is not itself escaped, i.e. after an even run of backslashes.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+async def refuse_nul(request: Request) -> None:
+    """No NUL character anywhere in a JSON body: PostgreSQL cannot store one (it would be a 500).
+
+    Nothing Mailwright keeps (names, addresses, headers, text) has a use for it.
+    """
+    body = await request.body()  # read once: FastAPI has read it already for the route
+    if b"\\u0000" in body and _NUL_ESCAPE.search(body):
+        raise ValidationError(
+            "the request holds a NUL character (\\u0000), which cannot be stored",
+            field="body",
+            hint="remove it; to send binary data, use an attachment's base64 content",
+        )

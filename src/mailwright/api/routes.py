@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from mailwright.api.deps import ServicesDep, require_token
 from mailwright.api.errors import status_for_code
-from mailwright.api.openapi import ErrorBody, errors
-from mailwright.api.params import IdempotencyKey, Ref, Timeout
+from mailwright.api.openapi import REPLAYED, ErrorBody, errors
+from mailwright.api.params import IdempotencyKey, Ref, Timeout, refuse_nul
 from mailwright.api.routes_workflows import wait_for_run
 from mailwright.plugins import target_types
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
@@ -21,7 +21,9 @@ from mailwright.services.idempotency import SEND_EMAIL_SCOPE, IdempotencyClaim, 
 from mailwright.services.sending import SendEmailRequest, SendResult
 from mailwright.services.targets import TargetCreate, TargetPublic, TargetUpdate
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], responses=errors(401))
+router = APIRouter(
+    prefix="/api/v1", dependencies=[Depends(require_token), Depends(refuse_nul)], responses=errors(401)
+)
 
 
 @router.get("/account-keys", tags=["account keys"])
@@ -116,8 +118,8 @@ def _accept(services: Services, body: SendEmailRequest, key: str | None) -> Star
     "/send-email",
     tags=["send"],
     responses={
-        200: {"model": SendResult, "description": "sent (with `wait`, the default)"},
-        202: {"model": Accepted, "description": "accepted, still running"},
+        200: {"model": SendResult, "description": "sent (with `wait`, the default)", "headers": REPLAYED},
+        202: {"model": Accepted, "description": "accepted, still running", "headers": REPLAYED},
         **errors(404, 422, "5XX"),
     },
 )

@@ -11,13 +11,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailwright.api.deps import ServicesDep, require_token
-from mailwright.api.openapi import errors
-from mailwright.api.params import MAX_REF_LENGTH, WAIT_LIMIT, IdempotencyKey, Limit, Offset, RunId
+from mailwright.api.openapi import REPLAYED, errors
+from mailwright.api.params import MAX_REF_LENGTH, WAIT_LIMIT, IdempotencyKey, Limit, Offset, RunId, refuse_nul
 from mailwright.services.batches import MAX_CONCURRENCY
 from mailwright.services.idempotency import BATCH_SCOPE, IdempotencyClaim
 from mailwright.services.runs import STEP_STATUSES
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], responses=errors(401))
+router = APIRouter(
+    prefix="/api/v1", dependencies=[Depends(require_token), Depends(refuse_nul)], responses=errors(401)
+)
 
 # A request body is parsed whole; bigger batches go through `mailwright send-batch` or several requests.
 MAX_MESSAGES = 10_000
@@ -66,8 +68,8 @@ _ANSWER_FIELDS = {"wait", "timeout"}
     tags=["send"],
     status_code=202,
     responses={
-        200: {"model": BatchFinished, "description": "finished (with `wait`)"},
-        202: {"model": BatchAccepted, "description": "accepted"},
+        200: {"model": BatchFinished, "description": "finished (with `wait`)", "headers": REPLAYED},
+        202: {"model": BatchAccepted, "description": "accepted", "headers": REPLAYED},
         **errors(404, 422, "5XX"),
     },
 )

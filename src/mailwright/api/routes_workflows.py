@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailwright.api.deps import ServicesDep, require_token
-from mailwright.api.openapi import errors
+from mailwright.api.openapi import REPLAYED, errors
 from mailwright.api.params import (
     MAX_INDEX,
     MAX_REF_LENGTH,
@@ -22,13 +22,16 @@ from mailwright.api.params import (
     NameFilter,
     Ref,
     RunId,
+    refuse_nul,
 )
 from mailwright.services.runs import RUN_STATUSES, RunPublic
 from mailwright.services.schedules import SchedulePublic
 from mailwright.services.triggers import TriggerPublic
 from mailwright.services.workflows import ExportedWorkflow, WorkflowPublic
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], responses=errors(401))
+router = APIRouter(
+    prefix="/api/v1", dependencies=[Depends(require_token), Depends(refuse_nul)], responses=errors(401)
+)
 
 __all__ = ["WAIT_LIMIT", "router", "wait_for_run"]
 
@@ -131,7 +134,11 @@ def delete_workflow(ref: Ref, services: ServicesDep) -> Response:
     "/workflows/{ref}/start",
     tags=["workflows"],
     status_code=202,
-    responses={200: {"model": RunPublic, "description": "finished (with `wait`)"}, **errors(404, 422)},
+    responses={
+        200: {"model": RunPublic, "description": "finished (with `wait`)", "headers": REPLAYED},
+        202: {"description": "accepted: the run as stored", "headers": REPLAYED},
+        **errors(404, 422),
+    },
 )
 async def start_workflow(
     ref: Ref,
