@@ -39,7 +39,8 @@ __all__ = ["WAIT_LIMIT", "router", "wait_for_run"]
 class WorkflowIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    document: str | dict[str, Any] = Field(
+    # Empty text or an empty object is no document: refused here, as the parser would.
+    document: Annotated[str, Field(min_length=1)] | Annotated[dict[str, Any], Field(min_length=1)] = Field(
         description="the workflow document: YAML/JSON text or a JSON object"
     )
     replace: bool = False
