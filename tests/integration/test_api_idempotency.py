@@ -126,8 +126,8 @@ def test_a_replay_while_the_first_is_still_running_waits_for_its_result(
     [
         ("", "is empty"),
         ("x" * 256, "has 256 characters"),
-        ("caf\u00e9", ""),  # not ASCII (sent as Latin-1)
-        ("tab\there", ""),  # a control character
+        ("caf\u00e9", "not printable ASCII"),  # sent as Latin-1
+        ("tab\there", "not printable ASCII"),
     ],
 )
 def test_an_unusable_key_is_refused_naming_the_header(

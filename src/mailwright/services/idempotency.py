@@ -64,10 +64,15 @@ def workflow_scope(workflow_id: str) -> str:
 def check_key(key: str) -> str:
     """The key as given, if it is 1 to 255 printable ASCII characters."""
     if not _KEY.fullmatch(key):
-        problem = "is empty" if not key else f"has {len(key)} characters" if len(key) > MAX_KEY_LENGTH else ""
+        if not key:
+            problem = "is empty"
+        elif len(key) > MAX_KEY_LENGTH:
+            problem = f"has {len(key)} characters"
+        else:
+            problem = "has a character that is not printable ASCII"
         raise ValidationError(
-            f"the {HEADER} header must be 1 to {MAX_KEY_LENGTH} printable ASCII characters"
-            + (f"; this one {problem}" if problem else ""),
+            f"the {HEADER} header must be 1 to {MAX_KEY_LENGTH} printable ASCII characters; "
+            f"this one {problem}",
             field=HEADER,
             hint="use a random value such as a UUID, one per message (or batch, or run) you mean to send",
         )

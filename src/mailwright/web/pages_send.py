@@ -23,6 +23,7 @@ from mailwright.domain.validation import validate_model
 from mailwright.errors import MailwrightError
 from mailwright.services.app import Services
 from mailwright.services.idempotency import (
+    HEADER,
     WEB_SEND_SCOPE,
     IdempotencyClaim,
     IdempotencyKeyReusedError,
@@ -114,6 +115,9 @@ async def send(request: Request, services: ServicesDep, session: SessionDep) -> 
         return _form(request, session, context, errors={"": message}, failure=None, status=409)
     except MailwrightError as exc:
         errors = field_errors(exc)
+        if exc.field == HEADER:  # the form's hidden key was tampered with: a new one, and say so
+            context["values"][KEY_FIELD] = new_form_key()
+            errors = {"": f"This form's one-time key was not usable ({exc.message}); press Send again."}
         failure = None if "" not in errors or exc.code == "validation_error" else exc.details()
         status = 422 if exc.code in {"validation_error", "not_found"} else 502
         return _form(request, session, context, errors=errors, failure=failure, status=status)
