@@ -138,7 +138,7 @@ class Lease:
 
     def fence_in(self, session: Session) -> LeaseLostError | None:
         """The fence as a group commit's operation runs it: the error if the lease is gone."""
-        if self._lost or not session.execute(_FENCE, self._params).rowcount:  # type: ignore[attr-defined]
+        if self._lost or not session.connection().execute(_FENCE, self._params).rowcount:
             self.lose("another worker claimed the run")
             return LeaseLostError(f"run {self.run_id}: this worker lost its lease ({self.reason})")
         return None
@@ -154,7 +154,7 @@ class Lease:
         """Extend the lease; False if another worker holds it now. May raise (database errors)."""
         with self._db.session() as session:
             params: dict[str, Any] = {**self._params, "expires": utcnow() + timedelta(seconds=self.seconds)}
-            return bool(session.execute(_RENEW, params).rowcount)  # type: ignore[attr-defined]
+            return bool(session.connection().execute(_RENEW, params).rowcount)
 
     async def keep(self) -> None:
         """Renew every third of the lease until cancelled or lost."""

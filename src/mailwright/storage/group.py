@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -55,11 +56,11 @@ def is_blip(exc: BaseException) -> bool:
 Fence = Callable[[Session], BaseException | None]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Operation:
     apply: Callable[[Session], Any]
     fence: Fence | None
-    done: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    deliver: Callable[[Any, BaseException | None], None]  # called by the writer thread
 
 
 class GroupCommit:
@@ -76,12 +77,27 @@ class GroupCommit:
 
     async def write(self, apply: Callable[[Session], T], *, fence: Fence | None = None) -> T:
         """Apply `apply(session)` in the next group; returns its result once it is committed."""
-        return await asyncio.wrap_future(self._submit(apply, fence))
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+
+        def deliver(result: Any, error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_resolve, done, result, error)
+
+        self._submit(_Operation(apply, fence, deliver))
+        return await done
 
     def write_sync(self, apply: Callable[[Session], T], *, fence: Fence | None = None) -> T:
         """`write` for code running in a thread."""
-        result: T = self._submit(apply, fence).result()
-        return result
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def deliver(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(result)
+
+        self._submit(_Operation(apply, fence, deliver))
+        return done.result()
 
     def close(self) -> None:
         with self._ready:
@@ -90,8 +106,7 @@ class GroupCommit:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def _submit(self, apply: Callable[[Session], Any], fence: Fence | None) -> concurrent.futures.Future[Any]:
-        operation = _Operation(apply, fence)
+    def _submit(self, operation: _Operation) -> None:
         with self._ready:
             if self._closed:
                 raise RuntimeError("the database is closed")
@@ -100,7 +115,6 @@ class GroupCommit:
                 self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
                 self._thread.start()
             self._ready.notify()
-        return operation.done
 
     def _run(self) -> None:
         while True:
@@ -153,7 +167,14 @@ def _apply(session: Session, operation: _Operation) -> tuple[_Operation, Any, Ba
 
 
 def _settle(operation: _Operation, result: Any, error: BaseException | None) -> None:
+    with contextlib.suppress(RuntimeError):  # its event loop has closed: nobody waits any more
+        operation.deliver(result, error)
+
+
+def _resolve(done: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if done.cancelled():
+        return
     if error is not None:
-        operation.done.set_exception(error)
+        done.set_exception(error)
     else:
-        operation.done.set_result(result)
+        done.set_result(result)
