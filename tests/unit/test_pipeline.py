@@ -287,27 +287,30 @@ async def test_lockstep_without_pipelining() -> None:
         await server.close()
 
 
-async def test_before_data_runs_before_the_write_with_data(server: PipeServer) -> None:
+async def test_before_data_finishes_before_the_body_is_written(server: PipeServer) -> None:
+    """The hook (a durable "sending" mark) overlaps the round trip to the 354, never the body."""
     session = await open_session(server)
     seen: list[int] = []
 
     async def mark() -> None:
-        seen.append(server.mails)
+        await asyncio.sleep(0.05)  # a commit that takes longer than the 354 on loopback
+        seen.append(len(server.messages))
 
     async def refuse() -> None:
         raise RuntimeError("database is down")
 
     marked = job("bob@example.net")
     marked.before_data = mark
+    await session.run(marked, lambda: None, max_transactions=100)
+    assert (await marked.future).code == 250
+    assert seen == [0]  # the body waited for the mark
     failing = job("carol@example.net")
     failing.before_data = refuse
-    await session.run(marked, lambda: None, max_transactions=100)
     await session.run(failing, lambda: None, max_transactions=100)
-    assert (await marked.future).code == 250
-    assert seen == [0]  # before the MAIL/RCPT/DATA write reached the server
     with pytest.raises(RuntimeError, match="database is down"):
         await failing.future
-    assert len(server.messages) == 1 and server.mails == 1
+    assert len(server.messages) == 1  # its body was never written ...
+    assert not session.usable  # ... and the server, waiting in DATA for it, was left
     await session.quit()
 
 

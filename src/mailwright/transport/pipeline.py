@@ -290,6 +290,17 @@ class _Envelope:
     with_data: bool
     results: list[RecipientResult] = field(default_factory=list)
     written_at: float = 0.0
+    # The job's before_data hook (its durable "sending" mark), started when DATA is written and
+    # awaited before the body: the commit overlaps the round trip to the 354.
+    marking: asyncio.Future[bool] | None = None
+
+    def start_marking(self) -> None:
+        if self.job.before_data is not None and self.marking is None:
+            self.marking = asyncio.ensure_future(_before_data(self.job))
+
+    async def marked(self) -> bool:
+        """Whether the body may be written: the mark is durable (or there is none)."""
+        return self.marking is None or await self.marking
 
     @property
     def strict(self) -> bool:
@@ -572,28 +583,26 @@ class Session:
     async def _write_round(
         self, sending: _Envelope | None, pending: _Envelope | None
     ) -> tuple[list[Kind], _Envelope | None] | None:
-        """Write a body and the next envelope, in one write when no hook stands between them.
+        """Write a body and the next envelope, in one write.
 
-        The next message's before_data hook (a durable "sending" mark) must finish
-        before its DATA is written; the body already due need not wait for it, so
-        it goes first. Returns the replies to expect and the envelope that was
-        written, or None when the connection was gone before anything was written.
+        The body goes only once its job's before_data hook (a durable "sending" mark,
+        started when its DATA command was written) has finished; if the hook failed,
+        the server waits for a body that will not come, so the connection is left.
+        Returns the replies to expect and the envelope that was written, or None when
+        nothing was written (the connection was gone, or is left).
         """
         kinds: list[Kind] = []
         parts: list[bytes] = []
-        body_gone = False  # the body was written on its own, ahead of a hook
         if sending is not None:
+            if not await sending.marked():
+                self.abort()  # the job has failed with the hook's reason
+                return None
             sending.written_at = time.perf_counter()
             kinds.append("final")
             parts.append(sending.job.body)
-        if pending is not None and pending.with_data and pending.job.before_data is not None:
-            if parts:
-                if not self._protocol.write(parts.pop(), replies=1):
-                    return None
-                body_gone = True
-            if not await _before_data(pending.job):
-                pending = None
         if pending is not None:
+            if pending.with_data:
+                pending.start_marking()
             if self._needs_reset:
                 parts.append(b"RSET\r\n")
                 kinds.append("rset")
@@ -602,10 +611,8 @@ class Session:
             self.transactions += 1
             pending.written_at = time.perf_counter()
             pending.job.timings["queue"] = _ms(pending.job.queued_at, pending.written_at)
-        replies = len(kinds) - 1 if body_gone else len(kinds)
-        if parts and not self._protocol.write(b"".join(parts), replies=replies) and not body_gone:
+        if parts and not self._protocol.write(b"".join(parts), replies=len(kinds)):
             return None
-        # When only the second write failed, the read finds the connection gone.
         await self._protocol.drain()
         return kinds, pending
 
@@ -659,9 +666,7 @@ class Session:
         if env.with_data:
             return "data"
         job = env.job
-        if not await _before_data(job):
-            self._needs_reset = True
-            return "done"
+        env.start_marking()  # awaited before the body
         reply, failure = await self._command(b"DATA\r\n", timeout=self._timeout)
         if reply is None or reply.code == SERVICE_CLOSING:
             self.abort()
@@ -769,6 +774,9 @@ class Session:
         if step == "retry":
             return job
         if step != "data":
+            return None
+        if not await env.marked():
+            self.abort()  # in DATA, with no body to send: leave
             return None
         env.written_at = time.perf_counter()
         reply, failure = await self._command(job.body, timeout=self._data_timeout)

@@ -100,7 +100,7 @@ class SMTPPool:
         """Send one message on a pooled connection.
 
         `recipients` pairs each envelope address with whether it needs SMTPUTF8;
-        `before_data` runs before the write that carries this message's DATA command.
+        `before_data` starts when this message's DATA command is written; its body waits for it.
         """
         if self.closed:
             raise self._closed_error()
