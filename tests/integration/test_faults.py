@@ -16,6 +16,7 @@ from collections import Counter
 from datetime import timedelta
 from email import policy
 
+import httpx
 import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
@@ -265,3 +266,33 @@ async def test_a_step_found_sending_is_unknown_and_not_resent(
     (step,) = mw.runs.get(run.id, state="unknown").steps
     assert step.status == "unknown" and step.attempts == 1 and server.messages == []
     assert mw.runs.get(run.id).error == step.error
+
+
+def test_the_api_counts_filters_and_resends_the_unknown_on_request(
+    api: httpx.Client, targets: Targets, smtp_server_factory: SMTPServerFactory
+) -> None:
+    server = smtp_server_factory(faults=Faults(disconnect_at="after_data", fail_times=1))
+    target = targets.target(server, security="none")
+    messages = [{"from": "b@example.org", "to": [f"r{i}@example.net"], "subject": f"#{i}"} for i in range(5)]
+    body = {"target": target.display_name, "messages": messages, "wait": True}
+    answer = api.post("/api/v1/send-email/batch", json=body)
+    assert answer.status_code == 200, answer.text
+    run_id = answer.json()["run_id"]
+    run = api.get(f"/api/v1/runs/{run_id}").json()
+    assert run["status"] == "failed" and run["error"]["code"] == "outcome_unknown"
+    assert run["step_counts"] == {"succeeded": 4, "unknown": 1}
+    assert {s["send_state"] for s in run["steps"]} == {"sent", "unknown"}
+    (unknown,) = api.get(f"/api/v1/runs/{run_id}/steps", params={"send_state": "unknown"}).json()
+    assert unknown["status"] == "unknown" and unknown["send_state"] == "unknown"
+    assert api.get(f"/api/v1/runs/{run_id}/steps", params={"send_state": "bogus"}).status_code == 422
+    assert api.post(f"/api/v1/runs/{run_id}/retry").json()["step_counts"]["unknown"] == 1  # left as is
+    deadline = time.monotonic() + 60
+    while api.get(f"/api/v1/runs/{run_id}").json()["status"] != "failed" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(server.messages) == 4 and len(server.dropped) == 1  # nothing resent
+    api.post(f"/api/v1/runs/{run_id}/retry", params={"include_unknown": "true"})
+    while api.get(f"/api/v1/runs/{run_id}").json()["status"] != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    received = message_ids(server.wait_for(5))
+    assert received[unknown["message_id"]] == 1  # sent again with its Message-ID ...
+    assert message_ids(server.dropped)[unknown["message_id"]] == 1  # ... which the server had had

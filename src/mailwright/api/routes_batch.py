@@ -128,6 +128,14 @@ StepStatus = Annotated[
     str | None,
     Query(description="only the steps in this status", pattern=f"^({'|'.join(STEP_STATUSES)})$"),
 ]
+SendState = Annotated[
+    str | None,
+    Query(
+        description="only the messages in this send state: sending, sent, or unknown (may or may not "
+        "have been delivered; not resent unless the run is retried with include_unknown)",
+        pattern="^(sending|sent|unknown)$",
+    ),
+]
 
 
 @router.get("/runs/{run_id}/steps", tags=["runs"], responses=errors(404, 422))
@@ -137,6 +145,8 @@ def list_steps(
     offset: Offset = 0,
     limit: Limit = 100,
     status: StepStatus = None,
+    send_state: SendState = None,
 ) -> list[dict[str, Any]]:
-    """A run's steps in order, a page at a time (`limit` at most 1000), optionally of one status."""
-    return services.batches.results(run_id, offset=offset, limit=limit, status=status)
+    """A run's steps in order, a page at a time (`limit` at most 1000), optionally of one status
+    or send state (`?send_state=unknown`: the messages that may or may not have been delivered)."""
+    return services.batches.results(run_id, offset=offset, limit=limit, status=status, send_state=send_state)

@@ -246,5 +246,17 @@ def cancel_run(run_id: RunId, services: ServicesDep) -> RunPublic:
 
 
 @router.post("/runs/{run_id}/retry", tags=["runs"], responses=errors(404, 422))
-def retry_run(run_id: RunId, services: ServicesDep, request: Request) -> RunPublic:
-    return services.runs.retry(run_id)
+def retry_run(
+    run_id: RunId,
+    services: ServicesDep,
+    request: Request,
+    include_unknown: Annotated[
+        bool,
+        Query(
+            description="also send again the messages whose outcome is unknown (they may have been "
+            "delivered already; they keep their Message-ID)"
+        ),
+    ] = False,
+) -> RunPublic:
+    """Queue a failed or cancelled run again; succeeded steps are not repeated."""
+    return services.runs.retry(run_id, include_unknown=include_unknown)
