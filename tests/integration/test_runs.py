@@ -13,7 +13,7 @@ import yaml
 
 from mailwright.engine import executor as executor_module
 from mailwright.engine.executor import Executor
-from mailwright.errors import ValidationError
+from mailwright.errors import ConflictError
 from mailwright.services.app import Services
 from mailwright.storage.tables import RunRow, utcnow
 from tests.integration.conftest import Targets
@@ -276,7 +276,7 @@ async def test_cancel_and_retry(
     assert mw.runs.retry(run.id).status == "queued"
     assert await executor(mw).execute(run.id) == "succeeded"
     assert len(server.wait_for(1)) == 1
-    with pytest.raises(ValidationError, match="only failed or cancelled"):
+    with pytest.raises(ConflictError, match="only failed or cancelled"):
         mw.runs.retry(run.id)
 
 

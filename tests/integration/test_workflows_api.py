@@ -513,5 +513,5 @@ def test_retry_a_failed_run_delivers_once(
     assert parse(messages[0])["Message-ID"] == alert_id
     assert parse(messages[1])["In-Reply-To"] == alert_id
     again = api.post(f"/api/v1/runs/{run['id']}/retry")
-    assert again.status_code == 422 and "succeeded" in error_of(again)["message"]
+    assert again.status_code == 409 and "succeeded" in error_of(again)["message"]
     assert api.post("/api/v1/runs/no-such-run/retry").status_code == 404

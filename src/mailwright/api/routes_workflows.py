@@ -245,7 +245,7 @@ def cancel_run(run_id: RunId, services: ServicesDep) -> RunPublic:
     return services.runs.cancel(run_id)
 
 
-@router.post("/runs/{run_id}/retry", tags=["runs"], responses=errors(404, 422))
+@router.post("/runs/{run_id}/retry", tags=["runs"], responses=errors(404, 409, 422))
 def retry_run(
     run_id: RunId,
     services: ServicesDep,

@@ -31,6 +31,7 @@ POLL_INTERVAL = 1.0
 DRAIN_SECONDS = 60.0  # how long a stopping worker waits for the steps in flight
 CLEANUP_INTERVAL = 60.0  # seconds between looks for batches abandoned while being stored
 FILES_PRUNE_INTERVAL = 3600.0  # seconds between applications of MAILWRIGHT_FILES_KEEP_DAYS
+KEYS_PRUNE_INTERVAL = 3600.0  # seconds between deletions of expired idempotency keys
 
 
 def make_broker(kind: str) -> AsyncBroker:
@@ -66,6 +67,7 @@ class Worker:
         self._dispatching: set[asyncio.Task[None]] = set()
         self._next_cleanup = 0.0  # when to look for batches whose storing process died
         self._next_files_prune = 0.0  # when to apply the file retention (if configured) again
+        self._next_keys_prune = 0.0  # when to delete expired idempotency keys again
 
     async def _execute(self, run_id: str) -> str | None:
         try:
@@ -107,6 +109,9 @@ class Worker:
         if time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + CLEANUP_INTERVAL
             await asyncio.to_thread(self.services.batches.discard_abandoned)
+        if time.monotonic() >= self._next_keys_prune:
+            self._next_keys_prune = time.monotonic() + KEYS_PRUNE_INTERVAL
+            await asyncio.to_thread(self._prune_keys)
         if self.services.settings.files_keep_days is not None and time.monotonic() >= self._next_files_prune:
             self._next_files_prune = time.monotonic() + FILES_PRUNE_INTERVAL
             await self.prune_files()
@@ -114,6 +119,12 @@ class Worker:
         for run_id in due:
             await self.dispatch(run_id)
         return len(due)
+
+    def _prune_keys(self) -> None:
+        try:
+            self.services.idempotency.prune()
+        except Exception as exc:  # a busy database: the next hour tries again
+            log.warning("could not delete expired idempotency keys: %s", exc)
 
     async def prune_files(self) -> PruneResult | None:
         """Apply MAILWRIGHT_FILES_KEEP_DAYS: remove older stored files no active run refers to."""

@@ -23,8 +23,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -119,22 +118,6 @@ class Started:
     replayed: bool = False
 
 
-class _OneSession(Database):
-    """A `Database` whose every session is the caller's open one.
-
-    `RunService` opens its own transaction to write a run; handing it this lets the
-    run be written in the transaction that also writes its key. Nothing but
-    `session()` is used by the methods called through it.
-    """
-
-    def __init__(self, session: Session) -> None:  # no engine: nothing here connects
-        self._session = session
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        yield self._session
-
-
 class IdempotencyService:
     def __init__(self, db: Database, runs: RunService) -> None:
         self._db = db
@@ -195,11 +178,16 @@ class IdempotencyService:
             return Started(first, replayed=True)
         if check is not None:
             check()
+
+        def apply(session: Session) -> str:
+            run_id = create(session)
+            if claim is not None:
+                self.record(session, claim, run_id)
+            return run_id
+
         try:
-            with self._db.session() as session:
-                run_id = create(session)
-                if claim is not None:
-                    self.record(session, claim, run_id)
+            # The group commit: concurrent requests share one transaction and one disk sync.
+            run_id = self._db.group.write_sync(apply)
         except IntegrityError:
             # Another request with this key committed first; this one's run was rolled back.
             first = self.first_run(claim) if claim is not None else None
@@ -221,7 +209,7 @@ class IdempotencyService:
     ) -> Started:
         """`RunService.start_send_email`, once per key; `check` validates a new request first."""
         started = self.start(
-            claim, lambda session: _runs_in(session).start_send_email(request).id, check=check
+            claim, lambda session: self._runs.create_send_email(session, request).id, check=check
         )
         if not started.replayed:
             self._runs.notify(started.run_id)
@@ -244,9 +232,9 @@ class IdempotencyService:
         started = self.start(
             claim,
             lambda session: (
-                _runs_in(session)
-                .start_workflow(ref, inputs=inputs, target=target, account_key=account_key)
-                .id
+                self._runs.create_workflow_run(
+                    session, ref, inputs=inputs, target=target, account_key=account_key
+                ).id
             ),
         )
         if not started.replayed:
@@ -292,8 +280,3 @@ class IdempotencyService:
 
 def _expired(created_at: datetime) -> bool:
     return created_at < utcnow() - KEY_RETENTION
-
-
-def _runs_in(session: Session) -> RunService:
-    """A RunService whose writes join `session`'s transaction (it notifies no worker: the caller does)."""
-    return RunService(_OneSession(session))

@@ -208,20 +208,35 @@ class RunService:
         target: str | None = None,
         account_key: str | None = None,
     ) -> RunPublic:
-        with self._db.session() as session:
-            workflow = find(session, WorkflowRow, ref, what="workflow")
-            document = WorkflowDocument.model_validate(workflow.document)
-            run, steps = self._create(
-                session,
-                document,
-                inputs=coerce_inputs(document, inputs or {}),
-                target=target or document.target,
-                account_key=account_key or document.account_key,
-                workflow_id=workflow.id,
+        result = self._db.group.write_sync(
+            lambda session: self.create_workflow_run(
+                session, ref, inputs=inputs, target=target, account_key=account_key
             )
-            result = _public(run, steps)
+        )
         self._notify(result.id)
         return result
+
+    def create_workflow_run(
+        self,
+        session: Session,
+        ref: str,
+        *,
+        inputs: dict[str, Any] | None = None,
+        target: str | None = None,
+        account_key: str | None = None,
+    ) -> RunPublic:
+        """`start_workflow` in the caller's transaction; the caller calls `notify` once committed."""
+        workflow = find(session, WorkflowRow, ref, what="workflow")
+        document = WorkflowDocument.model_validate(workflow.document)
+        run, steps = self._create(
+            session,
+            document,
+            inputs=coerce_inputs(document, inputs or {}),
+            target=target or document.target,
+            account_key=account_key or document.account_key,
+            workflow_id=workflow.id,
+        )
+        return _public(run, steps)
 
     def create_triggered(
         self,
@@ -251,7 +266,17 @@ class RunService:
         self._notify(run_id)
 
     def start_send_email(self, request: SendEmailRequest) -> RunPublic:
-        """A one-step run: the message is on disk before the caller hears "accepted"."""
+        """A one-step run: the message is on disk before the caller hears "accepted".
+
+        Written through the group commit: concurrent requests share a transaction (and its
+        disk sync) with each other and with the workers' writes.
+        """
+        result = self._db.group.write_sync(lambda session: self.create_send_email(session, request))
+        self._notify(result.id)
+        return result
+
+    def create_send_email(self, session: Session, request: SendEmailRequest) -> RunPublic:
+        """`start_send_email` in the caller's transaction; the caller calls `notify` once committed."""
         fields = request.model_dump(
             mode="json", by_alias=True, exclude={"target", "account_key"}, exclude_none=True
         )
@@ -262,18 +287,15 @@ class RunService:
                 "steps": [{"id": "send", "activity": "send_email", "literal": True, "with": fields}],
             }
         )
-        with self._db.session() as session:
-            run, steps = self._create(
-                session,
-                document,
-                inputs={},
-                target=request.target,
-                account_key=request.account_key,
-                workflow_id=None,
-            )
-            result = _public(run, steps)
-        self._notify(result.id)
-        return result
+        run, steps = self._create(
+            session,
+            document,
+            inputs={},
+            target=request.target,
+            account_key=request.account_key,
+            workflow_id=None,
+        )
+        return _public(run, steps)
 
     def _create(
         self,
@@ -431,8 +453,9 @@ class RunService:
             if run is None:
                 raise NotFoundError(f"no run with id {run_id!r}")
             if run.status not in ("failed", "cancelled"):
-                raise ValidationError(
-                    f"run {run.id} is {run.status}; only failed or cancelled runs can be retried", field="run"
+                raise ConflictError(
+                    f"run {run.id} is {run.status}; only failed or cancelled runs can be retried",
+                    hint="wait for it to finish, or cancel it first",
                 )
             run.status = "queued"
             run.error = None
