@@ -266,3 +266,19 @@ def test_wrong_password_over_the_api_never_leaks(
     for text in (sent.text, tested.text, caplog.text):
         assert PASSWORD not in text
         assert encoded not in text
+
+
+def test_a_body_that_is_not_json_and_an_unexpected_error_both_answer_the_error_body(
+    api: httpx.Client, mw: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = api.post("/api/v1/send-email", content=b'{"to": [', headers={"Content-Type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["error"]["field"] == "body"
+
+    def fails(**_: object) -> None:
+        raise RuntimeError("a bug, with a secret: hunter2")
+
+    monkeypatch.setattr(mw.runs, "list_runs", fails)
+    answer = api.get("/api/v1/runs")
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "internal_error"
+    assert "hunter2" not in answer.text  # the details stay in the log

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pydantic
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -9,6 +11,8 @@ from fastapi.responses import JSONResponse
 
 from mailwright import errors
 from mailwright.domain.validation import describe
+
+log = logging.getLogger(__name__)
 
 # Most specific class first.
 _STATUS: list[tuple[type[errors.MailwrightError], int]] = [
@@ -64,8 +68,11 @@ async def _request_invalid(_request: Request, exc: Exception) -> JSONResponse:
     # Never echo the input back: it may hold a password.
     problems = []
     for item in exc.errors():
-        location = [str(p) for p in item.get("loc", ()) if p != "body"]
-        problems.append({"field": ".".join(location), "message": str(item.get("msg", "invalid"))})
+        if item.get("type") == "json_invalid":  # located at a character position: name the body
+            field = "body"
+        else:
+            field = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+        problems.append({"field": field, "message": str(item.get("msg", "invalid"))})
     first = problems[0] if problems else {"field": "", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
     details: dict[str, object] = {
@@ -82,7 +89,19 @@ async def _model_invalid(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body(describe(exc).details()), status_code=422)
 
 
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    # The traceback goes to the log (redacted there); the client gets the error body, no details.
+    log.error("unexpected error answering a request", exc_info=exc)
+    details: dict[str, object] = {
+        "code": "internal_error",
+        "message": "an unexpected error occurred; it was logged",
+        "hint": "if it persists, report it with the time of the request",
+    }
+    return JSONResponse(_body(details), status_code=500)
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(pydantic.ValidationError, _model_invalid)
     app.add_exception_handler(errors.MailwrightError, mailwright_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
