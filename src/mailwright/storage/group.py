@@ -145,7 +145,10 @@ class GroupCommit:
                 for operation in group:
                     _settle(operation, None, exc)
                 return
-            log.warning("a group of %d writes failed (%s); writing them one by one", len(group), exc)
+            # The type only: the exception's text carries the statement's parameters (message data).
+            log.warning(
+                "a group of %d writes failed (%s); writing them one by one", len(group), type(exc).__name__
+            )
             for operation in group:
                 self._commit([operation])
             return
