@@ -913,16 +913,8 @@ def test_reply_after_the_data_timeout(matrix: Matrix, fault_table: _TableReport)
 
 
 # --------------------------------------------------------------------------------------
-# Engine bugs found by this matrix: minimal reproductions (strict xfail: they pass once fixed)
+# Regressions: two stalls this matrix found (each was a strict xfail until it was fixed)
 # --------------------------------------------------------------------------------------
-
-
-class StillBroken(AssertionError):
-    """The engine bug that a strict-xfail reproduction checks for is still there.
-
-    The reproductions expect only this (`xfail(raises=StillBroken)`): anything else going
-    wrong in them (PostgreSQL unreachable, a step of the setup not happening) fails.
-    """
 
 
 def within(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -954,14 +946,7 @@ def backend_waiting(m: Matrix, query_like: str) -> int | None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    raises=StillBroken,
-    reason="engine bug: Worker.run (engine/worker.py) does not catch errors of scan(): one failed "
-    "`runs.due()` query (a connection killed, a failover) ends `mailwright worker` (exit 3), and in "
-    "`mailwright serve` ends the embedded worker task while the API goes on accepting runs",
-)
-def test_bug_a_failed_scan_query_ends_the_worker(
+def test_a_failed_scan_query_does_not_end_the_worker(
     tmp_path: Path, postgres_database: Callable[[], str]
 ) -> None:
     with open_matrix(tmp_path, "postgresql", postgres_database) as m:
@@ -992,24 +977,16 @@ def test_bug_a_failed_scan_query_ends_the_worker(
         run_id = m.batch(5, concurrency=2)
         within(lambda: not worker.alive() or m.run(run_id).status in TERMINAL, WAIT)
         print(
-            f"\nbug reproduction: the worker {'is alive' if worker.alive() else 'EXITED'}\n"
+            f"\nregression: the worker {'is alive' if worker.alive() else 'EXITED'}\n"
             f"{worker.tail(1500)}"
         )
         if not worker.alive():
-            raise StillBroken(f"one failed scan query ended the worker process\n{worker.tail(1500)}")
+            pytest.fail(f"one failed scan query ended the worker process\n{worker.tail(1500)}")
         assert m.run(run_id).status == "succeeded"
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    raises=StillBroken,
-    reason="engine bug: on PostgreSQL a worker frozen (SIGSTOP, VM pause) inside a group-commit "
-    "transaction keeps its run's row locked; another worker's claim of that run (executor `_CLAIM`, "
-    "through storage/group.py) waits for the lock without a timeout, which blocks that worker's "
-    "group-commit thread, so all its writes (every other run) stall until the frozen one resumes",
-)
-def test_bug_a_worker_frozen_inside_a_transaction_blocks_the_takeover(
+def test_a_worker_frozen_inside_a_transaction_does_not_stall_another(
     tmp_path: Path, postgres_database: Callable[[], str]
 ) -> None:
     with open_matrix(tmp_path, "postgresql", postgres_database) as m:
@@ -1024,15 +1001,15 @@ def test_bug_a_worker_frozen_inside_a_transaction_blocks_the_takeover(
         other_run = m.batch(20, concurrency=4, to=lambda i: f"other{i}@example.net")
         m.server.set_faults(FaultPlan())
         healthy = m.worker("worker-healthy")
-        # Its claim of the frozen worker's run waits for the row lock, with no timeout ...
+        # Its claim of the frozen worker's run skips the locked row (SKIP LOCKED) instead of waiting ...
         claim_waits = within(
             lambda: backend_waiting(m, "UPDATE runs SET status=%lease_owner%") is not None, 4 * LEASE
         )
-        # ... and the run nobody else holds does not move either (its writes queue behind the claim).
+        # ... so the run nobody else holds goes on (its writes would queue behind a waiting claim).
         finished = within(lambda: m.run(other_run).status in TERMINAL, 4 * LEASE)
         other = m.steps(other_run)
         print(
-            f"\nbug reproduction: stopped inside a transaction after {tries} tries; with it frozen for "
+            f"\nregression: stopped inside a transaction after {tries} tries; with it frozen for "
             f"{4 * LEASE:g} s past its lease, the other run is {m.run(other_run).status} with "
             f"{sum(s.status == 'succeeded' for s in other)}/{len(other)} sent; frozen run: "
             f"{m.run(frozen_run).status}, epoch {m.run(frozen_run).lease_epoch}; the healthy worker's "
@@ -1040,4 +1017,4 @@ def test_bug_a_worker_frozen_inside_a_transaction_blocks_the_takeover(
         )
         assert healthy.alive(), healthy.tail()
         if not finished:
-            raise StillBroken("a worker frozen inside a transaction stalls every write of a healthy worker")
+            pytest.fail("a worker frozen inside a transaction stalls every write of a healthy worker")

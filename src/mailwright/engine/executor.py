@@ -143,10 +143,17 @@ def close_run(run: RunRow, status: str, error: dict[str, Any] | None) -> None:
 # more than SQLite takes to run it, and a single send runs about ten. They are executed on
 # the session's connection, as Core statements: the ORM's bulk-update path costs more again.
 _NOW = bindparam("now", type_=RunRow.started_at.type)
+# On PostgreSQL the run's row is locked with SKIP LOCKED: a row locked by a worker frozen inside
+# a transaction (SIGSTOP, a VM pause) is not waited for, which would hold every write queued
+# behind this claim in the group commit. It is tried again at the next poll; the frozen
+# worker's transaction is ended by idle_in_transaction_session_timeout (storage/db.py).
+_UNLOCKED_RUN = (
+    select(RunRow.id).where(RunRow.id == bindparam("run_id")).with_for_update(skip_locked=True)
+).scalar_subquery()
 _CLAIM = (
     update(RunRow)
     .where(
-        RunRow.id == bindparam("run_id"),
+        RunRow.id == _UNLOCKED_RUN,
         RunRow.status.in_(("queued", "running")),
         or_(RunRow.not_before.is_(None), RunRow.not_before <= _NOW),
         or_(RunRow.lease_expires_at.is_(None), RunRow.lease_expires_at < _NOW),

@@ -163,7 +163,7 @@ class Worker:
         watching = asyncio.create_task(triggers.run(stop)) if triggers is not None else None
         try:
             while not stop.is_set():
-                await self.scan()
+                await self._scan_through_errors()
                 self._wake.clear()
                 waiters: list[asyncio.Task[Any]] = [
                     asyncio.create_task(self._wake.wait()),
@@ -181,6 +181,22 @@ class Worker:
             await self._drain()
             await self._broker.shutdown()
             log.info("worker %s stopped", self.id)
+
+    async def _scan_through_errors(self) -> None:
+        """`scan`; a failure (a database restart, a failover) is logged and the next poll tries again.
+
+        A worker that died of one failed query would leave every run queued, while the API
+        of `serve` went on accepting them.
+        """
+        try:
+            await self.scan()
+        except Exception as exc:
+            log.warning(
+                "worker %s: looking for due runs failed (%s: %s); trying again",
+                self.id,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+            )
 
     async def _drain(self) -> None:
         """A graceful stop: let the steps in flight finish, then release their runs."""

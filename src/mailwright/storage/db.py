@@ -15,6 +15,8 @@ from mailwright.errors import ConfigError
 from mailwright.storage import jsontext
 from mailwright.storage.group import GroupCommit
 
+IDLE_IN_TRANSACTION_SECONDS = 10  # PostgreSQL ends a transaction left idle this long
+
 # The newest migration in storage/migrations/versions (a test keeps the two equal).
 SCHEMA_REVISION = "0007"
 
@@ -26,6 +28,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _postgresql_settings(dbapi_connection: Any, _record: Any) -> None:
+    # Our transactions are short. One left open by a frozen process (SIGSTOP, a VM pause) would
+    # hold its rows' locks until it woke; ended after this, its process finds the transaction
+    # gone (and its lease fenced) when it wakes.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_SECONDS}s'")
+    dbapi_connection.commit()
 
 
 def make_engine(url: str) -> Engine:
@@ -49,6 +60,8 @@ def make_engine(url: str) -> Engine:
         ) from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _postgresql_settings)
     return engine
 
 
