@@ -36,7 +36,7 @@ async def wait_inline(run_id: str) -> RunPublic:
             await asyncio.sleep(max(0.05, (run.not_before - utcnow()).total_seconds()))
 
 
-def print_run(run: RunPublic) -> None:
+def print_run(run: RunPublic, *, state: str | None = None) -> None:
     typer.echo(f"run {run.id}  {run.workflow!r}  {run.status.upper()}")
     typer.echo(f"  created {run.created_at:%Y-%m-%d %H:%M:%S}, target {run.target or '-'}")
     if run.trigger:
@@ -48,7 +48,9 @@ def print_run(run: RunPublic) -> None:
     if run.step_counts:
         counts = ", ".join(f"{status} {n:,}" for status, n in sorted(run.step_counts.items()))
         typer.echo(f"  {run.steps_total:,} messages: {counts}")
-        if len(run.steps) < (run.steps_total or 0):
+        if state is not None:
+            typer.echo(f"  (the steps in state {state!r} shown, the first 100 at most)")
+        elif len(run.steps) < (run.steps_total or 0):
             typer.echo(f"  (the first {len(run.steps)} shown; --state STATE filters, the API pages)")
     unknown = (run.step_counts or {}).get("unknown") or sum(s.status == "unknown" for s in run.steps)
     if unknown:
@@ -118,7 +120,7 @@ def show(
     if as_json:
         print_json(run)
     else:
-        print_run(run)
+        print_run(run, state=state)
 
 
 @app.command("cancel")

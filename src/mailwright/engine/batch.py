@@ -484,7 +484,7 @@ class BatchRunner:
 
     async def _send(self, step: _Step) -> None:
         if step.send_state == "sending":  # an earlier execution stopped while sending it
-            self._unknown(step, unknown_error(CRASH_WHY), CRASH_WHY)
+            self._unknown(step, unknown_error(self._run_id, CRASH_WHY), CRASH_WHY)
             return
         try:
             message, resolved, request = self._prepare(step)
@@ -604,7 +604,7 @@ class BatchRunner:
 
     def _unknown(self, step: _Step, error: dict[str, Any], why: str) -> None:
         """The message may or may not have been delivered: recorded so, and not sent again."""
-        step.notes.append(unknown_note(step.attempts, step.message_id, why))
+        step.notes.append(unknown_note(self._run_id, step.attempts, step.message_id, why))
         self._writer.record(
             {
                 "id": step.id,
@@ -662,7 +662,7 @@ class BatchRunner:
             # Steps still open (e.g. a stop raced the last page): leave the run for the next pass.
             await self._executor._release(self._run_id)
             return "queued"
-        error = batch_error(counts)
+        error = batch_error(self._run_id, counts)
         return await self._finish("failed" if error else "succeeded", error)
 
     def _counts(self) -> dict[str, int]:
@@ -693,7 +693,7 @@ class BatchRunner:
         return status
 
 
-def batch_error(counts: dict[str, int]) -> dict[str, Any] | None:
+def batch_error(run_id: str, counts: dict[str, int]) -> dict[str, Any] | None:
     """The error of a finished batch whose messages did not all arrive (None when they did)."""
     failed, unknown = counts.get("failed", 0), counts.get(UNKNOWN, 0)
     if not (failed or unknown):
@@ -705,8 +705,8 @@ def batch_error(counts: dict[str, int]) -> dict[str, Any] | None:
     return {
         "code": "batch_failed" if failed else "outcome_unknown",
         "message": f"{'; '.join(parts)}; see the steps",
-        "hint": "`mailwright runs show RUN_ID --state failed` (or --state unknown) lists them; "
-        "`mailwright runs retry RUN_ID` sends the failed ones again (--include-unknown: the unknown too)",
+        "hint": f"`mailwright runs show {run_id} --state failed` (or --state unknown) lists them; "
+        f"`mailwright runs retry {run_id}` sends the failed ones again (--include-unknown: the unknown too)",
     }
 
 

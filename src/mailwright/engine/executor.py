@@ -101,20 +101,20 @@ def may_have_arrived(exc: BaseException) -> bool:
     return True
 
 
-def unknown_note(attempt: int, message_id: str | None, why: str) -> str:
+def unknown_note(run_id: str, attempt: int, message_id: str | None, why: str) -> str:
     return (
         f"attempt {attempt}: {why}; the message (Message-ID {message_id}) may or may not have been "
         "delivered, so it is not sent again on its own: check with a recipient, then send it again, "
-        "if needed, with `mailwright runs retry RUN_ID --include-unknown` (same Message-ID)"
+        f"if needed, with `mailwright runs retry {run_id} --include-unknown` (same Message-ID)"
     )
 
 
-def unknown_error(why: str) -> dict[str, Any]:
+def unknown_error(run_id: str, why: str) -> dict[str, Any]:
     return {
         "code": "outcome_unknown",
         "outcome": "unknown",
         "message": f"the outcome is unknown: {why}; the message may or may not have been delivered",
-        "hint": "check with a recipient; `mailwright runs retry RUN_ID --include-unknown` sends it again",
+        "hint": f"check with a recipient; `mailwright runs retry {run_id} --include-unknown` sends it again",
     }
 
 
@@ -553,9 +553,9 @@ class Executor:
             if row.status in ("succeeded", UNKNOWN):
                 return row.status
             if row.send_state == "sending":
-                row.notes = [*row.notes, unknown_note(row.attempts, row.message_id, CRASH_WHY)]
+                row.notes = [*row.notes, unknown_note(run_id, row.attempts, row.message_id, CRASH_WHY)]
                 row.send_state = row.status = UNKNOWN
-                row.error = unknown_error(CRASH_WHY)
+                row.error = unknown_error(run_id, CRASH_WHY)
                 row.finished_at = row.updated_at = utcnow()
                 return UNKNOWN
             self._record_inputs(row, inputs)
@@ -702,7 +702,7 @@ def _record_failure(
     if unknown:
         # Written, unanswered: resending could deliver it twice. Recorded, never retried.
         error = row.error = {**error, "outcome": UNKNOWN}
-        row.notes = [*row.notes, unknown_note(row.attempts, row.message_id, error["message"])]
+        row.notes = [*row.notes, unknown_note(row.run_id, row.attempts, row.message_id, error["message"])]
         row.send_state = UNKNOWN
     elif row.send_state == "sending":
         row.send_state = None  # refused, or failed before the message was written
