@@ -976,10 +976,7 @@ def test_a_failed_scan_query_does_not_end_the_worker(
             engine.dispose()
         run_id = m.batch(5, concurrency=2)
         within(lambda: not worker.alive() or m.run(run_id).status in TERMINAL, WAIT)
-        print(
-            f"\nregression: the worker {'is alive' if worker.alive() else 'EXITED'}\n"
-            f"{worker.tail(1500)}"
-        )
+        print(f"\nregression: the worker {'is alive' if worker.alive() else 'EXITED'}\n{worker.tail(1500)}")
         if not worker.alive():
             pytest.fail(f"one failed scan query ended the worker process\n{worker.tail(1500)}")
         assert m.run(run_id).status == "succeeded"
