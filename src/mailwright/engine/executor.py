@@ -271,6 +271,8 @@ class Executor:
 
     async def execute(self, run_id: str) -> str | None:
         """Run what is left of a run; returns its status, or None if another worker has it."""
+        if run_id in self._leases:
+            return None  # this executor runs it already: its writes are fenced by that lease
         acquired_at = time.monotonic()
         claimed = await self._db.group.write(lambda session: self._claim(session, run_id, acquired_at))
         if claimed is None:
