@@ -92,6 +92,23 @@ def test_create_edit_and_clear_limits(web: Browserless, mw: Services) -> None:
     assert mw.targets.get("Relay").rate_per_minute is None
 
 
+def test_the_end_of_data_timeout_defaults_to_ten_minutes_and_can_be_set(
+    web: Browserless, mw: Services
+) -> None:
+    assert (
+        'id="f-data_timeout" name="data_timeout" type="number" value="600"'
+        in web.client.get("/targets/new").text
+    )
+    assert web.post("/targets/new", **SMTP).status_code == 303
+    target = mw.targets.get("Relay")
+    assert target.data_timeout == 600
+    assert web.post(f"/targets/{target.id}/edit", **{**SMTP, "data_timeout": "120"}).status_code == 303
+    assert mw.targets.get("Relay").data_timeout == 120
+    assert (
+        'name="data_timeout" type="number" value="120"' in web.client.get(f"/targets/{target.id}/edit").text
+    )
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
@@ -104,6 +121,8 @@ def test_create_edit_and_clear_limits(web: Browserless, mw: Services) -> None:
         ("max_messages_per_connection", "0", "Max messages per connection: input should be greater"),
         ("idle_timeout", "soon", "Idle timeout must be a number, not 'soon'"),
         ("idle_timeout", "0", "Idle timeout: input should be greater than 0"),
+        ("data_timeout", "0", "End-of-data timeout: input should be greater than 0"),
+        ("data_timeout", "7200", "End-of-data timeout: input should be less than or equal to 3600"),
     ],
 )
 def test_bad_limits_are_field_errors_on_create_and_edit(

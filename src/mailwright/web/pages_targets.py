@@ -34,6 +34,7 @@ DEFAULTS = {
     "max_connections": "8",
     "max_messages_per_connection": "100",
     "idle_timeout": "30",
+    "data_timeout": "600",
 }
 
 # SMTP sending limits and connection-pool settings: form name -> label (also in error messages).
@@ -44,8 +45,10 @@ LIMIT_LABELS = {
     "max_connections": "Max connections",
     "max_messages_per_connection": "Max messages per connection",
     "idle_timeout": "Idle timeout",
+    "data_timeout": "End-of-data timeout",
 }
 RATE_FIELDS = ("rate_per_second", "rate_per_minute", "rate_per_day")
+SECONDS_FIELDS = ("idle_timeout", "data_timeout")  # the limits that take fractions
 
 
 def _form_context(services: ServicesDep) -> dict[str, Any]:
@@ -84,6 +87,7 @@ def _values_from(target: TargetPublic) -> dict[str, str]:
         "max_connections": _text(target.max_connections),
         "max_messages_per_connection": _text(target.max_messages_per_connection),
         "idle_timeout": _text(target.idle_timeout),
+        "data_timeout": _text(target.data_timeout),
     }
 
 
@@ -129,7 +133,7 @@ def _all_fields(form: FormData, kind: str) -> dict[str, Any]:
         "polling_interval": forms.number(form, "polling_interval", label="Polling interval"),
         # Parsed only for the types that have them: another type's hidden inputs never fail the form.
         **{
-            name: forms.number(form, name, label=label, integer=name != "idle_timeout")
+            name: forms.number(form, name, label=label, integer=name not in SECONDS_FIELDS)
             for name, label in LIMIT_LABELS.items()
             if kind in _ONLY_FOR[name]
         },
