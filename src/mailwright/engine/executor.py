@@ -259,10 +259,6 @@ class Executor:
             steps={s.position: {"status": s.status, "output": s.output, "error": s.error} for s in steps},
         )
 
-    def lease_of(self, run_id: str) -> Lease:
-        """The lease this executor holds on a run it is executing."""
-        return self._leases[run_id]
-
     async def _write(self, run_id: str, apply: Callable[[Session], T]) -> T:
         """Write the run's state, fenced by its lease, grouped with other runs' writes (one commit)."""
         return await self._db.group.write(apply, fence=self._leases[run_id].fence_in)
