@@ -141,14 +141,16 @@ async def send_email(
     if not wait and not started.replayed:  # accepted: what a worker does with it is for later
         return JSONResponse(Accepted(run_id=started.run_id, status="queued").model_dump(), status_code=202)
     if wait:
-        run = await wait_for_run(services, started.run_id, timeout, fresh=not started.replayed)
+        run = await wait_for_run(
+            services, started.run_id, timeout, services.runs.send_outcome, fresh=not started.replayed
+        )
     else:  # a retry of a request that did not wait: the run as it is now (finished, maybe)
-        run = await asyncio.to_thread(services.runs.get, started.run_id)
-    if run.status == "succeeded" and run.steps[0].output is not None:
-        result = SendResult.model_validate({**run.steps[0].output, "run_id": run.id})
+        run = await asyncio.to_thread(services.runs.send_outcome, started.run_id)
+    if run.status == "succeeded" and run.output is not None:
+        result = SendResult.model_validate({**run.output, "run_id": run.id})
         return JSONResponse(result.model_dump(mode="json"), headers=headers)
     if run.status in ("failed", "cancelled"):
-        error = run.steps[0].error or run.error or {"code": "failed", "message": f"the run {run.status}"}
+        error = run.step_error or run.error or {"code": "failed", "message": f"the run {run.status}"}
         body_out = ErrorBody.model_validate({"error": error, "run_id": run.id})
         return JSONResponse(
             body_out.model_dump(mode="json", exclude_none=True),

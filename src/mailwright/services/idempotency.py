@@ -209,7 +209,7 @@ class IdempotencyService:
     ) -> Started:
         """`RunService.start_send_email`, once per key; `check` validates a new request first."""
         started = self.start(
-            claim, lambda session: self._runs.create_send_email(session, request).id, check=check
+            claim, lambda session: self._runs.create_send_email(session, request), check=check
         )
         if not started.replayed:
             self._runs.notify(started.run_id)

@@ -103,7 +103,9 @@ async def send(request: Request, services: ServicesDep, session: SessionDep) -> 
             },
         )
         started = await asyncio.to_thread(_start, services, request_model, key)
-        run = await wait_for_run(services, started.run_id, SEND_WAIT_SECONDS, fresh=not started.replayed)
+        run = await wait_for_run(
+            services, started.run_id, SEND_WAIT_SECONDS, services.runs.get, fresh=not started.replayed
+        )
     except IdempotencyKeyReusedError:
         # This form was sent, then changed (back button, edit, Send): the change is a new message.
         # Say so, and give the form a new key: sending it again sends the changed message.
