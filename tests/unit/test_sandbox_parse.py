@@ -269,7 +269,7 @@ def test_scripts_and_active_elements_are_removed_text_is_kept() -> None:
         "<svg><script>alert(2)</script></svg>after"
     )
     found = elements(cleaned)
-    assert found.tags == ["p", "b", "input"]
+    assert found.tags == ["p", "b"]  # form controls are not on the allow-list
     assert "".join(found.text) == "Hello worldafter"
     assert "alert" not in cleaned
     assert "evil" not in cleaned
@@ -301,11 +301,11 @@ def test_remote_images_are_blocked_embedded_ones_kept() -> None:
     )
     found = elements(cleaned)
     srcs = [value for name, value in found.attrs if name == "src"]
-    assert srcs == [data_png, "cid:logo@example.org"]
-    blocked = [value for name, value in found.attrs if name == "data-blocked-src"]
-    assert blocked == ["https://tracker.example/p.gif", "//cdn.example/x.png", "x.png"]
-    assert ("data-blocked-background", "http://bg.example/t.png") in found.attrs
+    assert srcs == [data_png, "cid:logo@example.org"]  # remote (and relative) sources are removed
+    assert found.tags.count("img") == 5
+    assert ("alt", "pixel") in found.attrs
     assert not [n for n, _ in found.attrs if n in ("srcset", "background")]
+    assert "tracker.example" not in cleaned and "bg.example" not in cleaned
     assert "cell" in found.text
 
 
@@ -315,8 +315,8 @@ def test_link_meta_and_base_tags_are_removed() -> None:
         '<meta http-equiv="refresh" content="0;url=https://evil.example/">'
         '<base href="https://evil.example/"><title>T</title></head><body>x</body>'
     )
-    assert elements(cleaned).tags == ["head", "title", "body"]
-    assert "evil" not in cleaned
+    assert elements(cleaned).tags == []  # a fragment: head, title and body are not kept
+    assert cleaned == "x"
 
 
 def test_remote_css_is_blocked_data_urls_kept() -> None:
@@ -353,7 +353,9 @@ def test_comments_and_conditional_comments_are_dropped() -> None:
         "a<!--[if mso]><img src=x onerror=alert(1)><![endif]-->b<!--><img src=y onerror=z>-->c"
     )
     assert "onerror" not in cleaned
-    assert "img" not in cleaned
+    # "<!-->" closes a comment in HTML5, so browsers (and ammonia) see the second <img>.
+    assert elements(cleaned).attrs == []
+    assert "".join(elements(cleaned).text) == "ab-->c"
 
 
 def test_ordinary_newsletter_markup_survives() -> None:
@@ -365,7 +367,9 @@ def test_ordinary_newsletter_markup_survives() -> None:
     )
     cleaned = safe_html(source)
     assert cleaned.startswith("<!DOCTYPE html>")
-    assert elements(cleaned).tags == elements(source).tags
+    # The body's content survives (html, head and body are not kept in a fragment; tables get a tbody).
+    body_tags = [tag for tag in elements(source).tags if tag not in ("html", "head", "body")]
+    assert [tag for tag in elements(cleaned).tags if tag != "tbody"] == body_tags
     assert 'href="https://example.org/post"' in cleaned
     assert "td { padding: 4px; }" in cleaned
 

@@ -22,8 +22,9 @@ from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.policy import EmailPolicy
 from email.utils import formataddr, getaddresses, parsedate_to_datetime
-from html.parser import HTMLParser
-from typing import Any
+from typing import Any, Final
+
+import nh3
 
 __all__ = [
     "AttachmentInfo",
@@ -435,150 +436,107 @@ def _clean(text: str) -> str:
 # Safe HTML
 # --------------------------------------------------------------------------------------
 
-# Dropped together with everything inside them.
-_DROP_WITH_CONTENT = frozenset(
-    {"script", "iframe", "frame", "frameset", "object", "applet", "noembed", "svg", "math", "template"}
+# The sanitizer is ammonia (through nh3) with allow-lists: a tag, attribute or URL scheme
+# that is not named here does not reach the preview. What ammonia does not do is done
+# here on its output: CSS (style attributes and <style> content) loses remote URLs,
+# imports and scripts, and only embedded images (cid:, data:image/...) may load.
+_ALLOWED_TAGS: Final = frozenset(
+    {
+        *("a", "abbr", "acronym", "address", "article", "aside", "b", "bdi", "bdo", "big"),
+        *("blockquote", "br", "caption", "center", "cite", "code", "col", "colgroup", "dd"),
+        *("del", "dfn", "div", "dl", "dt", "em", "figcaption", "figure", "font", "footer"),
+        *("h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "i", "img", "ins", "kbd", "li"),
+        *("main", "mark", "nav", "ol", "p", "pre", "q", "s", "samp", "section", "small", "span"),
+        *("strike", "strong", "style", "sub", "sup", "table", "tbody", "td", "tfoot", "th"),
+        *("thead", "time", "tr", "tt", "u", "ul", "var", "wbr"),
+    }
 )
-# Dropped, but their content is kept.
-_DROP_TAG = frozenset({"embed", "link", "meta", "base", "form", "param", "portal"})
-_VOID = frozenset(
-    {"area", "br", "col", "hr", "img", "input", "source", "track", "wbr", "keygen", "basefont", "bgsound"}
+# Removed together with everything inside them (other refused tags keep their text).
+_CLEAN_CONTENT_TAGS: Final = frozenset(
+    {"script", "iframe", "frame", "frameset", "object", "applet", "noembed", "noframes", "noscript"}
+    | {"svg", "math", "template", "textarea", "select", "title", "xmp", "plaintext"}
 )
-# Attributes that load a resource as soon as the page renders.
-_RESOURCE_ATTRS = frozenset({"src", "background", "poster", "lowsrc", "dynsrc", "data", "codebase"})
-# Attributes that hold a link (followed only on a click, in the sandboxed frame).
-_LINK_ATTRS = frozenset({"href", "xlink:href", "action", "cite", "longdesc", "usemap", "profile"})
-# Attributes never kept.
-_DROP_ATTRS = frozenset({"srcdoc", "formaction", "ping", "manifest", "http-equiv", "is"})
-_SAFE_LINK_SCHEMES = frozenset({"http", "https", "mailto", "tel", "cid"})
-_TAG_NAME = re.compile(r"[a-z][a-z0-9-]*(?::[a-z][a-z0-9-]*)?")
-_ATTR_NAME = re.compile(r"[a-z_][a-z0-9_.:-]*")
+_GENERIC_ATTRIBUTES: Final = frozenset(
+    {"align", "bgcolor", "class", "dir", "height", "id", "lang", "style", "title", "valign", "width"}
+)
+_TAG_ATTRIBUTES: Final[dict[str, frozenset[str]]] = {
+    "a": frozenset({"href", "name"}),
+    "img": frozenset({"src", "alt", "border", "hspace", "vspace"}),
+    "table": frozenset({"background", "border", "cellpadding", "cellspacing", "frame", "rules", "summary"}),
+    "td": frozenset({"abbr", "axis", "background", "colspan", "headers", "nowrap", "rowspan", "scope"}),
+    "th": frozenset({"abbr", "axis", "background", "colspan", "headers", "nowrap", "rowspan", "scope"}),
+    "col": frozenset({"span"}),
+    "colgroup": frozenset({"span"}),
+    "font": frozenset({"color", "face", "size"}),
+    "ol": frozenset({"reversed", "start", "type"}),
+    "ul": frozenset({"type"}),
+    "li": frozenset({"type", "value"}),
+    "hr": frozenset({"noshade", "size"}),
+    "blockquote": frozenset({"cite"}),
+    "q": frozenset({"cite"}),
+    "del": frozenset({"cite", "datetime"}),
+    "ins": frozenset({"cite", "datetime"}),
+    "time": frozenset({"datetime"}),
+}
+# ammonia checks these schemes on every URL attribute; _filter_attribute narrows them per
+# attribute (data: only for images, never for links).
+_URL_SCHEMES: Final = frozenset({"http", "https", "mailto", "tel", "cid", "data"})
+_SAFE_LINK_SCHEMES: Final = frozenset({"http", "https", "mailto", "tel", "cid"})
+_EMBEDDED_IMAGE: Final = ("cid:", "data:image/png", "data:image/gif", "data:image/jpeg", "data:image/webp")
+_LINK_ATTRS: Final = frozenset({"href", "cite"})
+_RESOURCE_ATTRS: Final = frozenset({"src", "background"})
 _SCHEME = re.compile(r"([a-z][a-z0-9+.-]*):")
+_DOCTYPE = re.compile(r"\s*<!doctype\s+html\b", re.IGNORECASE)
+# In ammonia's output every '<' in text and attribute values is escaped, and a <style>
+# element's raw text cannot hold "</style>": this finds exactly the style elements.
+_STYLE_ELEMENT = re.compile(r"(<style(?:\s[^<>]*)?>)(.*?)(</style>)", re.DOTALL)
 
 
 def safe_html(html_text: str) -> str:
     """``html_text`` without scripts, event handlers, active content or remote resources.
 
-    Meant for a sandboxed iframe (with a strict CSP as the second line of defence):
-    ``<script>``, ``<iframe>``, ``<object>``, ``<embed>``, ``<form>``, ``<link>``,
-    ``<meta>`` and ``<base>`` go, so do ``on*`` attributes and ``javascript:`` links.
-    Remote images and backgrounds are blocked: the URL moves to ``data-blocked-src``
-    (``data-blocked-srcset``, ``data-blocked-background``...); ``cid:`` and
-    ``data:image/`` sources stay.  Inline CSS keeps only ``data:``/``cid:`` URLs.
-    The result is re-serialised from parsed tokens, so all text is escaped.
+    Meant for a sandboxed iframe (with a strict CSP as the second line of defence).
+    ammonia (through nh3) parses the HTML as a browser would and keeps only the tags,
+    attributes and URL schemes of the allow-lists above; ``<script>``, ``<svg>``,
+    ``<iframe>`` and the like go with their content, other refused tags (``<form>``,
+    ``<meta>``, ``<base>``, ``<link>``, unknown ones) leave their text. Links keep http(s),
+    mailto, tel and cid URLs; images and backgrounds load only from ``cid:`` and
+    ``data:image/`` (remote ones are removed); CSS keeps only ``data:``/``cid:`` URLs.
+    The result is re-serialised from the parsed tree, so all text is escaped.
     """
     try:
-        cleaner = _Cleaner()
-        cleaner.feed(html_text)
-        cleaner.close()
-        if cleaner.in_style:
-            cleaner.out.append("</style>")
-        return "".join(cleaner.out)
-    except Exception:  # html.parser is lenient; this is only a safety net
-        return f"<pre>{html.escape(html_text, quote=False)}</pre>"
+        cleaned = _CLEANER.clean(html_text)
+    except Exception:  # e.g. lone surrogates nh3 cannot take: shown as text
+        text = html_text.encode("utf-8", errors="replace").decode("utf-8")
+        return f"<pre>{html.escape(text, quote=False)}</pre>"
+    cleaned = _STYLE_ELEMENT.sub(_clean_style_element, cleaned)
+    return "<!DOCTYPE html>" + cleaned if _DOCTYPE.match(html_text) else cleaned
 
 
-class _Cleaner(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self._skip: list[str] = []  # open elements whose content is dropped
-        self.in_style = 0
-
-    # ---- tags ----
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self._start(tag, attrs, self_closing=False)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self._start(tag, attrs, self_closing=True)
-
-    def _start(self, tag: str, attrs: list[tuple[str, str | None]], *, self_closing: bool) -> None:
-        if self._skip:
-            if tag == self._skip[-1] and not self_closing:
-                self._skip.append(tag)
-            return
-        if tag in _DROP_WITH_CONTENT:
-            if not self_closing:
-                self._skip.append(tag)
-            return
-        if tag in _DROP_TAG or not _TAG_NAME.fullmatch(tag):
-            return
-        self.out.append(f"<{tag}{_attributes(tag, attrs)}>")
-        if tag == "style" and not self_closing:
-            self.in_style += 1
-        elif self_closing and tag not in _VOID:
-            self.out.append(f"</{tag}>")
-
-    def handle_endtag(self, tag: str) -> None:
-        if self._skip:
-            if tag == self._skip[-1]:
-                self._skip.pop()
-            return
-        if tag in _DROP_WITH_CONTENT or tag in _DROP_TAG or tag in _VOID or not _TAG_NAME.fullmatch(tag):
-            return
-        if tag == "style" and self.in_style:
-            self.in_style -= 1
-        self.out.append(f"</{tag}>")
-
-    # ---- content ----
-
-    def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
-        if self.in_style:
-            self.out.append(_style_text(data))
-        else:
-            self.out.append(html.escape(data, quote=False))
-
-    def handle_decl(self, decl: str) -> None:
-        if not self._skip and re.fullmatch(r"doctype\s+html[^<>]*", decl, flags=re.IGNORECASE):
-            self.out.append(f"<!{decl}>")
-
-    def handle_comment(self, data: str) -> None:
-        """Comments (and conditional comments) are dropped."""
-
-    def handle_pi(self, data: str) -> None:
-        """Processing instructions are dropped."""
-
-    def unknown_decl(self, data: str) -> None:
-        """CDATA sections and other declarations are dropped."""
-
-
-def _attributes(tag: str, attrs: list[tuple[str, str | None]]) -> str:
-    out: list[str] = []
-    for raw_name, value in attrs:
-        name = raw_name.lower()
-        if not _ATTR_NAME.fullmatch(name) or name.startswith("on") or name in _DROP_ATTRS:
-            continue
-        if name.startswith("data-blocked-"):
-            continue  # only this function writes those
-        if value is None:
-            out.append(f" {name}")
-            continue
-        kept = _attribute_value(tag, name, value)
-        if kept is None:
-            continue
-        new_name, new_value = kept
-        out.append(f' {new_name}="{html.escape(new_value, quote=True)}"')
-    return "".join(out)
-
-
-def _attribute_value(tag: str, name: str, value: str) -> tuple[str, str] | None:
-    """The attribute to write for ``name=value``, renamed when blocked, or ``None`` to drop it."""
+def _filter_attribute(tag: str, name: str, value: str) -> str | None:
+    """Called by ammonia for each allowed attribute: the value to keep, or None to drop it."""
     if name == "style":
-        return name, _safe_css(value)
-    if name == "srcset" or name == "imagesrcset":
-        return f"data-blocked-{name}", value
+        return _safe_css(value)
     if name in _RESOURCE_ATTRS:
-        if _is_embedded_image(value):
-            return name, value
-        return f"data-blocked-{name}", value
+        return value if _is_embedded_image(value) else None
     if name in _LINK_ATTRS:
-        return (name, value) if _is_safe_link(value) else None
-    if _looks_like_script_url(value):
-        return None
-    return name, value
+        return value if _is_safe_link(value) else None
+    return value
+
+
+def _clean_style_element(match: re.Match[str]) -> str:
+    return match.group(1) + _style_text(match.group(2)) + match.group(3)
+
+
+_CLEANER: Final = nh3.Cleaner(
+    tags=set(_ALLOWED_TAGS),
+    clean_content_tags=set(_CLEAN_CONTENT_TAGS),
+    attributes={"*": set(_GENERIC_ATTRIBUTES), **{tag: set(names) for tag, names in _TAG_ATTRIBUTES.items()}},
+    attribute_filter=_filter_attribute,
+    url_schemes=set(_URL_SCHEMES),
+    strip_comments=True,
+    link_rel="noopener noreferrer",
+)
 
 
 def _url_key(value: str) -> str:
@@ -587,20 +545,14 @@ def _url_key(value: str) -> str:
 
 
 def _is_embedded_image(value: str) -> bool:
-    key = _url_key(value)
-    return key.startswith(("cid:", "data:image/"))
+    return _url_key(value).startswith(_EMBEDDED_IMAGE)
 
 
 def _is_safe_link(value: str) -> bool:
-    key = _url_key(value)
-    scheme = _SCHEME.match(key)
+    scheme = _SCHEME.match(_url_key(value))
     if scheme is None:
         return True  # relative or fragment
     return scheme.group(1) in _SAFE_LINK_SCHEMES
-
-
-def _looks_like_script_url(value: str) -> bool:
-    return _url_key(value).startswith(("javascript:", "vbscript:", "livescript:"))
 
 
 # ---- CSS ----
