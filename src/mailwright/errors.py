@@ -62,6 +62,20 @@ class AuthorizationError(MailwrightError):
     code = "unauthorized"
 
 
+class PermissionDeniedError(MailwrightError):
+    """A valid token or web user whose role may not do this (403): names both roles."""
+
+    code = "forbidden"
+
+    def __init__(self, message: str, *, role: str, required_role: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.role = role
+        self.required_role = required_role
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "role": self.role, "required_role": self.required_role}
+
+
 class SecretError(MailwrightError):
     """A stored secret cannot be decrypted: wrong or missing key."""
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from mailwright.domain.addresses import parse_address
 from mailwright.errors import ConflictError, ValidationError
 from mailwright.secrets import MASK, Secret, SecretBox
+from mailwright.services import audit
 from mailwright.services.common import clean_name, find
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AccountKeyRow, TargetRow, name_key, utcnow
@@ -75,6 +76,24 @@ def _context(row_id: str) -> str:
     return f"account-key:{row_id}:password"
 
 
+def _audited(row: AccountKeyRow) -> dict[str, Any]:
+    """The fields the audit log compares: not the password (an update names it when it is given)."""
+    return {"name": row.name, "username": row.username, "sender": row.sender, "description": row.description}
+
+
+def _record(
+    session: Any, action: audit.AuditAction, row: AccountKeyRow, fields: list[str] | None = None
+) -> None:
+    audit.record(
+        session,
+        action=action,
+        object_type=audit.ObjectType.ACCOUNT_KEY,
+        object_id=row.id,
+        object_name=row.name,
+        fields=fields,
+    )
+
+
 class AccountKeyService:
     def __init__(self, db: Database, box: SecretBox) -> None:
         self._db = db
@@ -99,11 +118,13 @@ class AccountKeyService:
             session.add(row)
             session.flush()
             row.password_encrypted = self._box.encrypt(data.password.reveal(), context=_context(row.id))
+            _record(session, audit.AuditAction.CREATE, row)
             return self._public(session, row)
 
     def update(self, ref: str, data: AccountKeyUpdate) -> AccountKeyPublic:
         with self._db.session() as session:
             row = find(session, AccountKeyRow, ref, what="account key")
+            before = _audited(row)
             if data.name is not None:
                 name = clean_name(data.name, field="name", what="account key")
                 if name_key(name) != row.name_key:
@@ -118,6 +139,9 @@ class AccountKeyService:
             if data.description is not None:
                 row.description = data.description.strip()
             row.updated_at = utcnow()
+            # The password's name only, when a new one was given: never a value, not even encrypted.
+            fields = audit.changed(before, _audited(row)) + (["password"] if data.password else [])
+            _record(session, audit.AuditAction.UPDATE, row, fields)
             return self._public(session, row)
 
     def get(self, ref: str) -> AccountKeyPublic:
@@ -140,6 +164,7 @@ class AccountKeyService:
                     hint="choose another account key for those targets first",
                 )
             session.delete(row)
+            _record(session, audit.AuditAction.DELETE, row)
 
     def login(self, ref: str) -> Login:
         """The decrypted credentials, for the transport only."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mailwright.config import Settings
 from mailwright.services.account_keys import AccountKeyService
+from mailwright.services.audit import AuditService
 from mailwright.services.batches import BatchService
 from mailwright.services.files import FileService
 from mailwright.services.idempotency import IdempotencyService
@@ -36,6 +37,7 @@ class Services:
         # SMTP connection pools, shared by every send of the process; closed by `aclose`.
         self.pools: PoolRegistry = shared_pools()
         self.tokens = TokenService(self.db)
+        self.audit = AuditService(self.db)  # the services record into it; this reads it
         self.web_auth = WebAuthService(self.db, self.tokens)
         self.workflows = WorkflowService(self.db)
         self.runs = RunService(self.db)

@@ -14,6 +14,7 @@ from mailwright.domain.smtp import Security
 from mailwright.domain.workflows import WorkflowDocument, references
 from mailwright.errors import ConflictError, ValidationError
 from mailwright.plugins import target_type
+from mailwright.services import audit
 from mailwright.services.account_keys import NAME_SCHEMA, AccountKeyService
 from mailwright.services.common import clean_name, find
 from mailwright.services.ratelimit import limiter_for
@@ -202,11 +203,19 @@ class TargetService:
             )
             session.add(row)
             session.flush()
+            audit.record(
+                session,
+                action=audit.AuditAction.CREATE,
+                object_type=audit.ObjectType.TARGET,
+                object_id=row.id,
+                object_name=row.display_name,
+            )
             return _public(row)
 
     def update(self, ref: str, data: TargetUpdate) -> TargetPublic:
         with self._db.session() as session:
             row = find(session, TargetRow, ref, what="target")
+            before = _audited(row)
             if data.display_name is not None:
                 name = clean_name(data.display_name, field="display_name", what="target")
                 if name_key(name) != row.name_key:
@@ -227,6 +236,14 @@ class TargetService:
                 row.no_account_keys = key is None
                 row.account_key = key
             row.updated_at = utcnow()
+            audit.record(
+                session,
+                action=audit.AuditAction.UPDATE,
+                object_type=audit.ObjectType.TARGET,
+                object_id=row.id,
+                object_name=row.display_name,
+                fields=audit.changed(before, _audited(row)),
+            )
             return _public(row)
 
     def get(self, ref: str) -> TargetPublic:
@@ -249,6 +266,13 @@ class TargetService:
                     hint="point those workflows at another target first",
                 )
             session.delete(row)
+            audit.record(
+                session,
+                action=audit.AuditAction.DELETE,
+                object_type=audit.ObjectType.TARGET,
+                object_id=row.id,
+                object_name=row.display_name,
+            )
 
     async def test(self, ref: str) -> ConnectionTestReport:
         resolved = self.resolve(ref)
@@ -345,6 +369,17 @@ def _workflows_naming(session: Session, target_name: str) -> list[str]:
         if key in {name_key(n) for n in named}:
             users.append(row.name)
     return users
+
+
+def _audited(row: TargetRow) -> dict[str, Any]:
+    """The target's fields as the audit log compares them (a target holds no secret)."""
+    return {
+        "display_name": row.display_name,
+        "description": row.description,
+        "account_key": row.account_key_id,
+        "no_account_keys": row.no_account_keys,
+        **row.settings,
+    }
 
 
 def _public(row: TargetRow) -> TargetPublic:

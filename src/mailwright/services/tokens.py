@@ -1,4 +1,4 @@
-"""API tokens: random bearer tokens, stored as SHA-256 hashes, shown once."""
+"""API tokens: random bearer tokens, stored as SHA-256 hashes, shown once, each with a role."""
 
 from __future__ import annotations
 
@@ -8,20 +8,27 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from mailwright.domain.roles import Role
 from mailwright.errors import AuthorizationError, ConflictError
+from mailwright.services import audit
 from mailwright.services.common import clean_name, find
 from mailwright.storage.db import Database
 from mailwright.storage.tables import ApiTokenRow, name_key, utcnow
 
 PREFIX = "mw_"
 LAST_USED_PRECISION = timedelta(minutes=1)  # how stale `last_used_at` may be
+# What `tokens create` gives without --role: enough to send mail and run workflows (what most
+# tokens are for, in scripts and other services), not to change targets, keys or workflows.
+DEFAULT_ROLE = Role.OPERATOR
 
 
 class TokenPublic(BaseModel):
     id: str
     name: str
     prefix: str
+    role: Role
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
@@ -42,7 +49,7 @@ class TokenService:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create(self, name: str) -> NewToken:
+    def create(self, name: str, *, role: Role = DEFAULT_ROLE) -> NewToken:
         name = clean_name(name, field="name", what="token")
         token = PREFIX + secrets.token_urlsafe(32)
         with self._db.session() as session:
@@ -51,16 +58,23 @@ class TokenService:
                 raise ConflictError(
                     f"a token named {clash.name!r} already exists", hint="choose another name"
                 )
-            row = ApiTokenRow(name=name, name_key=name_key(name), token_hash=_hash(token), prefix=token[:10])
+            row = ApiTokenRow(
+                name=name,
+                name_key=name_key(name),
+                token_hash=_hash(token),
+                prefix=token[:10],
+                role=role.value,
+            )
             session.add(row)
             session.flush()
+            _record(session, audit.AuditAction.CREATE, row)
             return NewToken(token=token, info=_public(row))
 
     def ensure_admin(self) -> NewToken | None:
         """On first start: an 'admin' token when none exists yet."""
         with self._db.session() as session:
             count = session.scalar(select(func.count()).select_from(ApiTokenRow))
-        return self.create("admin") if not count else None
+        return self.create("admin", role=Role.ADMIN) if not count else None
 
     def list_all(self) -> list[TokenPublic]:
         with self._db.session() as session:
@@ -72,6 +86,7 @@ class TokenService:
             row = find(session, ApiTokenRow, ref, what="token")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
+                _record(session, audit.AuditAction.REVOKE, row)
             return _public(row)
 
     def verify(self, token: str) -> TokenPublic:
@@ -89,11 +104,25 @@ class TokenService:
             return _public(row)
 
 
+def _record(
+    session: Session, action: audit.AuditAction, row: ApiTokenRow, fields: list[str] | None = None
+) -> None:
+    audit.record(
+        session,
+        action=action,
+        object_type=audit.ObjectType.TOKEN,
+        object_id=row.id,
+        object_name=row.name,
+        fields=fields,
+    )
+
+
 def _public(row: ApiTokenRow) -> TokenPublic:
     return TokenPublic(
         id=row.id,
         name=row.name,
         prefix=row.prefix,
+        role=Role(row.role),
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from mailwright.domain.triggers import EmailTrigger
 from mailwright.domain.workflows import WorkflowDocument
 from mailwright.errors import NotFoundError
+from mailwright.services import audit
 from mailwright.services.common import find, workflow_states
 from mailwright.services.runs import RunService
 from mailwright.storage.db import Database
@@ -252,6 +253,14 @@ class TriggerService:
                     + (f" (it has {count}: 0 to {count - 1})" if count else " (it declares no triggers)"),
                     hint=f"see `mailwright triggers list --workflow {row.name!r}`",
                 )
+            audit.record(
+                session,
+                action=audit.AuditAction.UPDATE,
+                object_type=audit.ObjectType.TRIGGER,
+                object_id=state.id,
+                object_name=f"{row.name} trigger {index}",
+                fields=["enabled"] if state.enabled != enabled else [],
+            )
             state.enabled = enabled
             state.status = "starting" if enabled else "disabled"
             state.error = None

@@ -11,8 +11,9 @@ from datetime import timedelta
 
 from sqlalchemy import delete, select
 
+from mailwright.domain.roles import Role
 from mailwright.errors import AuthorizationError, ValidationError
-from mailwright.services.tokens import TokenService
+from mailwright.services.tokens import TokenPublic, TokenService
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AppSettingRow, WebSessionRow, utcnow
 
@@ -34,6 +35,9 @@ def _sha(token: str) -> str:
 class WebSession:
     id: str
     csrf_token: str
+    # Signed in with the admin password (an admin, token_name None) or an API token (its role).
+    role: Role = Role.ADMIN
+    token_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,34 +84,42 @@ class WebAuthService:
         _scheme, salt, digest = row.value.split("$")
         return hmac.compare_digest(_hash_password(password, base64.b64decode(salt)), base64.b64decode(digest))
 
-    def check_token(self, token: str) -> bool:
+    def _token(self, token: str) -> TokenPublic | None:
         try:
-            self._tokens.verify(token.strip())
+            return self._tokens.verify(token.strip())
         except AuthorizationError:
-            return False
-        return True
+            return None
+
+    def check_token(self, token: str) -> bool:
+        """An admin token (setting the admin password makes its holder the web admin)."""
+        found = self._token(token)
+        return found is not None and found.role is Role.ADMIN
 
     def sign_in(self, secret: str) -> NewSession:
-        """A session for the admin password, or for an API token (the first-start token)."""
-        ok = self.check_password(secret) if self.has_password() else False
-        if not ok and not self.check_token(secret):
+        """A session for the admin password (an admin), or for an API token (with the token's role)."""
+        if self.has_password() and self.check_password(secret):
+            return self.open_session()
+        token = self._token(secret)
+        if token is None:
             raise AuthorizationError(
                 "wrong password or token", hint="the admin token is printed on first start"
             )
-        return self.open_session()
+        return self.open_session(role=token.role, token_name=token.name)
 
-    def open_session(self) -> NewSession:
+    def open_session(self, *, role: Role = Role.ADMIN, token_name: str | None = None) -> NewSession:
         cookie = secrets.token_urlsafe(32)
         row = WebSessionRow(
             token_hash=_sha(cookie),
             csrf_token=secrets.token_urlsafe(32),
             expires_at=utcnow() + SESSION_LIFETIME,
+            role=role.value,
+            token_name=token_name,
         )
         with self._db.session() as session:
             session.execute(delete(WebSessionRow).where(WebSessionRow.expires_at < utcnow()))
             session.add(row)
             session.flush()
-            return NewSession(cookie=cookie, session=WebSession(id=row.id, csrf_token=row.csrf_token))
+            return NewSession(cookie=cookie, session=_public(row))
 
     def session_for(self, cookie: str | None) -> WebSession | None:
         if not cookie:
@@ -119,8 +131,12 @@ class WebAuthService:
             if row is None or row.expires_at < utcnow():
                 return None
             row.last_seen_at = utcnow()
-            return WebSession(id=row.id, csrf_token=row.csrf_token)
+            return _public(row)
 
     def sign_out(self, session_id: str) -> None:
         with self._db.session() as session:
             session.execute(delete(WebSessionRow).where(WebSessionRow.id == session_id))
+
+
+def _public(row: WebSessionRow) -> WebSession:
+    return WebSession(id=row.id, csrf_token=row.csrf_token, role=Role(row.role), token_name=row.token_name)

@@ -19,6 +19,7 @@ from mailwright.domain.workflows import (
 )
 from mailwright.errors import ConflictError, ValidationError
 from mailwright.plugins import activities
+from mailwright.services import audit
 from mailwright.services.common import clean_name, find
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AccountKeyRow, RunRow, TargetRow, WorkflowRow, name_key, utcnow
@@ -121,6 +122,8 @@ class WorkflowService:
                     field="name",
                     hint="rename it in the document, or replace it (--replace)",
                 )
+            action = audit.AuditAction.UPDATE if row is not None else audit.AuditAction.CREATE
+            before = dict(row.document) if row is not None else {}
             if row is None:
                 row = WorkflowRow(name=name, name_key=name_key(name))
                 session.add(row)
@@ -128,6 +131,15 @@ class WorkflowService:
             row.document = document.model_dump(mode="json", by_alias=True, exclude_unset=True)
             row.updated_at = utcnow()
             session.flush()
+            audit.record(
+                session,
+                action=action,
+                object_type=audit.ObjectType.WORKFLOW,
+                object_id=row.id,
+                object_name=row.name,
+                # A replaced document: which of its parts (steps, triggers, schedules…) changed.
+                fields=audit.changed(before, row.document) if action is audit.AuditAction.UPDATE else None,
+            )
             saved = self._public(session, row)
         if self.on_saved is not None:
             self.on_saved(saved.id)
@@ -161,6 +173,13 @@ class WorkflowService:
                     hint="cancel them first (mailwright runs cancel RUN)",
                 )
             session.delete(row)
+            audit.record(
+                session,
+                action=audit.AuditAction.DELETE,
+                object_type=audit.ObjectType.WORKFLOW,
+                object_id=row.id,
+                object_name=row.name,
+            )
 
     def export(self, ref: str, fmt: Literal["yaml", "json"] = "yaml") -> ExportedWorkflow:
         document = self.document(ref)

@@ -83,6 +83,8 @@ class ApiTokenRow(Base):
     name_key: Mapped[str] = mapped_column(String(200), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    # admin, operator or viewer (domain/roles.py); tokens from before roles existed are admins.
+    role: Mapped[str] = mapped_column(String(20), default="admin", server_default="admin")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -106,6 +108,9 @@ class WebSessionRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
+    # Who signed in: the admin password (token_name NULL, role admin) or an API token (its role).
+    role: Mapped[str] = mapped_column(String(20), default="admin", server_default="admin")
+    token_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -272,3 +277,24 @@ class TriggerMessageRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEntryRow(Base):
+    """Who created, changed or deleted which target, account key, workflow, trigger or token.
+
+    Written by the services in the transaction of the change itself. `fields` lists the
+    names of the fields a change touched, never their values (a password is a field name).
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    face: Mapped[str] = mapped_column(String(20))  # api, web, cli, system
+    actor_type: Mapped[str] = mapped_column(String(20))  # token, user, local, system
+    actor: Mapped[str] = mapped_column(String(200))  # token name, web user, OS user
+    action: Mapped[str] = mapped_column(String(20))  # create, update, delete, revoke
+    object_type: Mapped[str] = mapped_column(String(30))  # target, account_key, workflow, trigger, token
+    object_id: Mapped[str] = mapped_column(String(36))
+    object_name: Mapped[str] = mapped_column(String(300))
+    fields: Mapped[list[str]] = mapped_column(JSON, default=list)
