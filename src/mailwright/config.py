@@ -48,6 +48,21 @@ class Settings(BaseSettings):
         description="workers remove stored files older than this many days, unless an active run "
         "refers to them (default: keep forever)",
     )
+    # Bounded requests (api/limits.py). A 35 MiB message's attachments grow by 4/3 in base64
+    # inside the JSON body (46.7 MiB); 48 MiB leaves 1.3 MiB for the other fields and bodies.
+    max_request_bytes: int = Field(
+        default=48 * 1024 * 1024, ge=1024, description="largest request body accepted (413 above it)"
+    )
+    max_batch_request_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1024,
+        description="largest body of POST /api/v1/send-email/batch (413 above it)",
+    )
+    # Where browsers reach the service; https:// makes the cookies Secure, as does behind_https.
+    public_url: str | None = Field(
+        default=None, description="the URL browsers use, e.g. https://mail.example.org"
+    )
+    behind_https: bool = Field(default=False, description="an HTTPS proxy is in front: cookies are Secure")
 
     @field_validator("home")
     @classmethod
@@ -59,6 +74,24 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.home / 'mailwright.db'}"
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.lower().startswith(("https://", "http://")):
+            raise ValueError(
+                f"MAILWRIGHT_PUBLIC_URL must start with https:// or http://, not {value!r} "
+                "(e.g. https://mail.example.org)"
+            )
+        return value
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies carry `Secure` when browsers reach the service over HTTPS."""
+        return self.behind_https or (self.public_url or "").lower().startswith("https://")
 
     def ensure_home(self) -> Path:
         try:

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from mailwright import __version__
 from mailwright.api import errors, openapi
+from mailwright.api.limits import RequestLimits
 from mailwright.api.routes import router
 from mailwright.api.routes_batch import router as batch_router
 from mailwright.api.routes_workflows import router as workflow_router
@@ -66,6 +67,13 @@ def create_app(
     app.include_router(router)
     app.include_router(batch_router)
     app.include_router(workflow_router)
+    # Added before the web's middleware, so that its security headers wrap the 401 and 413 too.
+    app.add_middleware(
+        RequestLimits,
+        max_bytes=services.settings.max_request_bytes,
+        batch_max_bytes=services.settings.max_batch_request_bytes,
+        verify_token=services.tokens.verify,
+    )
 
     web.install(app)
     # Only the routes under /api/ are the API; the web pages are not described.
