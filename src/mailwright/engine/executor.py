@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import bindparam, func, null, or_, select, update
+from sqlalchemy import bindparam, case, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailwright.activities.context import ActivityContext
@@ -199,6 +199,37 @@ _MARK_SENDING = (
     .values(send_state="sending", message_id=func.coalesce(RunStepRow.message_id, bindparam("chosen")))
     .execution_options(synchronize_session=False)
 )
+
+
+_START_ATTEMPT = (
+    update(RunStepRow)
+    .where(RunStepRow.id == bindparam("row_id"))
+    .values(
+        attempts=bindparam("attempt"),
+        max_attempts=bindparam("most"),
+        status="running",
+        started_at=func.coalesce(RunStepRow.started_at, _NOW),
+        updated_at=_NOW,
+    )
+    .execution_options(synchronize_session=False)
+)
+_START_ATTEMPT_WITH_INPUTS = _START_ATTEMPT.values(inputs=bindparam("rendered", type_=RunStepRow.inputs.type))
+_STEP_COLUMNS = (
+    RunStepRow.id,
+    RunStepRow.status,
+    RunStepRow.send_state,
+    RunStepRow.attempts,
+    RunStepRow.message_id,
+    RunStepRow.inputs,
+)
+_SENT_IF_SENDING = case((RunStepRow.send_state == "sending", "sent"), else_=RunStepRow.send_state)
+_SETTLED = (RunStepRow.output, RunStepRow.error)
+
+
+def _at_step(run_id: str, position: int, index: int | None) -> tuple[Any, ...]:
+    """The WHERE clause of a step's row (the parent's, or a for_each item's)."""
+    item = RunStepRow.item_index.is_(None) if index is None else RunStepRow.item_index == index
+    return (RunStepRow.run_id == run_id, RunStepRow.position == position, item)
 
 
 def worker_id() -> str:
@@ -514,16 +545,29 @@ class Executor:
         return "succeeded"
 
     @staticmethod
-    def _record_inputs(row: RunStepRow, inputs: dict[str, Any] | None) -> None:
-        """What the step ran with, as rendered; attachment bodies are summarised, not copied."""
+    def _recorded_inputs(
+        stored: dict[str, Any] | None, index: int | None, inputs: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """What the step ran with, as rendered (attachment bodies summarised), or None to keep `stored`."""
         if inputs is None:
-            return
+            return None
         for attachment in inputs.get("attachments") or []:
             if isinstance(attachment, dict) and "content" in attachment:
                 attachment["content"] = f"<{len(str(attachment['content'])) * 3 // 4} bytes>"
         # A for_each parent keeps its item list; its items and plain steps keep their inputs.
-        if row.item_index is not None or row.inputs is None or "items" not in row.inputs:
-            row.inputs = inputs
+        if index is not None or stored is None or "items" not in stored:
+            return inputs
+        return None
+
+    @staticmethod
+    def _crashed_while_sending(session: Session, run_id: str, row_id: str) -> None:
+        """An earlier execution stopped after DATA began: the step's outcome is unknown."""
+        row = session.get(RunStepRow, row_id)
+        assert row is not None
+        row.notes = [*row.notes, unknown_note(run_id, row.attempts, row.message_id, CRASH_WHY)]
+        row.send_state = row.status = UNKNOWN
+        row.error = unknown_error(run_id, CRASH_WHY)
+        row.finished_at = row.updated_at = utcnow()
 
     @staticmethod
     def _render_name(value: str | None, context: dict[str, Any]) -> str | None:
@@ -547,21 +591,24 @@ class Executor:
         """
 
         def apply(session: Session) -> tuple[str, str | None] | str:
-            row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
+            connection = session.connection()
+            row = connection.execute(select(*_STEP_COLUMNS).where(*_at_step(run_id, position, index))).one()
             if row.status in ("succeeded", UNKNOWN):
-                return row.status
+                return str(row.status)
             if row.send_state == "sending":
-                row.notes = [*row.notes, unknown_note(run_id, row.attempts, row.message_id, CRASH_WHY)]
-                row.send_state = row.status = UNKNOWN
-                row.error = unknown_error(run_id, CRASH_WHY)
-                row.finished_at = row.updated_at = utcnow()
+                self._crashed_while_sending(session, run_id, row.id)
                 return UNKNOWN
-            self._record_inputs(row, inputs)
-            row.attempts += 1
-            row.max_attempts = step.retries + 1
-            row.status = "running"
-            row.started_at = row.started_at or utcnow()
-            row.updated_at = utcnow()
+            params: dict[str, Any] = {
+                "row_id": row.id,
+                "attempt": row.attempts + 1,
+                "most": step.retries + 1,
+                "now": utcnow(),
+            }
+            recorded = self._recorded_inputs(row.inputs, index, inputs)
+            if recorded is None:
+                connection.execute(_START_ATTEMPT, params)
+            else:
+                connection.execute(_START_ATTEMPT_WITH_INPUTS, {**params, "rendered": recorded})
             return row.id, row.message_id
 
         return await self._write(run_id, apply)
@@ -667,18 +714,19 @@ class Executor:
         *,
         sent: bool = False,
     ) -> str:
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "updated_at": utcnow()}
+        if output is not None:
+            values["output"] = output if isinstance(output, dict) else {"items": output}
+        if error is not None:
+            values["error"] = error
+        if sent:  # the attempt succeeded: what it sent (if anything) is known to have arrived
+            values["error"] = None
+            values["send_state"] = _SENT_IF_SENDING
+        where = _at_step(run_id, position, index)
+
         def apply(session: Session) -> dict[str, Any]:
-            row = next(r for r in self._rows(session, run_id, position) if r.item_index == index)
-            row.status = status
-            if output is not None:
-                row.output = output if isinstance(output, dict) else {"items": output}
-            if error is not None:
-                row.error = error
-            if sent:  # the attempt succeeded: what it sent (if anything) is known to have arrived
-                row.error = None
-                if row.send_state == "sending":
-                    row.send_state = "sent"
-            row.finished_at = row.updated_at = utcnow()
+            statement = update(RunStepRow).where(*where).values(values).returning(*_SETTLED)
+            row = session.connection().execute(statement).one()
             return {"status": status, "output": row.output, "error": row.error}
 
         context["steps"][step.id] = await self._write(run_id, apply)
