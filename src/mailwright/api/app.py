@@ -16,6 +16,7 @@ from mailwright import __version__
 from mailwright.api import errors, openapi
 from mailwright.api.limits import RequestLimits
 from mailwright.api.routes import router
+from mailwright.api.routes_audit import router as audit_router
 from mailwright.api.routes_batch import router as batch_router
 from mailwright.api.routes_workflows import router as workflow_router
 from mailwright.engine.worker import Worker
@@ -67,6 +68,7 @@ def create_app(
     app.include_router(router)
     app.include_router(batch_router)
     app.include_router(workflow_router)
+    app.include_router(audit_router)
     # Added before the web's middleware, so that its security headers wrap the 401 and 413 too.
     app.add_middleware(
         RequestLimits,

@@ -23,7 +23,9 @@ class ErrorDetail(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    code: str = Field(description="machine-readable: validation_error, not_found, conflict, unauthorized…")
+    code: str = Field(
+        description="machine-readable: validation_error, not_found, conflict, unauthorized, forbidden…"
+    )
     message: str = Field(description="what was wrong, in words")
     hint: str | None = Field(default=None, description="what to do about it")
     field: str | None = Field(default=None, description="the input at fault, where there is one")
@@ -43,6 +45,8 @@ class ErrorBody(BaseModel):
 
 _DESCRIPTIONS: dict[int | str, str] = {
     401: "no valid API token (send 'Authorization: Bearer TOKEN')",
+    403: "the token's role may not do this: `error.required_role` names the role it needs, "
+    "`error.role` the token's (admin, operator or viewer)",
     404: "no such target, account key, workflow or run",
     409: "conflicts with what exists (a duplicate name, something still in use, a finished run)",
     422: "the request is not valid: `error.field` and `error.problems` say what to fix",

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from mailwright.api.deps import ServicesDep, require_token
+from mailwright.api.deps import ServicesDep, admin, operator, require_token, viewer
 from mailwright.api.errors import status_for_code
 from mailwright.api.openapi import REPLAYED, ErrorBody, errors
 from mailwright.api.params import IdempotencyKey, Ref, Timeout, refuse_nul
@@ -26,33 +26,55 @@ router = APIRouter(
 )
 
 
-@router.get("/account-keys", tags=["account keys"])
+@router.get("/account-keys", dependencies=[viewer("listing account keys")], tags=["account keys"])
 def list_account_keys(services: ServicesDep) -> list[AccountKeyPublic]:
     return services.account_keys.list_all()
 
 
-@router.post("/account-keys", status_code=201, tags=["account keys"], responses=errors(409, 422))
+@router.post(
+    "/account-keys",
+    dependencies=[admin("creating account keys")],
+    status_code=201,
+    tags=["account keys"],
+    responses=errors(403, 409, 422),
+)
 def create_account_key(body: AccountKeyCreate, services: ServicesDep) -> AccountKeyPublic:
     return services.account_keys.create(body)
 
 
-@router.get("/account-keys/{ref}", tags=["account keys"], responses=errors(404, 422))
+@router.get(
+    "/account-keys/{ref}",
+    dependencies=[viewer("reading account keys")],
+    tags=["account keys"],
+    responses=errors(404, 422),
+)
 def get_account_key(ref: Ref, services: ServicesDep) -> AccountKeyPublic:
     return services.account_keys.get(ref)
 
 
-@router.patch("/account-keys/{ref}", tags=["account keys"], responses=errors(404, 409, 422))
+@router.patch(
+    "/account-keys/{ref}",
+    dependencies=[admin("changing account keys")],
+    tags=["account keys"],
+    responses=errors(403, 404, 409, 422),
+)
 def update_account_key(ref: Ref, body: AccountKeyUpdate, services: ServicesDep) -> AccountKeyPublic:
     return services.account_keys.update(ref, body)
 
 
-@router.delete("/account-keys/{ref}", status_code=204, tags=["account keys"], responses=errors(404, 409, 422))
+@router.delete(
+    "/account-keys/{ref}",
+    dependencies=[admin("deleting account keys")],
+    status_code=204,
+    tags=["account keys"],
+    responses=errors(403, 404, 409, 422),
+)
 def delete_account_key(ref: Ref, services: ServicesDep) -> Response:
     services.account_keys.delete(ref)
     return Response(status_code=204)
 
 
-@router.get("/target-types", tags=["targets"])
+@router.get("/target-types", dependencies=[viewer("listing target types")], tags=["targets"])
 def list_target_types() -> list[dict[str, Any]]:
     return [
         {
@@ -66,33 +88,57 @@ def list_target_types() -> list[dict[str, Any]]:
     ]
 
 
-@router.get("/targets", tags=["targets"])
+@router.get("/targets", dependencies=[viewer("listing targets")], tags=["targets"])
 def list_targets(services: ServicesDep) -> list[TargetPublic]:
     return services.targets.list_all()
 
 
-@router.post("/targets", status_code=201, tags=["targets"], responses=errors(404, 409, 422))
+@router.post(
+    "/targets",
+    dependencies=[admin("creating targets")],
+    status_code=201,
+    tags=["targets"],
+    responses=errors(403, 404, 409, 422),
+)
 def create_target(body: TargetCreate, services: ServicesDep) -> TargetPublic:
     return services.targets.create(body)
 
 
-@router.get("/targets/{ref}", tags=["targets"], responses=errors(404, 422))
+@router.get(
+    "/targets/{ref}", dependencies=[viewer("reading targets")], tags=["targets"], responses=errors(404, 422)
+)
 def get_target(ref: Ref, services: ServicesDep) -> TargetPublic:
     return services.targets.get(ref)
 
 
-@router.patch("/targets/{ref}", tags=["targets"], responses=errors(404, 409, 422))
+@router.patch(
+    "/targets/{ref}",
+    dependencies=[admin("changing targets")],
+    tags=["targets"],
+    responses=errors(403, 404, 409, 422),
+)
 def update_target(ref: Ref, body: TargetUpdate, services: ServicesDep) -> TargetPublic:
     return services.targets.update(ref, body)
 
 
-@router.delete("/targets/{ref}", status_code=204, tags=["targets"], responses=errors(404, 409, 422))
+@router.delete(
+    "/targets/{ref}",
+    dependencies=[admin("deleting targets")],
+    status_code=204,
+    tags=["targets"],
+    responses=errors(403, 404, 409, 422),
+)
 def delete_target(ref: Ref, services: ServicesDep) -> Response:
     services.targets.delete(ref)
     return Response(status_code=204)
 
 
-@router.post("/targets/{ref}/test", tags=["targets"], responses=errors(404, 422, "5XX"))
+@router.post(
+    "/targets/{ref}/test",
+    dependencies=[operator("testing targets")],
+    tags=["targets"],
+    responses=errors(403, 404, 422, "5XX"),
+)
 async def test_target(ref: Ref, services: ServicesDep) -> dict[str, Any]:
     """Connect, TLS, EHLO, AUTH, QUIT. 200 with `ok: false` and a diagnosis when it fails."""
     report = await services.targets.test(ref)
@@ -116,11 +162,12 @@ def _accept(services: Services, body: SendEmailRequest, key: str | None) -> Star
 
 @router.post(
     "/send-email",
+    dependencies=[operator("sending mail")],
     tags=["send"],
     responses={
         200: {"model": SendResult, "description": "sent (with `wait`, the default)", "headers": REPLAYED},
         202: {"model": Accepted, "description": "accepted, still running", "headers": REPLAYED},
-        **errors(404, 422, "5XX"),
+        **errors(403, 404, 422, "5XX"),
     },
 )
 async def send_email(

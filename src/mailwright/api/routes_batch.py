@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from mailwright.api.deps import ServicesDep, require_token
+from mailwright.api.deps import ServicesDep, operator, require_token, viewer
 from mailwright.api.openapi import REPLAYED, errors
 from mailwright.api.params import MAX_REF_LENGTH, WAIT_LIMIT, IdempotencyKey, Limit, Offset, RunId, refuse_nul
 from mailwright.services.batches import MAX_CONCURRENCY
@@ -65,12 +65,13 @@ _ANSWER_FIELDS = {"wait", "timeout"}
 
 @router.post(
     "/send-email/batch",
+    dependencies=[operator("sending mail")],
     tags=["send"],
     status_code=202,
     responses={
         200: {"model": BatchFinished, "description": "finished (with `wait`)", "headers": REPLAYED},
         202: {"model": BatchAccepted, "description": "accepted", "headers": REPLAYED},
-        **errors(404, 422, "5XX"),
+        **errors(403, 404, 422, "5XX"),
     },
 )
 async def send_batch(
@@ -138,7 +139,9 @@ SendState = Annotated[
 ]
 
 
-@router.get("/runs/{run_id}/steps", tags=["runs"], responses=errors(404, 422))
+@router.get(
+    "/runs/{run_id}/steps", dependencies=[viewer("reading runs")], tags=["runs"], responses=errors(404, 422)
+)
 def list_steps(
     run_id: RunId,
     services: ServicesDep,

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from mailwright.api.deps import ServicesDep, require_token
+from mailwright.api.deps import ServicesDep, admin, operator, require_token, viewer
 from mailwright.api.openapi import REPLAYED, errors
 from mailwright.api.params import (
     MAX_INDEX,
@@ -103,35 +103,62 @@ async def wait_for_run(
             services.runs.waiters.discard(run_id, woken)
 
 
-@router.get("/workflows", tags=["workflows"])
+@router.get("/workflows", dependencies=[viewer("listing workflows")], tags=["workflows"])
 def list_workflows(services: ServicesDep) -> list[WorkflowPublic]:
     return services.workflows.list_all()
 
 
-@router.post("/workflows", status_code=201, tags=["workflows"], responses=errors(409, 422))
+@router.post(
+    "/workflows",
+    dependencies=[admin("creating or replacing workflows")],
+    status_code=201,
+    tags=["workflows"],
+    responses=errors(403, 409, 422),
+)
 def create_workflow(body: WorkflowIn, services: ServicesDep) -> WorkflowPublic:
     return services.workflows.create(_text(body.document), replace=body.replace)
 
 
-@router.post("/workflows/validate", tags=["workflows"], responses=errors(422))
+@router.post(
+    "/workflows/validate",
+    dependencies=[viewer("validating workflows")],
+    tags=["workflows"],
+    responses=errors(422),
+)
 def validate_workflow(body: WorkflowIn, services: ServicesDep) -> dict[str, Any]:
     document = services.workflows.validate(_text(body.document))
     return {"valid": True, "name": document.name, "steps": [s.id for s in document.steps]}
 
 
-@router.get("/workflows/{ref}", tags=["workflows"], responses=errors(404, 422))
+@router.get(
+    "/workflows/{ref}",
+    dependencies=[viewer("reading workflows")],
+    tags=["workflows"],
+    responses=errors(404, 422),
+)
 def get_workflow(ref: Ref, services: ServicesDep) -> WorkflowPublic:
     return services.workflows.get(ref)
 
 
-@router.get("/workflows/{ref}/export", tags=["workflows"], responses=errors(404, 422))
+@router.get(
+    "/workflows/{ref}/export",
+    dependencies=[viewer("exporting workflows")],
+    tags=["workflows"],
+    responses=errors(404, 422),
+)
 def export_workflow(
     ref: Ref, services: ServicesDep, format: Literal["yaml", "json"] = "yaml"
 ) -> ExportedWorkflow:
     return services.workflows.export(ref, format)
 
 
-@router.delete("/workflows/{ref}", status_code=204, tags=["workflows"], responses=errors(404, 409, 422))
+@router.delete(
+    "/workflows/{ref}",
+    dependencies=[admin("deleting workflows")],
+    status_code=204,
+    tags=["workflows"],
+    responses=errors(403, 404, 409, 422),
+)
 def delete_workflow(ref: Ref, services: ServicesDep) -> Response:
     services.workflows.delete(ref)
     return Response(status_code=204)
@@ -139,12 +166,13 @@ def delete_workflow(ref: Ref, services: ServicesDep) -> Response:
 
 @router.post(
     "/workflows/{ref}/start",
+    dependencies=[operator("starting workflows")],
     tags=["workflows"],
     status_code=202,
     responses={
         200: {"model": RunPublic, "description": "finished (with `wait`)", "headers": REPLAYED},
         202: {"description": "accepted: the run as stored", "headers": REPLAYED},
-        **errors(404, 422),
+        **errors(403, 404, 422),
     },
 )
 async def start_workflow(
@@ -180,43 +208,80 @@ async def start_workflow(
     return finished
 
 
-@router.get("/workflows/{ref}/schedules", tags=["workflows"], responses=errors(404, 422))
+@router.get(
+    "/workflows/{ref}/schedules",
+    dependencies=[viewer("reading schedules")],
+    tags=["workflows"],
+    responses=errors(404, 422),
+)
 def list_schedules(ref: Ref, services: ServicesDep) -> list[SchedulePublic]:
     return services.schedules.list_for(ref)
 
 
-@router.post("/workflows/{ref}/schedules/{index}/enable", tags=["workflows"], responses=errors(404, 422))
+@router.post(
+    "/workflows/{ref}/schedules/{index}/enable",
+    dependencies=[admin("enabling schedules")],
+    tags=["workflows"],
+    responses=errors(403, 404, 422),
+)
 def enable_schedule(ref: Ref, index: Index, services: ServicesDep) -> SchedulePublic:
     return services.schedules.set_enabled(ref, index, True)
 
 
-@router.post("/workflows/{ref}/schedules/{index}/disable", tags=["workflows"], responses=errors(404, 422))
+@router.post(
+    "/workflows/{ref}/schedules/{index}/disable",
+    dependencies=[admin("disabling schedules")],
+    tags=["workflows"],
+    responses=errors(403, 404, 422),
+)
 def disable_schedule(ref: Ref, index: Index, services: ServicesDep) -> SchedulePublic:
     return services.schedules.set_enabled(ref, index, False)
 
 
-@router.get("/triggers", tags=["triggers"], responses=errors(404, 422))
+@router.get(
+    "/triggers", dependencies=[viewer("listing triggers")], tags=["triggers"], responses=errors(404, 422)
+)
 def list_triggers(services: ServicesDep, workflow: NameFilter = None) -> list[TriggerPublic]:
     """Every email trigger with its state: polling, idle, errored (with the reason), disabled."""
     return services.triggers.list_all(workflow)
 
 
-@router.get("/workflows/{ref}/triggers", tags=["triggers"], responses=errors(404, 422))
+@router.get(
+    "/workflows/{ref}/triggers",
+    dependencies=[viewer("listing triggers")],
+    tags=["triggers"],
+    responses=errors(404, 422),
+)
 def workflow_triggers(ref: Ref, services: ServicesDep) -> list[TriggerPublic]:
     return services.triggers.list_all(ref)
 
 
-@router.post("/workflows/{ref}/triggers/{index}/enable", tags=["triggers"], responses=errors(404, 422))
+@router.post(
+    "/workflows/{ref}/triggers/{index}/enable",
+    dependencies=[admin("enabling triggers")],
+    tags=["triggers"],
+    responses=errors(403, 404, 422),
+)
 def enable_trigger(ref: Ref, index: Index, services: ServicesDep) -> TriggerPublic:
     return services.triggers.set_enabled(ref, index, True)
 
 
-@router.post("/workflows/{ref}/triggers/{index}/disable", tags=["triggers"], responses=errors(404, 422))
+@router.post(
+    "/workflows/{ref}/triggers/{index}/disable",
+    dependencies=[admin("disabling triggers")],
+    tags=["triggers"],
+    responses=errors(403, 404, 422),
+)
 def disable_trigger(ref: Ref, index: Index, services: ServicesDep) -> TriggerPublic:
     return services.triggers.set_enabled(ref, index, False)
 
 
-@router.get("/workflows/{ref}/triggers/messages", tags=["triggers"], responses=errors(404, 422))
+@router.get(
+    "/workflows/{ref}/triggers/messages",
+    dependencies=[viewer("reading trigger mail")],
+    tags=["triggers"],
+    responses=errors(404, 422),
+)
 def trigger_messages(
     ref: Ref,
     services: ServicesDep,
@@ -236,24 +301,36 @@ RunStatus = Annotated[
 ]
 
 
-@router.get("/runs", tags=["runs"], responses=errors(422))
+@router.get("/runs", dependencies=[viewer("listing runs")], tags=["runs"], responses=errors(422))
 def list_runs(
     services: ServicesDep, status: RunStatus = None, workflow: NameFilter = None, limit: Limit = 50
 ) -> list[RunPublic]:
     return services.runs.list_runs(limit=limit, status=status, workflow=workflow)
 
 
-@router.get("/runs/{run_id}", tags=["runs"], responses=errors(404, 422))
+@router.get(
+    "/runs/{run_id}", dependencies=[viewer("reading runs")], tags=["runs"], responses=errors(404, 422)
+)
 def get_run(run_id: RunId, services: ServicesDep) -> RunPublic:
     return services.runs.get(run_id)
 
 
-@router.post("/runs/{run_id}/cancel", tags=["runs"], responses=errors(404, 409, 422))
+@router.post(
+    "/runs/{run_id}/cancel",
+    dependencies=[operator("cancelling runs")],
+    tags=["runs"],
+    responses=errors(403, 404, 409, 422),
+)
 def cancel_run(run_id: RunId, services: ServicesDep) -> RunPublic:
     return services.runs.cancel(run_id)
 
 
-@router.post("/runs/{run_id}/retry", tags=["runs"], responses=errors(404, 409, 422))
+@router.post(
+    "/runs/{run_id}/retry",
+    dependencies=[operator("retrying runs")],
+    tags=["runs"],
+    responses=errors(403, 404, 409, 422),
+)
 def retry_run(
     run_id: RunId,
     services: ServicesDep,

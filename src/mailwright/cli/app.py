@@ -11,15 +11,17 @@ import pydantic
 import typer
 
 from mailwright import __version__
-from mailwright.cli import account_keys, files, runs, sandbox, targets, tokens, triggers, workflows
+from mailwright.cli import account_keys, audit, files, runs, sandbox, targets, tokens, triggers, workflows
 from mailwright.cli.batch import send_batch
 from mailwright.cli.output import EXIT_BAD_INPUT, exit_code_for, print_error
 from mailwright.cli.read import read
+from mailwright.cli.secret_key import rotate as rotate_secret_key
 from mailwright.cli.send import send
 from mailwright.cli.serve import serve
 from mailwright.domain.validation import describe
 from mailwright.errors import MailwrightError
 from mailwright.secrets import generate_key, redact
+from mailwright.services import audit as audit_log
 
 app = typer.Typer(
     name="mailwright",
@@ -31,6 +33,7 @@ app = typer.Typer(
 app.add_typer(account_keys.app, name="account-keys")
 app.add_typer(targets.app, name="targets")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(audit.app, name="audit")
 app.add_typer(sandbox.app, name="sandbox")
 app.command("send")(send)
 app.command("send-batch")(send_batch)
@@ -52,6 +55,9 @@ def generate() -> None:
     typer.echo(generate_key())
 
 
+secret_key_app.command("rotate")(rotate_secret_key)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"mailwright {__version__}")
@@ -65,6 +71,8 @@ def root(
     ] = False,
 ) -> None:
     """Data lives in MAILWRIGHT_HOME; MAILWRIGHT_DATABASE_URL selects another database."""
+    # Changes made by this command are recorded in the audit log as this machine's user.
+    audit_log.act_as(audit_log.Actor.local_user())
 
 
 def main() -> None:

@@ -19,9 +19,6 @@ from mailwright.storage.tables import ApiTokenRow, name_key, utcnow
 
 PREFIX = "mw_"
 LAST_USED_PRECISION = timedelta(minutes=1)  # how stale `last_used_at` may be
-# What `tokens create` gives without --role: enough to send mail and run workflows (what most
-# tokens are for, in scripts and other services), not to change targets, keys or workflows.
-DEFAULT_ROLE = Role.OPERATOR
 
 
 class TokenPublic(BaseModel):
@@ -49,7 +46,9 @@ class TokenService:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create(self, name: str, *, role: Role = DEFAULT_ROLE) -> NewToken:
+    def create(self, name: str, *, role: Role = Role.ADMIN) -> NewToken:
+        """A new token. The faces always pass `role` (`tokens create` defaults to operator);
+        the default here is what every token was before roles existed."""
         name = clean_name(name, field="name", what="token")
         token = PREFIX + secrets.token_urlsafe(32)
         with self._db.session() as session:

@@ -45,6 +45,7 @@ from mailwright.errors import (
     ValidationError,
 )
 from mailwright.secrets import redact
+from mailwright.transport.replies import NO_MASK, ReplyMask, quote_foreign
 from mailwright.transport.smtp import Login, TLSState
 from mailwright.transport.tls import (
     CertificateInfo,
@@ -360,6 +361,8 @@ class MailSession(Generic[E]):
         self.tls: TLSState | None = None
         self.authenticated_as: str | None = None
         self.auth_mechanism: str | None = None
+        # Hides the login's password in every error this session raises (replies.py).
+        self.mask: ReplyMask = NO_MASK
         self._socket: socket.socket | None = None
         self._lock = asyncio.Lock()
 
@@ -393,6 +396,7 @@ class MailSession(Generic[E]):
             raise TargetError(
                 f"already connected to {self.endpoint.address}", target=self.endpoint.target_name
             )
+        self.mask = ReplyMask.of(login)
         try:
             await self._run(self._open_blocking, login)
         except CertificateUntrustedError as exc:
@@ -425,6 +429,9 @@ class MailSession(Generic[E]):
             work = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
             try:
                 return await asyncio.shield(work)
+            except TargetError as exc:  # every error of every command leaves through here
+                self.mask.error(exc)
+                raise
             except asyncio.CancelledError:
                 # The worker fails fast now; close the socket once it has let go.
                 finish = self._release()
@@ -677,6 +684,7 @@ def auth_refused_hint(host: str) -> str:
 def auth_refused(endpoint: MailEndpoint, protocol: MailProtocol, login: Login, text: str) -> TargetError:
     """The error for a login the server refused; transient codes are retried later."""
     ep = endpoint
+    text = quote_foreign(ReplyMask.of(login)(text))
     code = response_code(text)
     if code in _TRANSIENT_CODES or code in {"SYS/TEMP", "IN-USE", "LOGIN-DELAY"}:
         return TargetConnectError(
@@ -713,8 +721,9 @@ def credentials_failure(
             target=ep.target_name,
             hint=f"raise the command timeout (now {ep.command_timeout:g} s) or check the server's health",
         )
+    text = quote_foreign(ReplyMask.of(login)(outcome.text))
     return TargetConnectError(
-        f"{ep.address} closed the connection during the login ({outcome.text})", target=ep.target_name
+        f"{ep.address} closed the connection during the login ({text})", target=ep.target_name
     )
 
 
@@ -773,7 +782,7 @@ def disconnected(
     hint = None
     if stage == "connect" and ep.security is not Security.SSL and ep.port == protocol.ssl_port:
         hint = f"port {ep.port} expects implicit TLS: choose ssl"
-    suffix = f" ({detail})" if detail else ""
+    suffix = f" ({quote_foreign(detail)})" if detail else ""
     return TargetConnectError(
         f"{ep.address} closed the connection during {stage}{suffix}", target=ep.target_name, hint=hint
     )
@@ -890,7 +899,8 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
             return disconnected(ep, IMAP, stage, response_text(exc)), True
         if isinstance(exc, imaplib.IMAP4.error):
             return TargetError(
-                f"{ep.address} answered {stage} with an error: {response_text(exc)}", target=ep.target_name
+                f"{ep.address} answered {stage} with an error: {quote_foreign(response_text(exc))}",
+                target=ep.target_name,
             ), False
         return None
 
@@ -902,7 +912,7 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
         with self._stage("connect"):
             self._client = _IMAP4(sock, ep.host, ep.port)
         client = self._client
-        self.greeting = response_text(client.welcome)
+        self.greeting = quote_foreign(response_text(client.welcome))
         self.capabilities = set(client.capabilities)
         if ep.security is Security.STARTTLS:
             self._starttls(client)
@@ -1016,7 +1026,9 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
             hint = "the folder does not exist: create it first"
         elif code == "NONEXISTENT" or "doesn't exist" in text or "does not exist" in text:
             hint = "check the folder name; list_folders() shows the existing ones"
-        error = TargetError(f"{ep.address} refused {what}: {typ} {text}", target=ep.target_name, hint=hint)
+        error = TargetError(
+            f"{ep.address} refused {what}: {typ} {quote_foreign(text)}", target=ep.target_name, hint=hint
+        )
         if code in _TRANSIENT_CODES:
             error.transient = True
         raise self._failed(error, stage)

@@ -44,6 +44,7 @@ from mailwright.errors import (
     TargetConnectError,
     TargetError,
 )
+from mailwright.transport.replies import NO_MASK, ReplyMask
 from mailwright.transport.smtp import (
     Delivery,
     RecipientResult,
@@ -82,8 +83,9 @@ class ReplyProtocol(asyncio.Protocol):
     with a later command.
     """
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, *, mask: ReplyMask = NO_MASK) -> None:
         self.transport = transport
+        self._mask = mask  # the login's secret forms, hidden in every reply as it is parsed
         self.closed = transport.is_closing()
         self.unsolicited: Reply | None = None
         self._loop = asyncio.get_running_loop()
@@ -116,6 +118,8 @@ class ReplyProtocol(asyncio.Protocol):
             self._lines.append(line[4:])
             if line[3:4] != b"-":
                 text = b"\n".join(self._lines).decode("utf-8", "surrogateescape")
+                if self._mask:
+                    text = self._mask(text)
                 self._lines.clear()
                 self._add(Reply(int(line[:3]), text))
         self._buffer = buffer[start:]
@@ -327,7 +331,7 @@ class Session:
         # filtering the message); giving up sooner leaves an accepted message looking failed.
         self._data_timeout = self.endpoint.data_timeout
         transport = connection.detach()
-        self._protocol = ReplyProtocol(transport)
+        self._protocol = ReplyProtocol(transport, mask=connection.mask)
         transport.set_protocol(self._protocol)
 
     @property

@@ -37,6 +37,7 @@ from mailwright.transport.imap import (
     response_text,
     tls_state,
 )
+from mailwright.transport.replies import quote_foreign
 from mailwright.transport.smtp import Login
 
 POP3 = MailProtocol(name="POP3", ssl_port=995, starttls_port=110, starttls_command="STLS")
@@ -171,7 +172,7 @@ class POP3Connection(MailSession[POP3Endpoint]):
         if isinstance(exc, ServerRefusal):
             text = response_text(exc)
             error = TargetError(
-                f"{ep.address} refused {stage.upper()}: {text}",
+                f"{ep.address} refused {stage.upper()}: {quote_foreign(text)}",
                 target=ep.target_name,
                 hint="the message number may be gone: numbers change between sessions; use uidl()"
                 if stage in ("retr", "top", "dele")
@@ -184,7 +185,8 @@ class POP3Connection(MailSession[POP3Endpoint]):
             return disconnected(ep, POP3, stage, response_text(exc)), True
         if isinstance(exc, ValueError) and not isinstance(exc, OSError):
             return TargetConnectError(
-                f"{ep.address} answered {stage.upper()} with something that is not POP3: {exc}",
+                f"{ep.address} answered {stage.upper()} with something that is not POP3: "
+                f"{quote_foreign(str(exc))}",
                 target=ep.target_name,
             ), True
         return None
@@ -197,7 +199,7 @@ class POP3Connection(MailSession[POP3Endpoint]):
         with self._stage("connect"):
             self._client = _POP3(sock, ep.host, ep.port)
         client = self._client
-        self.greeting = response_text(client.welcome)
+        self.greeting = quote_foreign(response_text(client.welcome))
         self._capa(client)
         if ep.security is Security.STARTTLS:
             self._starttls(client)

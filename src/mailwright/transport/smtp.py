@@ -33,6 +33,7 @@ from mailwright.errors import (
     TargetTLSError,
 )
 from mailwright.secrets import Secret
+from mailwright.transport.replies import NO_MASK, ReplyMask, bound_reply, quote_foreign
 from mailwright.transport.tls import (
     CertificateInfo,
     build_ssl_context,
@@ -129,18 +130,28 @@ class SMTPConnection:
     tls: TLSState | None = None
     authenticated_as: str | None = None
     auth_mechanism: str | None = None
+    # Hides the login's password in every server text this connection keeps (replies.py).
+    mask: ReplyMask = NO_MASK
     _client: aiosmtplib.SMTP | None = None
 
     # --- opening ------------------------------------------------------------
 
     async def open(self, login: Login | None) -> None:
-        """Connect, negotiate TLS, EHLO and AUTH; misconfigurations come back explained."""
+        """Connect, negotiate TLS, EHLO and AUTH; misconfigurations come back explained.
+
+        Every error is masked with the login's secret forms before it leaves.
+        """
+        self.mask = ReplyMask.of(login)
         try:
-            await self._open(login)
-        except CertificateUntrustedError as exc:
-            raise await self._explain_certificate(exc) from exc
-        except TargetTimeoutError as exc:
-            raise await self._explain_silence(exc) from exc
+            try:
+                await self._open(login)
+            except CertificateUntrustedError as exc:
+                raise await self._explain_certificate(exc) from exc
+            except TargetTimeoutError as exc:
+                raise await self._explain_silence(exc) from exc
+        except TargetError as exc:
+            self.mask.error(exc)
+            raise
 
     async def _explain_certificate(self, exc: CertificateUntrustedError) -> TargetError:
         ep = self.endpoint
@@ -181,12 +192,12 @@ class SMTPConnection:
         )
         with self._stage("connect"):
             response = await self._client.connect(timeout=ep.connect_timeout)
-        self.greeting = f"{response.code} {response.message}"
+        self.greeting = quote_foreign(self.mask(f"{response.code} {response.message}"))
         if ep.security is Security.SSL:
             self.tls = self._tls_state()
         await self._ehlo()
         if ep.security is Security.STARTTLS:
-            await self._starttls()
+            await self._starttls(login)
         if login is not None:
             await self._login(login)
 
@@ -195,20 +206,29 @@ class SMTPConnection:
         with self._stage("ehlo"):
             response = await client.ehlo()
         if response.code != SMTPStatus.completed:
+            reply = self.mask(response.message)
             raise TargetRejectedError(
-                f"{self.endpoint.address} refused EHLO: {response.code} {response.message}",
+                f"{self.endpoint.address} refused EHLO: {response.code} {quote_foreign(reply)}",
                 code=response.code,
-                reply=response.message,
+                reply=bound_reply(reply),
                 target=self.endpoint.target_name,
                 hint="set an EHLO name the server accepts (--ehlo-name)",
             )
         self.capabilities = parse_ehlo(f"{response.code} {response.message}")
 
-    async def _starttls(self) -> None:
+    async def _starttls(self, login: Login | None) -> None:
         ep = self.endpoint
         if not self.capabilities.starttls:
+            if login is not None:
+                # A man in the middle strips STARTTLS from EHLO to read the login: never go on.
+                raise TargetTLSError(
+                    f"{ep.address} did not offer STARTTLS, so the login of account key "
+                    f"{login.key_name!r} would travel in clear text; it was not sent",
+                    target=ep.target_name,
+                    hint=_clear_text_login_hint(ep.port),
+                )
             if not ep.starttls_required:
-                return
+                return  # an open relay without a login (port 25): mail goes as the server allows
             raise TargetTLSError(
                 f"{ep.address} does not offer STARTTLS, and this target requires it",
                 target=ep.target_name,
@@ -225,6 +245,13 @@ class SMTPConnection:
     async def _login(self, login: Login) -> None:
         ep = self.endpoint
         caps = self.capabilities
+        if self.tls is None and ep.security is not Security.NONE:
+            raise TargetTLSError(
+                f"{ep.address}: TLS is not up, so the login of account key {login.key_name!r} would "
+                "travel in clear text; it was not sent",
+                target=ep.target_name,
+                hint=_clear_text_login_hint(ep.port),
+            )
         if not caps.auth:
             raise TargetAuthError(
                 f"{ep.address} offers no AUTH, but this target uses account key {login.key_name!r}",
@@ -248,9 +275,9 @@ class SMTPConnection:
             except aiosmtplib.SMTPAuthenticationError as exc:
                 if 400 <= exc.code < 500:
                     raise reply_error(
-                        ep, "could not check the login for now", exc.code, exc.message
+                        ep, "could not check the login for now", exc.code, exc.message, mask=self.mask
                     ) from None
-                raise _auth_refused(ep, login, exc.code, exc.message) from None
+                raise _auth_refused(ep, login, exc.code, self.mask(exc.message)) from None
         self.authenticated_as = login.username
         self.auth_mechanism = mechanism
 
@@ -345,9 +372,10 @@ class SMTPConnection:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             if self._client is not None:
                 self._client.close()
-            error = translate(exc, stage=stage, endpoint=self.endpoint)
+            error = self.mask.error(translate(exc, stage=stage, endpoint=self.endpoint, mask=self.mask))
             error.stage = stage
-            raise error from exc
+            # At AUTH the library's exception holds the server's raw reply: do not chain it.
+            raise error from (None if stage == "auth" else exc)
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + _ms(started)
 
@@ -385,6 +413,15 @@ def human_size(size: int) -> str:
     return f"{size} bytes"
 
 
+def _clear_text_login_hint(port: int) -> str:
+    if port == 465:
+        return "port 465 expects implicit TLS: choose ssl"
+    return (
+        "use security ssl on port 465, or a port where the server offers STARTTLS (587); "
+        "only on a trusted network choose security none, where the login travels in clear text"
+    )
+
+
 def _no_starttls_hint(port: int) -> str:
     if port == 465:
         return "port 465 expects implicit TLS: choose ssl"
@@ -397,7 +434,7 @@ def _auth_refused(ep: SMTPEndpoint, login: Login, code: int, reply: str) -> Targ
         hint += "; this provider needs an app password, not the account password"
     return TargetAuthError(
         f"{ep.address} refused the login of account key {login.key_name!r} "
-        f"(user {login.username}): {code} {reply}",
+        f"(user {login.username}): {code} {quote_foreign(reply)}",
         target=ep.target_name,
         hint=hint,
     )
@@ -411,12 +448,15 @@ def reply_error(
     recipient: str | None = None,
     *,
     hint: str | None = None,
+    mask: ReplyMask = NO_MASK,
 ) -> TargetError:
+    """The error for a refusal; the reply is masked, and quoted bounded in the message."""
     cls = TargetDeferredError if 400 <= code < 500 else TargetRejectedError
+    reply = mask(reply)
     return cls(
-        f"{ep.address} {what}: {code} {reply}",
+        f"{ep.address} {what}: {code} {quote_foreign(reply)}",
         code=code,
-        reply=reply,
+        reply=bound_reply(reply),
         recipient=recipient,
         target=ep.target_name,
         hint=hint,
@@ -457,7 +497,9 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def translate(exc: BaseException, *, stage: Stage, endpoint: SMTPEndpoint) -> TargetError:
+def translate(
+    exc: BaseException, *, stage: Stage, endpoint: SMTPEndpoint, mask: ReplyMask = NO_MASK
+) -> TargetError:
     """The most specific Mailwright error for a library exception at a stage."""
     ep = endpoint
     chain = list(_causes(exc))
@@ -471,9 +513,9 @@ def translate(exc: BaseException, *, stage: Stage, endpoint: SMTPEndpoint) -> Ta
     if ssl_error is not None:
         return _tls_failure(ep, stage, ssl_error)
     if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
-        return reply_error(ep, "refused the connection", exc.code, exc.message)
+        return reply_error(ep, "refused the connection", exc.code, exc.message, mask=mask)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return reply_error(ep, f"answered {stage.upper()} with an error", exc.code, exc.message)
+        return reply_error(ep, f"answered {stage.upper()} with an error", exc.code, exc.message, mask=mask)
     if isinstance(exc, TimeoutError):
         return translate_timeout(ep, stage)
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected) or (
@@ -485,7 +527,9 @@ def translate(exc: BaseException, *, stage: Stage, endpoint: SMTPEndpoint) -> Ta
         return _os_failure(ep, os_error)
     if isinstance(exc, aiosmtplib.SMTPConnectError):
         return translate_disconnect(ep, stage)
-    return TargetError(f"{ep.address}: {stage} failed: {exc}", target=ep.target_name)
+    return TargetError(
+        f"{ep.address}: {stage} failed: {quote_foreign(mask(str(exc)))}", target=ep.target_name
+    )
 
 
 def _tls_failure(ep: SMTPEndpoint, stage: Stage, error: ssl.SSLError) -> TargetTLSError:

@@ -14,6 +14,7 @@ from mailwright.api import errors as api_errors
 from mailwright.errors import MailwrightError
 from mailwright.web import (
     pages_account_keys,
+    pages_audit,
     pages_auth,
     pages_sandbox,
     pages_send,
@@ -78,6 +79,7 @@ def install(app: FastAPI) -> None:
         pages_sandbox,
         pages_workflows,
         pages_triggers,
+        pages_audit,
     )
     for module in routers:
         app.include_router(module.router)

@@ -16,7 +16,8 @@ from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
 from mailwright.web.deps import ServicesDep
 from mailwright.web.render import field_errors, redirect, render
-from mailwright.web.session import SessionDep, check_csrf
+from mailwright.web.roles import AdminSession, ViewerSession
+from mailwright.web.session import check_csrf
 
 router = APIRouter(include_in_schema=False)
 SECRET_FIELDS = ("password",)
@@ -39,7 +40,7 @@ def _create_model(form: FormData) -> AccountKeyCreate:
 
 
 @router.get("/account-keys")
-def list_keys(request: Request, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def list_keys(request: Request, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
     return render(
         request,
         "account_keys/list.html",
@@ -50,7 +51,7 @@ def list_keys(request: Request, services: ServicesDep, session: SessionDep) -> H
 
 
 @router.get("/account-keys/new")
-def new_key(request: Request, session: SessionDep) -> HTMLResponse:
+def new_key(request: Request, session: AdminSession) -> HTMLResponse:
     return render(
         request,
         "account_keys/form.html",
@@ -63,7 +64,7 @@ def new_key(request: Request, session: SessionDep) -> HTMLResponse:
 
 
 @router.post("/account-keys/new")
-async def create_key(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+async def create_key(request: Request, services: ServicesDep, session: AdminSession) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     try:
@@ -83,7 +84,7 @@ async def create_key(request: Request, services: ServicesDep, session: SessionDe
 
 
 @router.post("/account-keys/new.json")
-async def create_key_json(request: Request, services: ServicesDep, session: SessionDep) -> JSONResponse:
+async def create_key_json(request: Request, services: ServicesDep, session: AdminSession) -> JSONResponse:
     """The Add New dialog of the target form: create without leaving the form."""
     form = await request.form()
     check_csrf(session, request.headers.get("x-csrf-token") or forms.optional(form, "csrf_token"))
@@ -96,7 +97,7 @@ async def create_key_json(request: Request, services: ServicesDep, session: Sess
 
 
 @router.get("/account-keys/{ref}/edit")
-def edit_key(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def edit_key(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> HTMLResponse:
     key = services.account_keys.get(ref)
     values = {
         "name": key.name,
@@ -117,7 +118,7 @@ def edit_key(request: Request, ref: str, services: ServicesDep, session: Session
 
 
 @router.post("/account-keys/{ref}/edit")
-async def update_key(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> Response:
+async def update_key(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     key = services.account_keys.get(ref)
@@ -164,7 +165,7 @@ def _deletable(key: AccountKeyPublic) -> Deletable:
 
 
 @router.get("/account-keys/{ref}/delete")
-def confirm_delete(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def confirm_delete(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> HTMLResponse:
     key = services.account_keys.get(ref)
     error = None
     if key.used_by:
@@ -174,6 +175,6 @@ def confirm_delete(request: Request, ref: str, services: ServicesDep, session: S
 
 
 @router.post("/account-keys/{ref}/delete")
-async def delete_key(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> Response:
+async def delete_key(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> Response:
     key = services.account_keys.get(ref)
     return await delete_confirmed(request, session, _deletable(key), services.account_keys.delete)

@@ -11,7 +11,8 @@ from fastapi.responses import HTMLResponse, Response
 from mailwright.sandbox import SandboxStore, safe_html
 from mailwright.web import forms
 from mailwright.web.render import redirect, render
-from mailwright.web.session import SessionDep, check_csrf
+from mailwright.web.roles import OperatorSession, ViewerSession
+from mailwright.web.session import check_csrf
 
 router = APIRouter(include_in_schema=False)
 
@@ -28,7 +29,7 @@ StoreDep = Annotated[SandboxStore, Depends(get_store)]
 
 
 @router.get("/sandbox")
-def mailbox(request: Request, store: StoreDep, session: SessionDep) -> HTMLResponse:
+def mailbox(request: Request, store: StoreDep, session: ViewerSession) -> HTMLResponse:
     return render(
         request,
         "sandbox/list.html",
@@ -41,14 +42,14 @@ def mailbox(request: Request, store: StoreDep, session: SessionDep) -> HTMLRespo
 
 
 @router.get("/sandbox/{message_id}")
-def message(request: Request, message_id: str, store: StoreDep, session: SessionDep) -> HTMLResponse:
+def message(request: Request, message_id: str, store: StoreDep, session: ViewerSession) -> HTMLResponse:
     return render(
         request, "sandbox/detail.html", session=session, section="sandbox", message=store.get(message_id)
     )
 
 
 @router.get("/sandbox/{message_id}/html")
-def message_html(message_id: str, store: StoreDep, session: SessionDep) -> HTMLResponse:
+def message_html(message_id: str, store: StoreDep, session: ViewerSession) -> HTMLResponse:
     html = store.get(message_id).parsed.html or ""
     return HTMLResponse(
         safe_html(html),
@@ -61,7 +62,7 @@ def message_html(message_id: str, store: StoreDep, session: SessionDep) -> HTMLR
 
 
 @router.get("/sandbox/{message_id}/raw")
-def message_raw(message_id: str, store: StoreDep, session: SessionDep) -> Response:
+def message_raw(message_id: str, store: StoreDep, session: ViewerSession) -> Response:
     return Response(
         store.raw(message_id),
         media_type="message/rfc822",
@@ -70,7 +71,7 @@ def message_raw(message_id: str, store: StoreDep, session: SessionDep) -> Respon
 
 
 @router.get("/sandbox/{message_id}/attachments/{index}")
-def attachment(message_id: str, index: int, store: StoreDep, session: SessionDep) -> Response:
+def attachment(message_id: str, index: int, store: StoreDep, session: ViewerSession) -> Response:
     filename, content_type, data = store.attachment(message_id, index)
     return Response(
         data,
@@ -83,7 +84,7 @@ def attachment(message_id: str, index: int, store: StoreDep, session: SessionDep
 
 
 @router.post("/sandbox/clear")
-async def clear(request: Request, store: StoreDep, session: SessionDep) -> Response:
+async def clear(request: Request, store: StoreDep, session: OperatorSession) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     removed = store.clear()

@@ -35,7 +35,8 @@ from mailwright.services.web_auth import WebSession
 from mailwright.web import forms
 from mailwright.web.deps import ServicesDep
 from mailwright.web.render import field_errors, redirect, render
-from mailwright.web.session import SessionDep, check_csrf
+from mailwright.web.roles import OperatorSession
+from mailwright.web.session import check_csrf
 
 router = APIRouter(include_in_schema=False)
 
@@ -51,7 +52,9 @@ def new_form_key() -> str:
 
 
 @router.get("/send")
-def send_page(request: Request, services: ServicesDep, session: SessionDep, target: str = "") -> HTMLResponse:
+def send_page(
+    request: Request, services: ServicesDep, session: OperatorSession, target: str = ""
+) -> HTMLResponse:
     response = render(
         request,
         "send.html",
@@ -69,7 +72,7 @@ def send_page(request: Request, services: ServicesDep, session: SessionDep, targ
 
 
 @router.post("/send/message")
-async def send(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+async def send(request: Request, services: ServicesDep, session: OperatorSession) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     message = form.get("message") if isinstance(form.get("message"), str) else ""

@@ -19,6 +19,7 @@ from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
 from mailwright.web.deps import ServicesDep
 from mailwright.web.render import field_errors, redirect, render
+from mailwright.web.roles import AdminSession, OperatorSession, ViewerSession
 from mailwright.web.session import SessionDep, check_csrf
 
 router = APIRouter(include_in_schema=False)
@@ -166,19 +167,19 @@ def _form_page(
 
 
 @router.get("/targets")
-def list_targets(request: Request, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def list_targets(request: Request, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
     return render(
         request, "targets/list.html", session=session, section="targets", targets=services.targets.list_all()
     )
 
 
 @router.get("/targets/new")
-def new_target(request: Request, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def new_target(request: Request, services: ServicesDep, session: AdminSession) -> HTMLResponse:
     return _form_page(request, services, session, values=DEFAULTS)
 
 
 @router.post("/targets/new")
-async def create_target(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+async def create_target(request: Request, services: ServicesDep, session: AdminSession) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     try:
@@ -206,7 +207,7 @@ def _detail_context(target: TargetPublic) -> dict[str, Any]:
 
 
 @router.get("/targets/{ref}")
-def show_target(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def show_target(request: Request, ref: str, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
     return render(
         request,
         "targets/detail.html",
@@ -218,7 +219,9 @@ def show_target(request: Request, ref: str, services: ServicesDep, session: Sess
 
 
 @router.post("/targets/{ref}/test")
-async def test_target(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+async def test_target(
+    request: Request, ref: str, services: ServicesDep, session: OperatorSession
+) -> HTMLResponse:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     report = await services.targets.test(ref)
@@ -233,13 +236,13 @@ async def test_target(request: Request, ref: str, services: ServicesDep, session
 
 
 @router.get("/targets/{ref}/edit")
-def edit_target(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def edit_target(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> HTMLResponse:
     target = services.targets.get(ref)
     return _form_page(request, services, session, values=_values_from(target), target=target)
 
 
 @router.post("/targets/{ref}/edit")
-async def update_target(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> Response:
+async def update_target(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     target = services.targets.get(ref)
@@ -278,12 +281,12 @@ def _deletable(target: TargetPublic) -> Deletable:
 
 
 @router.get("/targets/{ref}/delete")
-def confirm_delete(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def confirm_delete(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> HTMLResponse:
     return confirm_page(request, session, _deletable(services.targets.get(ref)))
 
 
 @router.post("/targets/{ref}/delete")
-async def delete_target(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> Response:
+async def delete_target(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> Response:
     return await delete_confirmed(
         request, session, _deletable(services.targets.get(ref)), services.targets.delete
     )

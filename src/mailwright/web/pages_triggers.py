@@ -8,13 +8,14 @@ from fastapi.responses import HTMLResponse, Response
 from mailwright.web import forms
 from mailwright.web.deps import ServicesDep
 from mailwright.web.render import redirect, render
+from mailwright.web.roles import AdminSession, ViewerSession
 from mailwright.web.session import SessionDep, check_csrf
 
 router = APIRouter()
 
 
 @router.get("/triggers")
-def list_triggers(request: Request, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def list_triggers(request: Request, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
     return render(
         request,
         "triggers/list.html",
@@ -25,7 +26,9 @@ def list_triggers(request: Request, services: ServicesDep, session: SessionDep) 
 
 
 @router.get("/workflows/{ref}/triggers/messages")
-def trigger_messages(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def trigger_messages(
+    request: Request, ref: str, services: ServicesDep, session: ViewerSession
+) -> HTMLResponse:
     workflow = services.workflows.get(ref)
     return render(
         request,
@@ -52,13 +55,13 @@ async def _toggle(
 
 @router.post("/workflows/{ref}/triggers/{index}/enable")
 async def enable(
-    request: Request, ref: str, index: int, services: ServicesDep, session: SessionDep
+    request: Request, ref: str, index: int, services: ServicesDep, session: AdminSession
 ) -> Response:
     return await _toggle(request, ref, index, True, services, session)
 
 
 @router.post("/workflows/{ref}/triggers/{index}/disable")
 async def disable(
-    request: Request, ref: str, index: int, services: ServicesDep, session: SessionDep
+    request: Request, ref: str, index: int, services: ServicesDep, session: AdminSession
 ) -> Response:
     return await _toggle(request, ref, index, False, services, session)

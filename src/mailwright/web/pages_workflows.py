@@ -15,6 +15,7 @@ from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
 from mailwright.web.deps import ServicesDep
 from mailwright.web.render import field_errors, redirect, render
+from mailwright.web.roles import AdminSession, OperatorSession, ViewerSession
 from mailwright.web.session import SessionDep, check_csrf
 
 router = APIRouter(include_in_schema=False)
@@ -73,7 +74,7 @@ def _form_page(
 
 
 @router.get("/workflows")
-def list_workflows(request: Request, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def list_workflows(request: Request, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
     return render(
         request,
         "workflows/list.html",
@@ -84,7 +85,7 @@ def list_workflows(request: Request, services: ServicesDep, session: SessionDep)
 
 
 @router.get("/workflows/new")
-def new_workflow(request: Request, session: SessionDep) -> HTMLResponse:
+def new_workflow(request: Request, session: AdminSession) -> HTMLResponse:
     return render(
         request,
         "workflows/form.html",
@@ -97,7 +98,7 @@ def new_workflow(request: Request, session: SessionDep) -> HTMLResponse:
 
 
 @router.post("/workflows/new")
-async def create_workflow(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+async def create_workflow(request: Request, services: ServicesDep, session: AdminSession) -> Response:
     text, filename, form = await _document_text(request)
     check_csrf(session, forms.optional(form, "csrf_token"))
     try:
@@ -108,7 +109,7 @@ async def create_workflow(request: Request, services: ServicesDep, session: Sess
 
 
 @router.get("/workflows/{ref}")
-def show_workflow(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def show_workflow(request: Request, ref: str, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
     workflow = services.workflows.get(ref)
     return render(
         request,
@@ -125,13 +126,15 @@ def show_workflow(request: Request, ref: str, services: ServicesDep, session: Se
 
 
 @router.get("/workflows/{ref}/edit")
-def edit_workflow(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def edit_workflow(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> HTMLResponse:
     workflow = services.workflows.get(ref)
     return _form_page(request, session, workflow=workflow, document=services.workflows.export(ref).document)
 
 
 @router.post("/workflows/{ref}/edit")
-async def update_workflow(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> Response:
+async def update_workflow(
+    request: Request, ref: str, services: ServicesDep, session: AdminSession
+) -> Response:
     workflow = services.workflows.get(ref)
     text, filename, form = await _document_text(request)
     check_csrf(session, forms.optional(form, "csrf_token"))
@@ -143,7 +146,9 @@ async def update_workflow(request: Request, ref: str, services: ServicesDep, ses
 
 
 @router.post("/workflows/{ref}/start")
-async def start_workflow(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> Response:
+async def start_workflow(
+    request: Request, ref: str, services: ServicesDep, session: OperatorSession
+) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     workflow = services.workflows.get(ref)
@@ -188,18 +193,20 @@ def _deletable(workflow: WorkflowPublic) -> Deletable:
 
 
 @router.get("/workflows/{ref}/delete")
-def confirm_delete(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def confirm_delete(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> HTMLResponse:
     return confirm_page(request, session, _deletable(services.workflows.get(ref)))
 
 
 @router.post("/workflows/{ref}/delete")
-async def delete_workflow(request: Request, ref: str, services: ServicesDep, session: SessionDep) -> Response:
+async def delete_workflow(
+    request: Request, ref: str, services: ServicesDep, session: AdminSession
+) -> Response:
     workflow = services.workflows.get(ref)
     return await delete_confirmed(request, session, _deletable(workflow), services.workflows.delete)
 
 
 @router.get("/runs")
-def list_runs(request: Request, services: ServicesDep, session: SessionDep) -> HTMLResponse:
+def list_runs(request: Request, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
     return render(
         request, "runs/list.html", session=session, section="runs", runs=services.runs.list_runs(limit=100)
     )
@@ -207,7 +214,7 @@ def list_runs(request: Request, services: ServicesDep, session: SessionDep) -> H
 
 @router.get("/runs/{run_id}")
 def show_run(
-    request: Request, run_id: str, services: ServicesDep, session: SessionDep, state: str = ""
+    request: Request, run_id: str, services: ServicesDep, session: ViewerSession, state: str = ""
 ) -> HTMLResponse:
     shown = state.strip() or None
     run = services.runs.get(run_id, state=shown)
@@ -228,7 +235,9 @@ def show_run(
 
 
 @router.post("/runs/{run_id}/cancel")
-async def cancel_run(request: Request, run_id: str, services: ServicesDep, session: SessionDep) -> Response:
+async def cancel_run(
+    request: Request, run_id: str, services: ServicesDep, session: OperatorSession
+) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     run = services.runs.cancel(run_id)
@@ -238,7 +247,9 @@ async def cancel_run(request: Request, run_id: str, services: ServicesDep, sessi
 
 
 @router.post("/runs/{run_id}/retry")
-async def retry_run(request: Request, run_id: str, services: ServicesDep, session: SessionDep) -> Response:
+async def retry_run(
+    request: Request, run_id: str, services: ServicesDep, session: OperatorSession
+) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     include_unknown = forms.optional(form, "include_unknown") == "true"

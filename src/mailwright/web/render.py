@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from mailwright import __version__
+from mailwright.domain.roles import Role
 from mailwright.errors import MailwrightError
 from mailwright.services.web_auth import WebSession
 
@@ -28,6 +29,7 @@ NAV = [
     ("runs", "Runs", "/runs"),
     ("triggers", "Triggers", "/triggers"),
 ]
+AUDIT_NAV = ("audit", "Audit log", "/audit")  # admins only
 
 
 def render(
@@ -45,9 +47,13 @@ def render(
         request,
         template,
         {
-            "nav": NAV if session else [],
+            "nav": _nav(session),
             "section": section,
             "csrf_token": session.csrf_token if session else "",
+            # What the signed-in role may do: the templates hide the rest (the routes refuse it).
+            "role": session.role.value if session else "",
+            "can_change": session is not None and session.role.allows(Role.ADMIN),
+            "can_operate": session is not None and session.role.allows(Role.OPERATOR),
             "flash": flash,
             **context,
         },
@@ -57,6 +63,15 @@ def render(
         response.delete_cookie(FLASH_COOKIE, path="/")
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _nav(session: WebSession | None) -> list[tuple[str, str, str]]:
+    if session is None:
+        return []
+    if session.role.allows(Role.ADMIN):
+        return [*NAV, AUDIT_NAV]
+    # What the role may not open is not offered (a viewer cannot send).
+    return [entry for entry in NAV if entry[0] != "send" or session.role.allows(Role.OPERATOR)]
 
 
 def redirect(url: str, *, flash: str | None = None) -> RedirectResponse:
