@@ -8,8 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from mailwright.errors import MailwrightError
+from mailwright.services.web_auth import LoginThrottledError, WrongLoginError
 from mailwright.web.deps import ServicesDep
 from mailwright.web.render import field_errors, redirect, render
 from mailwright.web.session import SessionDep, check_csrf, clear_session_cookie, set_session_cookie
@@ -51,14 +53,15 @@ def login_page(request: Request, services: ServicesDep, next: str | None = None)
 
 
 @router.post("/login")
-def login(
+async def login(
     request: Request,
     services: ServicesDep,
     secret: Annotated[str, Form()] = "",
     next: Annotated[str, Form()] = "",
     login_csrf: Annotated[str, Form()] = "",
 ) -> Response:
-    template = "login.html" if services.web_auth.has_password() else "setup.html"
+    has_password = await run_in_threadpool(services.web_auth.has_password)
+    template = "login.html" if has_password else "setup.html"
     if not _login_csrf_ok(request, login_csrf):
         return _login_form(
             request,
@@ -67,9 +70,23 @@ def login(
             status=403,
             errors={"secret": "This form expired. Please try again."},
         )
+    address = request.client.host if request.client else "unknown"
     try:
-        new = services.web_auth.sign_in(secret)
-    except MailwrightError:
+        # Password hashing (scrypt, 16 MB) and the database: off the event loop.
+        new = await run_in_threadpool(services.web_auth.sign_in, secret, address=address)
+    except LoginThrottledError as exc:
+        refused = _login_form(
+            request,
+            template,
+            next_url=_safe_next(next),
+            status=429,
+            errors={"secret": f"Too many failed log-ins. Wait {exc.retry_after} seconds, then try again."},
+        )
+        refused.headers["Retry-After"] = str(exc.retry_after)
+        return refused
+    except WrongLoginError as exc:
+        # After a few failures in a row, each wrong answer comes later (the lock's length).
+        await services.web_auth.throttle.pause(exc.slow_down)
         return _login_form(
             request,
             template,
