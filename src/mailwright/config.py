@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailwright.errors import ConfigError
-from mailwright.secrets import SecretBox, load_key_file
+from mailwright.secrets import SecretBox
 
 KEY_FILE_NAME = "secret.key"
 
@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         ge=1,
         description="workers remove stored files older than this many days, unless an active run "
         "refers to them (default: keep forever)",
+    )
+    # Key handling: the key can live outside the home folder, so one backup holds not both.
+    secret_key_file: Path | None = Field(
+        default=None, description="file holding the secret key(s), one a line (default: HOME/secret.key)"
+    )
+    expression_time_limit: float = Field(
+        default=2.0, gt=0, le=3600, description="seconds one rendering of a step's expressions may take"
     )
     # Bounded requests (api/limits.py). A 35 MiB message's attachments grow by 4/3 in base64
     # inside the JSON body (46.7 MiB); 48 MiB leaves 1.3 MiB for the other fields and bodies.
@@ -103,8 +110,15 @@ class Settings(BaseSettings):
             ) from exc
         return self.home
 
+    @property
+    def key_file(self) -> Path:
+        """Where the key file is (used unless MAILWRIGHT_SECRET_KEY gives the keys themselves)."""
+        return self.secret_key_file.expanduser() if self.secret_key_file else self.home / KEY_FILE_NAME
+
     def secret_box(self) -> SecretBox:
         if self.secret_key:
-            return SecretBox.from_texts(self.secret_key.split(","))
+            return SecretBox.from_texts(self.secret_key.split(","), source="MAILWRIGHT_SECRET_KEY")
+        if self.secret_key_file:  # never created here: a wrong path must not make a new key
+            return SecretBox.from_key_file(self.key_file, create=False)
         self.ensure_home()
-        return SecretBox.from_texts([load_key_file(self.home / KEY_FILE_NAME)])
+        return SecretBox.from_key_file(self.key_file, create=True)

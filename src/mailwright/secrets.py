@@ -199,29 +199,76 @@ def key_id(raw_key: bytes) -> str:
 
 
 class SecretBox:
-    """Encrypts and decrypts account-key secrets with a key ring."""
+    """Encrypts and decrypts account-key secrets with a key ring (the first key encrypts).
 
-    def __init__(self, keys: list[bytes]) -> None:
+    A box made from a key file notices when the file changes (`mailwright secret-key
+    rotate` rewrites it) and reads it again, so running servers and workers take up a
+    rotated key without a restart.
+    """
+
+    def __init__(self, keys: list[bytes], *, source: str = "MAILWRIGHT_SECRET_KEY") -> None:
+        self._lock = threading.Lock()
+        self._source = source
+        self._path: Path | None = None
+        self._signature: tuple[int, int, int] | None = None
+        self._set_keys(keys)
+
+    def _set_keys(self, keys: list[bytes]) -> None:
         if not keys:
-            raise ConfigError("no secret key configured")
+            raise ConfigError(f"no secret key configured in {self._source}")
         self._current = key_id(keys[0])
         self._ring = {key_id(k): AESGCM(k) for k in keys}
 
     @property
     def current_key_id(self) -> str:
+        self._refresh()
         return self._current
 
+    @property
+    def key_ids(self) -> list[str]:
+        """The ids of every key that decrypts, the current one first."""
+        self._refresh()
+        return [self._current, *sorted(set(self._ring) - {self._current})]
+
+    @property
+    def source(self) -> str:
+        """Where the keys come from, in words (for messages)."""
+        return self._source
+
     @classmethod
-    def from_texts(cls, texts: list[str]) -> SecretBox:
-        return cls([_decode_key(t) for t in texts if t.strip()])
+    def from_texts(cls, texts: list[str], *, source: str = "MAILWRIGHT_SECRET_KEY") -> SecretBox:
+        return cls([_decode_key(t) for t in texts if t.strip()], source=source)
+
+    @classmethod
+    def from_key_file(cls, path: Path, *, create: bool) -> SecretBox:
+        """The keys of `path` (created with one new key when missing and `create`)."""
+        source = f"the key file {path}" + ("" if create else " (MAILWRIGHT_SECRET_KEY_FILE)")
+        box = cls([_decode_key(t) for t in load_key_file(path, create=create)], source=source)
+        box._path = path
+        box._signature = _file_signature(path)
+        return box
+
+    def _refresh(self) -> None:
+        if self._path is None:
+            return
+        signature = _file_signature(self._path)
+        if signature is None or signature == self._signature:
+            return  # unchanged (or briefly unreadable: keep the keys already read)
+        with self._lock:
+            if signature != self._signature:
+                self._set_keys([_decode_key(t) for t in load_key_file(self._path, create=False)])
+                self._signature = signature
 
     def encrypt(self, plaintext: str, *, context: str) -> str:
+        self._refresh()
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._ring[self._current].encrypt(nonce, plaintext.encode(), context.encode())
+        kid = self._current
+        sealed = self._ring[kid].encrypt(nonce, plaintext.encode(), context.encode())
         blob = base64.b64encode(nonce + sealed).decode()
-        return f"{_FORMAT}:{self._current}:{blob}"
+        return f"{_FORMAT}:{kid}:{blob}"
 
     def decrypt(self, stored: str, *, context: str) -> Secret:
+        self._refresh()
         try:
             fmt, kid, blob = stored.split(":", 2)
         except ValueError as exc:
@@ -231,10 +278,11 @@ class SecretBox:
         cipher = self._ring.get(kid)
         if cipher is None:
             raise SecretError(
-                f"a stored secret was encrypted with key {kid}, which is not configured "
-                f"(configured: {', '.join(sorted(self._ring))})",
-                hint="set MAILWRIGHT_SECRET_KEY to include the key that encrypted it, "
-                "or restore the secret.key file of this data directory",
+                f"a stored secret was encrypted with key {kid}, which is not configured: "
+                f"{self._source} holds {', '.join(self.key_ids)}",
+                hint=f"give Mailwright the key {kid}: point MAILWRIGHT_SECRET_KEY_FILE at the key file "
+                "that holds it (restore it from your key backup), or add it to MAILWRIGHT_SECRET_KEY "
+                "after the current key; if that key is lost, set the account key's password again",
             )
         try:
             raw = base64.b64decode(blob)
@@ -247,14 +295,36 @@ class SecretBox:
         return Secret(plain.decode())
 
 
-def load_key_file(path: Path) -> str:
-    """Read the key file, creating it with mode 0600 on first use.
+def stored_key_id(stored: str) -> str | None:
+    """The id of the key a stored secret (`mw1:<key id>:…`) was encrypted with."""
+    parts = stored.split(":", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == _FORMAT else None
 
-    The new key is written to a private temporary file and published with a
-    hard link, so a second process starting at the same moment either wins the
-    race or reads the complete key, never an empty file.
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def load_key_file(path: Path, *, create: bool = True) -> list[str]:
+    """The keys of a key file (one a line, the first encrypts), creating it with mode 0600.
+
+    The new key is written to a private temporary file and published with a hard
+    link, so a second process starting at the same moment either wins the race or
+    reads the complete key, never an empty file. Without `create`, a missing file is
+    a ConfigError that says how to fix it.
     """
     if not path.exists():
+        if not create:
+            raise ConfigError(
+                f"the secret key file {path} (MAILWRIGHT_SECRET_KEY_FILE) does not exist",
+                hint="point MAILWRIGHT_SECRET_KEY_FILE at the file that holds this database's key "
+                "(restore it from your key backup); for a new installation create one with "
+                "`(umask 077; mailwright secret-key generate > FILE)`",
+            )
         fd, temporary = tempfile.mkstemp(prefix=".secret-", dir=path.parent)
         try:
             with os.fdopen(fd, "w") as handle:
@@ -263,12 +333,55 @@ def load_key_file(path: Path) -> str:
                 os.link(temporary, path)
         finally:
             os.unlink(temporary)
-    mode = path.stat().st_mode & 0o777
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not text"
+        raise ConfigError(
+            f"cannot read the secret key file {path}: {reason}",
+            hint="make it a readable file holding the key (mode 0600), or set MAILWRIGHT_SECRET_KEY_FILE "
+            "to the right file",
+        ) from exc
     if mode & 0o077:
         logging.getLogger(__name__).warning(
             "secret key file %s is readable by others (mode %o); run chmod 600 on it", path, mode
         )
-    key = path.read_text().strip()
-    if not key:
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not keys:
         raise ConfigError(f"the secret key file {path} is empty", hint="restore it from a backup")
-    return key
+    for number, key in enumerate(keys, start=1):
+        try:
+            _decode_key(key)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"the secret key file {path}, line {number}: {exc}",
+                hint="each line holds one key from `mailwright secret-key generate`; restore the file "
+                "from your key backup",
+            ) from None
+    return keys
+
+
+def write_key_file(path: Path, keys: list[str]) -> None:
+    """Replace the key file with `keys` (mode 0600), atomically: a crash leaves the old or the new."""
+    write_private_file(path, "".join(f"{key}\n" for key in keys))
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write `text` to `path` with mode 0600 (whatever the umask), atomically and durably."""
+    fd, temporary = tempfile.mkstemp(prefix=".private-", dir=path.parent)  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

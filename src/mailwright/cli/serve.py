@@ -23,6 +23,12 @@ def serve(
     no_sandbox: Annotated[
         bool, typer.Option("--no-sandbox", help="do not start the capture SMTP server")
     ] = False,
+    print_token: Annotated[
+        bool,
+        typer.Option(
+            "--print-token", help="on first start, also print the admin token (it goes to the logs too)"
+        ),
+    ] = False,
 ) -> None:
     """Run the service: REST API at /api/v1, OpenAPI at /api/openapi.json."""
     # Imported here so that every other command starts without the web stack.
@@ -34,11 +40,12 @@ def serve(
     svc = services()
     settings = svc.settings
     configure_logging(settings.log_level)
-    admin = svc.tokens.ensure_admin()
-    if admin is not None:
-        typer.echo("First start: an admin API token was created. It is shown only this once:")
-        typer.echo(f"  {admin.token}")
-        typer.echo("Send it as 'Authorization: Bearer TOKEN'; manage tokens with `mailwright tokens`.")
+    first = svc.first_start_token()
+    if first is not None:  # the token itself stays out of stdout (journald, container logs)
+        typer.echo(f"First start: an admin API token was created and written to {first[0]} (mode 0600).")
+        if print_token:
+            typer.echo(f"  {first[1]}")
+        typer.echo("Send it as 'Authorization: Bearer TOKEN'; store it safely, then delete the file.")
     bind_host = host or settings.host
     bind_port = port or settings.port
     typer.echo(f"Mailwright on http://{bind_host}:{bind_port}/  (API: /api/v1; data: {settings.home})")

@@ -26,6 +26,13 @@ On top of the sandbox:
   (center, indent, wordwrap, replace, format, join, batch, slice) are checked before they
   run; loops run at most `MAX_LOOP_ITERATIONS` times per render; a native result is at
   most `MAX_RESULT_SIZE` characters or items.
+- Time is bounded too: the async entry points (`render_value_async`,
+  `evaluate_condition_async`) render in a worker thread, off the event loop, with a
+  deadline (`set_time_limit`, from ``MAILWRIGHT_EXPRESSION_TIME_LIMIT``; 2 s by default).
+  The sandbox's hooks (every call, attribute and item access, operator, filter, loop
+  iteration and output, and the size checks' walks) compare the clock with the deadline,
+  so Python-level work stops soon after it; one C-level operation between two hooks
+  (sorting or joining a list of up to `MAX_VALUE_SIZE` items) runs to its end first.
 
 Every failure (syntax, undefined name, sandbox refusal, limit, type error) becomes one
 `mailwright.errors.ValidationError` that quotes the expression and says what went wrong.
@@ -34,13 +41,17 @@ The caller builds the context and guarantees that it holds no secrets.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
 import re
+import threading
+import time
 import types
 from collections import abc
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -59,6 +70,7 @@ from jinja2.visitor import NodeTransformer
 from mailwright.errors import ValidationError
 
 __all__ = [
+    "DEFAULT_TIME_LIMIT",
     "GLOBAL_NAMES",
     "MAX_LOOP_ITERATIONS",
     "MAX_OUTPUT_CHARS",
@@ -68,10 +80,14 @@ __all__ = [
     "check_syntax",
     "evaluate",
     "evaluate_condition",
+    "evaluate_condition_async",
     "is_template",
     "referenced_names",
     "render_value",
+    "render_value_async",
+    "set_time_limit",
     "single_expression",
+    "time_limit",
 ]
 
 MAX_OUTPUT_CHARS: Final = 1_000_000  # rendered text, and text made from one value
@@ -82,6 +98,8 @@ MAX_LOOP_ITERATIONS: Final = 100_000  # all {% for %} iterations of one render
 MAX_INT_BITS: Final = 65_536  # integers made with * and **
 _MAX_EMITTED: Final = 4 * MAX_OUTPUT_CHARS  # everything {{ }} writes, buffered blocks included
 _CACHED_SOURCE_CHARS: Final = 8192  # longer texts are compiled each time, not cached
+DEFAULT_TIME_LIMIT: Final = 2.0  # seconds one rendering may take (async entry points)
+_RENDER_THREADS: Final = 4  # threads that render expressions off the event loop
 
 GLOBAL_NAMES: Final = frozenset({"range", "dict"})
 
@@ -97,6 +115,13 @@ class _Refused(Exception):
     """A limit of the sandbox was reached; becomes a ValidationError quoting the expression."""
 
 
+class _OverBudget(_Refused):
+    """The rendering's deadline passed (checked in the sandbox's hooks)."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"expression took longer than {limit:g} s; it was stopped")
+
+
 # --------------------------------------------------------------------------------------
 # Per-render bookkeeping
 # --------------------------------------------------------------------------------------
@@ -107,6 +132,24 @@ class _RenderState:
     known: frozenset[int] = frozenset()  # ids of the context's values: they count as one
     iterations: int = 0
     emitted: int = 0
+    deadline: float | None = None  # time.monotonic() after which the rendering stops
+    limit: float = 0.0  # the budget the deadline was made from, for the message
+
+
+_time_limit = DEFAULT_TIME_LIMIT
+
+
+def set_time_limit(seconds: float) -> None:
+    """The budget of each rendering through the async entry points (MAILWRIGHT_EXPRESSION_TIME_LIMIT)."""
+    global _time_limit
+    if not seconds > 0:
+        raise ValueError("the expression time limit must be a positive number of seconds")
+    _time_limit = float(seconds)
+
+
+def time_limit() -> float:
+    """The budget of each rendering through the async entry points, in seconds."""
+    return _time_limit
 
 
 _STATE: ContextVar[_RenderState | None] = ContextVar("mailwright_expression_render", default=None)
@@ -115,6 +158,13 @@ _STATE: ContextVar[_RenderState | None] = ContextVar("mailwright_expression_rend
 def _state() -> _RenderState:
     """The current render's state; compile-time constant folding gets a throwaway one."""
     return _STATE.get() or _RenderState()
+
+
+def _check_time() -> None:
+    """Stops the rendering once its deadline has passed (called from the sandbox's hooks)."""
+    state = _STATE.get()
+    if state is not None and state.deadline is not None and time.monotonic() > state.deadline:
+        raise _OverBudget(state.limit)
 
 
 def _context_ids(context: Mapping[str, Any]) -> frozenset[int]:
@@ -176,11 +226,14 @@ def _measure(value: Any, limit: int, *, what: str, known: frozenset[int] = froze
         if key in memo:
             return memo[key]
         alive.append(item)
+        _check_time()
         total = 1
-        for child in children:
+        for count, child in enumerate(children):
             total += size(child)
             if total > limit:
                 raise _Refused(f"{what} is larger than the limit of {limit:,} characters or items")
+            if not count & 0x3FF:
+                _check_time()
         memo[key] = total
         return total
 
@@ -224,6 +277,8 @@ def _bounded_join(pieces: Iterable[str], limit: int = MAX_OUTPUT_CHARS) -> str:
         if total > limit:
             raise _Refused(f"the text would be longer than the limit of {limit:,} characters")
         parts.append(piece)
+        if not len(parts) & 0x3FF:
+            _check_time()
     return "".join(parts)
 
 
@@ -291,6 +346,7 @@ def _bounded_range(*args: int) -> range:
 
 def _finalize(value: Any) -> Any:
     """Every {{ }} output: bounded before it becomes text, and counted."""
+    _check_time()
     state = _state()
     if isinstance(value, str):
         state.emitted += len(value)
@@ -441,6 +497,7 @@ def _guard_filter(
 
     @functools.wraps(func)
     def guarded(*args: Any, **kwargs: Any) -> Any:
+        _check_time()
         if text or precheck is not None:
             bound = signature.bind(*(args[1:] if drop_first else args), **kwargs)
             bound.apply_defaults()
@@ -451,6 +508,7 @@ def _guard_filter(
             if precheck is not None:
                 precheck(bound.arguments)
         result = func(*args, **kwargs)
+        _check_time()
         _check_created(result)
         return result
 
@@ -467,6 +525,7 @@ def _text_size(value: Any) -> int:
 def _join(
     environment: Environment, value: Iterable[Any], d: Any = "", attribute: str | int | None = None
 ) -> str:
+    _check_time()
     items = _take(value, MAX_VALUE_SIZE, "join")
     if attribute is not None:
         getter = make_attrgetter(environment, attribute)
@@ -474,10 +533,14 @@ def _join(
     _check_text_input(d)
     separator = str(d)
     total = len(separator) * max(len(items) - 1, 0)
-    for item in items:
+    for count, item in enumerate(items):
         total += _text_size(item)
         _check_size(total, "join")
-    return separator.join(str(item) for item in items)
+        if not count & 0x3FF:
+            _check_time()
+    result = separator.join(str(item) for item in items)
+    _check_time()
+    return result
 
 
 def _tojson(value: Any, indent: int | None = None) -> str:
@@ -496,13 +559,21 @@ def _loop_filter(context: Context, values: Any) -> Any:
     _check_created(values)
     if isinstance(values, abc.Sized):
         _count_iterations(state, len(values))
-        return values
+        return values if state.deadline is None else _timed(cast(Iterable[Any], values))
     return _counted(values, state)
 
 
 def _counted(values: Iterable[Any], state: _RenderState) -> Iterator[Any]:
     for value in values:
         _count_iterations(state, 1)
+        _check_time()
+        yield value
+
+
+def _timed(values: Iterable[Any]) -> Iterator[Any]:
+    """Each iteration of a loop with a deadline checks it (the loop's body may add no other hook)."""
+    for value in values:
+        _check_time()
         yield value
 
 
@@ -513,6 +584,7 @@ def _count_iterations(state: _RenderState, count: int) -> None:
 
 
 def _bind_filter(value: Any) -> Any:
+    _check_time()
     _check_created(value)
     return value
 
@@ -676,7 +748,12 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
     def wrap_str_format(self, value: Any) -> None:
         return None  # str.format is refused by is_safe_attribute instead
 
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _check_time()
+        return super().getitem(obj, argument)
+
     def getattr(self, obj: Any, attribute: str) -> Any:
+        _check_time()
         if isinstance(obj, abc.Mapping):
             try:
                 return obj[attribute]
@@ -685,6 +762,7 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _check_time()
         if operator == "*":
             _check_repeat(left, right)
         elif operator == "**":
@@ -698,7 +776,9 @@ class _SandboxEnvironment(ImmutableSandboxedEnvironment):
         return result
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        _check_time()
         result = super().call(context, obj, *args, **kwargs)
+        _check_time()
         _check_created(result)
         return result
 
@@ -787,6 +867,8 @@ def _problem(exc: Exception) -> str:
 
 
 _HINTS: Final[dict[type[Exception], str]] = {
+    _OverBudget: "make it do less work (fewer loop iterations, smaller lists to sort or join, or the "
+    "work done in a step), or raise MAILWRIGHT_EXPRESSION_TIME_LIMIT",
     UndefinedError: "check the name against the workflow's inputs and the ids of earlier steps",
     SecurityError: "expressions may read data, not reach into Python objects",
     _Refused: "make the value smaller, or do the work in a step instead of an expression",
@@ -862,6 +944,8 @@ class _Plain:
                 plain_item, item_size = self.convert(item)
                 out.append(plain_item)
                 total = self._add(total, item_size)
+                if not len(out) & 0x3FF:
+                    _check_time()
         else:
             return value, 1
         self.memo[key] = (out, total)
@@ -957,37 +1041,94 @@ def _render(value: Any, context: dict[str, Any], field: str | None) -> Any:
 
 
 @contextmanager
-def _rendering(context: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def _rendering(context: Mapping[str, Any], time_limit: float | None = None) -> Iterator[dict[str, Any]]:
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     plain = dict(context)
-    token = _STATE.set(_RenderState(known=_context_ids(plain)))
+    token = _STATE.set(_RenderState(known=_context_ids(plain), deadline=deadline, limit=time_limit or 0.0))
     try:
         yield plain
     finally:
         _STATE.reset(token)
 
 
-def render_value(value: Any, context: Mapping[str, Any], *, field: str | None = None) -> Any:
+def render_value(
+    value: Any, context: Mapping[str, Any], *, field: str | None = None, time_limit: float | None = None
+) -> Any:
     """`value` with every string in it rendered; dicts and lists are walked, other values kept.
 
     A string that is exactly one ``{{ expr }}`` (surrounding spaces allowed) gives the
     expression's native value (a list, a number, a dict…); a string with other Jinja markup
     gives rendered text; a string without markup is returned as it is. `field` names where
     `value` sits (e.g. ``steps[0].with``) for the errors, which are ValidationErrors.
+    With `time_limit` (seconds), a rendering that takes longer fails with a ValidationError;
+    this function runs on the caller's thread: the event loop uses `render_value_async`.
     """
-    with _rendering(context) as plain:
+    with _rendering(context, time_limit) as plain:
         return _render(value, plain, field)
 
 
-def evaluate(text: str, context: Mapping[str, Any], *, field: str | None = None) -> Any:
+def evaluate(
+    text: str, context: Mapping[str, Any], *, field: str | None = None, time_limit: float | None = None
+) -> Any:
     """The native value of one expression, bare (``x + 1``) or in braces (``{{ x + 1 }}``)."""
     source = _expression_source(text, field)
-    with _rendering(context) as plain:
+    with _rendering(context, time_limit) as plain:
         return _evaluate_source(source, text, plain, field)
 
 
-def evaluate_condition(text: str, context: Mapping[str, Any], *, field: str | None = None) -> bool:
+def evaluate_condition(
+    text: str, context: Mapping[str, Any], *, field: str | None = None, time_limit: float | None = None
+) -> bool:
     """Whether the condition holds (Python truthiness of its value): ``{{ x }}`` or bare ``x``."""
-    return bool(evaluate(text, context, field=field))
+    return bool(evaluate(text, context, field=field, time_limit=time_limit))
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _render_pool() -> ThreadPoolExecutor:
+    """Threads of their own, so that slow expressions never hold the loop's default executor."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_RENDER_THREADS, thread_name_prefix="mailwright-expr")
+        return _pool
+
+
+def _has_markup(value: Any) -> bool:
+    if isinstance(value, str):
+        return is_template(value)
+    if isinstance(value, Mapping):
+        return any(_has_markup(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_markup(item) for item in value)
+    return False
+
+
+async def render_value_async(
+    value: Any, context: Mapping[str, Any], *, field: str | None = None, time_limit: float | None = None
+) -> Any:
+    """`render_value` in a worker thread, off the event loop, within `time_limit` seconds.
+
+    `time_limit` defaults to `time_limit()` (MAILWRIGHT_EXPRESSION_TIME_LIMIT). A value
+    without markup is copied on the caller's thread: nothing to render, no thread hop.
+    """
+    limit = _time_limit if time_limit is None else time_limit
+    if not _has_markup(value):
+        return render_value(value, context, field=field)
+    call = functools.partial(render_value, value, context, field=field, time_limit=limit)
+    return await asyncio.get_running_loop().run_in_executor(_render_pool(), call)
+
+
+async def evaluate_condition_async(
+    text: str, context: Mapping[str, Any], *, field: str | None = None, time_limit: float | None = None
+) -> bool:
+    """`evaluate_condition` in a worker thread, off the event loop, within `time_limit` seconds."""
+    limit = _time_limit if time_limit is None else time_limit
+    call = functools.partial(evaluate_condition, text, context, field=field, time_limit=limit)
+    result: bool = await asyncio.get_running_loop().run_in_executor(_render_pool(), call)
+    return result
 
 
 def check_syntax(text: str, *, expression: bool = False, field: str | None = None) -> None:

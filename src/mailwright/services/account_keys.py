@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from mailwright.domain.addresses import parse_address
 from mailwright.errors import ConflictError, ValidationError
-from mailwright.secrets import MASK, Secret, SecretBox
+from mailwright.secrets import MASK, Secret, SecretBox, stored_key_id
 from mailwright.services import audit
 from mailwright.services.common import clean_name, find
 from mailwright.storage.db import Database
@@ -99,6 +99,11 @@ class AccountKeyService:
         self._db = db
         self._box = box
 
+    @property
+    def box(self) -> SecretBox:
+        """The key ring the secrets are encrypted with."""
+        return self._box
+
     def create(self, data: AccountKeyCreate) -> AccountKeyPublic:
         name = clean_name(data.name, field="name", what="account key")
         if not data.password:
@@ -175,6 +180,29 @@ class AccountKeyService:
     def login_for_row(self, row: AccountKeyRow) -> Login:
         password = self._box.decrypt(row.password_encrypted, context=_context(row.id))
         return Login(key_name=row.name, username=row.username, password=password)
+
+    def key_ids_in_use(self) -> dict[str, int]:
+        """How many stored secrets each key id encrypted (`secret-key rotate` reports it)."""
+        with self._db.session() as session:
+            stored = session.scalars(select(AccountKeyRow.password_encrypted)).all()
+        counts: dict[str, int] = {}
+        for value in stored:
+            kid = stored_key_id(value) or "unknown"
+            counts[kid] = counts.get(kid, 0) + 1
+        return counts
+
+    def reencrypt_all(self) -> int:
+        """Every stored secret decrypted and encrypted again under the current key, in one transaction.
+
+        A failure (a secret that does not decrypt, a crash) rolls everything back: each
+        secret stays under the key it had, which the key ring still holds.
+        """
+        with self._db.session() as session:
+            rows = session.scalars(select(AccountKeyRow).order_by(AccountKeyRow.id).with_for_update()).all()
+            for row in rows:
+                password = self._box.decrypt(row.password_encrypted, context=_context(row.id))
+                row.password_encrypted = self._box.encrypt(password.reveal(), context=_context(row.id))
+            return len(rows)
 
     @staticmethod
     def _check_unique(session: Any, name: str) -> None:

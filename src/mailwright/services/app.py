@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mailwright.config import Settings
+from mailwright.engine import expressions
+from mailwright.secrets import write_private_file
 from mailwright.services.account_keys import AccountKeyService
 from mailwright.services.audit import AuditService
 from mailwright.services.batches import BatchService
@@ -20,6 +24,8 @@ from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
 from mailwright.transport.pool import PoolRegistry, shared_pools
 
+FIRST_TOKEN_FILE = "first-admin-token"  # in the home folder, mode 0600
+
 
 class Services:
     def __init__(self, settings: Settings) -> None:
@@ -31,6 +37,7 @@ class Services:
         self.files = FileStore(settings.files_dir or settings.home / "files")
         self.file_service = FileService(self.db, self.files)  # retention: summary and prune
         box = settings.secret_box()
+        expressions.set_time_limit(settings.expression_time_limit)  # the executor's budget per rendering
         self.account_keys = AccountKeyService(self.db, box)
         self.targets = TargetService(self.db, self.account_keys)
         self.sending = SendService(self.targets, self.files)
@@ -47,6 +54,19 @@ class Services:
         self.schedules = ScheduleService(self.db, self.runs)
         self.triggers = TriggerService(self.db, self.runs)
         self.workflows.on_saved = self._workflow_saved
+
+    def first_start_token(self) -> tuple[Path, str] | None:
+        """On first start, a new admin token, written to a file only the owner can read.
+
+        The caller prints the file's path, not the token (stdout ends up in journald and
+        container logs); None when a token existed already.
+        """
+        admin = self.tokens.ensure_admin()
+        if admin is None:
+            return None
+        path = self.settings.ensure_home() / FIRST_TOKEN_FILE
+        write_private_file(path, admin.token + "\n")
+        return path, admin.token
 
     def _workflow_saved(self, workflow_id: str) -> None:
         self.schedules.sync(workflow_id)

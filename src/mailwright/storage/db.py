@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -14,6 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailwright.errors import ConfigError
 from mailwright.storage import jsontext
 from mailwright.storage.group import GroupCommit
+
+log = logging.getLogger(__name__)
 
 IDLE_IN_TRANSACTION_SECONDS = 10  # PostgreSQL ends a transaction left idle this long
 
@@ -39,6 +44,33 @@ def _postgresql_settings(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.commit()
 
 
+def private_database_file(path: Path) -> None:
+    """Create the SQLite file with mode 0600 before SQLite does (it would take the umask).
+
+    SQLite gives the -wal and -shm files the database file's mode, so they are private
+    too. An existing database readable by the group or others is not changed, but warned about.
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            try:
+                mode = candidate.stat().st_mode & 0o777
+            except OSError:
+                continue
+            if mode & 0o077:
+                log.warning(
+                    "the database file %s is readable by others (mode %o): it holds encrypted passwords, "
+                    "tokens' hashes and every run's data; run chmod 600 on it",
+                    candidate,
+                    mode,
+                )
+    except OSError:
+        return  # a missing directory or a read-only place: SQLite reports it better
+    else:
+        os.close(descriptor)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
@@ -59,6 +91,8 @@ def make_engine(url: str) -> Engine:
             hint="use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB",
         ) from exc
     if engine.dialect.name == "sqlite":
+        if sqlite_file and engine.url.database and not engine.url.database.startswith("file:"):
+            private_database_file(Path(engine.url.database))
         event.listen(engine, "connect", _sqlite_pragmas)
     elif engine.dialect.name == "postgresql":
         event.listen(engine, "connect", _postgresql_settings)
