@@ -43,11 +43,26 @@ class _Loop:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT)
 
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        if self.thread is not None:
-            self.thread.join(TIMEOUT)
-        self.loop.close()
+    def stop(self, server: asyncio.Server | None) -> None:
+        """Stop listening, end every connection's task, then the loop and its thread."""
+        try:
+            self.run(_shutdown(server))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            if self.thread is not None:
+                self.thread.join(TIMEOUT)
+            if not self.loop.is_running():
+                self.loop.close()
+
+
+async def _shutdown(server: asyncio.Server | None) -> None:
+    if server is not None:
+        server.close()
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class EchoSMTPServer:
@@ -84,9 +99,7 @@ class EchoSMTPServer:
         return await asyncio.start_server(self._client, "127.0.0.1", 0, ssl=implicit)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self._loop.stop()
+        self._loop.stop(self._server)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -188,9 +201,7 @@ class BannerServer:
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        self._loop.stop()
+        self._loop.stop(self._server)
 
     def __enter__(self) -> Self:
         return self.start()

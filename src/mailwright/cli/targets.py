@@ -135,8 +135,8 @@ def _optional_starttls(t: TargetPublic) -> bool:
 def _warn_unsafe(t: TargetPublic) -> None:
     if t.security is Security.NONE and t.account_key:
         typer.secho(
-            f"warning: {t.display_name!r} has no TLS: the password of account key {t.account_key!r} "
-            "crosses the network in plain text (choose ssl or starttls)",
+            f"warning: THE LOGIN TRAVELS IN CLEAR TEXT: {t.display_name!r} has no TLS, so the password "
+            f"of account key {t.account_key!r} crosses the network unencrypted (choose ssl or starttls)",
             fg="yellow",
             err=True,
         )
@@ -250,6 +250,7 @@ def show(ref: Annotated[str, typer.Argument(help="display name or id")], as_json
         print_json(target)
     else:
         _show(target)
+    _warn_unsafe(target)
 
 
 @app.command("update")

@@ -16,7 +16,7 @@ from mailwright.targets.preset_data import load_presets
 from mailwright.targets.report import ConnectionTestReport, ConnectionTestStep
 from mailwright.targets.server_settings import ServerSettings
 from mailwright.transport.smtp import Login, SMTPConnection, SMTPEndpoint
-from mailwright.transport.tls import build_ssl_context
+from mailwright.transport.tls import build_ssl_context, clear_text_login_warning
 
 PROTOCOL = "SMTP"
 
@@ -187,6 +187,8 @@ def _warnings(settings: SMTPSettings, connection: SMTPConnection, login: Login |
             "can impersonate the server and read the password and mail; give a CA file instead"
         )
     if settings.security is Security.NONE:
+        if login is not None:
+            out.append(clear_text_login_warning(login.key_name, ssl_port=465))
         out.append("no TLS: the password and mail cross the network in plain text")
     elif (
         connection.greeting

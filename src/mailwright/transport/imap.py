@@ -51,6 +51,7 @@ from mailwright.transport.tls import (
     CertificateInfo,
     build_ssl_context,
     certificate_info,
+    clear_text_login_warning,
     describe_verification_failure,
     is_plaintext_answer,
     probe_implicit_tls,
@@ -589,6 +590,8 @@ class MailSession(Generic[E]):
         ep = self.endpoint
         out: list[str] = []
         if ep.security is Security.NONE:
+            if login is not None:
+                out.append(clear_text_login_warning(login.key_name, ssl_port=self.protocol.ssl_port))
             out.append("no TLS: the password and mail cross the network in plain text")
         elif ep.ssl_context.verify_mode == ssl.CERT_NONE:
             out.append(

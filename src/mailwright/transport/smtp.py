@@ -221,12 +221,14 @@ class SMTPConnection:
         if not self.capabilities.starttls:
             if login is not None:
                 # A man in the middle strips STARTTLS from EHLO to read the login: never go on.
-                raise TargetTLSError(
+                refused = TargetTLSError(
                     f"{ep.address} did not offer STARTTLS, so the login of account key "
                     f"{login.key_name!r} would travel in clear text; it was not sent",
                     target=ep.target_name,
                     hint=_clear_text_login_hint(ep.port),
                 )
+                refused.stage = "starttls"
+                raise refused
             if not ep.starttls_required:
                 return  # an open relay without a login (port 25): mail goes as the server allows
             raise TargetTLSError(
@@ -246,12 +248,14 @@ class SMTPConnection:
         ep = self.endpoint
         caps = self.capabilities
         if self.tls is None and ep.security is not Security.NONE:
-            raise TargetTLSError(
+            refused = TargetTLSError(
                 f"{ep.address}: TLS is not up, so the login of account key {login.key_name!r} would "
                 "travel in clear text; it was not sent",
                 target=ep.target_name,
                 hint=_clear_text_login_hint(ep.port),
             )
+            refused.stage = "auth"
+            raise refused
         if not caps.auth:
             raise TargetAuthError(
                 f"{ep.address} offers no AUTH, but this target uses account key {login.key_name!r}",

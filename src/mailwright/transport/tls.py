@@ -166,3 +166,12 @@ async def probe_implicit_tls(host: str, port: int, *, wait: float) -> Certificat
         return certificate_info(der) if der else None
     finally:
         writer.close()
+
+
+def clear_text_login_warning(key_name: str, *, ssl_port: int) -> str:
+    """What a target with security none and an account key says, loudly, wherever it is shown."""
+    return (
+        f"THE LOGIN TRAVELS IN CLEAR TEXT: security is none, so the password of account key "
+        f"{key_name!r} crosses the network unencrypted and anyone on the path can read it; "
+        f"choose ssl (port {ssl_port}) or starttls"
+    )
