@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from mailwright.domain.smtp import Security
@@ -177,12 +177,32 @@ class ResolvedTarget:
         return self.settings
 
 
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    target_id: str
+    key_id: str | None
+    stamp: tuple[Any, Any]  # the target's and the key's updated_at when resolved
+    resolved: ResolvedTarget
+
+
+_RESOLVED_KEPT = 1024
+# The target's and its key's updated_at: when neither changed, a kept resolution still holds.
+_STAMP = (
+    select(TargetRow.updated_at, AccountKeyRow.updated_at)
+    .select_from(TargetRow)
+    .outerjoin(AccountKeyRow, AccountKeyRow.id == bindparam("key_id"))
+    .where(TargetRow.id == bindparam("target_id"))
+)
+
+
 class TargetService:
     def __init__(self, db: Database, account_keys: AccountKeyService) -> None:
         self._db = db
         self._keys = account_keys
         # One limiter per process: every run sending through a target shares its budget.
         self.rate_limits = limiter_for(db)
+        # (ref, account key ref) -> the last resolution and the rows' stamp it was made from.
+        self._resolved: dict[tuple[str, str | None], _Resolved] = {}
 
     def create(self, data: TargetCreate) -> TargetPublic:
         kind = target_type(data.type)
@@ -288,18 +308,40 @@ class TargetService:
         return report
 
     def resolve(self, ref: str, *, account_key: str | None = None) -> ResolvedTarget:
-        """The target, its settings and the Login to use (its default key, or an override)."""
+        """The target, its settings and the Login to use (its default key, or an override).
+
+        Every send resolves its target twice (the API's check, then the step), and reading
+        the rows, validating the settings and decrypting the key cost more than the rest of
+        the request's database work. So the result is kept, and used again while one
+        statement finds the target's and the key's `updated_at` unchanged (every change of
+        either sets it, in this process or another; a rename or a deletion changes or
+        removes the row the stamp is read from).
+        """
+        cached = self._resolved.get((ref, account_key))
+        if cached is not None and self._stamp(cached.target_id, cached.key_id) == cached.stamp:
+            return cached.resolved
         with self._db.session() as session:
             row = find(session, TargetRow, ref, what="target")
             key_row: AccountKeyRow | None = row.account_key
             if account_key is not None:
                 key_row = find(session, AccountKeyRow, account_key, what="account key")
-            return ResolvedTarget(
+            resolved = ResolvedTarget(
                 target=_public(row),
                 settings=target_type(row.type).settings_model.model_validate(row.settings),
                 login=self._keys.login_for_row(key_row) if key_row is not None else None,
                 sender=key_row.sender if key_row is not None else None,
             )
+            stamp = (row.updated_at, key_row.updated_at if key_row is not None else None)
+            key_id = key_row.id if key_row is not None else None
+        if len(self._resolved) >= _RESOLVED_KEPT:
+            self._resolved.clear()  # many refs in use: start again rather than grow
+        self._resolved[(ref, account_key)] = _Resolved(row.id, key_id, stamp, resolved)
+        return resolved
+
+    def _stamp(self, target_id: str, key_id: str | None) -> tuple[Any, Any] | None:
+        with self._db.engine.connect() as connection:
+            found = connection.execute(_STAMP, {"target_id": target_id, "key_id": key_id}).first()
+        return None if found is None else (found[0], found[1])
 
     def ensure_sandbox_target(self, *, name: str, port: int) -> TargetPublic | None:
         """On first start, a target pointing at the capture server; afterwards keep its port current.
