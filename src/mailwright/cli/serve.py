@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Annotated
 
@@ -9,6 +10,28 @@ import typer
 
 from mailwright.cli.context import services
 from mailwright.logs import configure_logging
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) only listens on this machine."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any address
+
+
+def plain_http_warning(host: str, *, https_in_front: bool) -> str | None:
+    """The warning for listening beyond loopback over plain HTTP, or None."""
+    if https_in_front or is_loopback(host):
+        return None
+    return (
+        f"warning: listening on {host} over plain HTTP: passwords, API tokens and session cookies "
+        "would cross the network unencrypted.\n"
+        "hint: put an HTTPS reverse proxy in front and set MAILWRIGHT_PUBLIC_URL=https://... "
+        "(or pass --behind-https), or listen on 127.0.0.1"
+    )
 
 
 def serve(
@@ -29,6 +52,13 @@ def serve(
             "--print-token", help="on first start, also print the admin token (it goes to the logs too)"
         ),
     ] = False,
+    behind_https: Annotated[
+        bool,
+        typer.Option(
+            "--behind-https",
+            help="an HTTPS reverse proxy is in front: cookies are Secure (MAILWRIGHT_BEHIND_HTTPS)",
+        ),
+    ] = False,
 ) -> None:
     """Run the service: REST API at /api/v1, OpenAPI at /api/openapi.json."""
     # Imported here so that every other command starts without the web stack.
@@ -39,6 +69,8 @@ def serve(
 
     svc = services()
     settings = svc.settings
+    if behind_https:
+        settings.behind_https = True
     configure_logging(settings.log_level)
     first = svc.first_start_token()
     if first is not None:  # the token itself stays out of stdout (journald, container logs)
@@ -48,6 +80,9 @@ def serve(
         typer.echo("Send it as 'Authorization: Bearer TOKEN'; store it safely, then delete the file.")
     bind_host = host or settings.host
     bind_port = port or settings.port
+    warning = plain_http_warning(bind_host, https_in_front=settings.secure_cookies)
+    if warning is not None:
+        typer.echo(warning, err=True)
     typer.echo(f"Mailwright on http://{bind_host}:{bind_port}/  (API: /api/v1; data: {settings.home})")
     store = SandboxStore(settings.home / SANDBOX_DIRECTORY_NAME)
     capture = None

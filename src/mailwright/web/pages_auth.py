@@ -14,7 +14,13 @@ from mailwright.errors import MailwrightError
 from mailwright.services.web_auth import LoginThrottledError, WrongLoginError
 from mailwright.web.deps import ServicesDep
 from mailwright.web.render import field_errors, redirect, render
-from mailwright.web.session import SessionDep, check_csrf, clear_session_cookie, set_session_cookie
+from mailwright.web.session import (
+    SessionDep,
+    check_csrf,
+    clear_session_cookie,
+    secure_cookies,
+    set_session_cookie,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -37,7 +43,15 @@ def _login_form(
     response = render(
         request, template, session=None, next=next_url, errors=errors, status_code=status, login_csrf=token
     )
-    response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/", max_age=3600)
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        httponly=True,
+        secure=secure_cookies(request),
+        samesite="strict",
+        path="/",
+        max_age=3600,
+    )
     return response
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import Depends, Request
 from starlette.responses import Response
 
+from mailwright.services.app import Services
 from mailwright.services.web_auth import SESSION_LIFETIME, WebSession
 from mailwright.web.deps import ServicesDep
 
@@ -41,18 +41,12 @@ def check_csrf(session: WebSession, token: str | None) -> None:
         raise CSRFMismatch()
 
 
-def _secure(request: Request) -> bool:
-    # Browsers accept Secure cookies over plain HTTP only on loopback; anywhere
-    # else the service must sit behind HTTPS, where they are Secure as well.
-    if request.url.scheme == "https":
-        return True
-    host = request.url.hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def secure_cookies(request: Request) -> bool:
+    """`Secure` on our cookies: decided by the settings (MAILWRIGHT_PUBLIC_URL with https://, or
+    `serve --behind-https`), never by the request's Host header, which the client chooses."""
+    services: Services = request.app.state.services
+    # A request that did arrive over HTTPS (uvicorn, or a trusted proxy's X-Forwarded-Proto) too.
+    return services.settings.secure_cookies or request.url.scheme == "https"
 
 
 def set_session_cookie(request: Request, response: Response, cookie: str) -> None:
@@ -61,7 +55,7 @@ def set_session_cookie(request: Request, response: Response, cookie: str) -> Non
         cookie,
         max_age=int(SESSION_LIFETIME.total_seconds()),
         httponly=True,
-        secure=_secure(request),
+        secure=secure_cookies(request),
         samesite="lax",
         path="/",
     )
