@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import inspect
 import json
 import re
@@ -100,6 +101,7 @@ _MAX_EMITTED: Final = 4 * MAX_OUTPUT_CHARS  # everything {{ }} writes, buffered 
 _CACHED_SOURCE_CHARS: Final = 8192  # longer texts are compiled each time, not cached
 DEFAULT_TIME_LIMIT: Final = 2.0  # seconds one rendering may take (async entry points)
 _RENDER_THREADS: Final = 4  # threads that render expressions off the event loop
+_YIELD_EVERY: Final = 0.002  # seconds a rendering thread holds the GIL at most between two hooks
 
 GLOBAL_NAMES: Final = frozenset({"range", "dict"})
 
@@ -134,6 +136,7 @@ class _RenderState:
     emitted: int = 0
     deadline: float | None = None  # time.monotonic() after which the rendering stops
     limit: float = 0.0  # the budget the deadline was made from, for the message
+    next_yield: float = 0.0  # when the rendering next lets other threads run (see _check_time)
 
 
 _time_limit = DEFAULT_TIME_LIMIT
@@ -161,10 +164,20 @@ def _state() -> _RenderState:
 
 
 def _check_time() -> None:
-    """Stops the rendering once its deadline has passed (called from the sandbox's hooks)."""
+    """Stops the rendering once its deadline has passed (called from the sandbox's hooks).
+
+    A rendering with a deadline runs in a worker thread; every `_YIELD_EVERY` seconds it
+    lets go of the GIL for a moment, so the event loop's thread never waits for it longer.
+    """
     state = _STATE.get()
-    if state is not None and state.deadline is not None and time.monotonic() > state.deadline:
+    if state is None or state.deadline is None:
+        return
+    now = time.monotonic()
+    if now > state.deadline:
         raise _OverBudget(state.limit)
+    if now > state.next_yield:
+        time.sleep(0)  # releases the GIL: a waiting thread (the event loop) runs now
+        state.next_yield = time.monotonic() + _YIELD_EVERY
 
 
 def _context_ids(context: Mapping[str, Any]) -> frozenset[int]:
@@ -1092,6 +1105,11 @@ def _render_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
+            # Once per process, when it first renders off the loop (a started server or worker):
+            # what the process holds by then (modules, the app) leaves the collector's view. An
+            # expression's churn of lists and frames triggers full collections, and each one
+            # scanned that whole heap while every thread waited: 100-250 ms stalls of /healthz.
+            gc.freeze()
             _pool = ThreadPoolExecutor(max_workers=_RENDER_THREADS, thread_name_prefix="mailwright-expr")
         return _pool
 
