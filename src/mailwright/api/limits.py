@@ -110,9 +110,11 @@ class RequestLimits:
                     "create more with `mailwright tokens create NAME`",
                 )
             # The token check reads the database: off the event loop, like the route's own.
-            await run_in_threadpool(self._verify_token, credentials.strip())
+            verified = await run_in_threadpool(self._verify_token, credentials.strip())
         except AuthorizationError as exc:
             return await api_errors.mailwright_error(Request(scope), exc)
+        # Kept for the request (`request.state.verified_token`), so a later check may reuse it.
+        scope.setdefault("state", {})["verified_token"] = verified
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
