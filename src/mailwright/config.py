@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mailwright.domain.hosts import OutboundPolicy, parse_networks
 from mailwright.errors import ConfigError
 from mailwright.secrets import SecretBox
 
@@ -70,6 +71,29 @@ class Settings(BaseSettings):
         default=None, description="the URL browsers use, e.g. https://mail.example.org"
     )
     behind_https: bool = Field(default=False, description="an HTTPS proxy is in front: cookies are Secure")
+
+    # The outbound policy (domain/hosts.py): CIDRs targets may not reach, and exceptions to them.
+    target_deny: str | None = Field(
+        default=None,
+        description="comma-separated CIDRs targets may not connect to (default: link-local and "
+        "cloud metadata addresses); an empty value denies nothing",
+    )
+    target_allow: str | None = Field(
+        default=None, description="comma-separated CIDRs targets may reach even if target_deny lists them"
+    )
+
+    @field_validator("target_deny", "target_allow")
+    @classmethod
+    def _networks(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            try:
+                parse_networks(value, setting=f"MAILWRIGHT_{str(info.field_name).upper()}")
+            except ValueError as exc:
+                raise ConfigError(str(exc), hint="fix the variable, or unset it for the default") from None
+        return value
+
+    def outbound_policy(self) -> OutboundPolicy:
+        return OutboundPolicy.from_settings(self.target_deny, self.target_allow)
 
     @field_validator("home")
     @classmethod

@@ -178,8 +178,8 @@ class EchoSMTPServer:
                     break
                 else:
                     await say("502 5.5.2 command not recognized")
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # a cancelled handler ends quietly (Python 3.11 streams log a cancelled task)
         finally:
             writer.close()
 
@@ -214,7 +214,7 @@ class BannerServer:
             writer.write(self.banner)
             await writer.drain()
             await asyncio.wait_for(reader.read(65536), timeout=TIMEOUT)
-        except (ConnectionError, TimeoutError):
-            pass
+        except (ConnectionError, TimeoutError, asyncio.CancelledError):
+            pass  # a cancelled handler ends quietly (Python 3.11 streams log a cancelled task)
         finally:
             writer.close()

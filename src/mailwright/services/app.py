@@ -22,6 +22,7 @@ from mailwright.services.web_auth import WebAuthService
 from mailwright.services.workflows import WorkflowService
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
+from mailwright.transport.outbound import set_outbound_policy
 from mailwright.transport.pool import PoolRegistry, shared_pools
 
 FIRST_TOKEN_FILE = "first-admin-token"  # in the home folder, mode 0600
@@ -38,6 +39,7 @@ class Services:
         self.file_service = FileService(self.db, self.files)  # retention: summary and prune
         box = settings.secret_box()
         expressions.set_time_limit(settings.expression_time_limit)  # the executor's budget per rendering
+        set_outbound_policy(settings.outbound_policy())  # what targets may connect to
         self.account_keys = AccountKeyService(self.db, box)
         self.targets = TargetService(self.db, self.account_keys)
         self.sending = SendService(self.targets, self.files)

@@ -15,6 +15,7 @@ from mailwright.plugins import Preset, TargetType
 from mailwright.targets.preset_data import load_presets
 from mailwright.targets.report import ConnectionTestReport, ConnectionTestStep
 from mailwright.targets.server_settings import ServerSettings
+from mailwright.transport.outbound import outbound_policy
 from mailwright.transport.smtp import Login
 from mailwright.transport.tls import build_ssl_context
 
@@ -87,6 +88,7 @@ def mailbox_settings(
     check_mailbox_port(
         settings.port, settings.security, protocol=protocol, ssl_port=ssl_port, plain_port=plain_port
     )
+    outbound_policy().check_literal(settings.server)  # names are checked when they are resolved
     return settings
 
 

@@ -15,6 +15,7 @@ from mailwright.plugins import Preset, TargetType, register_target_type
 from mailwright.targets.preset_data import load_presets
 from mailwright.targets.report import ConnectionTestReport, ConnectionTestStep
 from mailwright.targets.server_settings import ServerSettings
+from mailwright.transport.outbound import outbound_policy
 from mailwright.transport.smtp import Login, SMTPConnection, SMTPEndpoint
 from mailwright.transport.tls import build_ssl_context, clear_text_login_warning
 
@@ -115,7 +116,9 @@ def settings_from_input(values: dict[str, Any], *, preset: Preset | None = None)
         merged["security"] = default_security(port)
         # Port 25 upgrades when it can: relays there often have no certificate.
         merged.setdefault("starttls_required", port != 25)
-    return validate_model(SMTPSettings, merged)
+    settings = validate_model(SMTPSettings, merged)
+    outbound_policy().check_literal(settings.server)  # names are checked when they are resolved
+    return settings
 
 
 def _from_input(values: dict[str, Any], preset: Preset | None) -> SMTPSettings:

@@ -45,6 +45,7 @@ from mailwright.errors import (
     ValidationError,
 )
 from mailwright.secrets import redact
+from mailwright.transport.outbound import open_socket_blocking
 from mailwright.transport.replies import NO_MASK, ReplyMask, quote_foreign
 from mailwright.transport.smtp import Login, TLSState
 from mailwright.transport.tls import (
@@ -443,7 +444,8 @@ class MailSession(Generic[E]):
         """TCP connect, then the TLS handshake for implicit TLS (stages connect and tls)."""
         ep = self.endpoint
         with self._stage("connect"):
-            sock = socket.create_connection((ep.host, ep.port), timeout=ep.connect_timeout)
+            # Resolved and checked against the outbound policy, then connected to a checked address.
+            sock = open_socket_blocking(ep.host, ep.port, timeout=ep.connect_timeout, target=ep.target_name)
         self._socket = sock
         if ep.security is Security.SSL:
             with self._stage("tls"):

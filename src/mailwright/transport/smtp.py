@@ -33,6 +33,7 @@ from mailwright.errors import (
     TargetTLSError,
 )
 from mailwright.secrets import Secret
+from mailwright.transport.outbound import open_socket
 from mailwright.transport.replies import NO_MASK, ReplyMask, bound_reply, quote_foreign
 from mailwright.transport.tls import (
     CertificateInfo,
@@ -181,9 +182,13 @@ class SMTPConnection:
 
     async def _open(self, login: Login | None) -> None:
         ep = self.endpoint
+        with self._stage("connect"):
+            # Resolved and checked against the outbound policy here; the library gets the socket.
+            sock = await open_socket(ep.host, ep.port, timeout=ep.connect_timeout, target=ep.target_name)
         self._client = aiosmtplib.SMTP(
             hostname=ep.host,
-            port=ep.port,
+            port=None,
+            sock=sock,
             use_tls=ep.security is Security.SSL,
             start_tls=False,
             tls_context=ep.ssl_context,

@@ -11,7 +11,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from mailwright.errors import ValidationError
+from mailwright.errors import TargetError, ValidationError
+from mailwright.transport.outbound import open_socket
 
 # OpenSSL reasons that mean "the peer did not speak TLS at all".
 _PLAINTEXT_REASONS = {
@@ -137,8 +138,9 @@ def describe_verification_failure(
 async def probe_greeting(host: str, port: int, *, wait: float) -> bytes | None:
     """The first bytes a server sends on a plain TCP connection, or None if it stays silent."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=wait)
-    except (OSError, TimeoutError):
+        sock = await open_socket(host, port, timeout=wait, target=None)  # within the outbound policy
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(sock=sock), timeout=wait)
+    except (OSError, TimeoutError, TargetError):
         return None
     try:
         return await asyncio.wait_for(reader.read(512), timeout=wait) or None
@@ -154,11 +156,12 @@ async def probe_implicit_tls(host: str, port: int, *, wait: float) -> Certificat
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
+        sock = await open_socket(host, port, timeout=wait, target=None)  # within the outbound policy
         _reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=context, server_hostname=host),
+            asyncio.open_connection(sock=sock, ssl=context, server_hostname=host),
             timeout=wait,
         )
-    except (OSError, TimeoutError, ssl.SSLError):
+    except (OSError, TimeoutError, ssl.SSLError, TargetError):
         return None
     try:
         ssl_object = writer.get_extra_info("ssl_object")
