@@ -1,4 +1,12 @@
-"""Parsing and validating e-mail addresses, including internationalized ones."""
+"""Parsing and validating e-mail addresses, including internationalized ones.
+
+One entry of to/cc/bcc/reply_to is one line: an entry holding CR or LF is refused, so
+no entry can smuggle a header or another recipient. Commas and semicolons separate
+several addresses only in text a user typed; a value an expression produced
+(`RenderedText`, marked by the workflow renderer) must be exactly one address, so
+`to: ["{{ inputs.x }}"]` with x = "a@x.org, evil@y.example" is refused instead of
+becoming two recipients.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +14,12 @@ import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Annotated, Any
 
 import email_validator
 import idna
 from email_validator import EmailNotValidError, validate_email
+from pydantic import BeforeValidator, ValidationInfo
 
 from mailwright.errors import ValidationError
 
@@ -64,15 +74,70 @@ def parse_address(text: str, *, field: str) -> Address:
     return found[0]
 
 
+class RenderedText(str):
+    """Text an expression produced (not typed by a user): never split into several addresses."""
+
+    __slots__ = ()
+
+
+def _entry_name(field: str, index: int | None) -> str:
+    return field if index is None else f"{field}[{index}]"
+
+
+def entry_problem(entry: str, *, field: str, index: int | None) -> str | None:
+    """Why one to/cc/bcc/reply_to entry cannot be used, or None."""
+    name = _entry_name(field, index)
+    if "\r" in entry or "\n" in entry:
+        return (
+            f"{name} holds a line break ({entry!r}): give one address per entry, several entries "
+            "as a list, or one entry with addresses separated by commas"
+        )
+    if isinstance(entry, RenderedText):
+        pieces = _split(entry)
+        if len(pieces) > 1:
+            return (
+                f"{name}: an expression gave {entry!r}, which holds {len(pieces)} addresses; an "
+                "expression gives exactly one address per entry (make it give a list of addresses "
+                "to send to several)"
+            )
+    return None
+
+
+def check_entries(value: Any, info: ValidationInfo) -> Any:
+    """Pydantic before-validator of an address field: each entry is one line, and a rendered
+    entry one address (see the module's docstring)."""
+    field = info.field_name or "address"
+    entries = (
+        [(None, value)]
+        if isinstance(value, str)
+        else list(enumerate(value))
+        if isinstance(value, list)
+        else []
+    )
+    for index, entry in entries:
+        if isinstance(entry, str) and (problem := entry_problem(entry, field=field, index=index)):
+            # Not a ValueError: Pydantic passes ours through, so each face maps it as bad input.
+            raise ValidationError(problem, field=field)
+    return value
+
+
+# The type of to, cc, bcc and reply_to in requests: a list, or one string (commas separate).
+AddressInput = Annotated[list[str] | str | None, BeforeValidator(check_entries)]
+
+
 def parse_address_list(value: str | Iterable[str] | None, *, field: str) -> list[Address]:
-    """Addresses from a list, or from strings separated by commas, semicolons or newlines."""
+    """Addresses from a list, or from strings separated by commas or semicolons."""
     if value is None:
         return []
+    single = isinstance(value, str)
     items = [value] if isinstance(value, str) else list(value)
     out: list[Address] = []
-    for item in items:
+    for index, item in enumerate(items):
         if not isinstance(item, str):
             raise ValidationError(f"{field} must contain strings", field=field)
+        problem = entry_problem(item, field=field, index=None if single else index)
+        if problem is not None:
+            raise ValidationError(problem, field=field)
         out.extend(_parse_piece(piece, field) for piece in _split(item))
     return out
 
@@ -85,11 +150,11 @@ def _parse_piece(piece: str, field: str) -> Address:
     return _validated(name, addr, field=field, original=piece)
 
 
-_SPECIAL = re.compile(r'[,;\r\n"<>\\]')
+_SPECIAL = re.compile(r'[,;"<>\\]')
 
 
 def _split(text: str) -> list[str]:
-    """Split on commas, semicolons and line breaks outside quotes and angle brackets."""
+    """Split on commas and semicolons outside quotes and angle brackets."""
     if _SPECIAL.search(text) is None:  # the usual single bare address: no scan char by char
         stripped = text.strip()
         return [stripped] if stripped else []
@@ -113,7 +178,7 @@ def _split_scanning(text: str) -> list[str]:
             angled = True
         elif char == ">" and not quoted:
             angled = False
-        elif char in ",;\r\n" and not quoted and not angled:
+        elif char in ",;" and not quoted and not angled:
             pieces.append("".join(current))
             current = []
             continue

@@ -68,6 +68,7 @@ from jinja2.runtime import Context, LoopContext, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
+from mailwright.domain.addresses import RenderedText
 from mailwright.errors import ValidationError
 
 __all__ = [
@@ -1028,10 +1029,19 @@ def _render_text(text: str, context: dict[str, Any], field: str | None) -> Any:
         return text
     single = single_expression(text)
     if single is not None:
-        return _evaluate_source(single, text, context, field)
+        return _marked(_evaluate_source(single, text, context, field))
     with _translated(text, field):
         template = _compile_template(text)
-        return _bounded_join(template.generate(context))
+        return _marked(_bounded_join(template.generate(context)))
+
+
+def _marked(value: Any) -> Any:
+    """Text an expression produced, marked as such (an address entry is then never split)."""
+    if isinstance(value, str):
+        return RenderedText(value)
+    if isinstance(value, list):
+        return [RenderedText(item) if isinstance(item, str) else item for item in value]
+    return value
 
 
 def _evaluate_source(source: str, text: str, context: dict[str, Any], field: str | None) -> Any:

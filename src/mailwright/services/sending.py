@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from mailwright.domain.addresses import Address, parse_address, parse_address_list
+from mailwright.domain.addresses import Address, AddressInput, parse_address, parse_address_list
 from mailwright.domain.message import (
     Attachment,
     Importance,
@@ -33,8 +33,6 @@ from mailwright.storage.files import FileStore
 from mailwright.transport.pool import PoolLimits, SMTPPool, shared_pools
 
 log = logging.getLogger(__name__)
-
-AddressInput = list[str] | str | None
 
 
 class AttachmentIn(BaseModel):
@@ -77,7 +75,9 @@ class SendEmailRequest(BaseModel):
         alias="from",
         description="blank = the account key's sender, else its username",
     )
-    to: AddressInput = Field(default=None, description="list, or one string separated by commas/newlines")
+    to: AddressInput = Field(
+        default=None, description="list, or one string separated by commas; no entry may hold a line break"
+    )
     cc: AddressInput = None
     bcc: AddressInput = Field(default=None, description="envelope only, never in the headers")
     reply_to: AddressInput = None
