@@ -264,6 +264,7 @@ def test_every_web_page_refuses_exactly_the_roles_below_its_own(server: Server, 
                         wrong.append(f"{role} {method} {route.path}: {answer.status_code}")
                     if refused:  # a page, not the API's JSON
                         assert answer.headers["content-type"].startswith("text/html")
+                        assert "<h1>Not allowed</h1>" in answer.text
                         assert f"is {role.article}" in answer.text
     assert not wrong, "\n".join(wrong)
 

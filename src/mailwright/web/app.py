@@ -63,7 +63,7 @@ async def _mailwright_error(request: Request, exc: Exception) -> Response:
         "error.html",
         session=None,
         status_code=status,
-        title="Something went wrong",
+        title="Not allowed" if status == 403 else "Something went wrong",
         message=str(exc),
     )
 
