@@ -218,3 +218,87 @@ class BannerServer:
             pass  # a cancelled handler ends quietly (Python 3.11 streams log a cancelled task)
         finally:
             writer.close()
+
+
+class EchoMailboxServer:
+    """An IMAP or POP3 server (implicit TLS) whose login refusal echoes what the client sent."""
+
+    def __init__(self, *, protocol: Literal["imap", "pop3"], server_context: ssl.SSLContext) -> None:
+        self.protocol = protocol
+        self.server_context = server_context
+        self.received: list[str] = []
+        self.port = 0
+        self._loop = _Loop()
+        self._server: asyncio.Server | None = None
+
+    def start(self) -> Self:
+        self._loop.start()
+        self._server = self._loop.run(
+            asyncio.start_server(self._client, "127.0.0.1", 0, ssl=self.server_context)
+        )
+        assert self._server is not None
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    def stop(self) -> None:
+        self._loop.stop(self._server)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def say(text: str) -> None:
+            writer.write(text.encode() + b"\r\n")
+            await writer.drain()
+
+        async def read() -> str:
+            return (await reader.readline()).decode("utf-8", "replace").rstrip("\r\n")
+
+        def decoded(token: str) -> str:
+            with contextlib.suppress(ValueError):
+                return base64.b64decode(token).decode().replace("\0", " ")
+            return ""
+
+        try:
+            if self.protocol == "imap":
+                await say("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] echo ready")
+            else:
+                await say("+OK echo ready")
+            while line := await read():
+                self.received.append(line)
+                if self.protocol == "imap":
+                    tag, _, command = line.partition(" ")
+                    verb = command.split(" ", 1)[0].upper()
+                    if verb == "CAPABILITY":
+                        await say(f"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n{tag} OK done")
+                    elif verb == "AUTHENTICATE":
+                        await say("+ ")
+                        token = await read()
+                        await say(f"{tag} NO [AUTHENTICATIONFAILED] Invalid: {token} ({decoded(token)})")
+                    elif verb == "LOGIN":
+                        await say(f"{tag} NO [AUTHENTICATIONFAILED] Invalid: {command}")
+                    elif verb == "LOGOUT":
+                        await say(f"* BYE\r\n{tag} OK bye")
+                        break
+                    else:
+                        await say(f"{tag} BAD unknown")
+                else:
+                    verb = line.split(" ", 1)[0].upper()
+                    if verb == "CAPA":
+                        await say("+OK\r\nUSER\r\nSASL PLAIN\r\n.")
+                    elif verb == "AUTH":
+                        await say("+ ")
+                        token = await read()
+                        await say(f"-ERR [AUTH] Invalid: {token} ({decoded(token)})")
+                    elif verb == "QUIT":
+                        await say("+OK bye")
+                        break
+                    else:
+                        await say("-ERR unknown")
+        except (ConnectionError, ssl.SSLError, asyncio.CancelledError):
+            pass  # a cancelled handler ends quietly (Python 3.11 streams log a cancelled task)
+        finally:
+            writer.close()

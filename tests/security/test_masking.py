@@ -29,7 +29,7 @@ from mailwright.transport.imap import (
 )
 from mailwright.transport.smtp import Login, SMTPConnection, SMTPEndpoint
 from mailwright.transport.tls import build_ssl_context
-from tests.security.servers import EchoSMTPServer
+from tests.security.servers import EchoMailboxServer, EchoSMTPServer
 from tests.support.cli import CLI, assert_ok
 from tests.support.tlsfiles import TLSFiles
 
@@ -258,5 +258,55 @@ def test_echoed_login_is_nowhere_in_home_logs_api_or_cli(
     assert_clean(joined, "API answers or CLI output")
     assert_clean("\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records), "the log")
     assert_clean(caplog.text, "the log")
+    mw.close()
+    assert_home_clean(cli.home)
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_imap_and_pop3_echoes_are_masked_in_the_test_report_and_home(
+    mw: Services, cli: CLI, tls_files: TLSFiles, protocol: str
+) -> None:
+    with EchoMailboxServer(protocol=protocol, server_context=tls_files.server_context()) as server:  # type: ignore[arg-type]
+        assert_ok(
+            cli(
+                "account-keys",
+                "create",
+                "--name",
+                "alice",
+                "--username",
+                USER,
+                "--password-stdin",
+                input=PASSWORD,
+            )
+        )
+        assert_ok(
+            cli(
+                "targets",
+                "create",
+                "--name",
+                "inbox",
+                "--type",
+                protocol,
+                "--server",
+                "localhost",
+                "--port",
+                server.port,
+                "--security",
+                "ssl",
+                "--ca-file",
+                tls_files.ca_path,
+                "--account-key",
+                "alice",
+                "--timeout",
+                "5",
+            )
+        )
+        tested = cli("targets", "test", "inbox", "--json")
+        shown = cli("targets", "show", "inbox", "--json")
+        assert any("AUTH" in line for line in server.received), server.received
+    assert tested.returncode == 1, str(tested)
+    assert tested.json()["error"]["code"] == "auth_error", str(tested)
+    assert "********" in tested.stdout
+    assert_clean(tested.output + shown.output, f"{protocol} test report")
     mw.close()
     assert_home_clean(cli.home)
