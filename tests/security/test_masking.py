@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -112,14 +113,14 @@ def test_the_mask_knows_every_form_of_the_password() -> None:
     [("PLAIN LOGIN", "refuse"), ("LOGIN", "refuse"), ("PLAIN", "defer")],
 )
 async def test_smtp_auth_refusal_echoing_the_login_is_masked(
-    tls_files: TLSFiles, mechanisms: str, auth: str
+    tls_files: TLSFiles, mechanisms: str, auth: Literal["refuse", "defer"]
 ) -> None:
     extra = base64.b64encode(f"user={USER}\x01auth=Bearer {PASSWORD}\x01\x01".encode()).decode()
     with EchoSMTPServer(
         server_context=tls_files.server_context(),
         mechanisms=mechanisms,
         auth=auth,
-        extra_echo=extra,  # type: ignore[arg-type]
+        extra_echo=extra,
     ) as server:
         connection = SMTPConnection(endpoint(server.port, tls_files))
         with pytest.raises(TargetError) as caught:
