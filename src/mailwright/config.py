@@ -114,8 +114,7 @@ class Settings(BaseSettings):
         value = value.strip()
         if not value.lower().startswith(("https://", "http://")):
             raise ValueError(
-                f"MAILWRIGHT_PUBLIC_URL must start with https:// or http://, not {value!r} "
-                "(e.g. https://mail.example.org)"
+                "the URL browsers use must start with https:// (or http://), e.g. https://mail.example.org"
             )
         return value
 

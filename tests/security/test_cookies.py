@@ -110,7 +110,7 @@ def test_behind_https_setting_makes_both_cookies_secure(serve_app: StartApp) -> 
 
 
 def test_a_public_url_that_is_not_a_url_is_refused_with_the_fix() -> None:
-    with pytest.raises(ValueError, match="must start with https:// or http://"):
+    with pytest.raises(ValueError, match="must start with https://"):
         Settings(public_url="mail.example.org")
 
 
