@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from mailwright.activities.context import ActivityContext
 from mailwright.domain.validation import validate_model
 from mailwright.domain.workflows import Step, WorkflowDocument
-from mailwright.engine.expressions import evaluate_condition, render_value
+from mailwright.engine.expressions import evaluate_condition_async, render_value_async
 from mailwright.engine.lease import Lease
 from mailwright.errors import LeaseLostError, MailwrightError, TargetError
 from mailwright.plugins import activity
@@ -60,6 +60,8 @@ UNKNOWN = "unknown"  # a step's status and send state when its message may or ma
 BATCH_KIND = "batch"  # a run document of this kind is a batch of messages, one step each
 RATE_LIMIT_NOTE = "rate limit: "
 STEP_DONE = {"succeeded", "failed", "skipped", "cancelled", UNKNOWN}
+# A step's outcome when its write also ended the run (the last step, succeeded): one write, not two.
+CLOSED = "succeeded, run closed"
 
 
 @dataclass
@@ -342,7 +344,13 @@ class Executor:
                 await self._release(run_id)
                 return "queued"
             state = claimed.steps[position]
-            outcome = await self._run_step(run_id, position, step, state, context, target=target, key=key)
+            last = position == len(document.steps) - 1
+            outcome = await self._run_step(
+                run_id, position, step, state, context, target=target, key=key, closes=last
+            )
+            if outcome == CLOSED:  # the last step succeeded, and its write ended the run
+                log.info("run %s succeeded", run_id)
+                return "succeeded"
             if outcome == "deferred":
                 return "queued"
             if outcome in ("failed", UNKNOWN) and not step.continue_on_failure:
@@ -396,18 +404,25 @@ class Executor:
         *,
         target: str | None,
         key: str | None,
+        closes: bool = False,
     ) -> str:
-        """Run the step unless an earlier execution finished it (`state`: as the claim read it)."""
+        """Run the step unless an earlier execution finished it (`state`: as the claim read it).
+
+        `closes`: the run's last step; a plain one that succeeds ends the run in the same
+        write, and CLOSED is returned.
+        """
         if state["status"] in STEP_DONE:
             context["steps"][step.id] = state
             return str(state["status"])
         if step.skip_execution:
             return await self._settle(run_id, position, None, context, step, "skipped", None, None)
         try:
-            if step.if_ and not evaluate_condition(step.if_, context):
+            if step.if_ and not await evaluate_condition_async(step.if_, context):
                 return await self._settle(run_id, position, None, context, step, "skipped", None, None)
             if step.for_each is None:
-                return await self._run_item(run_id, position, None, step, context, target=target, key=key)
+                return await self._run_item(
+                    run_id, position, None, step, context, target=target, key=key, closes=closes
+                )
             return await self._run_items(run_id, position, step, context, target=target, key=key)
         except MailwrightError as exc:  # a bad expression fails the step, not the worker
             return await self._settle(run_id, position, None, context, step, "failed", None, exc.details())
@@ -443,7 +458,7 @@ class Executor:
         stored = self._stored_items(run_id, position)
         if stored is not None:
             return stored
-        value = render_value(step.for_each, context)
+        value = await render_value_async(step.for_each, context)
         if not isinstance(value, list):
             raise StepValueError(f"step {step.id!r}: for_each must give a list, not {type(value).__name__}")
         if len(value) > step.max_items:
@@ -492,6 +507,7 @@ class Executor:
         *,
         target: str | None,
         key: str | None,
+        closes: bool = False,
     ) -> str:
         spec = activity(step.activity)
         label = step.id if index is None else f"{step.id}[{index}]"
@@ -499,7 +515,7 @@ class Executor:
         inputs: BaseModel | None = None
         problem: Exception | None = None
         try:
-            values = step.with_ if step.literal else render_value(step.with_, context)
+            values = step.with_ if step.literal else await render_value_async(step.with_, context)
             inputs = validate_model(spec.input_model, values)
         except Exception as exc:  # failed as the attempt's outcome, below
             problem = exc
@@ -521,8 +537,8 @@ class Executor:
                 run_id=run_id,
                 step=label,
                 targets=self._targets,
-                target=self._render_name(step.target, context) or target,
-                account_key=self._render_name(step.account_key, context) or key,
+                target=await self._render_name(step.target, context) or target,
+                account_key=await self._render_name(step.account_key, context) or key,
                 message_id=message_id,
                 remember_message_id=chosen.remember,
                 mark_sending=self._marking(run_id, row_id, chosen),
@@ -539,7 +555,7 @@ class Executor:
             )
         if index is None:  # one write: the attempt's row is the step's row
             return await self._settle(
-                run_id, position, None, context, step, "succeeded", output, None, sent=True
+                run_id, position, None, context, step, "succeeded", output, None, sent=True, closes=closes
             )
         await self._complete(run_id, row_id, output)
         return "succeeded"
@@ -570,10 +586,10 @@ class Executor:
         row.finished_at = row.updated_at = utcnow()
 
     @staticmethod
-    def _render_name(value: str | None, context: dict[str, Any]) -> str | None:
+    async def _render_name(value: str | None, context: dict[str, Any]) -> str | None:
         if not value:
             return None
-        return str(render_value(value, context))
+        return str(await render_value_async(value, context))
 
     async def _start_attempt(
         self,
@@ -713,7 +729,9 @@ class Executor:
         error: dict[str, Any] | None,
         *,
         sent: bool = False,
+        closes: bool = False,
     ) -> str:
+        """Record the step's outcome; `closes` (and it succeeded): the run succeeds in the same write."""
         values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "updated_at": utcnow()}
         if output is not None:
             values["output"] = output if isinstance(output, dict) else {"items": output}
@@ -724,13 +742,17 @@ class Executor:
             values["send_state"] = _SENT_IF_SENDING
         where = _at_step(run_id, position, index)
 
+        closing = closes and status == "succeeded"
+
         def apply(session: Session) -> dict[str, Any]:
             statement = update(RunStepRow).where(*where).values(values).returning(*_SETTLED)
             row = session.connection().execute(statement).one()
+            if closing:
+                session.connection().execute(_SUCCEED, {"run_id": run_id, "now": utcnow()})
             return {"status": status, "output": row.output, "error": row.error}
 
         context["steps"][step.id] = await self._write(run_id, apply)
-        return status
+        return CLOSED if closing else status
 
 
 def _record_failure(
