@@ -33,6 +33,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def require_token(
+    request: Request,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> TokenPublic:
@@ -42,6 +43,10 @@ def require_token(
             hint="the admin token is printed on the first start of `mailwright serve`; "
             "create more with `mailwright tokens create NAME --role ROLE`",
         )
+    # The request-limits middleware verified this request's token before reading its body.
+    verified = getattr(request.state, "verified_token", None)
+    if isinstance(verified, TokenPublic):
+        return verified
     return services.tokens.verify(credentials.credentials)
 
 
