@@ -74,7 +74,7 @@ def test_forty_wrong_passwords_are_slowed_then_refused_and_the_right_one_waits(
     assert site.pauses == [1.0, 2.0, 4.0, 8.0]
     last = answers[-1]
     assert last.headers["Retry-After"] == "16"
-    assert "Too many failed log-ins. Wait 16 seconds" in last.text
+    assert "Too many failed log-ins. Wait 16 s" in last.text
 
     # The right password is refused too, until Retry-After has passed.
     early = site.log_in(PASSWORD)
@@ -119,3 +119,18 @@ def test_a_right_password_clears_the_count(site: Site) -> None:
     for n in range(4):
         assert site.log_in(f"{WRONG}{n}").status_code == 401
     assert site.pauses == []
+
+
+def test_the_counts_are_bounded_in_memory_and_forgotten_after_an_idle_hour() -> None:
+    clock = FakeClock(wall=datetime(2026, 1, 5, 9, 0, tzinfo=UTC))
+    throttle = LoginThrottle(clock=clock)
+    for n in range(LoginThrottle.MAX_KEYS + 50):
+        throttle.admit(account=f"user{n}", address=f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
+        clock.advance(0.001)
+    assert len(throttle._keys) <= LoginThrottle.MAX_KEYS
+    for _ in range(4):
+        throttle.admit(account="other", address="192.0.2.1")
+    assert throttle.failures(address="192.0.2.1") == 4
+    clock.advance(LoginThrottle.FORGET_AFTER + 1)
+    throttle.admit(account="other", address="192.0.2.1")
+    assert throttle.failures(address="192.0.2.1") == 1

@@ -66,6 +66,10 @@ class WrongLoginError(AuthorizationError):
         self.slow_down = slow_down
 
 
+def _seconds(count: int) -> str:
+    return "1 second" if count == 1 else f"{count} seconds"
+
+
 @dataclass(slots=True)
 class _Failures:
     count: int = 0
@@ -115,7 +119,7 @@ class LoginThrottle:
                     wait = math.ceil(entry.locked_until - now)
                     which = "this address" if key.startswith("address:") else "this account"
                     raise LoginThrottledError(
-                        f"too many failed log-ins from {which}; try again in {wait} seconds",
+                        f"too many failed log-ins from {which}; try again in {_seconds(wait)}",
                         retry_after=wait,
                         hint="wait, then log in with the right password or token",
                     )
@@ -246,7 +250,7 @@ class WebAuthService:
             if lock > LoginThrottle.SLOW_MAX:
                 wait = math.ceil(lock)
                 raise LoginThrottledError(
-                    f"too many failed log-ins; try again in {wait} seconds",
+                    f"too many failed log-ins; try again in {_seconds(wait)}",
                     retry_after=wait,
                     hint="wait, then log in with the right password or token",
                 )

@@ -94,7 +94,7 @@ async def login(
             template,
             next_url=_safe_next(next),
             status=429,
-            errors={"secret": f"Too many failed log-ins. Wait {exc.retry_after} seconds, then try again."},
+            errors={"secret": f"Too many failed log-ins. Wait {exc.retry_after} s, then try again."},
         )
         refused.headers["Retry-After"] = str(exc.retry_after)
         return refused
