@@ -61,7 +61,7 @@ class RoleRule:
     action: str
 
 
-# Each role dependency made by `_needs`, with its rule: how `rule_of` finds a route's role.
+# Each role dependency made by `_needs`, with its rule: how `rules_of` finds a route's role.
 _RULES: dict[Any, RoleRule] = {}
 
 

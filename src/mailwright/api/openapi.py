@@ -32,6 +32,8 @@ class ErrorDetail(BaseModel):
     problems: list[dict[str, Any]] | None = Field(
         default=None, description="every problem found: {field, message} or, for batches, {where, message}"
     )
+    role: str | None = Field(default=None, description="403: the token's role (admin, operator, viewer)")
+    required_role: str | None = Field(default=None, description="403: the role the operation needs")
 
 
 class ErrorBody(BaseModel):
