@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, params
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from mailwright.domain.roles import Role
 from mailwright.errors import AuthorizationError, PermissionDeniedError
@@ -24,7 +25,9 @@ from mailwright.services.tokens import TokenPublic
 _bearer = HTTPBearer(auto_error=False, description="a token from `mailwright tokens create`")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # Async, as every dependency here that does no I/O: a plain `def` would cost each
+    # request a round trip through the thread pool.
     services: Services = request.app.state.services
     return services
 
@@ -32,7 +35,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require_token(
+async def require_token(
     request: Request,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -47,7 +50,7 @@ def require_token(
     verified = getattr(request.state, "verified_token", None)
     if isinstance(verified, TokenPublic):
         return verified
-    return services.tokens.verify(credentials.credentials)
+    return await run_in_threadpool(services.tokens.verify, credentials.credentials)
 
 
 TokenDep = Annotated[TokenPublic, Depends(require_token)]

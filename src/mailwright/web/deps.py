@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from mailwright.services.app import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # Async: no I/O here, and a plain `def` would cost each request a thread-pool round trip.
     services: Services = request.app.state.services
     return services
 
