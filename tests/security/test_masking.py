@@ -30,9 +30,12 @@ from mailwright.transport.imap import (
 )
 from mailwright.transport.smtp import Login, SMTPConnection, SMTPEndpoint
 from mailwright.transport.tls import build_ssl_context
+from tests.integration.test_web_targets import Browserless, web
 from tests.security.servers import EchoMailboxServer, EchoSMTPServer
 from tests.support.cli import CLI, assert_ok
 from tests.support.tlsfiles import TLSFiles
+
+__all__ = ["web"]
 
 USER = "alice@example.org"
 # Long enough that each alignment inside a base64 stream is distinct; odd characters on purpose.
@@ -157,6 +160,7 @@ def test_imap_and_pop3_refusals_are_masked_with_the_key_itself() -> None:
 def test_echoed_login_is_nowhere_in_home_logs_api_or_cli(
     mw: Services,
     api: httpx.Client,
+    web: Browserless,
     cli: CLI,
     tls_files: TLSFiles,
     caplog: pytest.LogCaptureFixture,
@@ -250,6 +254,13 @@ def test_echoed_login_is_nowhere_in_home_logs_api_or_cli(
             outputs.append(api.get(f"/api/v1/runs/{run['id']}").text)
             outputs.append(api.get(f"/api/v1/runs/{run['id']}/steps").text)
         outputs.append(api.get("/api/v1/targets/refusing").text)
+        # The web pages: the target (its last test) and every run.
+        target_id = api.get("/api/v1/targets/refusing").json()["id"]
+        outputs.append(web.client.get(f"/targets/{target_id}").text)
+        for run in _items(api.get("/api/v1/runs").json()):
+            page = web.client.get(f"/runs/{run['id']}")
+            assert page.status_code == 200, page.text
+            outputs.append(page.text)
         assert accepting.auth_lines and refusing.auth_lines
     finally:
         refusing.stop()
