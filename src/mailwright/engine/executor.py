@@ -228,10 +228,28 @@ _SENT_IF_SENDING = case((RunStepRow.send_state == "sending", "sent"), else_=RunS
 _SETTLED = (RunStepRow.output, RunStepRow.error)
 
 
-def _at_step(run_id: str, position: int, index: int | None) -> tuple[Any, ...]:
-    """The WHERE clause of a step's row (the parent's, or a for_each item's)."""
-    item = RunStepRow.item_index.is_(None) if index is None else RunStepRow.item_index == index
-    return (RunStepRow.run_id == run_id, RunStepRow.position == position, item)
+def _at_step(item: bool) -> tuple[Any, ...]:
+    """The WHERE clause of a step's row: the parent's (or plain step's), or a for_each item's."""
+    # Named apart from the columns: in an UPDATE, a parameter named as a column would set it.
+    index = RunStepRow.item_index == bindparam("at_index") if item else RunStepRow.item_index.is_(None)
+    return (RunStepRow.run_id == bindparam("at_run"), RunStepRow.position == bindparam("at_position"), index)
+
+
+_READ_STEP = {item: select(*_STEP_COLUMNS).where(*_at_step(item)) for item in (False, True)}
+# A step's result: one statement per set of columns written (and parent or item), built once.
+_SETTLE: dict[tuple[frozenset[str], bool, bool], Any] = {}
+
+
+def _settle_statement(columns: frozenset[str], item: bool, sent: bool) -> Any:
+    key = (columns, item, sent)
+    if key not in _SETTLE:
+        values: dict[str, Any] = {
+            c: bindparam(f"new_{c}", type_=RunStepRow.__table__.c[c].type) for c in columns
+        }
+        if sent:
+            values["send_state"] = _SENT_IF_SENDING
+        _SETTLE[key] = update(RunStepRow).where(*_at_step(item)).values(values).returning(*_SETTLED)
+    return _SETTLE[key]
 
 
 def worker_id() -> str:
@@ -608,7 +626,8 @@ class Executor:
 
         def apply(session: Session) -> tuple[str, str | None] | str:
             connection = session.connection()
-            row = connection.execute(select(*_STEP_COLUMNS).where(*_at_step(run_id, position, index))).one()
+            where = {"at_run": run_id, "at_position": position, "at_index": index}
+            row = connection.execute(_READ_STEP[index is not None], where).one()
             if row.status in ("succeeded", UNKNOWN):
                 return str(row.status)
             if row.send_state == "sending":
@@ -738,15 +757,18 @@ class Executor:
         if error is not None:
             values["error"] = error
         if sent:  # the attempt succeeded: what it sent (if anything) is known to have arrived
-            values["error"] = None
-            values["send_state"] = _SENT_IF_SENDING
-        where = _at_step(run_id, position, index)
-
+            values["error"] = None  # and its send state, from "sending" to "sent"
+        statement = _settle_statement(frozenset(values), index is not None, sent)
+        params = {
+            "at_run": run_id,
+            "at_position": position,
+            "at_index": index,
+            **{f"new_{column}": value for column, value in values.items()},
+        }
         closing = closes and status == "succeeded"
 
         def apply(session: Session) -> dict[str, Any]:
-            statement = update(RunStepRow).where(*where).values(values).returning(*_SETTLED)
-            row = session.connection().execute(statement).one()
+            row = session.connection().execute(statement, params).one()
             if closing:
                 session.connection().execute(_SUCCEED, {"run_id": run_id, "now": utcnow()})
             return {"status": status, "output": row.output, "error": row.error}

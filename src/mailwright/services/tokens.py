@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from mailwright.domain.roles import Role
@@ -18,6 +18,21 @@ from mailwright.storage.db import Database
 from mailwright.storage.tables import ApiTokenRow, name_key, utcnow
 
 PREFIX = "mw_"
+_BY_HASH = select(
+    ApiTokenRow.id,
+    ApiTokenRow.name,
+    ApiTokenRow.prefix,
+    ApiTokenRow.role,
+    ApiTokenRow.created_at,
+    ApiTokenRow.last_used_at,
+    ApiTokenRow.revoked_at,
+).where(ApiTokenRow.token_hash == bindparam("hash"))
+_TOUCH = (
+    update(ApiTokenRow)
+    .where(ApiTokenRow.id == bindparam("token_id"))
+    .values(last_used_at=bindparam("now"))
+    .execution_options(synchronize_session=False)
+)
 LAST_USED_PRECISION = timedelta(minutes=1)  # how stale `last_used_at` may be
 
 
@@ -89,18 +104,32 @@ class TokenService:
             return _public(row)
 
     def verify(self, token: str) -> TokenPublic:
-        with self._db.session() as session:
-            row = session.scalars(select(ApiTokenRow).where(ApiTokenRow.token_hash == _hash(token))).first()
-            if row is None or row.revoked_at is not None:
-                raise AuthorizationError(
-                    "the API token is unknown or revoked",
-                    hint="create one with `mailwright tokens create NAME`",
-                )
-            now = utcnow()
-            # To the minute is what "last used" tells; a write per request would cost a disk sync.
-            if row.last_used_at is None or now - row.last_used_at >= LAST_USED_PRECISION:
-                row.last_used_at = now
-            return _public(row)
+        """The token's public record, if it is known and not revoked (every API request asks).
+
+        Core statements, built once: through the ORM this cost a tenth of a send's time.
+        """
+        with self._db.engine.connect() as connection:
+            row = connection.execute(_BY_HASH, {"hash": _hash(token)}).first()
+        if row is None or row.revoked_at is not None:
+            raise AuthorizationError(
+                "the API token is unknown or revoked",
+                hint="create one with `mailwright tokens create NAME`",
+            )
+        last_used_at, now = row.last_used_at, utcnow()
+        # To the minute is what "last used" tells; a write per request would cost a disk sync.
+        if last_used_at is None or now - last_used_at >= LAST_USED_PRECISION:
+            with self._db.engine.begin() as connection:
+                connection.execute(_TOUCH, {"token_id": row.id, "now": now})
+            last_used_at = now
+        return TokenPublic(
+            id=row.id,
+            name=row.name,
+            prefix=row.prefix,
+            role=Role(row.role),
+            created_at=row.created_at,
+            last_used_at=last_used_at,
+            revoked_at=None,
+        )
 
 
 def _record(
