@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from pydantic import BaseModel
 from sqlalchemy import bindparam, func, select, update
@@ -121,15 +122,26 @@ class TokenService:
             with self._db.engine.begin() as connection:
                 connection.execute(_TOUCH, {"token_id": row.id, "now": now})
             last_used_at = now
-        return TokenPublic(
-            id=row.id,
-            name=row.name,
-            prefix=row.prefix,
-            role=Role(row.role),
-            created_at=row.created_at,
-            last_used_at=last_used_at,
-            revoked_at=None,
-        )
+        return _public(row, last_used_at=last_used_at)
+
+
+class _TokenFields(Protocol):
+    """What a token's public record is made of: its ORM row, or a Core row of the same columns."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def last_used_at(self) -> datetime | None: ...
+    @property
+    def revoked_at(self) -> datetime | None: ...
 
 
 def _record(
@@ -145,13 +157,14 @@ def _record(
     )
 
 
-def _public(row: ApiTokenRow) -> TokenPublic:
+def _public(row: _TokenFields, *, last_used_at: datetime | None = None) -> TokenPublic:
+    """A token's public record, from its ORM row or a Core row of the same columns."""
     return TokenPublic(
         id=row.id,
         name=row.name,
         prefix=row.prefix,
         role=Role(row.role),
         created_at=row.created_at,
-        last_used_at=row.last_used_at,
+        last_used_at=last_used_at or row.last_used_at,
         revoked_at=row.revoked_at,
     )
