@@ -57,11 +57,15 @@ async def _render_and_watch_the_loop(value: Any, time_limit: float) -> tuple[flo
 
 
 def test_an_expression_over_budget_is_stopped_off_the_event_loop() -> None:
-    elapsed, longest, error = asyncio.run(_render_and_watch_the_loop({"z": BOMB}, 0.5))
-    assert "expression took longer than 0.5 s" in str(error)
+    elapsed, longest, error = asyncio.run(_render_and_watch_the_loop({"z": BOMB}, 1.0))
+    assert "expression took longer than 1 s" in str(error)
     assert "MAILWRIGHT_EXPRESSION_TIME_LIMIT" in str(error)  # the hint says how to fix it
-    assert elapsed < 5.0, elapsed  # stopped soon after its budget, not after the whole loop
-    assert longest < HEALTHZ_BUDGET, f"the event loop stalled for {longest * 1000:.0f} ms"
+    assert elapsed < 6.0, elapsed  # stopped soon after its budget, not after the whole loop
+    # Rendered on the loop, the loop would stall for the whole second of the budget. The bound
+    # is loose on purpose: in this process (pytest's heap after a thousand tests) a full garbage
+    # collection alone stalls every thread for a few hundred ms on a loaded machine. The
+    # 100 ms of the issue is held by a real `serve` below.
+    assert longest < 0.75, f"the event loop stalled for {longest * 1000:.0f} ms"
 
 
 @pytest.mark.parametrize(

@@ -1036,12 +1036,20 @@ def _render_text(text: str, context: dict[str, Any], field: str | None) -> Any:
 
 
 def _marked(value: Any) -> Any:
-    """Text an expression produced, marked as such (an address entry is then never split)."""
+    """Text an expression produced, marked as such (an address entry is then never split).
+
+    Only text that could be split (it holds a comma or a semicolon) is marked: marking
+    copies the string, and a large value from the context is otherwise passed on as it is.
+    """
     if isinstance(value, str):
-        return RenderedText(value)
+        return _mark(value)
     if isinstance(value, list):
-        return [RenderedText(item) if isinstance(item, str) else item for item in value]
+        return [_mark(item) if isinstance(item, str) else item for item in value]
     return value
+
+
+def _mark(text: str) -> str:
+    return RenderedText(text) if "," in text or ";" in text else text
 
 
 def _evaluate_source(source: str, text: str, context: dict[str, Any], field: str | None) -> Any:
