@@ -12,7 +12,6 @@ import base64
 import getpass
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from mailwright.domain.roles import Role
 from mailwright.services.app import Services
 from mailwright.services.targets import TargetCreate
+from tests.integration.test_web_targets import Browserless
 from tests.support.apiserver import APIServer
 from tests.support.cli import CLI
 
@@ -228,39 +228,17 @@ def test_cli_changes_are_recorded_as_the_local_user(cli: CLI, mw: Services, tmp_
 # --- the web UI ---------------------------------------------------------------------------------
 
 
-@dataclass
-class WebUser:
-    client: httpx.Client
-    csrf: str
-
-    def post(self, path: str, **fields: str) -> httpx.Response:
-        return self.client.post(path, data={"csrf_token": self.csrf, **fields})
-
-
-@pytest.fixture
-def browser(mw: Services) -> Iterator[WebUser]:
-    """The web UI on loopback, signed in with the admin password's session."""
-    signed_in = mw.web_auth.open_session()
-    with (
-        APIServer(mw) as server,
-        httpx.Client(
-            base_url=server.base_url, headers={"Cookie": f"mw_session={signed_in.cookie}"}, timeout=30
-        ) as client,
-    ):
-        yield WebUser(client, signed_in.session.csrf_token)
-
-
 def test_web_changes_are_recorded_as_the_web_user_and_shown_on_the_audit_page(
-    browser: WebUser, mw: Services
+    web: Browserless, mw: Services
 ) -> None:
-    key = browser.post("/account-keys/new", name="carol", username="carol@example.org", password=PASSWORD)
+    key = web.post("/account-keys/new", name="carol", username="carol@example.org", password=PASSWORD)
     assert key.status_code == 303, key.text
     carol = mw.account_keys.get("carol")
-    edited = browser.post(
+    edited = web.post(
         f"/account-keys/{carol.id}/edit", name="carol", username="carol@example.org", password=NEW_PASSWORD
     )
     assert edited.status_code == 303, edited.text
-    relay = browser.post(
+    relay = web.post(
         "/targets/new",
         target_type="smtp",
         display_name="Relay",
@@ -271,19 +249,19 @@ def test_web_changes_are_recorded_as_the_web_user_and_shown_on_the_audit_page(
     )
     assert relay.status_code == 303, relay.text
     target = mw.targets.get("Relay")
-    assert browser.post(f"/targets/{target.id}/delete").status_code == 303
-    assert browser.post(f"/account-keys/{carol.id}/delete").status_code == 303
+    assert web.post(f"/targets/{target.id}/delete").status_code == 303
+    assert web.post(f"/account-keys/{carol.id}/delete").status_code == 303
 
-    web = ("web", "user admin")
+    by_web = ("web", "user admin")
     assert entries(mw) == [
-        (*web, "create", "account_key", "carol", []),
-        (*web, "update", "account_key", "carol", ["password"]),
-        (*web, "create", "target", "Relay", []),
-        (*web, "delete", "target", "Relay", []),
-        (*web, "delete", "account_key", "carol", []),
+        (*by_web, "create", "account_key", "carol", []),
+        (*by_web, "update", "account_key", "carol", ["password"]),
+        (*by_web, "create", "target", "Relay", []),
+        (*by_web, "delete", "target", "Relay", []),
+        (*by_web, "delete", "account_key", "carol", []),
     ]
 
-    page = browser.client.get("/audit")
+    page = web.client.get("/audit")
     assert page.status_code == 200
     assert page.text.count("<tr>") == 1 + 5  # the header row and five entries
     assert "user admin" in page.text and "account key <strong>carol</strong>" in page.text
