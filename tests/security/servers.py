@@ -65,7 +65,41 @@ async def _shutdown(server: asyncio.Server | None) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class EchoSMTPServer:
+class _Listener:
+    """A server on a free loopback port, served by its own event loop in a thread.
+
+    Subclasses answer each connection in `_client`; `implicit_tls` wraps every
+    connection in TLS from its first byte.
+    """
+
+    def __init__(self, *, implicit_tls: ssl.SSLContext | None = None) -> None:
+        self.port = 0
+        self._implicit_tls = implicit_tls
+        self._loop = _Loop()
+        self._server: asyncio.Server | None = None
+
+    def start(self) -> Self:
+        self._loop.start()
+        self._server = self._loop.run(
+            asyncio.start_server(self._client, "127.0.0.1", 0, ssl=self._implicit_tls)
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    def stop(self) -> None:
+        self._loop.stop(self._server)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class EchoSMTPServer(_Listener):
     def __init__(
         self,
         *,
@@ -83,29 +117,7 @@ class EchoSMTPServer:
         self.echo_at_rcpt = echo_at_rcpt
         self.extra_echo = extra_echo
         self.auth_lines: list[AuthLine] = []
-        self.port = 0
-        self._loop = _Loop()
-        self._server: asyncio.Server | None = None
-
-    def start(self) -> Self:
-        self._loop.start()
-        self._server = self._loop.run(self._listen())
-        assert self._server is not None
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def _listen(self) -> asyncio.Server:
-        implicit = self.server_context if self.tls == "ssl" else None
-        return await asyncio.start_server(self._client, "127.0.0.1", 0, ssl=implicit)
-
-    def stop(self) -> None:
-        self._loop.stop(self._server)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(implicit_tls=server_context if tls == "ssl" else None)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         over_tls = self.tls == "ssl"
@@ -184,30 +196,12 @@ class EchoSMTPServer:
             writer.close()
 
 
-class BannerServer:
+class BannerServer(_Listener):
     """Every connection gets ``banner`` and then the server waits for the client to leave."""
 
     def __init__(self, banner: bytes) -> None:
         self.banner = banner
-        self.port = 0
-        self._loop = _Loop()
-        self._server: asyncio.Server | None = None
-
-    def start(self) -> Self:
-        self._loop.start()
-        self._server = self._loop.run(asyncio.start_server(self._client, "127.0.0.1", 0))
-        assert self._server is not None
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    def stop(self) -> None:
-        self._loop.stop(self._server)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -220,34 +214,14 @@ class BannerServer:
             writer.close()
 
 
-class EchoMailboxServer:
+class EchoMailboxServer(_Listener):
     """An IMAP or POP3 server (implicit TLS) whose login refusal echoes what the client sent."""
 
     def __init__(self, *, protocol: Literal["imap", "pop3"], server_context: ssl.SSLContext) -> None:
         self.protocol = protocol
         self.server_context = server_context
         self.received: list[str] = []
-        self.port = 0
-        self._loop = _Loop()
-        self._server: asyncio.Server | None = None
-
-    def start(self) -> Self:
-        self._loop.start()
-        self._server = self._loop.run(
-            asyncio.start_server(self._client, "127.0.0.1", 0, ssl=self.server_context)
-        )
-        assert self._server is not None
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    def stop(self) -> None:
-        self._loop.stop(self._server)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(implicit_tls=server_context)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def say(text: str) -> None:
