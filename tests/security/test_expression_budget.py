@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mailwright.engine.expressions import render_value, render_value_async
+from mailwright.domain.expressions import render_value, render_value_async
 from mailwright.errors import ValidationError
 from mailwright.services.app import FIRST_TOKEN_FILE
 from tests.security.serveproc import ServeProcess

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailwright.domain.addresses import RenderedText
-from mailwright.engine.expressions import (
+from mailwright.domain.expressions import (
     MAX_OUTPUT_CHARS,
     MAX_RANGE_ITEMS,
     check_syntax,

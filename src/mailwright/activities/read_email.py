@@ -9,9 +9,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailwright.activities.context import ActivityContext
+from mailwright.domain.mime_reader import extract_attachment, parse_message
 from mailwright.errors import ValidationError
 from mailwright.plugins import ActivitySpec, register_activity
-from mailwright.sandbox.parse import extract_attachment, parse_message
 from mailwright.services.targets import TargetService
 from mailwright.storage.files import FileStore
 from mailwright.targets.imap import IMAPSettings

@@ -45,8 +45,8 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mailwright.domain.expressions import check_syntax, is_template, referenced_names, single_expression
 from mailwright.domain.triggers import EmailTrigger
-from mailwright.engine.expressions import check_syntax, is_template, referenced_names, single_expression
 from mailwright.errors import ValidationError
 
 __all__ = [

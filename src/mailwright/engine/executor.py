@@ -31,9 +31,9 @@ from sqlalchemy import bindparam, case, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailwright.activities.context import ActivityContext
+from mailwright.domain.expressions import evaluate_condition_async, render_value_async
 from mailwright.domain.validation import validate_model
 from mailwright.domain.workflows import Step, WorkflowDocument
-from mailwright.engine.expressions import evaluate_condition_async, render_value_async
 from mailwright.engine.lease import Lease
 from mailwright.errors import LeaseLostError, MailwrightError, TargetError
 from mailwright.plugins import activity

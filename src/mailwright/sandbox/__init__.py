@@ -6,7 +6,7 @@ and see every message that would have been sent: ``SandboxServer`` receives,
 for display.
 """
 
-from mailwright.sandbox.parse import AttachmentInfo, ParsedMessage, parse_message, safe_html
+from mailwright.domain.mime_reader import AttachmentInfo, ParsedMessage, parse_message, safe_html
 from mailwright.sandbox.server import DEFAULT_SANDBOX_PORT, SandboxServer
 from mailwright.sandbox.store import (
     CapturedMessage,

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mailwright.domain.mime_reader import ParsedMessage, extract_attachment, parse_message, parse_subject
 from mailwright.errors import ConfigError, NotFoundError, ValidationError
-from mailwright.sandbox.parse import ParsedMessage, extract_attachment, parse_message, parse_subject
 
 __all__ = ["CapturedMessage", "CapturedSummary", "MessageTooLargeForSandbox", "SandboxStore"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mailwright.config import Settings
-from mailwright.engine import expressions
+from mailwright.domain import expressions
 from mailwright.secrets import write_private_file
 from mailwright.services.account_keys import AccountKeyService
 from mailwright.services.audit import AuditService

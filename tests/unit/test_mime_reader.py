@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailwright.sandbox import parse_message, safe_html
-from mailwright.sandbox.parse import extract_attachment, parse_subject
+from mailwright.domain.mime_reader import extract_attachment, parse_message, parse_subject, safe_html
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 4
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
