@@ -7,6 +7,8 @@ how to fix it. Faces map the tree to their own outcome in one place each
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -46,6 +48,67 @@ class ValidationError(MailwrightError):
     code = "validation_error"
 
 
+class StepValueError(MailwrightError):
+    """A workflow step produced a value its use cannot take (a `for_each` that is not a list)."""
+
+    code = "step_error"
+
+
+class IdempotencyKeyReusedError(ValidationError):
+    """The key was used with another request: answering with the first run would be wrong."""
+
+    def __init__(self, key: str, *, header: str, kept_hours: int) -> None:
+        super().__init__(
+            f"{header} {key!r} was already used with a different request; use a new key for a new message",
+            field=header,
+            hint=f"a retry must repeat the first request exactly; keys are kept for {kept_hours} hours",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProblem:
+    """One bad message of a batch: where it is (`line 7`, `message 3`) and what is wrong."""
+
+    where: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"where": self.where, "message": self.message}
+
+
+class BatchRefusedError(ValidationError):
+    """Some messages are not valid: nothing was queued. `problems` lists the first of them."""
+
+    def __init__(self, *, problems: list[BatchProblem], bad: int, total: int, source: str) -> None:
+        first = problems[0]
+        super().__init__(
+            f"{source}: {bad:,} of {total:,} message{'s' if total != 1 else ''} "
+            f"{'is' if bad == 1 else 'are'} not valid ({first.where}: {first.message}); nothing was queued",
+            hint="fix the messages listed and send the batch again",
+        )
+        self.problems = problems
+        self.bad = bad
+        self.total = total
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "bad": self.bad, "problems": [p.as_dict() for p in self.problems]}
+
+
+class SandboxMessageTooLargeError(ValidationError):
+    """A message larger than the sandbox keeps (its ``max_bytes``); it is not stored."""
+
+    code = "sandbox_message_too_large"
+
+    def __init__(self, *, size: int, limit: int) -> None:
+        super().__init__(
+            f"the message has {size} bytes; the sandbox keeps messages of at most {limit} bytes",
+            field="data",
+            hint="send a smaller message, or raise the sandbox size limit",
+        )
+        self.size = size
+        self.limit = limit
+
+
 class NotFoundError(MailwrightError):
     code = "not_found"
 
@@ -60,6 +123,24 @@ class AuthorizationError(MailwrightError):
     """A request without a valid API token."""
 
     code = "unauthorized"
+
+
+class WrongLoginError(AuthorizationError):
+    """A wrong password or token; `slow_down` is how long the answer is held back."""
+
+    def __init__(self, message: str, *, slow_down: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.slow_down = slow_down
+
+
+class LoginThrottledError(AuthorizationError):
+    """Too many failed log-ins: refused without checking the secret (429, `Retry-After`)."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, *, retry_after: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after  # seconds until the lock ends
 
 
 class PermissionDeniedError(MailwrightError):
@@ -178,10 +259,53 @@ class TargetRejectedError(_ReplyError):
 
 
 class TargetDeferredError(_ReplyError):
-    """The server refused for now (4xx); worth retrying."""
+    """The server refused for now (4xx); worth retrying, after `retry_after` seconds where known."""
 
     code = "deferred"
     transient = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int,
+        reply: str,
+        recipient: str | None = None,
+        target: str | None = None,
+        hint: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message, code=code, reply=reply, recipient=recipient, target=target, hint=hint)
+        self.retry_after = retry_after
+
+    def details(self) -> dict[str, Any]:
+        out = super().details()
+        if self.retry_after is not None:
+            out["retry_after"] = self.retry_after
+        return out
+
+
+class RateLimitedError(TargetError):
+    """The target's rate limit holds this message back until `until` (UTC); never a failure."""
+
+    code = "rate_limited"
+    transient = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        until: datetime,
+        target: str | None = None,
+        hint: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, target=target, hint=hint)
+        self.until = until
+        self.reason = reason or message  # which limit, without what happens to the message
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "until": self.until.isoformat()}
 
 
 class MessageTooLargeError(TargetError):
@@ -237,21 +361,3 @@ class LeaseLostError(MailwrightError):
     """
 
     code = "lease_lost"
-
-
-class ActivityError(MailwrightError):
-    code = "activity_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        activity: str,
-        run: str | None = None,
-        step: str | None = None,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.activity = activity
-        self.run = run
-        self.step = step

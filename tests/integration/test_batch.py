@@ -23,8 +23,9 @@ from sqlalchemy import delete, func, select
 from mailwright.engine import batch as batch_module
 from mailwright.engine import executor as executor_module
 from mailwright.engine.executor import Executor
+from mailwright.errors import RateLimitedError
 from mailwright.services.app import Services
-from mailwright.services.ratelimit import DatabaseDayCounter, RateLimitedError, RateLimiter
+from mailwright.services.ratelimit import DatabaseDayCounter, RateLimiter
 from mailwright.services.sending import SendEmailRequest, SendResult
 from mailwright.services.targets import TargetUpdate
 from mailwright.storage.tables import RunRow, RunStepRow, StepInputRow, utcnow
@@ -218,7 +219,7 @@ async def test_a_refused_message_fails_alone(
 def test_bad_messages_refuse_the_whole_batch_with_where_and_why(
     mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory
 ) -> None:
-    from mailwright.services.batches import BatchRefusedError
+    from mailwright.errors import BatchRefusedError
 
     server = smtp_server_factory()
     target = targets.target(server, security="none")
@@ -256,8 +257,8 @@ def test_a_bad_line_after_chunks_were_written_leaves_nothing_behind(
     written: list[int],
 ) -> None:
     """Chunks are written by a thread behind the check; a late bad line still refuses all."""
+    from mailwright.errors import BatchRefusedError
     from mailwright.services import batches
-    from mailwright.services.batches import BatchRefusedError
 
     monkeypatch.setattr(batches, "CHUNK", 3)
     target = targets.target(smtp_server_factory(), security="none")

@@ -22,12 +22,11 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from mailwright.errors import ConfigError, NotFoundError
+from mailwright.errors import ConfigError, NotFoundError, SandboxMessageTooLargeError
 from mailwright.sandbox import (
     SANDBOX_DIRECTORY_NAME,
     SANDBOX_TARGET_NAME,
     CapturedSummary,
-    MessageTooLargeForSandbox,
     SandboxServer,
     SandboxStore,
 )
@@ -193,7 +192,7 @@ def test_oversized_message_refused_with_552_and_not_stored(tmp_path: Path) -> No
         assert c.sendmail("a@example.org", ["b@example.org"], plain_message("fits")) == {}
     assert [s.subject for s in small.list()] == ["fits"]
     assert not list(small.directory.glob(".tmp-*"))
-    with pytest.raises(MessageTooLargeForSandbox):
+    with pytest.raises(SandboxMessageTooLargeError):
         small.add("a@example.org", ["b@example.org"], big, "test")
 
 

@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from mailwright.errors import RateLimitedError
 from mailwright.services.ratelimit import (
-    RateLimitedError,
     RateLimiter,
     RateLimits,
     SlidingWindow,

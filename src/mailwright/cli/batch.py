@@ -27,9 +27,9 @@ from rich.table import Table
 from mailwright.cli.context import services
 from mailwright.cli.output import EXIT_BAD_INPUT, EXIT_FAILED, print_json
 from mailwright.engine.batch import BatchProgress
-from mailwright.errors import ValidationError
+from mailwright.errors import BatchRefusedError, ValidationError
 from mailwright.services.app import Services
-from mailwright.services.batches import BatchCreated, BatchRefusedError
+from mailwright.services.batches import BatchCreated
 
 INTERRUPTED = "interrupted"  # stopped by Ctrl-C; the rest of the run stays queued
 EXIT_INTERRUPTED = 130  # what shells report for a command stopped by SIGINT

@@ -64,13 +64,14 @@ from mailwright.engine.lease import Lease
 from mailwright.errors import (
     LeaseLostError,
     MailwrightError,
+    RateLimitedError,
     TargetAuthError,
     TargetConnectError,
     TargetTimeoutError,
     TargetTLSError,
 )
 from mailwright.services.batches import BatchMessage, sender_of
-from mailwright.services.ratelimit import RateLimitedError, RateLimits
+from mailwright.services.ratelimit import RateLimits
 from mailwright.services.sending import build_outgoing, deliver_output, target_pool
 from mailwright.services.targets import ResolvedTarget
 from mailwright.storage.batch_steps import OPEN, batch_steps

@@ -35,9 +35,8 @@ from mailwright.domain.expressions import evaluate_condition_async, render_value
 from mailwright.domain.validation import validate_model
 from mailwright.domain.workflows import Step, WorkflowDocument
 from mailwright.engine.lease import Lease
-from mailwright.errors import LeaseLostError, MailwrightError, TargetError
+from mailwright.errors import LeaseLostError, MailwrightError, RateLimitedError, StepValueError, TargetError
 from mailwright.plugins import activity
-from mailwright.services.ratelimit import RateLimitedError
 from mailwright.services.targets import TargetService
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
@@ -62,13 +61,6 @@ RATE_LIMIT_NOTE = "rate limit: "
 STEP_DONE = {"succeeded", "failed", "skipped", "cancelled", UNKNOWN}
 # A step's outcome when its write also ended the run (the last step, succeeded): one write, not two.
 CLOSED = "succeeded, run closed"
-
-
-@dataclass
-class StepFailure(Exception):
-    """A step that failed for good; `error` is what the run records."""
-
-    error: dict[str, Any]
 
 
 def backoff(attempt: int) -> float:
@@ -849,7 +841,3 @@ class _ChosenMessageId:
 
     def remember(self, message_id: str) -> None:
         self.value = message_id
-
-
-class StepValueError(MailwrightError):
-    code = "step_error"

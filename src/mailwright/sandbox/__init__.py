@@ -11,7 +11,6 @@ from mailwright.sandbox.server import DEFAULT_SANDBOX_PORT, SandboxServer
 from mailwright.sandbox.store import (
     CapturedMessage,
     CapturedSummary,
-    MessageTooLargeForSandbox,
     SandboxStore,
 )
 
@@ -25,7 +24,6 @@ __all__ = [
     "AttachmentInfo",
     "CapturedMessage",
     "CapturedSummary",
-    "MessageTooLargeForSandbox",
     "ParsedMessage",
     "SandboxServer",
     "SandboxStore",

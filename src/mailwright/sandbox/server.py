@@ -23,8 +23,8 @@ from typing import Any, Self, TypeVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailwright.errors import ConfigError, MailwrightError
-from mailwright.sandbox.store import MessageTooLargeForSandbox, SandboxStore
+from mailwright.errors import ConfigError, MailwrightError, SandboxMessageTooLargeError
+from mailwright.sandbox.store import SandboxStore
 
 __all__ = ["DEFAULT_SANDBOX_PORT", "SandboxServer"]
 
@@ -231,7 +231,7 @@ class _CaptureHandler:
                 data,
                 _format_peer(session.peer),
             )
-        except MessageTooLargeForSandbox as exc:
+        except SandboxMessageTooLargeError as exc:
             return f"552 5.3.4 Message too big for the sandbox ({exc.size} > {exc.limit} bytes)"
         except (OSError, MailwrightError) as exc:
             log.error("sandbox could not store a message: %s", exc)

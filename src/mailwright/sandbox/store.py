@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from mailwright.domain.mime_reader import ParsedMessage, extract_attachment, parse_message, parse_subject
-from mailwright.errors import ConfigError, NotFoundError, ValidationError
+from mailwright.errors import ConfigError, NotFoundError, SandboxMessageTooLargeError, ValidationError
 
-__all__ = ["CapturedMessage", "CapturedSummary", "MessageTooLargeForSandbox", "SandboxStore"]
+__all__ = ["CapturedMessage", "CapturedSummary", "SandboxStore"]
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,6 @@ _TEMP_PREFIX = ".tmp-"
 _ORPHAN_AGE = 600.0  # seconds before a half-written message is swept away
 _FORMAT = 1
 _LIST_HINT = "run `mailwright sandbox list` to see the captured messages"
-
-
-class MessageTooLargeForSandbox(ValidationError):
-    """A single message larger than the store's ``max_bytes``; it is not stored."""
-
-    code = "message_too_large"
-
-    def __init__(self, *, size: int, limit: int) -> None:
-        super().__init__(
-            f"the message has {size} bytes; the sandbox keeps messages of at most {limit} bytes",
-            field="data",
-            hint="send a smaller message, or raise the sandbox size limit",
-        )
-        self.size = size
-        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -173,11 +158,11 @@ class SandboxStore:
     def add(self, mail_from: str, rcpt_tos: Sequence[str], data: bytes, peer: str) -> CapturedSummary:
         """Store one message durably, then evict the oldest beyond the caps.
 
-        Raises ``MessageTooLargeForSandbox`` for a message larger than ``max_bytes``
+        Raises ``SandboxMessageTooLargeError`` for a message larger than ``max_bytes``
         and ``OSError`` when the disk refuses the write.
         """
         if len(data) > self.max_bytes:
-            raise MessageTooLargeForSandbox(size=len(data), limit=self.max_bytes)
+            raise SandboxMessageTooLargeError(size=len(data), limit=self.max_bytes)
         self.ensure_directory()
         with self._lock:
             message_id, received_at = self._new_id()

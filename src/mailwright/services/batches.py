@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from mailwright.domain.addresses import Address
 from mailwright.domain.message import make_message_id
 from mailwright.domain.validation import describe
-from mailwright.errors import MailwrightError, NotFoundError, ValidationError
+from mailwright.errors import BatchProblem, BatchRefusedError, MailwrightError, NotFoundError, ValidationError
 from mailwright.services.idempotency import IdempotencyClaim, IdempotencyService
 from mailwright.services.runs import RunService, step_state_filter
 from mailwright.services.sending import SendEmailRequest, build_outgoing, resolve_sender
@@ -67,40 +67,13 @@ class BatchMessage(SendEmailRequest):
     target: str = Field(default="", description="this message's target; blank: the batch's")
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    where: str  # "line 7" or "message 3"
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"where": self.where, "message": self.message}
-
-
-class BatchRefusedError(ValidationError):
-    """Some messages are not valid: nothing was queued. `problems` lists the first of them."""
-
-    def __init__(self, *, problems: list[Problem], bad: int, total: int, source: str) -> None:
-        first = problems[0]
-        super().__init__(
-            f"{source}: {bad:,} of {total:,} message{'s' if total != 1 else ''} "
-            f"{'is' if bad == 1 else 'are'} not valid ({first.where}: {first.message}); nothing was queued",
-            hint="fix the messages listed and send the batch again",
-        )
-        self.problems = problems
-        self.bad = bad
-        self.total = total
-
-    def details(self) -> dict[str, Any]:
-        return {**super().details(), "bad": self.bad, "problems": [p.as_dict() for p in self.problems]}
-
-
 @dataclass(slots=True)
 class _Intake:
     """What storing a batch has seen so far."""
 
     total: int = 0
     bad: int = 0
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[BatchProblem] = field(default_factory=list)
     chunk: list[tuple[Any, ...]] = field(default_factory=list)  # step rows not yet written
     inputs: list[tuple[str, Any]] = field(default_factory=list)  # their (step id, fields)
     size: int = 0  # characters of the chunk's lines
@@ -118,7 +91,7 @@ class _Intake:
         self.bad += 1
         self.take()  # the batch will be refused: stop writing, keep checking
         if len(self.problems) < SHOWN_PROBLEMS:
-            self.problems.append(Problem(where=where, message=message))
+            self.problems.append(BatchProblem(where=where, message=message))
 
 
 @dataclass(frozen=True, slots=True)

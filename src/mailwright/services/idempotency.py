@@ -32,7 +32,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from mailwright.errors import ValidationError
+from mailwright.errors import IdempotencyKeyReusedError, ValidationError
 from mailwright.services.common import find
 from mailwright.services.runs import RunService
 from mailwright.services.sending import SendEmailRequest
@@ -98,18 +98,6 @@ class IdempotencyClaim:
         return cls(scope=scope, key=check_key(key), request_hash=request_hash(request))
 
 
-class IdempotencyKeyReusedError(ValidationError):
-    """The key was used with another request: answering with the first run would be wrong."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(
-            f"{HEADER} {key!r} was already used with a different request; use a new key for a new message",
-            field=HEADER,
-            hint=f"a retry must repeat the first request exactly; keys are kept for "
-            f"{KEY_RETENTION.total_seconds() / 3600:.0f} hours",
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class Started:
     """The run a request started, or (`replayed`) the one the first request with its key started."""
@@ -137,7 +125,9 @@ class IdempotencyService:
             if row is None or _expired(row.created_at):
                 return None
             if row.request_hash != claim.request_hash:
-                raise IdempotencyKeyReusedError(claim.key)
+                raise IdempotencyKeyReusedError(
+                    claim.key, header=HEADER, kept_hours=round(KEY_RETENTION.total_seconds() / 3600)
+                )
             return row.run_id
 
     def record(self, session: Session, claim: IdempotencyClaim, run_id: str) -> None:

@@ -26,8 +26,8 @@ from mailwright.domain.message import (
     check_single_line,
     make_message_id,
 )
-from mailwright.errors import TargetError, ValidationError
-from mailwright.services.ratelimit import RateLimitedError, RateLimits
+from mailwright.errors import RateLimitedError, TargetError, ValidationError
+from mailwright.services.ratelimit import RateLimits
 from mailwright.services.targets import ResolvedTarget, TargetService
 from mailwright.storage.files import FileStore
 from mailwright.transport.pool import PoolLimits, SMTPPool, shared_pools

@@ -25,7 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mailwright.domain.roles import Role
-from mailwright.errors import AuthorizationError, ValidationError
+from mailwright.errors import AuthorizationError, LoginThrottledError, ValidationError, WrongLoginError
 from mailwright.services.ratelimit import Clock, SystemClock
 from mailwright.services.tokens import TokenPublic, TokenService
 from mailwright.storage.db import Database
@@ -46,24 +46,6 @@ def _hash_password(password: str, salt: bytes) -> bytes:
 
 def _sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-class LoginThrottledError(AuthorizationError):
-    """Too many failed log-ins: refused without checking the secret (429, `Retry-After`)."""
-
-    code = "too_many_attempts"
-
-    def __init__(self, message: str, *, retry_after: int, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.retry_after = retry_after
-
-
-class WrongLoginError(AuthorizationError):
-    """A wrong password or token; `slow_down` is how long the answer is held back."""
-
-    def __init__(self, message: str, *, slow_down: float, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.slow_down = slow_down
 
 
 def _seconds(count: int) -> str:

@@ -58,7 +58,7 @@ async def _mailwright_error(request: Request, exc: Exception) -> Response:
         return await api_errors.mailwright_error(request, exc)
     assert isinstance(exc, MailwrightError)
     status = api_errors.status_for(exc)
-    return render(
+    page = render(
         request,
         "error.html",
         session=None,
@@ -66,6 +66,8 @@ async def _mailwright_error(request: Request, exc: Exception) -> Response:
         title="Not allowed" if status == 403 else "Something went wrong",
         message=str(exc),
     )
+    page.headers.update(api_errors.retry_headers(exc))
+    return page
 
 
 def install(app: FastAPI) -> None:

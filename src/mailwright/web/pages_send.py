@@ -20,13 +20,12 @@ from fastapi.responses import HTMLResponse, Response
 
 from mailwright.api.routes_workflows import wait_for_run
 from mailwright.domain.validation import validate_model
-from mailwright.errors import MailwrightError
+from mailwright.errors import IdempotencyKeyReusedError, MailwrightError
 from mailwright.services.app import Services
 from mailwright.services.idempotency import (
     HEADER,
     WEB_SEND_SCOPE,
     IdempotencyClaim,
-    IdempotencyKeyReusedError,
     Started,
 )
 from mailwright.services.runs import RunPublic
