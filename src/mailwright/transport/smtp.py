@@ -3,14 +3,15 @@
 Built on aiosmtplib's connection and command layer; every library, `ssl` and
 socket exception is translated here into the Mailwright error tree, with a
 diagnosis of the common misconfigurations (wrong TLS mode for the port,
-untrusted certificates, AUTH only after STARTTLS).
+untrusted certificates, AUTH only after STARTTLS). SMTP's replies are recognised
+here; failures of the network and of TLS are translated by `transport.translate`,
+as for IMAP and POP3.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,6 @@ from aiosmtplib import SMTPStatus
 
 from mailwright.domain.smtp import Capabilities, Security, parse_ehlo
 from mailwright.errors import (
-    CertificateUntrustedError,
     RecipientsRefusedError,
     TargetAuthError,
     TargetConnectError,
@@ -32,17 +32,26 @@ from mailwright.errors import (
     TargetTimeoutError,
     TargetTLSError,
 )
-from mailwright.secrets import Secret
+from mailwright.transport.base import Endpoint, Login, ProtocolInfo, ms
 from mailwright.transport.outbound import open_socket
 from mailwright.transport.replies import NO_MASK, ReplyMask, bound_reply, quote_foreign
 from mailwright.transport.tls import (
     CertificateInfo,
+    TLSState,
     build_ssl_context,
-    certificate_info,
     describe_verification_failure,
-    is_plaintext_answer,
-    probe_implicit_tls,
+    tls_state,
 )
+from mailwright.transport.translate import (
+    causes,
+    disconnected,
+    explain_open_failure,
+    network_failure,
+    timeout_failure,
+    tls_failure_in,
+)
+
+SMTP = ProtocolInfo(name="SMTP", ssl_port=465, starttls_port=587, starttls_command="STARTTLS")
 
 # Preferred first; PLAIN and LOGIN only ever run over TLS unless the target says none.
 _MECHANISMS = {"PLAIN": "auth_plain", "LOGIN": "auth_login", "CRAM-MD5": "auth_crammd5"}
@@ -51,33 +60,12 @@ Stage = Literal["connect", "tls", "ehlo", "starttls", "auth", "mail", "rcpt", "d
 
 
 @dataclass(frozen=True, slots=True)
-class SMTPEndpoint:
-    """Everything needed to reach one SMTP server, resolved from a target's settings."""
+class SMTPEndpoint(Endpoint):
+    """An SMTP server, resolved from a target's settings."""
 
-    target_name: str
-    host: str  # ASCII form (A-labels for IDN)
-    port: int
-    security: Security
-    ssl_context: ssl.SSLContext
     starttls_required: bool = True
     ehlo_name: str | None = None
-    connect_timeout: float = 10.0
-    command_timeout: float = 60.0
     data_timeout: float = 600.0  # the reply to the end of data (RFC 5321 4.5.3.2.6)
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class Login:
-    """The credentials of an account key, ready for AUTH."""
-
-    key_name: str
-    username: str
-    password: Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +94,6 @@ class Delivery:
     size: int
     timings: dict[str, float] = field(default_factory=dict)
     tls: TLSState | None = None
-
-
-@dataclass(slots=True)
-class TLSState:
-    version: str | None
-    cipher: str | None
-    certificate: CertificateInfo | None
-    verified: bool
 
 
 @dataclass(slots=True)
@@ -146,39 +126,19 @@ class SMTPConnection:
         try:
             try:
                 await self._open(login)
-            except CertificateUntrustedError as exc:
-                raise await self._explain_certificate(exc) from exc
-            except TargetTimeoutError as exc:
-                raise await self._explain_silence(exc) from exc
+            except TargetError as exc:
+                explained = await explain_open_failure(
+                    exc,
+                    endpoint=self.endpoint,
+                    protocol=SMTP,
+                    peer_certificate=lambda: peer_certificate(self.endpoint),
+                )
+                if explained is exc:
+                    raise
+                raise explained from exc
         except TargetError as exc:
             self.mask.error(exc)
             raise
-
-    async def _explain_certificate(self, exc: CertificateUntrustedError) -> TargetError:
-        ep = self.endpoint
-        certificate = await peer_certificate(ep)
-        message, hint = describe_verification_failure(ep.host, exc.verify_message, certificate)
-        explained = CertificateUntrustedError(
-            message, verify_message=exc.verify_message, target=ep.target_name, hint=hint
-        )
-        explained.stage = exc.stage
-        return explained
-
-    async def _explain_silence(self, exc: TargetTimeoutError) -> TargetError:
-        ep = self.endpoint
-        if exc.stage != "connect" or ep.security is Security.SSL:
-            return exc
-        wait = min(3.0, ep.connect_timeout)
-        if await probe_implicit_tls(ep.host, ep.port, wait=wait) is None:
-            return exc
-        explained = TargetTLSError(
-            f"{ep.address} sent no SMTP greeting but completed a TLS handshake: it expects "
-            f"implicit TLS; this target is set to {ep.security.value}",
-            target=ep.target_name,
-            hint=f"port {ep.port} expects implicit TLS: choose ssl",
-        )
-        explained.stage = "connect"
-        return explained
 
     async def _open(self, login: Login | None) -> None:
         ep = self.endpoint
@@ -301,17 +261,9 @@ class SMTPConnection:
 
     def _tls_state(self) -> TLSState:
         client = self._require_client()
-        ssl_object = client.get_transport_info("ssl_object")
-        if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
-            return TLSState(version=None, cipher=None, certificate=None, verified=False)
-        der = ssl_object.getpeercert(binary_form=True)
-        cipher = ssl_object.cipher()
-        return TLSState(
-            version=ssl_object.version(),
-            cipher=cipher[0] if cipher else None,
-            certificate=certificate_info(der) if der else None,
-            verified=self.endpoint.ssl_context.verify_mode != ssl.CERT_NONE,
-        )
+        state = tls_state(client.get_transport_info("ssl_object"), self.endpoint.ssl_context)
+        # TLS was negotiated, even if the transport no longer tells how.
+        return state or TLSState(version=None, cipher=None, certificate=None, verified=False)
 
     # --- handing over --------------------------------------------------------
 
@@ -353,7 +305,7 @@ class SMTPConnection:
             await asyncio.wait_for(client.quit(), timeout=min(5.0, self.endpoint.command_timeout))
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             client.close()
-        self.timings["quit"] = _ms(started)
+        self.timings["quit"] = ms(started)
 
     async def __aenter__(self) -> SMTPConnection:
         return self
@@ -386,7 +338,7 @@ class SMTPConnection:
             # At AUTH the library's exception holds the server's raw reply: do not chain it.
             raise error from (None if stage == "auth" else exc)
         finally:
-            self.timings[stage] = self.timings.get(stage, 0.0) + _ms(started)
+            self.timings[stage] = self.timings.get(stage, 0.0) + ms(started)
 
 
 async def peer_certificate(endpoint: SMTPEndpoint) -> CertificateInfo | None:
@@ -403,10 +355,6 @@ async def peer_certificate(endpoint: SMTPEndpoint) -> CertificateInfo | None:
     finally:
         await connection.close()
     return connection.tls.certificate if connection.tls else None
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
 
 
 def _default_ehlo_name() -> str:
@@ -497,30 +445,14 @@ def recipients_refused(
     )
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def translate(
     exc: BaseException, *, stage: Stage, endpoint: SMTPEndpoint, mask: ReplyMask = NO_MASK
 ) -> TargetError:
     """The most specific Mailwright error for a library exception at a stage."""
     ep = endpoint
-    chain = list(_causes(exc))
-    cert_error = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
-    if cert_error is not None:
-        message, hint = describe_verification_failure(ep.host, cert_error.verify_message, None)
-        return CertificateUntrustedError(
-            message, verify_message=cert_error.verify_message, target=ep.target_name, hint=hint
-        )
-    ssl_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
-    if ssl_error is not None:
-        return _tls_failure(ep, stage, ssl_error)
+    tls_error = tls_failure_in(exc, stage=stage, endpoint=ep, protocol=SMTP)
+    if tls_error is not None:
+        return tls_error
     if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
         return reply_error(ep, "refused the connection", exc.code, exc.message, mask=mask)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
@@ -531,9 +463,10 @@ def translate(
         stage in ("connect", "tls", "starttls") and "disconnect" in str(exc).lower()
     ):
         return translate_disconnect(ep, stage)
-    os_error = next((e for e in chain if isinstance(e, OSError) and e.errno is not None), None)
+    os_error = next((e for e in causes(exc) if isinstance(e, OSError) and e.errno is not None), None)
     if os_error is not None:
-        return _os_failure(ep, os_error)
+        # Named as a failure to connect whatever the stage, as SMTP errors always were.
+        return network_failure(ep, SMTP, os_error, during=None)
     if isinstance(exc, aiosmtplib.SMTPConnectError):
         return translate_disconnect(ep, stage)
     return TargetError(
@@ -541,67 +474,16 @@ def translate(
     )
 
 
-def _tls_failure(ep: SMTPEndpoint, stage: Stage, error: ssl.SSLError) -> TargetTLSError:
-    reason = error.reason or str(error)
-    if ep.security is Security.SSL and is_plaintext_answer(error):
-        return TargetTLSError(
-            f"TLS handshake with {ep.address} failed: the server answered in plain text ({reason})",
-            target=ep.target_name,
-            hint=f"port {ep.port} speaks plain SMTP first: choose starttls",
-        )
-    return TargetTLSError(
-        f"TLS handshake with {ep.address} failed during {stage}: {reason}",
-        target=ep.target_name,
-        hint="check that the server supports TLS 1.2 or newer and that the port and security mode match",
-    )
-
-
 def translate_timeout(ep: SMTPEndpoint, stage: Stage) -> TargetTimeoutError:
-    if stage == "connect" and ep.security is not Security.SSL:
-        hint = (
-            f"no greeting within {ep.connect_timeout:g} s; if port {ep.port} expects implicit TLS "
-            "(like 465), choose ssl"
-        )
-    elif stage == "connect":
-        hint = f"raise the connect timeout (now {ep.connect_timeout:g} s) or check the server and port"
-    else:
-        hint = f"raise the command timeout (now {ep.command_timeout:g} s) or check the server's health"
-    return TargetTimeoutError(
-        f"{ep.address} did not answer in time during {stage}", target=ep.target_name, hint=hint
-    )
+    return timeout_failure(ep, SMTP, stage)
 
 
 def translate_disconnect(ep: SMTPEndpoint, stage: Stage) -> TargetConnectError:
-    if stage == "data":
-        message = (
-            f"{ep.address} closed the connection during DATA: the message may or may not have been accepted"
-        )
-    else:
-        message = f"{ep.address} closed the connection during {stage}"
-    hint = None
-    if stage == "connect" and ep.security is not Security.SSL and ep.port == 465:
-        hint = "port 465 expects implicit TLS: choose ssl"
-    return TargetConnectError(message, target=ep.target_name, hint=hint)
-
-
-def _os_failure(ep: SMTPEndpoint, error: OSError) -> TargetConnectError:
-    text = error.strerror or str(error)
-    if isinstance(error, socket.gaierror):
-        return TargetConnectError(
-            f"cannot resolve the SMTP server name {ep.host!r}: {text}",
-            target=ep.target_name,
-            hint="check the spelling of the SMTP server",
-        )
-    if isinstance(error, ConnectionRefusedError):
-        return TargetConnectError(
-            f"{ep.address} refused the connection: nothing listens on port {ep.port}",
-            target=ep.target_name,
-            hint="check the SMTP port (465 for ssl, 587 for starttls) and that the server is running",
-        )
-    return TargetConnectError(f"cannot connect to {ep.address}: {text}", target=ep.target_name)
+    return disconnected(ep, SMTP, stage)
 
 
 __all__ = [
+    "SMTP",
     "Delivery",
     "Login",
     "RecipientResult",
