@@ -32,10 +32,11 @@ from mailwright.transport.session import (
     MailEndpoint,
     MailSession,
     credentials_failure,
+    login_after_tls_hint,
     no_starttls_error,
 )
 from mailwright.transport.tls import tls_state
-from mailwright.transport.translate import disconnected
+from mailwright.transport.translate import disconnected, not_connected
 
 POP3 = ProtocolInfo(name="POP3", ssl_port=995, starttls_port=110, starttls_command="STLS")
 
@@ -231,6 +232,7 @@ class POP3Connection(MailSession[POP3Endpoint]):
         ep = self.endpoint
         started = time.perf_counter()
         try:
+            self._refuse_clear_text_login(login)
             mechanism = self._choose_mechanism(login)
             outcome = _send_credentials(client, login, mechanism)
         finally:
@@ -264,7 +266,7 @@ class POP3Connection(MailSession[POP3Endpoint]):
                     f"{ep.address} offers no login before TLS (no USER, no SASL PLAIN); this target is "
                     "set to none, so the password was not sent",
                     target=ep.target_name,
-                    hint="the server allows login only after STLS: choose starttls",
+                    hint=login_after_tls_hint(POP3),
                 ),
                 "login",
             )
@@ -294,7 +296,7 @@ class POP3Connection(MailSession[POP3Endpoint]):
     def _require(self) -> _POP3:
         ep = self.endpoint
         if self._client is None:
-            raise TargetConnectError(f"not connected to {ep.address}", target=ep.target_name)
+            raise not_connected(ep)
         return self._client
 
     async def stat(self) -> tuple[int, int]:

@@ -19,8 +19,8 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any, ClassVar, Generic, Literal, ParamSpec, TypeVar
 
 from mailwright.domain.smtp import Security
@@ -31,7 +31,15 @@ from mailwright.errors import (
     TargetTimeoutError,
     TargetTLSError,
 )
-from mailwright.transport.base import Endpoint, Login, ProtocolInfo, ms
+from mailwright.transport.base import (
+    Endpoint,
+    Login,
+    ProtocolInfo,
+    implicit_tls_hint,
+    login_without_tls,
+    ms,
+    timed_stage,
+)
 from mailwright.transport.outbound import open_socket_blocking
 from mailwright.transport.replies import NO_MASK, ReplyMask, quote_foreign, response_code
 from mailwright.transport.tls import (
@@ -39,7 +47,6 @@ from mailwright.transport.tls import (
     UNVERIFIED_WARNING,
     CertificateInfo,
     TLSState,
-    build_ssl_context,
     clear_text_login_warning,
     probe_implicit_tls,
     tls_state,
@@ -51,6 +58,7 @@ from mailwright.transport.translate import (
     network_failure,
     timeout_failure,
     tls_failure_in,
+    unverified,
 )
 
 P = ParamSpec("P")
@@ -201,42 +209,42 @@ class MailSession(Generic[E]):
     def _close_socket(self) -> None:
         self._release()()
 
-    @contextlib.contextmanager
-    def _stage(self, stage: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        except TargetError as exc:
-            exc.stage = exc.stage or stage
-            raise
-        except self.library_errors as exc:
-            translated = self._translate_library(exc, stage)
-            if translated is None:
-                translated = translate_os_error(
-                    exc, stage=stage, endpoint=self.endpoint, protocol=self.protocol
-                )
-            error, lost = translated
-            if lost:
-                self._close_socket()
-            error.stage = stage
-            raise error from exc
-        finally:
-            self.timings[stage] = self.timings.get(stage, 0.0) + ms(started)
+    def _stage(self, stage: str) -> contextlib.AbstractContextManager[None]:
+        """Time a stage and translate its failures (a lost connection is closed)."""
+        return timed_stage(
+            self.timings,
+            stage,
+            failures=self.library_errors,
+            translate=lambda exc: self._translate(exc, stage),
+        )
+
+    def _translate(self, exc: Exception, stage: str) -> TargetError:
+        translated = self._translate_library(exc, stage)
+        if translated is None:
+            translated = translate_os_error(exc, stage=stage, endpoint=self.endpoint, protocol=self.protocol)
+        error, lost = translated
+        if lost:
+            self._close_socket()
+        return error
 
     def _failed(self, error: TargetError, stage: str) -> TargetError:
         error.stage = stage
         return error
+
+    def _refuse_clear_text_login(self, login: Login) -> None:
+        """Checked before any credential is sent (TLS is up by then unless the target says none)."""
+        refused = login_without_tls(self.endpoint, self.protocol, login, tls_up=self.tls is not None)
+        if refused is not None:
+            raise self._failed(refused, "login")
 
     # --- explaining failures ----------------------------------------------------
 
     async def _peer_certificate(self) -> CertificateInfo | None:
         """The server's certificate, fetched without verification, to explain a failure."""
         ep = self.endpoint
-        wait = min(5.0, ep.connect_timeout)
         if ep.security is Security.SSL:
-            return await probe_implicit_tls(ep.host, ep.port, wait=wait)
-        unverified = build_ssl_context(ca_file=None, verify=False)
-        probe = type(self)(replace(ep, ssl_context=unverified, connect_timeout=wait))
+            return await probe_implicit_tls(ep.host, ep.port, wait=min(5.0, ep.connect_timeout))
+        probe = type(self)(unverified(ep))
         try:
             await probe.open(None)
         except TargetError:
@@ -326,7 +334,7 @@ def _finish_abandoned(done: asyncio.Future[Any], finish: Callable[[], None]) -> 
 def no_starttls_error(endpoint: MailEndpoint, protocol: ProtocolInfo) -> TargetTLSError:
     ep = endpoint
     if ep.port == protocol.ssl_port:
-        hint = f"port {ep.port} expects implicit TLS: choose ssl"
+        hint = implicit_tls_hint(ep.port)
     else:
         hint = (
             f"choose ssl if the port speaks TLS from the start (like {protocol.ssl_port}), "
@@ -337,6 +345,10 @@ def no_starttls_error(endpoint: MailEndpoint, protocol: ProtocolInfo) -> TargetT
         target=ep.target_name,
         hint=hint,
     )
+
+
+def login_after_tls_hint(protocol: ProtocolInfo) -> str:
+    return f"the server allows login only after {protocol.starttls_command}: choose starttls"
 
 
 def auth_refused_hint(host: str) -> str:
@@ -375,7 +387,7 @@ def auth_refused(endpoint: MailEndpoint, protocol: ProtocolInfo, login: Login, t
         return TargetAuthError(
             f"{ep.address} refuses logins without TLS: {text}",
             target=ep.target_name,
-            hint=f"the server allows login only after {protocol.starttls_command}: choose starttls",
+            hint=login_after_tls_hint(protocol),
         )
     return TargetAuthError(
         f"{ep.address} refused the login of account key {login.key_name!r} (user {login.username}): {text}",

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
@@ -32,13 +31,21 @@ from mailwright.errors import (
     TargetTimeoutError,
     TargetTLSError,
 )
-from mailwright.transport.base import Endpoint, Login, ProtocolInfo, ms
+from mailwright.transport.base import (
+    Endpoint,
+    Login,
+    ProtocolInfo,
+    clear_text_login_hint,
+    implicit_tls_hint,
+    login_without_tls,
+    ms,
+    timed_stage,
+)
 from mailwright.transport.outbound import open_socket
 from mailwright.transport.replies import NO_MASK, ReplyMask, bound_reply, quote_foreign
 from mailwright.transport.tls import (
     CertificateInfo,
     TLSState,
-    build_ssl_context,
     describe_verification_failure,
     tls_state,
 )
@@ -47,8 +54,10 @@ from mailwright.transport.translate import (
     disconnected,
     explain_open_failure,
     network_failure,
+    not_connected,
     timeout_failure,
     tls_failure_in,
+    unverified,
 )
 
 SMTP = ProtocolInfo(name="SMTP", ssl_port=465, starttls_port=587, starttls_command="STARTTLS")
@@ -190,7 +199,7 @@ class SMTPConnection:
                     f"{ep.address} did not offer STARTTLS, so the login of account key "
                     f"{login.key_name!r} would travel in clear text; it was not sent",
                     target=ep.target_name,
-                    hint=_clear_text_login_hint(ep.port),
+                    hint=clear_text_login_hint(ep.port, SMTP),
                 )
                 refused.stage = "starttls"
                 raise refused
@@ -212,13 +221,8 @@ class SMTPConnection:
     async def _login(self, login: Login) -> None:
         ep = self.endpoint
         caps = self.capabilities
-        if self.tls is None and ep.security is not Security.NONE:
-            refused = TargetTLSError(
-                f"{ep.address}: TLS is not up, so the login of account key {login.key_name!r} would "
-                "travel in clear text; it was not sent",
-                target=ep.target_name,
-                hint=_clear_text_login_hint(ep.port),
-            )
+        refused = login_without_tls(ep, SMTP, login, tls_up=self.tls is not None)
+        if refused is not None:
             refused.stage = "auth"
             raise refused
         if not caps.auth:
@@ -317,37 +321,29 @@ class SMTPConnection:
 
     def _require_client(self) -> aiosmtplib.SMTP:
         if self._client is None:
-            raise TargetConnectError(
-                f"not connected to {self.endpoint.address}", target=self.endpoint.target_name
-            )
+            raise not_connected(self.endpoint)
         return self._client
 
-    @contextmanager
-    def _stage(self, stage: Stage) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        except TargetError as exc:
-            exc.stage = exc.stage or stage
-            raise
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            if self._client is not None:
-                self._client.close()
-            error = self.mask.error(translate(exc, stage=stage, endpoint=self.endpoint, mask=self.mask))
-            error.stage = stage
+    def _stage(self, stage: Stage) -> AbstractContextManager[None]:
+        """Time a stage and translate its failures (the connection is closed on any)."""
+        return timed_stage(
+            self.timings,
+            stage,
+            failures=(aiosmtplib.SMTPException, OSError, TimeoutError),
+            translate=lambda exc: self._translate(exc, stage),
             # At AUTH the library's exception holds the server's raw reply: do not chain it.
-            raise error from (None if stage == "auth" else exc)
-        finally:
-            self.timings[stage] = self.timings.get(stage, 0.0) + ms(started)
+            keep_cause=stage != "auth",
+        )
+
+    def _translate(self, exc: Exception, stage: Stage) -> TargetError:
+        if self._client is not None:
+            self._client.close()
+        return self.mask.error(translate(exc, stage=stage, endpoint=self.endpoint, mask=self.mask))
 
 
 async def peer_certificate(endpoint: SMTPEndpoint) -> CertificateInfo | None:
     """The server's certificate, fetched without verification, to explain a failure."""
-    unverified = build_ssl_context(ca_file=None, verify=False)
-    probe_endpoint = replace(
-        endpoint, ssl_context=unverified, connect_timeout=min(5.0, endpoint.connect_timeout)
-    )
-    connection = SMTPConnection(probe_endpoint)
+    connection = SMTPConnection(unverified(endpoint))
     try:
         await connection._open(None)
     except TargetError:
@@ -370,18 +366,9 @@ def human_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def _clear_text_login_hint(port: int) -> str:
-    if port == 465:
-        return "port 465 expects implicit TLS: choose ssl"
-    return (
-        "use security ssl on port 465, or a port where the server offers STARTTLS (587); "
-        "only on a trusted network choose security none, where the login travels in clear text"
-    )
-
-
 def _no_starttls_hint(port: int) -> str:
-    if port == 465:
-        return "port 465 expects implicit TLS: choose ssl"
+    if port == SMTP.ssl_port:
+        return implicit_tls_hint(port)
     return "choose ssl if the port speaks TLS from the start, or none only on a trusted network"
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from typing import TypeVar
 
 from mailwright.domain.smtp import Security
 from mailwright.errors import (
@@ -22,14 +24,22 @@ from mailwright.errors import (
     TargetTimeoutError,
     TargetTLSError,
 )
-from mailwright.transport.base import Endpoint, ProtocolInfo
+from mailwright.transport.base import Endpoint, ProtocolInfo, implicit_tls_hint
 from mailwright.transport.replies import quote_foreign
 from mailwright.transport.tls import (
     CertificateInfo,
+    build_ssl_context,
     describe_verification_failure,
     is_plaintext_answer,
     probe_implicit_tls,
 )
+
+EndpointT = TypeVar("EndpointT", bound=Endpoint)
+
+
+def not_connected(ep: Endpoint) -> TargetConnectError:
+    """A command on a session that is not (or no longer) open."""
+    return TargetConnectError(f"not connected to {ep.address}", target=ep.target_name)
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
@@ -101,7 +111,7 @@ def disconnected(ep: Endpoint, protocol: ProtocolInfo, stage: str, detail: str =
         message = f"{ep.address} closed the connection during {stage}{suffix}"
     hint = None
     if stage == "connect" and ep.security is not Security.SSL and ep.port == protocol.ssl_port:
-        hint = f"port {ep.port} expects implicit TLS: choose ssl"
+        hint = implicit_tls_hint(ep.port)
     return TargetConnectError(message, target=ep.target_name, hint=hint)
 
 
@@ -158,6 +168,16 @@ async def explain_open_failure(
     return exc
 
 
+def unverified(endpoint: EndpointT) -> EndpointT:
+    """`endpoint` that accepts any certificate and gives up sooner: to fetch, not trust,
+    the certificate of a server whose certificate did not verify."""
+    return replace(
+        endpoint,
+        ssl_context=build_ssl_context(ca_file=None, verify=False),
+        connect_timeout=min(5.0, endpoint.connect_timeout),
+    )
+
+
 def explain_certificate(
     exc: CertificateUntrustedError, *, endpoint: Endpoint, certificate: CertificateInfo | None
 ) -> CertificateUntrustedError:
@@ -183,7 +203,7 @@ async def _explain_silence(
         f"{ep.address} sent no {protocol.name} greeting but completed a TLS handshake: "
         f"it expects implicit TLS; this target is set to {ep.security.value}",
         target=ep.target_name,
-        hint=f"port {ep.port} expects implicit TLS: choose ssl",
+        hint=implicit_tls_hint(ep.port),
     )
     explained.stage = "connect"
     return explained
@@ -196,7 +216,9 @@ __all__ = [
     "explain_open_failure",
     "is_network_error",
     "network_failure",
+    "not_connected",
     "timeout_failure",
     "tls_failure",
     "tls_failure_in",
+    "unverified",
 ]

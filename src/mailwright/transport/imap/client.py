@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
 from mailwright.domain.smtp import Security
-from mailwright.errors import TargetAuthError, TargetConnectError, TargetError, ValidationError
+from mailwright.errors import TargetAuthError, TargetError, ValidationError
 from mailwright.secrets import redact
 from mailwright.transport.base import Login, ProtocolInfo, ms
 from mailwright.transport.imap.arguments import flag_list, quote_mailbox, quote_string, uid_set
@@ -42,10 +42,11 @@ from mailwright.transport.session import (
     MailEndpoint,
     MailSession,
     credentials_failure,
+    login_after_tls_hint,
     no_starttls_error,
 )
 from mailwright.transport.tls import tls_state
-from mailwright.transport.translate import disconnected
+from mailwright.transport.translate import disconnected, not_connected
 
 T = TypeVar("T")
 
@@ -176,6 +177,7 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
         client.untagged_responses.pop("CAPABILITY", None)
         started = time.perf_counter()
         try:
+            self._refuse_clear_text_login(login)
             mechanism = self._choose_mechanism(login)
             outcome = _send_credentials(client, login, mechanism)
         finally:
@@ -225,7 +227,7 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
                 f"{ep.address} refuses logins before TLS (LOGINDISABLED); this target is set to none, "
                 "so the password was not sent",
                 target=ep.target_name,
-                hint="the server allows login only after STARTTLS: choose starttls",
+                hint=login_after_tls_hint(IMAP),
             )
         offered = " ".join(sorted(c for c in caps if c.startswith("AUTH=") or c == "LOGINDISABLED"))
         return TargetAuthError(
@@ -248,7 +250,7 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
     def _require(self, *, selected: bool = False) -> _IMAP4:
         ep = self.endpoint
         if self._client is None:
-            raise TargetConnectError(f"not connected to {ep.address}", target=ep.target_name)
+            raise not_connected(ep)
         if selected and self.selected is None:
             raise TargetError(
                 f"no folder is selected on {ep.address}", target=ep.target_name, hint="call select() first"
