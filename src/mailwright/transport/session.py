@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar, Generic, Literal, ParamSpec, TypeVar
@@ -37,11 +36,11 @@ from mailwright.transport.base import (
     ProtocolInfo,
     implicit_tls_hint,
     login_without_tls,
-    ms,
     timed_stage,
 )
 from mailwright.transport.outbound import open_socket_blocking
 from mailwright.transport.replies import NO_MASK, ReplyMask, quote_foreign, response_code
+from mailwright.transport.report import build_report, probe
 from mailwright.transport.tls import (
     NO_TLS_WARNING,
     UNVERIFIED_WARNING,
@@ -264,30 +263,16 @@ class MailSession(Generic[E]):
         warnings: list[str],
         total_ms: float,
     ) -> dict[str, Any]:
-        ep = self.endpoint
-        failed = error.stage if error is not None else None
-        return {
-            "ok": error is None,
-            "target": ep.target_name,
-            "server": ep.host,
-            "port": ep.port,
-            "security": ep.security.value,
-            "protocol": self.protocol.name,
-            "account_key": login.key_name if login else None,
-            "steps": [
-                {"name": name, "ok": name != failed, "ms": self.timings[name]}
-                for name in self.step_order
-                if name in self.timings
-            ],
-            "greeting": self.greeting,
-            "capabilities": capabilities if self.greeting else {},
-            "tls": self.tls.as_dict() if self.tls is not None else None,
-            "authenticated_as": self.authenticated_as,
-            "auth_mechanism": self.auth_mechanism,
-            "warnings": warnings,
-            "error": error.details() if error is not None else None,
-            "total_ms": total_ms,
-        }
+        return build_report(
+            self,
+            protocol=self.protocol,
+            step_order=self.step_order,
+            login=login,
+            error=error,
+            capabilities=capabilities,
+            warnings=warnings,
+            total_ms=total_ms,
+        )
 
     def common_warnings(self, login: Login | None) -> list[str]:
         ep = self.endpoint
@@ -307,15 +292,7 @@ class MailSession(Generic[E]):
 
     async def run_probe(self, login: Login | None) -> tuple[TargetError | None, float]:
         """Open and close once, for a report: the error (if any) and the total time in ms."""
-        started = time.perf_counter()
-        error: TargetError | None = None
-        try:
-            await self.open(login)
-        except TargetError as exc:
-            error = exc
-        finally:
-            await self.close()
-        return error, ms(started)
+        return await probe(self, login)
 
 
 def _shutdown(sock: socket.socket | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -43,9 +44,13 @@ from mailwright.transport.base import (
 )
 from mailwright.transport.outbound import open_socket
 from mailwright.transport.replies import NO_MASK, ReplyMask, bound_reply, quote_foreign
+from mailwright.transport.report import build_report, probe
 from mailwright.transport.tls import (
+    NO_TLS_WARNING,
+    UNVERIFIED_WARNING,
     CertificateInfo,
     TLSState,
+    clear_text_login_warning,
     describe_verification_failure,
     tls_state,
 )
@@ -61,6 +66,9 @@ from mailwright.transport.translate import (
 )
 
 SMTP = ProtocolInfo(name="SMTP", ssl_port=465, starttls_port=587, starttls_command="STARTTLS")
+
+# The stages a connection test reports, in order.
+_STEP_ORDER = ("connect", "ehlo", "starttls", "auth", "quit")
 
 # Preferred first; PLAIN and LOGIN only ever run over TLS unless the target says none.
 _MECHANISMS = {"PLAIN": "auth_plain", "LOGIN": "auth_login", "CRAM-MD5": "auth_crammd5"}
@@ -353,6 +361,49 @@ async def peer_certificate(endpoint: SMTPEndpoint) -> CertificateInfo | None:
     return connection.tls.certificate if connection.tls else None
 
 
+async def connection_report(endpoint: SMTPEndpoint, login: Login | None) -> dict[str, Any]:
+    """Connect, TLS, EHLO, AUTH, QUIT; the report `targets test` shows, in the shape of
+    `transport.report` (capabilities as EHLO announced them). On failure the error names the fix.
+    """
+    connection = SMTPConnection(endpoint)
+    error, total = await probe(connection, login)
+    return build_report(
+        connection,
+        protocol=SMTP,
+        step_order=_STEP_ORDER,
+        login=login,
+        error=error,
+        capabilities=connection.capabilities.as_dict(),
+        warnings=_report_warnings(connection, login),
+        total_ms=total,
+    )
+
+
+def _report_warnings(connection: SMTPConnection, login: Login | None) -> list[str]:
+    ep = connection.endpoint
+    out: list[str] = []
+    if ep.ssl_context.verify_mode == ssl.CERT_NONE:
+        out.append(UNVERIFIED_WARNING)
+    if ep.security is Security.NONE:
+        if login is not None:
+            out.append(clear_text_login_warning(login.key_name, ssl_port=SMTP.ssl_port))
+        out.append(NO_TLS_WARNING)
+    elif (
+        connection.greeting
+        and ep.security is Security.STARTTLS
+        and not connection.capabilities.starttls
+        and connection.tls is None
+    ):
+        out.append("the server did not offer STARTTLS: mail would go in plain text")
+    caps = connection.capabilities
+    if login is None and caps.auth:
+        out.append(
+            f"the server offers AUTH ({' '.join(caps.auth)}) but this target has No Account "
+            "Keys: if it requires a login, sends fail with 530"
+        )
+    return out
+
+
 def _default_ehlo_name() -> str:
     name = socket.gethostname()
     return name if name and "." in name else "localhost.localdomain"
@@ -477,6 +528,7 @@ __all__ = [
     "SMTPConnection",
     "SMTPEndpoint",
     "TLSState",
+    "connection_report",
     "describe_verification_failure",
     "translate",
 ]
