@@ -15,8 +15,8 @@ from mailwright.plugins import Preset, TargetType
 from mailwright.targets.preset_data import load_presets
 from mailwright.targets.report import ConnectionTestReport, report_from
 from mailwright.targets.server_settings import ServerSettings
+from mailwright.transport.base import Login
 from mailwright.transport.outbound import outbound_policy
-from mailwright.transport.smtp import Login
 from mailwright.transport.tls import build_ssl_context
 
 
