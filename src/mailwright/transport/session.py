@@ -243,14 +243,14 @@ class MailSession(Generic[E]):
         ep = self.endpoint
         if ep.security is Security.SSL:
             return await probe_implicit_tls(ep.host, ep.port, wait=min(5.0, ep.connect_timeout))
-        probe = type(self)(unverified(ep))
+        session = type(self)(unverified(ep))
         try:
-            await probe.open(None)
+            await session.open(None)
         except TargetError:
             return None
         finally:
-            await probe.close()
-        return probe.tls.certificate if probe.tls else None
+            await session.close()
+        return session.tls.certificate if session.tls else None
 
     # --- reports ----------------------------------------------------------------
 
