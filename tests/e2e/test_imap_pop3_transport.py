@@ -34,7 +34,6 @@ from mailwright.errors import (
 )
 from mailwright.secrets import Secret
 from mailwright.targets.report import ConnectionTestReport, ConnectionTestStep
-from mailwright.transport import imap as imap_module
 from mailwright.transport.imap import (
     IMAPConnection,
     IMAPEndpoint,
@@ -45,6 +44,7 @@ from mailwright.transport.imap import (
     parse_search,
     uid_set,
 )
+from mailwright.transport.imap import client as imap_module
 from mailwright.transport.imap import connection_report as imap_report
 from mailwright.transport.pop3 import POP3Connection, POP3Endpoint
 from mailwright.transport.pop3 import connection_report as pop3_report

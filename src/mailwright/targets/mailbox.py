@@ -13,10 +13,10 @@ from mailwright.domain.validation import validate_model
 from mailwright.errors import ValidationError
 from mailwright.plugins import Preset, TargetType
 from mailwright.targets.preset_data import load_presets
-from mailwright.targets.report import ConnectionTestReport, ConnectionTestStep
+from mailwright.targets.report import ConnectionTestReport, report_from
 from mailwright.targets.server_settings import ServerSettings
+from mailwright.transport.base import Login
 from mailwright.transport.outbound import outbound_policy
-from mailwright.transport.smtp import Login
 from mailwright.transport.tls import build_ssl_context
 
 
@@ -90,28 +90,6 @@ def mailbox_settings(
     )
     outbound_policy().check_literal(settings.server)  # names are checked when they are resolved
     return settings
-
-
-def report_from(data: dict[str, Any], *, protocol: str, server: str) -> ConnectionTestReport:
-    """The transport's report dictionary as the shared report type."""
-    return ConnectionTestReport(
-        ok=bool(data["ok"]),
-        target=str(data["target"]),
-        protocol=protocol,
-        server=server,
-        port=int(data["port"]),
-        security=str(data["security"]),
-        account_key=data.get("account_key"),
-        steps=[ConnectionTestStep(name=s["name"], ok=s["ok"], ms=s["ms"]) for s in data.get("steps", [])],
-        greeting=str(data.get("greeting") or ""),
-        capabilities=dict(data.get("capabilities") or {}),
-        tls=data.get("tls"),
-        authenticated_as=data.get("authenticated_as"),
-        auth_mechanism=data.get("auth_mechanism"),
-        warnings=list(data.get("warnings") or []),
-        error=data.get("error"),
-        total_ms=float(data.get("total_ms") or 0.0),
-    )
 
 
 def mailbox_target_type(

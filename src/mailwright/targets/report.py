@@ -63,3 +63,25 @@ class ConnectionTestReport:
             return f"OK in {self.total_ms:.0f} ms"
         assert self.error is not None
         return str(self.error.get("message", "failed"))
+
+
+def report_from(data: dict[str, Any], *, protocol: str, server: str) -> ConnectionTestReport:
+    """The transport's report dictionary as the shared report type."""
+    return ConnectionTestReport(
+        ok=bool(data["ok"]),
+        target=str(data["target"]),
+        protocol=protocol,
+        server=server,
+        port=int(data["port"]),
+        security=str(data["security"]),
+        account_key=data.get("account_key"),
+        steps=[ConnectionTestStep(name=s["name"], ok=s["ok"], ms=s["ms"]) for s in data.get("steps", [])],
+        greeting=str(data.get("greeting") or ""),
+        capabilities=dict(data.get("capabilities") or {}),
+        tls=data.get("tls"),
+        authenticated_as=data.get("authenticated_as"),
+        auth_mechanism=data.get("auth_mechanism"),
+        warnings=list(data.get("warnings") or []),
+        error=data.get("error"),
+        total_ms=float(data.get("total_ms") or 0.0),
+    )

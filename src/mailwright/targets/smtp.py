@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
@@ -10,14 +9,14 @@ from pydantic import BaseModel, Field, field_validator
 from mailwright.domain.hosts import ascii_host
 from mailwright.domain.smtp import PORT_SECURITY, Security, default_security
 from mailwright.domain.validation import validate_model
-from mailwright.errors import TargetError, ValidationError
+from mailwright.errors import ValidationError
 from mailwright.plugins import Preset, TargetType, register_target_type
 from mailwright.targets.preset_data import load_presets
-from mailwright.targets.report import ConnectionTestReport, ConnectionTestStep
+from mailwright.targets.report import ConnectionTestReport, report_from
 from mailwright.targets.server_settings import ServerSettings
 from mailwright.transport.outbound import outbound_policy
-from mailwright.transport.smtp import Login, SMTPConnection, SMTPEndpoint
-from mailwright.transport.tls import build_ssl_context, clear_text_login_warning
+from mailwright.transport.smtp import Login, SMTPEndpoint, connection_report
+from mailwright.transport.tls import build_ssl_context
 
 PROTOCOL = "SMTP"
 
@@ -133,80 +132,12 @@ async def _run_test(settings: BaseModel, *, target_name: str, login: Login | Non
 # --- the connection test ---------------------------------------------------------
 
 
-_STEP_ORDER = ("connect", "ehlo", "starttls", "auth", "quit")
-
-
 async def run_connection_test(
     settings: SMTPSettings, *, target_name: str, login: Login | None
 ) -> ConnectionTestReport:
     """Connect, TLS, EHLO, AUTH, QUIT; on failure the error names the fix."""
-    report = ConnectionTestReport(
-        ok=False,
-        target=target_name,
-        protocol=PROTOCOL,
-        server=settings.server,
-        port=settings.port,
-        security=settings.security.value,
-        account_key=login.key_name if login else None,
-    )
-    started = time.perf_counter()
-    connection = SMTPConnection(settings.endpoint(target_name))
-    failed_stage: str | None = None
-    try:
-        await connection.open(login)
-        report.ok = True
-    except TargetError as exc:
-        failed_stage = exc.stage
-        report.error = exc.details()
-    finally:
-        await connection.close()
-    report.total_ms = round((time.perf_counter() - started) * 1000, 2)
-    report.steps = [
-        ConnectionTestStep(name=name, ok=name != failed_stage, ms=connection.timings[name])
-        for name in _STEP_ORDER
-        if name in connection.timings
-    ]
-    report.greeting = connection.greeting
-    report.capabilities = connection.capabilities.as_dict() if connection.greeting else {}
-    if connection.tls is not None:
-        cert = connection.tls.certificate
-        report.tls = {
-            "version": connection.tls.version,
-            "cipher": connection.tls.cipher,
-            "verified": connection.tls.verified,
-            "certificate": cert.as_dict() if cert else None,
-        }
-    report.authenticated_as = connection.authenticated_as
-    report.auth_mechanism = connection.auth_mechanism
-    report.warnings = _warnings(settings, connection, login)
-    return report
-
-
-def _warnings(settings: SMTPSettings, connection: SMTPConnection, login: Login | None) -> list[str]:
-    out: list[str] = []
-    if settings.disable_certificate_validation:
-        out.append(
-            "certificate validation is DISABLED for this target: anyone on the network path "
-            "can impersonate the server and read the password and mail; give a CA file instead"
-        )
-    if settings.security is Security.NONE:
-        if login is not None:
-            out.append(clear_text_login_warning(login.key_name, ssl_port=465))
-        out.append("no TLS: the password and mail cross the network in plain text")
-    elif (
-        connection.greeting
-        and settings.security is Security.STARTTLS
-        and not connection.capabilities.starttls
-        and connection.tls is None
-    ):
-        out.append("the server did not offer STARTTLS: mail would go in plain text")
-    caps = connection.capabilities
-    if login is None and caps.auth:
-        out.append(
-            f"the server offers AUTH ({' '.join(caps.auth)}) but this target has No Account "
-            "Keys: if it requires a login, sends fail with 530"
-        )
-    return out
+    data = await connection_report(settings.endpoint(target_name), login)
+    return report_from(data, protocol=PROTOCOL, server=settings.server)
 
 
 SMTP_ENDPOINT = register_target_type(

@@ -1,8 +1,8 @@
 """The POP3 client: the only code that opens POP3 sockets.
 
-Built on the standard library's `poplib`, run in worker threads like the IMAP client
-(`transport.imap`, whose `MailSession` does the connecting, timing, TLS and error
-translation for both). Mailwright opens the socket itself, sends credentials without
+Built on the standard library's `poplib`, run in worker threads by the session it
+shares with IMAP (`transport.session.MailSession`: connecting, timing, TLS and the
+translation of failures). Mailwright opens the socket itself, sends credentials without
 an audit event, reads lines of any length a server sends (poplib stops at 2048
 bytes), and tells a server's `-ERR` answer (the connection stays usable) from a lost
 connection.
@@ -24,30 +24,27 @@ from typing import IO, Any
 
 from mailwright.domain.smtp import Security
 from mailwright.errors import TargetAuthError, TargetConnectError, TargetError, ValidationError
-from mailwright.transport.imap import (
+from mailwright.transport.base import Login, ProtocolInfo, ms
+from mailwright.transport.replies import quote_foreign, response_code, response_text
+from mailwright.transport.session import (
+    POP3_TRANSIENT_CODES,
     CredentialsOutcome,
     MailEndpoint,
-    MailProtocol,
     MailSession,
     credentials_failure,
-    disconnected,
-    ms,
+    login_after_tls_hint,
     no_starttls_error,
-    response_code,
-    response_text,
-    tls_state,
 )
-from mailwright.transport.replies import quote_foreign
-from mailwright.transport.smtp import Login
+from mailwright.transport.tls import tls_state
+from mailwright.transport.translate import disconnected, not_connected
 
-POP3 = MailProtocol(name="POP3", ssl_port=995, starttls_port=110, starttls_command="STLS")
+POP3 = ProtocolInfo(name="POP3", ssl_port=995, starttls_port=110, starttls_command="STLS")
 
 # Longest response line accepted. RFC 5322 allows 998 octets, but real mail has
 # longer lines; poplib's own limit (2048) would fail on them.
 _MAX_LINE = 1024 * 1024
 
 _STEP_ORDER = ("connect", "tls", "capability", "starttls", "login", "logout")
-_TRANSIENT_CODES = {"SYS/TEMP", "IN-USE", "LOGIN-DELAY"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +175,7 @@ class POP3Connection(MailSession[POP3Endpoint]):
                 if stage in ("retr", "top", "dele")
                 else None,
             )
-            if response_code(text.removeprefix("-ERR").strip()) in _TRANSIENT_CODES:
+            if response_code(text.removeprefix("-ERR").strip()) in POP3_TRANSIENT_CODES:
                 error.transient = True
             return error, False
         if isinstance(exc, ProtocolFailure | poplib.error_proto):
@@ -235,6 +232,7 @@ class POP3Connection(MailSession[POP3Endpoint]):
         ep = self.endpoint
         started = time.perf_counter()
         try:
+            self._refuse_clear_text_login(login)
             mechanism = self._choose_mechanism(login)
             outcome = _send_credentials(client, login, mechanism)
         finally:
@@ -268,7 +266,7 @@ class POP3Connection(MailSession[POP3Endpoint]):
                     f"{ep.address} offers no login before TLS (no USER, no SASL PLAIN); this target is "
                     "set to none, so the password was not sent",
                     target=ep.target_name,
-                    hint="the server allows login only after STLS: choose starttls",
+                    hint=login_after_tls_hint(POP3),
                 ),
                 "login",
             )
@@ -298,7 +296,7 @@ class POP3Connection(MailSession[POP3Endpoint]):
     def _require(self) -> _POP3:
         ep = self.endpoint
         if self._client is None:
-            raise TargetConnectError(f"not connected to {ep.address}", target=ep.target_name)
+            raise not_connected(ep)
         return self._client
 
     async def stat(self) -> tuple[int, int]:

@@ -25,11 +25,11 @@ import re
 import unicodedata
 from typing import TYPE_CHECKING, Any
 
-from mailwright.secrets import MASK
+from mailwright.secrets import MASK, redact
 
 if TYPE_CHECKING:
     from mailwright.errors import TargetError
-    from mailwright.transport.smtp import Login
+    from mailwright.transport.base import Login
 
 # A foreign text (a banner, a reply that is not the protocol's) is quoted at most this long.
 FOREIGN_LIMIT = 200
@@ -133,6 +133,28 @@ class ReplyMask:
 NO_MASK = ReplyMask()
 
 
+_CODE_RE = re.compile(r"^\[([A-Z-]+)")
+
+
+def response_text(data: Any) -> str:
+    """The human text of a server answer or a library error (bytes, lists, exceptions)."""
+    if data is None:
+        return ""
+    if isinstance(data, BaseException):
+        data = data.args[0] if data.args else str(data)
+    if isinstance(data, list | tuple):
+        data = data[-1] if data else ""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", "replace")
+    return redact(str(data)).strip()
+
+
+def response_code(text: str) -> str | None:
+    """The bracketed response code at the start of a server text ([AUTHENTICATIONFAILED] …)."""
+    match = _CODE_RE.match(text)
+    return match.group(1) if match else None
+
+
 def _visible(char: str) -> str:
     if char == "\n":
         return "\\n"
@@ -181,4 +203,6 @@ __all__ = [
     "bound_reply",
     "escape_controls",
     "quote_foreign",
+    "response_code",
+    "response_text",
 ]

@@ -3,7 +3,9 @@
 Built on aiosmtplib's connection and command layer; every library, `ssl` and
 socket exception is translated here into the Mailwright error tree, with a
 diagnosis of the common misconfigurations (wrong TLS mode for the port,
-untrusted certificates, AUTH only after STARTTLS).
+untrusted certificates, AUTH only after STARTTLS). SMTP's replies are recognised
+here; failures of the network and of TLS are translated by `transport.translate`,
+as for IMAP and POP3.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
@@ -22,7 +23,6 @@ from aiosmtplib import SMTPStatus
 
 from mailwright.domain.smtp import Capabilities, Security, parse_ehlo
 from mailwright.errors import (
-    CertificateUntrustedError,
     RecipientsRefusedError,
     TargetAuthError,
     TargetConnectError,
@@ -32,17 +32,43 @@ from mailwright.errors import (
     TargetTimeoutError,
     TargetTLSError,
 )
-from mailwright.secrets import Secret
+from mailwright.transport.base import (
+    Endpoint,
+    Login,
+    ProtocolInfo,
+    clear_text_login_hint,
+    implicit_tls_hint,
+    login_without_tls,
+    ms,
+    timed_stage,
+)
 from mailwright.transport.outbound import open_socket
 from mailwright.transport.replies import NO_MASK, ReplyMask, bound_reply, quote_foreign
+from mailwright.transport.report import build_report, probe
 from mailwright.transport.tls import (
+    NO_TLS_WARNING,
+    UNVERIFIED_WARNING,
     CertificateInfo,
-    build_ssl_context,
-    certificate_info,
+    TLSState,
+    clear_text_login_warning,
     describe_verification_failure,
-    is_plaintext_answer,
-    probe_implicit_tls,
+    tls_state,
 )
+from mailwright.transport.translate import (
+    causes,
+    disconnected,
+    explain_open_failure,
+    network_failure,
+    not_connected,
+    timeout_failure,
+    tls_failure_in,
+    unverified,
+)
+
+SMTP = ProtocolInfo(name="SMTP", ssl_port=465, starttls_port=587, starttls_command="STARTTLS")
+
+# The stages a connection test reports, in order.
+_STEP_ORDER = ("connect", "ehlo", "starttls", "auth", "quit")
 
 # Preferred first; PLAIN and LOGIN only ever run over TLS unless the target says none.
 _MECHANISMS = {"PLAIN": "auth_plain", "LOGIN": "auth_login", "CRAM-MD5": "auth_crammd5"}
@@ -51,33 +77,12 @@ Stage = Literal["connect", "tls", "ehlo", "starttls", "auth", "mail", "rcpt", "d
 
 
 @dataclass(frozen=True, slots=True)
-class SMTPEndpoint:
-    """Everything needed to reach one SMTP server, resolved from a target's settings."""
+class SMTPEndpoint(Endpoint):
+    """An SMTP server, resolved from a target's settings."""
 
-    target_name: str
-    host: str  # ASCII form (A-labels for IDN)
-    port: int
-    security: Security
-    ssl_context: ssl.SSLContext
     starttls_required: bool = True
     ehlo_name: str | None = None
-    connect_timeout: float = 10.0
-    command_timeout: float = 60.0
     data_timeout: float = 600.0  # the reply to the end of data (RFC 5321 4.5.3.2.6)
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class Login:
-    """The credentials of an account key, ready for AUTH."""
-
-    key_name: str
-    username: str
-    password: Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +111,6 @@ class Delivery:
     size: int
     timings: dict[str, float] = field(default_factory=dict)
     tls: TLSState | None = None
-
-
-@dataclass(slots=True)
-class TLSState:
-    version: str | None
-    cipher: str | None
-    certificate: CertificateInfo | None
-    verified: bool
 
 
 @dataclass(slots=True)
@@ -146,39 +143,19 @@ class SMTPConnection:
         try:
             try:
                 await self._open(login)
-            except CertificateUntrustedError as exc:
-                raise await self._explain_certificate(exc) from exc
-            except TargetTimeoutError as exc:
-                raise await self._explain_silence(exc) from exc
+            except TargetError as exc:
+                explained = await explain_open_failure(
+                    exc,
+                    endpoint=self.endpoint,
+                    protocol=SMTP,
+                    peer_certificate=lambda: peer_certificate(self.endpoint),
+                )
+                if explained is exc:
+                    raise
+                raise explained from exc
         except TargetError as exc:
             self.mask.error(exc)
             raise
-
-    async def _explain_certificate(self, exc: CertificateUntrustedError) -> TargetError:
-        ep = self.endpoint
-        certificate = await peer_certificate(ep)
-        message, hint = describe_verification_failure(ep.host, exc.verify_message, certificate)
-        explained = CertificateUntrustedError(
-            message, verify_message=exc.verify_message, target=ep.target_name, hint=hint
-        )
-        explained.stage = exc.stage
-        return explained
-
-    async def _explain_silence(self, exc: TargetTimeoutError) -> TargetError:
-        ep = self.endpoint
-        if exc.stage != "connect" or ep.security is Security.SSL:
-            return exc
-        wait = min(3.0, ep.connect_timeout)
-        if await probe_implicit_tls(ep.host, ep.port, wait=wait) is None:
-            return exc
-        explained = TargetTLSError(
-            f"{ep.address} sent no SMTP greeting but completed a TLS handshake: it expects "
-            f"implicit TLS; this target is set to {ep.security.value}",
-            target=ep.target_name,
-            hint=f"port {ep.port} expects implicit TLS: choose ssl",
-        )
-        explained.stage = "connect"
-        return explained
 
     async def _open(self, login: Login | None) -> None:
         ep = self.endpoint
@@ -230,7 +207,7 @@ class SMTPConnection:
                     f"{ep.address} did not offer STARTTLS, so the login of account key "
                     f"{login.key_name!r} would travel in clear text; it was not sent",
                     target=ep.target_name,
-                    hint=_clear_text_login_hint(ep.port),
+                    hint=clear_text_login_hint(ep.port, SMTP),
                 )
                 refused.stage = "starttls"
                 raise refused
@@ -252,13 +229,8 @@ class SMTPConnection:
     async def _login(self, login: Login) -> None:
         ep = self.endpoint
         caps = self.capabilities
-        if self.tls is None and ep.security is not Security.NONE:
-            refused = TargetTLSError(
-                f"{ep.address}: TLS is not up, so the login of account key {login.key_name!r} would "
-                "travel in clear text; it was not sent",
-                target=ep.target_name,
-                hint=_clear_text_login_hint(ep.port),
-            )
+        refused = login_without_tls(ep, SMTP, login, tls_up=self.tls is not None)
+        if refused is not None:
             refused.stage = "auth"
             raise refused
         if not caps.auth:
@@ -301,17 +273,9 @@ class SMTPConnection:
 
     def _tls_state(self) -> TLSState:
         client = self._require_client()
-        ssl_object = client.get_transport_info("ssl_object")
-        if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
-            return TLSState(version=None, cipher=None, certificate=None, verified=False)
-        der = ssl_object.getpeercert(binary_form=True)
-        cipher = ssl_object.cipher()
-        return TLSState(
-            version=ssl_object.version(),
-            cipher=cipher[0] if cipher else None,
-            certificate=certificate_info(der) if der else None,
-            verified=self.endpoint.ssl_context.verify_mode != ssl.CERT_NONE,
-        )
+        state = tls_state(client.get_transport_info("ssl_object"), self.endpoint.ssl_context)
+        # TLS was negotiated, even if the transport no longer tells how.
+        return state or TLSState(version=None, cipher=None, certificate=None, verified=False)
 
     # --- handing over --------------------------------------------------------
 
@@ -353,7 +317,7 @@ class SMTPConnection:
             await asyncio.wait_for(client.quit(), timeout=min(5.0, self.endpoint.command_timeout))
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             client.close()
-        self.timings["quit"] = _ms(started)
+        self.timings["quit"] = ms(started)
 
     async def __aenter__(self) -> SMTPConnection:
         return self
@@ -365,37 +329,29 @@ class SMTPConnection:
 
     def _require_client(self) -> aiosmtplib.SMTP:
         if self._client is None:
-            raise TargetConnectError(
-                f"not connected to {self.endpoint.address}", target=self.endpoint.target_name
-            )
+            raise not_connected(self.endpoint)
         return self._client
 
-    @contextmanager
-    def _stage(self, stage: Stage) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        except TargetError as exc:
-            exc.stage = exc.stage or stage
-            raise
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            if self._client is not None:
-                self._client.close()
-            error = self.mask.error(translate(exc, stage=stage, endpoint=self.endpoint, mask=self.mask))
-            error.stage = stage
+    def _stage(self, stage: Stage) -> AbstractContextManager[None]:
+        """Time a stage and translate its failures (the connection is closed on any)."""
+        return timed_stage(
+            self.timings,
+            stage,
+            failures=(aiosmtplib.SMTPException, OSError, TimeoutError),
+            translate=lambda exc: self._translate(exc, stage),
             # At AUTH the library's exception holds the server's raw reply: do not chain it.
-            raise error from (None if stage == "auth" else exc)
-        finally:
-            self.timings[stage] = self.timings.get(stage, 0.0) + _ms(started)
+            keep_cause=stage != "auth",
+        )
+
+    def _translate(self, exc: Exception, stage: Stage) -> TargetError:
+        if self._client is not None:
+            self._client.close()
+        return self.mask.error(translate(exc, stage=stage, endpoint=self.endpoint, mask=self.mask))
 
 
 async def peer_certificate(endpoint: SMTPEndpoint) -> CertificateInfo | None:
     """The server's certificate, fetched without verification, to explain a failure."""
-    unverified = build_ssl_context(ca_file=None, verify=False)
-    probe_endpoint = replace(
-        endpoint, ssl_context=unverified, connect_timeout=min(5.0, endpoint.connect_timeout)
-    )
-    connection = SMTPConnection(probe_endpoint)
+    connection = SMTPConnection(unverified(endpoint))
     try:
         await connection._open(None)
     except TargetError:
@@ -405,8 +361,47 @@ async def peer_certificate(endpoint: SMTPEndpoint) -> CertificateInfo | None:
     return connection.tls.certificate if connection.tls else None
 
 
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
+async def connection_report(endpoint: SMTPEndpoint, login: Login | None) -> dict[str, Any]:
+    """Connect, TLS, EHLO, AUTH, QUIT; the report `targets test` shows, in the shape of
+    `transport.report` (capabilities as EHLO announced them). On failure the error names the fix.
+    """
+    connection = SMTPConnection(endpoint)
+    error, total = await probe(connection, login)
+    return build_report(
+        connection,
+        protocol=SMTP,
+        step_order=_STEP_ORDER,
+        login=login,
+        error=error,
+        capabilities=connection.capabilities.as_dict(),
+        warnings=_report_warnings(connection, login),
+        total_ms=total,
+    )
+
+
+def _report_warnings(connection: SMTPConnection, login: Login | None) -> list[str]:
+    ep = connection.endpoint
+    out: list[str] = []
+    if ep.ssl_context.verify_mode == ssl.CERT_NONE:
+        out.append(UNVERIFIED_WARNING)
+    if ep.security is Security.NONE:
+        if login is not None:
+            out.append(clear_text_login_warning(login.key_name, ssl_port=SMTP.ssl_port))
+        out.append(NO_TLS_WARNING)
+    elif (
+        connection.greeting
+        and ep.security is Security.STARTTLS
+        and not connection.capabilities.starttls
+        and connection.tls is None
+    ):
+        out.append("the server did not offer STARTTLS: mail would go in plain text")
+    caps = connection.capabilities
+    if login is None and caps.auth:
+        out.append(
+            f"the server offers AUTH ({' '.join(caps.auth)}) but this target has No Account "
+            "Keys: if it requires a login, sends fail with 530"
+        )
+    return out
 
 
 def _default_ehlo_name() -> str:
@@ -422,18 +417,9 @@ def human_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def _clear_text_login_hint(port: int) -> str:
-    if port == 465:
-        return "port 465 expects implicit TLS: choose ssl"
-    return (
-        "use security ssl on port 465, or a port where the server offers STARTTLS (587); "
-        "only on a trusted network choose security none, where the login travels in clear text"
-    )
-
-
 def _no_starttls_hint(port: int) -> str:
-    if port == 465:
-        return "port 465 expects implicit TLS: choose ssl"
+    if port == SMTP.ssl_port:
+        return implicit_tls_hint(port)
     return "choose ssl if the port speaks TLS from the start, or none only on a trusted network"
 
 
@@ -497,30 +483,14 @@ def recipients_refused(
     )
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def translate(
     exc: BaseException, *, stage: Stage, endpoint: SMTPEndpoint, mask: ReplyMask = NO_MASK
 ) -> TargetError:
     """The most specific Mailwright error for a library exception at a stage."""
     ep = endpoint
-    chain = list(_causes(exc))
-    cert_error = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
-    if cert_error is not None:
-        message, hint = describe_verification_failure(ep.host, cert_error.verify_message, None)
-        return CertificateUntrustedError(
-            message, verify_message=cert_error.verify_message, target=ep.target_name, hint=hint
-        )
-    ssl_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
-    if ssl_error is not None:
-        return _tls_failure(ep, stage, ssl_error)
+    tls_error = tls_failure_in(exc, stage=stage, endpoint=ep, protocol=SMTP)
+    if tls_error is not None:
+        return tls_error
     if isinstance(exc, aiosmtplib.SMTPConnectResponseError):
         return reply_error(ep, "refused the connection", exc.code, exc.message, mask=mask)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
@@ -531,9 +501,10 @@ def translate(
         stage in ("connect", "tls", "starttls") and "disconnect" in str(exc).lower()
     ):
         return translate_disconnect(ep, stage)
-    os_error = next((e for e in chain if isinstance(e, OSError) and e.errno is not None), None)
+    os_error = next((e for e in causes(exc) if isinstance(e, OSError) and e.errno is not None), None)
     if os_error is not None:
-        return _os_failure(ep, os_error)
+        # Named as a failure to connect whatever the stage, as SMTP errors always were.
+        return network_failure(ep, SMTP, os_error, during=None)
     if isinstance(exc, aiosmtplib.SMTPConnectError):
         return translate_disconnect(ep, stage)
     return TargetError(
@@ -541,73 +512,23 @@ def translate(
     )
 
 
-def _tls_failure(ep: SMTPEndpoint, stage: Stage, error: ssl.SSLError) -> TargetTLSError:
-    reason = error.reason or str(error)
-    if ep.security is Security.SSL and is_plaintext_answer(error):
-        return TargetTLSError(
-            f"TLS handshake with {ep.address} failed: the server answered in plain text ({reason})",
-            target=ep.target_name,
-            hint=f"port {ep.port} speaks plain SMTP first: choose starttls",
-        )
-    return TargetTLSError(
-        f"TLS handshake with {ep.address} failed during {stage}: {reason}",
-        target=ep.target_name,
-        hint="check that the server supports TLS 1.2 or newer and that the port and security mode match",
-    )
-
-
 def translate_timeout(ep: SMTPEndpoint, stage: Stage) -> TargetTimeoutError:
-    if stage == "connect" and ep.security is not Security.SSL:
-        hint = (
-            f"no greeting within {ep.connect_timeout:g} s; if port {ep.port} expects implicit TLS "
-            "(like 465), choose ssl"
-        )
-    elif stage == "connect":
-        hint = f"raise the connect timeout (now {ep.connect_timeout:g} s) or check the server and port"
-    else:
-        hint = f"raise the command timeout (now {ep.command_timeout:g} s) or check the server's health"
-    return TargetTimeoutError(
-        f"{ep.address} did not answer in time during {stage}", target=ep.target_name, hint=hint
-    )
+    return timeout_failure(ep, SMTP, stage)
 
 
 def translate_disconnect(ep: SMTPEndpoint, stage: Stage) -> TargetConnectError:
-    if stage == "data":
-        message = (
-            f"{ep.address} closed the connection during DATA: the message may or may not have been accepted"
-        )
-    else:
-        message = f"{ep.address} closed the connection during {stage}"
-    hint = None
-    if stage == "connect" and ep.security is not Security.SSL and ep.port == 465:
-        hint = "port 465 expects implicit TLS: choose ssl"
-    return TargetConnectError(message, target=ep.target_name, hint=hint)
-
-
-def _os_failure(ep: SMTPEndpoint, error: OSError) -> TargetConnectError:
-    text = error.strerror or str(error)
-    if isinstance(error, socket.gaierror):
-        return TargetConnectError(
-            f"cannot resolve the SMTP server name {ep.host!r}: {text}",
-            target=ep.target_name,
-            hint="check the spelling of the SMTP server",
-        )
-    if isinstance(error, ConnectionRefusedError):
-        return TargetConnectError(
-            f"{ep.address} refused the connection: nothing listens on port {ep.port}",
-            target=ep.target_name,
-            hint="check the SMTP port (465 for ssl, 587 for starttls) and that the server is running",
-        )
-    return TargetConnectError(f"cannot connect to {ep.address}: {text}", target=ep.target_name)
+    return disconnected(ep, SMTP, stage)
 
 
 __all__ = [
+    "SMTP",
     "Delivery",
     "Login",
     "RecipientResult",
     "SMTPConnection",
     "SMTPEndpoint",
     "TLSState",
+    "connection_report",
     "describe_verification_failure",
     "translate",
 ]

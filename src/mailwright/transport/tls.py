@@ -100,6 +100,39 @@ def certificate_info(der: bytes) -> CertificateInfo:
     )
 
 
+@dataclass(slots=True)
+class TLSState:
+    """How a connection's TLS came out: what a connection test reports."""
+
+    version: str | None
+    cipher: str | None
+    certificate: CertificateInfo | None
+    verified: bool
+
+    def as_dict(self) -> dict[str, object]:
+        cert = self.certificate
+        return {
+            "version": self.version,
+            "cipher": self.cipher,
+            "verified": self.verified,
+            "certificate": cert.as_dict() if cert else None,
+        }
+
+
+def tls_state(ssl_object: object, context: ssl.SSLContext) -> TLSState | None:
+    """The TLS state of a wrapped socket or an asyncio transport's SSL object; None if not TLS."""
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    cipher = ssl_object.cipher()
+    return TLSState(
+        version=ssl_object.version(),
+        cipher=cipher[0] if cipher else None,
+        certificate=certificate_info(der) if der else None,
+        verified=context.verify_mode != ssl.CERT_NONE,
+    )
+
+
 def is_plaintext_answer(error: ssl.SSLError) -> bool:
     reason = (error.reason or "").upper()
     return reason in _PLAINTEXT_REASONS or "WRONG_VERSION_NUMBER" in str(error).upper()
@@ -178,3 +211,11 @@ def clear_text_login_warning(key_name: str, *, ssl_port: int) -> str:
         f"{key_name!r} crosses the network unencrypted and anyone on the path can read it; "
         f"choose ssl (port {ssl_port}) or starttls"
     )
+
+
+# What a connection test warns about a target's security, whatever its protocol.
+NO_TLS_WARNING = "no TLS: the password and mail cross the network in plain text"
+UNVERIFIED_WARNING = (
+    "certificate validation is DISABLED for this target: anyone on the network path "
+    "can impersonate the server and read the password and mail; give a CA file instead"
+)
