@@ -188,3 +188,12 @@ def test_unverified_endpoint_accepts_any_certificate_and_gives_up_sooner() -> No
     probe = unverified(endpoint(993, Security.SSL))
     assert probe.ssl_context.verify_mode == ssl.CERT_NONE and not probe.ssl_context.check_hostname
     assert probe.connect_timeout == 5.0 and probe.host == "mail.example.org"
+
+
+def test_response_codes_keep_their_hierarchy() -> None:
+    # RFC 3206: POP3 response codes are hierarchical; [SYS/TEMP] is transient, [SYS/PERM] is not.
+    from mailwright.transport.replies import response_code
+
+    assert response_code("[SYS/TEMP] try again later") == "SYS/TEMP"
+    assert response_code("[AUTHENTICATIONFAILED] bad") == "AUTHENTICATIONFAILED"
+    assert response_code("no code here") is None

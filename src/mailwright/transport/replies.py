@@ -133,7 +133,7 @@ class ReplyMask:
 NO_MASK = ReplyMask()
 
 
-_CODE_RE = re.compile(r"^\[([A-Z-]+)")
+_CODE_RE = re.compile(r"^\[([A-Z/-]+)")  # POP3 codes are hierarchical: [SYS/TEMP] (RFC 3206)
 
 
 def response_text(data: Any) -> str:
