@@ -379,18 +379,29 @@ def _is_loopback(host: str) -> bool:
 
 
 class SMTPSender:
-    """A `MailSender` on the target's shared connection pool (transport/pool.py)."""
+    """A `MailSender` on the target's shared connection pool (transport/pool.py).
 
-    def __init__(self, pool: SMTPPool, settings: SMTPSettings) -> None:
-        self._pool = pool
+    The pool is looked up when first used, in the event loop: making a sender (to read
+    its limits, or to check that a target can send) needs neither a loop nor a connection.
+    """
+
+    def __init__(self, settings: SMTPSettings, pool: Callable[[], SMTPPool]) -> None:
         self._settings = settings
+        self._lookup = pool
+        self._found: SMTPPool | None = None
         self.where = settings.server
         self.rate_limits = RateLimits.of(settings)
         self.connections = settings.max_connections
 
     @property
+    def _pool(self) -> SMTPPool:
+        if self._found is None:
+            self._found = self._lookup()
+        return self._found
+
+    @property
     def closed(self) -> bool:
-        return self._pool.closed
+        return self._found is not None and self._found.closed
 
     async def accepts_utf8(self) -> bool:
         return (await self._pool.capabilities()).smtputf8
@@ -438,7 +449,7 @@ def _digest(secret: str) -> str:
 
 def sender(settings: BaseModel, *, target_id: str, target_name: str, login: Login | None) -> SMTPSender:
     """The target's pooled sender; an edited target or account key gets fresh connections."""
-    from mailwright.transport.pool import PoolLimits, shared_pools
+    from mailwright.transport.pool import PoolLimits, shared_pools  # the pool, and aiosmtplib with it
 
     assert isinstance(settings, SMTPSettings)
     # Compared, never shown: the secret enters as a digest, so a changed password is a new pool.
@@ -449,18 +460,21 @@ def sender(settings: BaseModel, *, target_id: str, target_name: str, login: Logi
         login.username if login else None,
         _digest(login.password.reveal()) if login else None,
     )
-    pool = shared_pools().pool(
-        target_id=target_id,
-        identity=identity,
-        endpoint=lambda: settings.endpoint(target_name),
-        login=login,
-        limits=PoolLimits(
-            max_connections=settings.max_connections,
-            max_messages_per_connection=settings.max_messages_per_connection,
-            idle_timeout=settings.idle_timeout,
+    limits = PoolLimits(
+        max_connections=settings.max_connections,
+        max_messages_per_connection=settings.max_messages_per_connection,
+        idle_timeout=settings.idle_timeout,
+    )
+    return SMTPSender(
+        settings,
+        lambda: shared_pools().pool(
+            target_id=target_id,
+            identity=identity,
+            endpoint=lambda: settings.endpoint(target_name),
+            login=login,
+            limits=limits,
         ),
     )
-    return SMTPSender(pool, settings)
 
 
 SMTP_ENDPOINT = register_target_type(
