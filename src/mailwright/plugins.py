@@ -140,7 +140,7 @@ def labels_of(types: list[TargetType]) -> str:
     """ "an SMTP Endpoint or Recording target": for messages that say which types would do."""
     labels = [t.label for t in types]
     text = " or ".join([", ".join(labels[:-1]), labels[-1]] if len(labels) > 1 else labels)
-    article = "an" if text[:1].lower() in "aeiou" or text[:4] in {"SMTP", "IMAP", "POP3"} else "a"
+    article = "an" if text[:1].lower() in "aeiou" or text[:4] in {"SMTP", "IMAP", "HTTP"} else "a"
     return f"{article} {text} target"
 
 
