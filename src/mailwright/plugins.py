@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
-from mailwright.errors import ValidationError
+from mailwright.errors import ConfigError, ValidationError
 
 if TYPE_CHECKING:
+    from mailwright.targets.capabilities import Mailbox, MailSender
     from mailwright.targets.report import ConnectionTestReport
 
 
@@ -37,11 +45,35 @@ class Preset:
 
 
 @dataclass(frozen=True, slots=True)
-class TargetType:
-    """A kind of target: its name in documents, label in the UI, settings model and test.
+class TargetView:
+    """How the faces show a target's settings: the same lines in the CLI and the web."""
 
-    `settings_from_input(values, preset)` applies the preset and the defaults the port
-    implies, and validates; `run_test(settings, target_name=..., login=...)` connects.
+    address: str  # where it points ("smtp.example.org:587"), in lists
+    security: str = ""  # "ssl", "starttls", "none"; blank when the type has no such notion
+    connection: list[tuple[str, str]] = field(default_factory=list)  # (label, text), first
+    details: list[tuple[str, str]] = field(default_factory=list)  # (label, text), after the key
+    warnings: list[str] = field(default_factory=list)  # said loudly wherever the target is shown
+    flags: list[str] = field(default_factory=list)  # short notes beside it in lists
+
+
+@dataclass(frozen=True, slots=True)
+class TargetType:
+    """A kind of target: everything about it, so that no other code needs to know its settings.
+
+    - `settings_model`: a Pydantic model; its fields' metadata (description, bounds,
+      `json_schema_extra` keys read by targets/fields.py) make the web form and the CLI's options.
+    - `settings_from_input(values, preset)` applies the preset and the defaults the
+      values imply, and validates.
+    - `run_test(settings, target_name=..., login=...)` connects and reports.
+    - `describe(settings, account_key=...)` gives the lines the faces show.
+    - `sender(settings, target_id=..., target_name=..., login=...) -> MailSender`, when the
+      type sends mail; `mailbox(settings, target_name=..., login=...)` an async context
+      manager yielding an open `Mailbox`, when it holds mail (`mailbox_folders`: a
+      `FolderMailbox` with folders and UIDs, else a `MessageDrop`).
+
+    `form_defaults` and `linked_values` are data for the web form (see the fields below).
+    A type module imports its transport inside these functions, never at import time:
+    the CLI reads every registered type to build its options.
     """
 
     name: str
@@ -51,7 +83,17 @@ class TargetType:
     account_key_types: tuple[str, ...]
     settings_from_input: Callable[[dict[str, Any], Preset | None], BaseModel]
     run_test: Callable[..., Awaitable[ConnectionTestReport]]
+    describe: Callable[..., TargetView]
     presets: dict[str, Preset] = field(default_factory=dict)
+    sender: Callable[..., MailSender] | None = None
+    mailbox: Callable[..., AbstractAsyncContextManager[Mailbox]] | None = None
+    mailbox_folders: bool = False
+    # Seconds between a mail trigger's looks at the mailbox when it cannot wait for news (IDLE).
+    poll_seconds: Callable[[BaseModel], float] | None = None
+    # The web form: values a new target of this type starts with, and values that follow
+    # another's (a port brings its security mode): {field: {value: {other field: value}}}.
+    form_defaults: dict[str, Any] = field(default_factory=dict)
+    linked_values: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def preset(self, key: str) -> Preset:
         found = self.presets.get(key.lower())
@@ -75,6 +117,11 @@ def register_target_type(target_type: T) -> T:
     return target_type
 
 
+def unregister_target_type(name: str) -> None:
+    """Forget a type (tests that register one of their own put the registry back)."""
+    _TARGET_TYPES.pop(name, None)
+
+
 def target_type(name: str) -> TargetType:
     _load_builtin()
     found = _TARGET_TYPES.get(name.lower())
@@ -87,6 +134,14 @@ def target_type(name: str) -> TargetType:
 def target_types() -> list[TargetType]:
     _load_builtin()
     return list(_TARGET_TYPES.values())
+
+
+def labels_of(types: list[TargetType]) -> str:
+    """ "an SMTP Endpoint or Recording target": for messages that say which types would do."""
+    labels = [t.label for t in types]
+    text = " or ".join([", ".join(labels[:-1]), labels[-1]] if len(labels) > 1 else labels)
+    article = "an" if text[:1].lower() in "aeiou" or text[:4] in {"SMTP", "IMAP", "HTTP"} else "a"
+    return f"{article} {text} target"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +180,55 @@ def activities() -> list[ActivitySpec]:
     return list(_ACTIVITIES.values())
 
 
+PLUGINS_VARIABLE = "MAILWRIGHT_PLUGINS"
+ENTRY_POINT_GROUP = "mailwright.plugins"
+_loaded = False
+
+
 def _load_builtin() -> None:
     # Importing the modules registers them; done lazily so that importing the
     # registry never drags every protocol library in.
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
     import mailwright.activities
     import mailwright.targets  # noqa: F401
+
+    load_plugins(os.environ.get(PLUGINS_VARIABLE, ""))
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
+
+
+def load_plugins(spec: str) -> None:
+    """Import plugin modules: comma-separated module names or paths of .py files.
+
+    A plugin registers its target types and activities when imported (as the
+    built-in modules do). `MAILWRIGHT_PLUGINS` is read the first time the registry
+    is used, so every process (CLI, server, worker) given the variable knows the
+    same types; installed packages can instead declare an entry point in the
+    `mailwright.plugins` group.
+    """
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        if item.endswith(".py"):
+            _import_file(Path(item))
+        elif item not in sys.modules:
+            importlib.import_module(item)
+
+
+def _import_file(path: Path) -> None:
+    name = f"mailwright_plugin_{path.stem}"
+    if name in sys.modules:
+        return
+    found = importlib.util.spec_from_file_location(name, path)
+    if found is None or found.loader is None:
+        raise ConfigError(f"{PLUGINS_VARIABLE}: cannot load {str(path)!r} as a Python module")
+    module = importlib.util.module_from_spec(found)
+    sys.modules[name] = module
+    try:
+        found.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise

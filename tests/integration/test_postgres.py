@@ -8,13 +8,13 @@ import pytest
 import sqlalchemy as sa
 
 from mailwright.config import Settings
+from mailwright.engine.triggers import Mail
 from mailwright.errors import ConflictError
 from mailwright.secrets import Secret
 from mailwright.services.account_keys import AccountKeyCreate
 from mailwright.services.app import Services
 from mailwright.services.sending import SendEmailRequest
 from mailwright.services.targets import TargetCreate
-from mailwright.services.triggers import Mail
 from mailwright.storage.db import SCHEMA_REVISION
 from tests.support.smtpserver import SMTPServerFactory
 

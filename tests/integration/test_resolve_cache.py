@@ -57,9 +57,9 @@ def test_a_kept_resolution_is_the_same_object_until_something_changes(mw: Servic
 
 def test_settings_changed_elsewhere_are_seen(mw: Services, other: Services) -> None:
     _relay(mw)
-    assert mw.targets.resolve("Relay").smtp().port == 2525
+    assert mw.targets.resolve("Relay").target.port == 2525
     other.targets.update("Relay", TargetUpdate(port=2526))
-    assert mw.targets.resolve("Relay").smtp().port == 2526
+    assert mw.targets.resolve("Relay").target.port == 2526
 
 
 def test_a_new_password_elsewhere_is_used(mw: Services, other: Services) -> None:

@@ -8,14 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mailwright.activities.context import ActivityContext
+from mailwright.activities.context import ActivityContext, Files, Targets
 from mailwright.domain.mime_reader import extract_attachment, parse_message
 from mailwright.errors import ValidationError
 from mailwright.plugins import ActivitySpec, register_activity
-from mailwright.services.targets import TargetService
-from mailwright.storage.files import FileStore
-from mailwright.targets.imap import IMAPSettings
-from mailwright.transport.imap import IMAPConnection, quote_string
+from mailwright.targets.capabilities import FolderMailbox
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -50,6 +47,9 @@ def _imap_date(value: date) -> str:
 def _quoted(value: str, field: str) -> str:
     if not value.isascii():
         raise ValidationError(f"{field}: IMAP search terms must be ASCII here", field=field)
+    # Imported here: loading the activities (every CLI start) must not load the IMAP client.
+    from mailwright.transport.imap import quote_string
+
     try:
         return quote_string(value)
     except ValueError as exc:
@@ -76,7 +76,7 @@ def search_criteria(inputs: ReadEmailInput) -> str:
 
 
 def message_output(
-    uid: int, raw: bytes, inputs: ReadEmailInput, *, files: FileStore | None = None
+    uid: int, raw: bytes, inputs: ReadEmailInput, *, files: Files | None = None
 ) -> dict[str, Any] | None:
     """The Read Email fields of one message; None when the has_attachment filter rules it out.
 
@@ -121,20 +121,15 @@ def message_output(
 
 
 async def read_messages(
-    targets: TargetService, target: str, inputs: ReadEmailInput, *, files: FileStore | None = None
+    targets: Targets, target: str, inputs: ReadEmailInput, *, files: Files | None = None
 ) -> dict[str, Any]:
     """Search, fetch (without marking read), parse; then the `after` action on what was read."""
     if inputs.after == "move" and not inputs.move_to:
         raise ValidationError("after: move needs move_to (the folder)", field="move_to")
     resolved = targets.resolve(target, account_key=inputs.account_key)
-    if not isinstance(resolved.settings, IMAPSettings):
-        raise ValidationError(
-            f"target {resolved.target.display_name!r} is an {resolved.target.type_label}; "
-            "read_email needs an IMAP Endpoint target",
-            field="target",
-        )
-    async with IMAPConnection(resolved.settings.endpoint(resolved.target.display_name)) as connection:
-        await connection.open(resolved.login)
+    async with resolved.mailbox("read_email", folders=True) as mailbox:
+        assert isinstance(mailbox, FolderMailbox)
+        connection = mailbox
         uidvalidity, _exists = await connection.select(inputs.folder)
         uids = sorted(await connection.search_uids(search_criteria(inputs)), reverse=inputs.order == "newest")
         fetched = await connection.fetch_rfc822(uids[: inputs.max]) if uids else {}

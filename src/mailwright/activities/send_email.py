@@ -8,9 +8,13 @@ from pydantic import ConfigDict
 
 from mailwright.activities.context import ActivityContext
 from mailwright.domain.message import make_message_id
+from mailwright.domain.send_request import SendEmailRequest, build_outgoing, resolve_sender
 from mailwright.plugins import ActivitySpec, register_activity
-from mailwright.services.ratelimit import INLINE_WAIT, RateLimits
-from mailwright.services.sending import SendEmailRequest, build_outgoing, deliver, resolve_sender
+from mailwright.targets.delivery import deliver_output
+
+# A rate-limit slot this near is waited for in place (the run keeps its claim); a later one
+# raises RateLimitedError and the engine defers the run.
+INLINE_WAIT = 5.0
 
 
 class SendEmailInput(SendEmailRequest):
@@ -24,10 +28,10 @@ class SendEmailInput(SendEmailRequest):
 async def execute(ctx: ActivityContext, inputs: SendEmailInput) -> dict[str, Any]:
     target = inputs.target or ctx.require_target("send_email")
     resolved = ctx.targets.resolve(target, account_key=inputs.account_key or ctx.account_key)
-    # A short wait happens here; a longer one raises RateLimitedError and the engine defers the run.
+    sender = resolved.mail_sender("sending mail")
     await ctx.targets.rate_limits.acquire(
         key=resolved.target.id,
-        limits=RateLimits.of(resolved.smtp()),
+        limits=sender.rate_limits,
         target=resolved.target.display_name,
         max_wait=INLINE_WAIT,
     )
@@ -36,14 +40,15 @@ async def execute(ctx: ActivityContext, inputs: SendEmailInput) -> dict[str, Any
     if message_id is None:
         message_id = make_message_id(message.sender.ascii_domain)
         ctx.remember_message_id(message_id)
-    result = await deliver(
+    return await deliver_output(
         message,
-        resolved,
+        sender,
+        target_name=resolved.target.display_name,
+        account_key=resolved.login.key_name if resolved.login else None,
         continue_if_one_address_valid=inputs.continue_if_one_address_valid,
         message_id=message_id,
         before_data=ctx.mark_sending,
     )
-    return result.model_dump(mode="json")
 
 
 SPEC = register_activity(
@@ -52,6 +57,6 @@ SPEC = register_activity(
         label="Send Email",
         input_model=SendEmailInput,
         execute=execute,
-        description="Send one message through an SMTP Endpoint target.",
+        description="Send one message through a target that sends mail (an SMTP Endpoint, or a plugin's).",
     )
 )

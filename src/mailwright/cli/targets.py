@@ -1,122 +1,144 @@
-"""`mailwright targets`: SMTP Endpoint targets."""
+"""`mailwright targets`: the mail servers (and other targets) Mailwright talks to.
+
+The options of `create` and `update` that set a target's settings are made from the
+registered target types' settings models (targets/fields.py): one option per setting
+name, whose help says which types have it. A plugin's type gets its options without a
+change here. Building them loads no protocol library, database or web stack: the
+services are imported inside the commands.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+import enum
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mailwright.cli.context import services
 from mailwright.cli.output import EXIT_FAILED, print_fields, print_json, print_table
-from mailwright.domain.smtp import Security
-from mailwright.services.targets import TargetCreate, TargetPublic, TargetUpdate
+from mailwright.plugins import target_types
+from mailwright.targets.fields import SettingField, setting_fields
 from mailwright.targets.report import ConnectionTestReport
+
+if TYPE_CHECKING:
+    from mailwright.services.app import Services
+    from mailwright.services.targets import TargetPublic
 
 app = typer.Typer(help="Targets: the mail servers Mailwright talks to.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
-Server = Annotated[str | None, typer.Option("--server", help="SMTP server: host name, IDN or IP")]
-Port = Annotated[int | None, typer.Option("--port", help="465 (ssl), 587 (starttls), 25")]
-SecurityOpt = Annotated[
-    Security | None,
-    typer.Option("--security", help="ssl (implicit TLS), starttls or none; default from the port"),
-]
 AccountKey = Annotated[str | None, typer.Option("--account-key", help="default account key (name or id)")]
 NoAccountKeys = Annotated[bool, typer.Option("--no-account-keys", help="no login: an open relay")]
-CaFile = Annotated[str | None, typer.Option("--ca-file", help="PEM file of the CA to trust for this target")]
-NoVerify = Annotated[
-    bool | None,
-    typer.Option("--disable-certificate-validation", help="accept any certificate (unsafe, reported)"),
-]
-EhloName = Annotated[str | None, typer.Option("--ehlo-name", help="client host name sent in EHLO")]
-Timeout = Annotated[float | None, typer.Option("--timeout", help="seconds for each command (and connecting)")]
-ConnectTimeout = Annotated[
-    float | None, typer.Option("--connect-timeout", help="seconds to connect and get the greeting")
-]
-StarttlsOptional = Annotated[
-    bool | None,
-    typer.Option("--starttls-optional", help="with starttls: go on in plain text when it is not offered"),
-]
 Description = Annotated[str | None, typer.Option("--description")]
-PollingInterval = Annotated[
-    float | None,
-    typer.Option("--polling-interval", help="imap/pop3: seconds between polls of a mail trigger"),
-]
-RatePerSecond = Annotated[
-    int | None, typer.Option("--rate-per-second", help="smtp: at most N messages per second (0: no limit)")
-]
-RatePerMinute = Annotated[
-    int | None, typer.Option("--rate-per-minute", help="smtp: at most N messages per minute (0: no limit)")
-]
-RatePerDay = Annotated[
-    int | None,
-    typer.Option("--rate-per-day", help="smtp: at most N messages per UTC day (0: no limit)"),
-]
-MaxConnections = Annotated[
-    int | None, typer.Option("--max-connections", help="smtp: pooled connections at once (default 8)")
-]
-MaxMessagesPerConnection = Annotated[
-    int | None,
-    typer.Option(
-        "--max-messages-per-connection",
-        help="smtp: messages before a connection is replaced (default 100; Gmail about 100)",
-    ),
-]
-DataTimeout = Annotated[
-    float | None,
-    typer.Option(
-        "--data-timeout",
-        help="smtp: seconds to wait for the reply once a message is sent (default 600, per RFC 5321)",
-    ),
-]
-IdleTimeout = Annotated[
-    float | None, typer.Option("--idle-timeout", help="smtp: seconds before an unused connection closes")
-]
+# One option that sets every setting that names it as its `shortcut` (--timeout: connect and command).
+SHORTCUTS = {"timeout": "seconds for each command (and connecting)"}
 
 
-def _settings(**values: Any) -> dict[str, Any]:
-    timeout = values.pop("timeout")
-    connect_timeout = values.pop("connect_timeout")
-    if values.get("starttls_optional") is not None:
-        values["starttls_required"] = not values.pop("starttls_optional")
-    values.pop("starttls_optional", None)
-    if timeout is not None:
-        values["command_timeout"] = timeout
-        values["connect_timeout"] = timeout
-    if connect_timeout is not None:
-        values["connect_timeout"] = connect_timeout
-    return {k: v for k, v in values.items() if v is not None}
+def services() -> Services:
+    from mailwright.cli.context import services as opened
+
+    return opened()
 
 
-def _timeouts(t: TargetPublic) -> str:
-    text = f"connect {t.connect_timeout:g} s, command {t.command_timeout:g} s"
-    return text if t.data_timeout is None else f"{text}, end of data {t.data_timeout:g} s"
+# --- options made from the settings of the registered types ---------------------------------
+
+
+def _dashed(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _value_type(item: SettingField) -> Any:
+    if item.kind == "choice":
+        return enum.StrEnum(item.name.title().replace("_", ""), {c: c for c in item.choices})
+    return {"integer": int, "number": float, "flag": bool}.get(item.kind, str)
+
+
+def _option(item: SettingField, *, update: bool) -> tuple[str, Any]:
+    """(parameter name, annotation) of the option that sets `item`."""
+    help_text = _cli_help(item)
+    if item.kind != "flag":
+        return item.name, Annotated[
+            _value_type(item) | None, typer.Option(_dashed(item.name), help=help_text)
+        ]
+    on = item.form_flag or item.name  # an inverted flag (--starttls-optional) names the opposite
+    off = item.name if item.form_flag else f"no_{item.name}"
+    off = str(item.off_flag or off)
+    declaration = f"{_dashed(on)}/{_dashed(off)}" if update else _dashed(on)
+    return on, Annotated[bool | None, typer.Option(declaration, help=help_text)]
+
+
+def _cli_help(item: SettingField) -> str:
+    text = item.flag_help if item.form_flag and item.flag_help else (item.cli_help or item.help or item.name)
+    types = item.types[0] if len(item.types) == 1 else ", ".join(item.types)
+    return f"{types}: {text}"
+
+
+def _setting_options(*, update: bool) -> tuple[list[inspect.Parameter], list[SettingField]]:
+    fields = setting_fields(target_types())
+    params = []
+    shortcuts = {item.shortcut for item in fields if item.shortcut}
+    for name in sorted(s for s in shortcuts if s in SHORTCUTS):
+        annotation = Annotated[float | None, typer.Option(_dashed(name), help=SHORTCUTS[name])]
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        )
+    for item in fields:
+        name, annotation = _option(item, update=update)
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        )
+    return params, fields
+
+
+def settings_values(fields: list[SettingField], given: dict[str, Any]) -> dict[str, Any]:
+    """The settings the options gave (None: not given), as the target types take them."""
+    values: dict[str, Any] = {}
+    for item in fields:
+        if item.shortcut and given.get(item.shortcut) is not None:
+            values[item.name] = given[item.shortcut]
+    for item in fields:
+        value = given.get(item.form_flag or item.name)
+        if value is None:
+            continue
+        if item.form_flag:
+            value = not value  # --starttls-optional sets starttls_required to False
+        values[item.name] = value.value if isinstance(value, enum.Enum) else value
+    return values
+
+
+def _with_settings(command: Callable[..., None], *, update: bool) -> Callable[..., None]:
+    """`command(settings=..., **fixed)` as a Typer command whose signature has the settings' options."""
+    params, fields = _setting_options(update=update)
+    fixed = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
+    taken = {p.name for p in fixed}
+
+    def run(**given: Any) -> None:
+        settings = settings_values(fields, {k: v for k, v in given.items() if k not in taken})
+        command(settings=settings, **{k: v for k, v in given.items() if k in taken})
+
+    run.__signature__ = inspect.Signature([*fixed, *(p for p in params if p.name not in taken)])  # type: ignore[attr-defined]
+    run.__doc__ = command.__doc__
+    run.__name__ = command.__name__
+    return run
+
+
+# --- showing a target -------------------------------------------------------------------
 
 
 def _show(t: TargetPublic) -> None:
     last = t.last_test
+    view = t.view()
     print_fields(
         [
             ("Display Name", t.display_name),
             ("Type", t.type_label),
             ("Description", t.description),
-            (f"{t.protocol} Server", t.server),
-            (f"{t.protocol} Port", t.port),
-            ("Protocol", t.protocol),
-            ("Security", t.security.value + (" (optional)" if _optional_starttls(t) else "")),
+            *view.connection,
             ("No Account Keys", t.no_account_keys),
             ("Account Key", t.account_key or ""),
-            ("CA file", t.ca_file or "(system trust store)"),
-            (
-                "Certificates",
-                "NOT VALIDATED (unsafe)" if t.disable_certificate_validation else "validated",
-            ),
-            *([("EHLO name", t.ehlo_name or "(this host's name)")] if t.protocol == "SMTP" else []),
-            *([("Polling interval", f"{t.polling_interval:g} s")] if t.polling_interval else []),
-            ("Timeouts", _timeouts(t)),
-            *([("Rate limits", rates)] if (rates := t.rate_limits_text()) else []),
-            *([("Connection pool", pool)] if (pool := t.pool_text()) else []),
+            *view.details,
             (
                 "Last test",
                 f"{'OK' if last.ok else 'FAILED'} at {last.at:%Y-%m-%d %H:%M} — {last.summary}"
@@ -128,76 +150,34 @@ def _show(t: TargetPublic) -> None:
     )
 
 
-def _optional_starttls(t: TargetPublic) -> bool:
-    return t.security is Security.STARTTLS and not t.starttls_required
-
-
 def _warn_unsafe(t: TargetPublic) -> None:
-    if t.security is Security.NONE and t.account_key:
-        typer.secho(
-            f"warning: THE LOGIN TRAVELS IN CLEAR TEXT: {t.display_name!r} has no TLS, so the password "
-            f"of account key {t.account_key!r} crosses the network unencrypted (choose ssl or starttls)",
-            fg="yellow",
-            err=True,
-        )
-    if t.disable_certificate_validation:
-        typer.secho(
-            f"warning: certificate validation is DISABLED for {t.display_name!r}; anyone on the "
-            "network path can impersonate the server (use --ca-file instead)",
-            fg="yellow",
-            err=True,
-        )
+    for warning in t.view().warnings:
+        typer.secho(f"warning: {warning}", fg="yellow", err=True)
 
 
-@app.command("create")
+def _where(t: TargetPublic) -> str:
+    view = t.view()
+    return " ".join(part for part in (view.address, view.security) if part)
+
+
 def create(
     name: Annotated[str, typer.Option("--name", help="unique display name")],
-    target_type: Annotated[str, typer.Option("--type", help="target type: smtp, imap or pop3")] = "smtp",
+    target_type: Annotated[
+        str, typer.Option("--type", help="target type: " + ", ".join(t.name for t in target_types()))
+    ] = "smtp",
     preset: Annotated[
         str | None, typer.Option("--preset", help="gmail, outlook, yahoo, icloud, fastmail, zoho")
     ] = None,
-    server: Server = None,
-    port: Port = None,
-    security: SecurityOpt = None,
     account_key: AccountKey = None,
     no_account_keys: NoAccountKeys = False,
-    ca_file: CaFile = None,
-    disable_certificate_validation: NoVerify = None,
-    ehlo_name: EhloName = None,
-    timeout: Timeout = None,
-    connect_timeout: ConnectTimeout = None,
-    starttls_optional: StarttlsOptional = None,
-    polling_interval: PollingInterval = None,
-    rate_per_second: RatePerSecond = None,
-    rate_per_minute: RatePerMinute = None,
-    rate_per_day: RatePerDay = None,
-    max_connections: MaxConnections = None,
-    max_messages_per_connection: MaxMessagesPerConnection = None,
-    idle_timeout: IdleTimeout = None,
-    data_timeout: DataTimeout = None,
     description: Description = None,
     as_json: JsonOpt = False,
+    *,
+    settings: dict[str, Any],
 ) -> None:
     """Create a target. Give --account-key NAME, or --no-account-keys for an open relay."""
-    values = _settings(
-        server=server,
-        port=port,
-        security=security,
-        ca_file=ca_file,
-        disable_certificate_validation=disable_certificate_validation,
-        ehlo_name=ehlo_name,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        starttls_optional=starttls_optional,
-        polling_interval=polling_interval,
-        rate_per_second=rate_per_second,
-        rate_per_minute=rate_per_minute,
-        rate_per_day=rate_per_day,
-        max_connections=max_connections,
-        max_messages_per_connection=max_messages_per_connection,
-        idle_timeout=idle_timeout,
-        data_timeout=data_timeout,
-    )
+    from mailwright.services.targets import TargetCreate
+
     target = services().targets.create(
         TargetCreate(
             display_name=name,
@@ -206,7 +186,7 @@ def create(
             description=description,
             account_key=account_key,
             no_account_keys=no_account_keys,
-            **values,
+            **settings,
         )
     )
     _warn_unsafe(target)
@@ -214,9 +194,11 @@ def create(
         print_json(target)
     else:
         typer.echo(
-            f"created {target.type_label} target {target.display_name!r}: "
-            f"{target.server}:{target.port} {target.security.value} ({target.id})"
+            f"created {target.type_label} target {target.display_name!r}: {_where(target)} ({target.id})"
         )
+
+
+app.command("create")(_with_settings(create, update=False))
 
 
 @app.command("list")
@@ -226,20 +208,20 @@ def list_targets(as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(targets)
         return
-    print_table(
-        ["DISPLAY NAME", "TYPE", "SERVER", "SECURITY", "ACCOUNT KEY", "LAST TEST"],
-        [
+    rows = []
+    for t in targets:
+        view = t.view()
+        rows.append(
             [
                 t.display_name,
                 t.type_label,
-                f"{t.server}:{t.port}",
-                t.security.value,
+                view.address,
+                view.security,
                 t.account_key or "(none)",
                 ("OK" if t.last_test.ok else "FAILED") if t.last_test else "never",
             ]
-            for t in targets
-        ],
-    )
+        )
+    print_table(["DISPLAY NAME", "TYPE", "SERVER", "SECURITY", "ACCOUNT KEY", "LAST TEST"], rows)
 
 
 @app.command("show")
@@ -253,63 +235,21 @@ def show(ref: Annotated[str, typer.Argument(help="display name or id")], as_json
     _warn_unsafe(target)
 
 
-@app.command("update")
 def update(
     ref: Annotated[str, typer.Argument(help="display name or id")],
     name: Annotated[str | None, typer.Option("--name", help="new display name")] = None,
-    server: Server = None,
-    port: Port = None,
-    security: SecurityOpt = None,
     account_key: AccountKey = None,
     no_account_keys: Annotated[
         bool | None, typer.Option("--no-account-keys", help="no login: an open relay")
     ] = None,
-    ca_file: CaFile = None,
-    disable_certificate_validation: Annotated[
-        bool | None,
-        typer.Option(
-            "--disable-certificate-validation/--enable-certificate-validation",
-            help="turn certificate validation off (unsafe) or back on",
-        ),
-    ] = None,
-    ehlo_name: EhloName = None,
-    timeout: Timeout = None,
-    connect_timeout: ConnectTimeout = None,
-    starttls_optional: Annotated[
-        bool | None,
-        typer.Option("--starttls-optional/--starttls-required", help="with starttls: is it optional?"),
-    ] = None,
-    polling_interval: PollingInterval = None,
-    rate_per_second: RatePerSecond = None,
-    rate_per_minute: RatePerMinute = None,
-    rate_per_day: RatePerDay = None,
-    max_connections: MaxConnections = None,
-    max_messages_per_connection: MaxMessagesPerConnection = None,
-    idle_timeout: IdleTimeout = None,
-    data_timeout: DataTimeout = None,
     description: Description = None,
     as_json: JsonOpt = False,
+    *,
+    settings: dict[str, Any],
 ) -> None:
     """Change a target; only the options given change."""
-    values = _settings(
-        server=server,
-        port=port,
-        security=security,
-        ca_file=ca_file,
-        disable_certificate_validation=disable_certificate_validation,
-        ehlo_name=ehlo_name,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        starttls_optional=starttls_optional,
-        polling_interval=polling_interval,
-        rate_per_second=rate_per_second,
-        rate_per_minute=rate_per_minute,
-        rate_per_day=rate_per_day,
-        max_connections=max_connections,
-        max_messages_per_connection=max_messages_per_connection,
-        idle_timeout=idle_timeout,
-        data_timeout=data_timeout,
-    )
+    from mailwright.services.targets import TargetUpdate
+
     target = services().targets.update(
         ref,
         TargetUpdate(
@@ -317,7 +257,7 @@ def update(
             description=description,
             account_key=account_key,
             no_account_keys=no_account_keys,
-            **values,
+            **settings,
         ),
     )
     _warn_unsafe(target)
@@ -325,6 +265,9 @@ def update(
         print_json(target)
     else:
         typer.echo(f"updated target {target.display_name!r}")
+
+
+app.command("update")(_with_settings(update, update=True))
 
 
 @app.command("delete")

@@ -71,14 +71,13 @@ from mailwright.errors import (
     TargetTLSError,
 )
 from mailwright.services.batches import BatchMessage, sender_of
-from mailwright.services.ratelimit import RateLimits
-from mailwright.services.sending import build_outgoing, deliver_output, target_pool
+from mailwright.services.sending import build_outgoing, deliver_output
 from mailwright.services.targets import ResolvedTarget
 from mailwright.storage.batch_steps import OPEN, batch_steps
 from mailwright.storage.db import Database
 from mailwright.storage.group import BLIP_WAITS, is_blip
 from mailwright.storage.tables import RunRow, RunStepRow, utcnow
-from mailwright.transport.pool import SMTPPool
+from mailwright.targets.capabilities import MailSender
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +311,7 @@ class BatchRunner:
         self._stop: _Stop | None = None
         self._resolved: dict[tuple[str, str | None], ResolvedTarget] = {}
         self._senders: dict[tuple[str, str | None], Address] = {}
-        self._pools: dict[int, SMTPPool] = {}  # by id() of the entries of `_resolved`
+        self._pools: dict[int, MailSender] = {}  # by id() of the entries of `_resolved`
         self._target = ""
         self._account_key: str | None = None
         self._concurrency = 16
@@ -503,7 +502,7 @@ class BatchRunner:
                     resolved,
                     continue_if_one_address_valid=request.continue_if_one_address_valid,
                     message_id=step.message_id,
-                    pool=self._pool_of(resolved),
+                    sender=self._pool_of(resolved),
                     before_data=functools.partial(self._mark_sending, step),
                 )
             except LeaseLostError:
@@ -560,16 +559,16 @@ class BatchRunner:
         sender = sender_of(request, resolved, cache=self._senders)
         return build_outgoing(request, sender, files=self._executor._files), resolved, request
 
-    def _pool_of(self, resolved: ResolvedTarget) -> SMTPPool:
+    def _pool_of(self, resolved: ResolvedTarget) -> MailSender:
         # Looked up once per target and key of the batch: the lookup digests the key's secret.
         pool = self._pools.get(id(resolved))
         if pool is None or pool.closed:
-            pool = self._pools[id(resolved)] = target_pool(resolved)
+            pool = self._pools[id(resolved)] = resolved.mail_sender("sending mail")
         return pool
 
     async def _throttle(self, step: _Step, resolved: ResolvedTarget) -> bool:
         """Wait for the target's rate-limit slot; False if the batch was stopped meanwhile."""
-        limits = RateLimits.of(resolved.settings)
+        limits = self._pool_of(resolved).rate_limits
         if not limits:
             return True
         try:

@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
-from typing import Any
+from typing import Any, Literal, Protocol
 
+from mailwright.activities.context import Files, Targets
 from mailwright.activities.read_email import ReadEmailInput, message_output
-from mailwright.domain.triggers import AfterSuccessAction, matches
-from mailwright.errors import MailwrightError, TargetError
-from mailwright.services.app import Services
-from mailwright.services.targets import ResolvedTarget
-from mailwright.services.triggers import Mail, Outcome, Retry, TriggerPlan, TriggerStatus
-from mailwright.targets.imap import IMAPSettings
-from mailwright.targets.pop3 import POP3Settings
-from mailwright.transport.imap import IMAPConnection
-from mailwright.transport.pop3 import POP3Connection
+from mailwright.domain.triggers import AfterSuccessAction, EmailTrigger, matches
+from mailwright.errors import MailwrightError, TargetError, ValidationError
+from mailwright.targets.capabilities import FolderMailbox, Mailbox, MessageDrop
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,139 @@ PENDING_CHECK_SECONDS = 1.0  # while runs are out, look for their outcomes this 
 MAX_PER_SCAN = 100  # mail taken per pass, so a flood does not hold the connection for long
 MAX_BACKOFF = 300.0
 POP3_FOLDER = "INBOX"
+DEFAULT_POLL_SECONDS = 30.0  # when the target's type does not say
+PURPOSE = "an email trigger"
+
+
+TriggerStatus = Literal["starting", "polling", "idle", "paused", "errored", "disabled"]
+SettledStatus = Literal["succeeded", "failed", "retrying", "started"]
+
+
+@dataclass(frozen=True)
+class TriggerPlan:
+    """An enabled trigger as a watcher needs it."""
+
+    state_id: str
+    workflow_id: str
+    workflow_name: str
+    position: int
+    trigger: EmailTrigger
+    target_id: str
+    target_type: str
+    # Changes whenever the document, the target or its key changes: the watcher restarts.
+    fingerprint: str
+    status: str = "starting"  # "starting" once more after a watcher reported: it was re-enabled
+
+
+@dataclass(frozen=True)
+class Mail:
+    """One mail a watcher found: its key, its Read Email fields, and whether it meets the conditions."""
+
+    key: str
+    message: dict[str, Any] | None
+    start: bool = True
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A taken mail whose run has finished: its after-success action or failure handling is due."""
+
+    message_row_id: str
+    workflow_id: str
+    position: int
+    target_id: str
+    folder: str
+    uidvalidity: int
+    uid: int | None
+    message_key: str
+    run_id: str
+    run_status: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A mail whose run failed and that is due for a new run (on_failure: retry)."""
+
+    message_row_id: str
+    workflow_id: str
+    position: int
+    uid: int | None
+    message_key: str
+    attempts: int
+
+
+class TriggerStore(Protocol):
+    """The triggers' stored state and one-run-per-mail bookkeeping (services/triggers.py)."""
+
+    def plans(self) -> list[TriggerPlan]: ...
+
+    def heartbeat(self, state_ids: list[str]) -> None: ...
+
+    def set_status(self, state_id: str, status: TriggerStatus, error: str | None = None) -> None: ...
+
+    def position(self, state_id: str) -> tuple[int | None, int | None, datetime | None]: ...
+
+    def advance(self, state_id: str, *, uidvalidity: int, last_uid: int, baseline: bool = False) -> None: ...
+
+    def mark_baseline(self, state_id: str) -> None: ...
+
+    def known_keys(self, plan: TriggerPlan, *, folder: str, uidvalidity: int) -> set[str]: ...
+
+    def take(
+        self,
+        plan: TriggerPlan,
+        *,
+        folder: str,
+        uidvalidity: int,
+        message_key: str,
+        message: dict[str, Any] | None,
+        start: bool = True,
+    ) -> str | None: ...
+
+    def take_many(
+        self,
+        plan: TriggerPlan,
+        *,
+        folder: str,
+        uidvalidity: int,
+        mails: list[Mail],
+        last_uid: int | None = None,
+    ) -> list[str]: ...
+
+    def outcomes(self, plan: TriggerPlan) -> list[Outcome]: ...
+
+    def pending(self, plan: TriggerPlan) -> bool: ...
+
+    def claim(self, message_row_id: str) -> bool: ...
+
+    def settle(
+        self,
+        message_row_id: str,
+        status: SettledStatus,
+        *,
+        error: str | None = None,
+        retry_after: int | None = None,
+    ) -> None: ...
+
+    def due_retries(self, plan: TriggerPlan) -> list[Retry]: ...
+
+    def restart(
+        self, plan: TriggerPlan, retry: Retry, *, folder: str, message: dict[str, Any]
+    ) -> str | None: ...
+
+
+class TriggerHost(Protocol):
+    """What the watchers use: the trigger store, the targets, and where attachments go."""
+
+    @property
+    def triggers(self) -> TriggerStore: ...
+
+    @property
+    def targets(self) -> Targets: ...
+
+    @property
+    def files(self) -> Files | None: ...
 
 
 def describe(exc: BaseException) -> str:
@@ -56,7 +189,7 @@ class TriggerManager:
 
     def __init__(
         self,
-        services: Services,
+        services: TriggerHost,
         *,
         reconcile_seconds: float = RECONCILE_SECONDS,
         idle_seconds: float = IDLE_SECONDS,
@@ -132,6 +265,7 @@ class Watcher:
         )
         self._pop3_keys: dict[str, str] = {}  # UIDL → key, for this session of the mailbox
         self.reported = False  # set once this watcher has written a state
+        self.has_folders = True  # the target's mailbox has folders (IMAP), else one drop (POP3)
 
     async def report(self, status: TriggerStatus, error: str | None = None) -> None:
         await asyncio.to_thread(self.triggers.set_status, self.plan.state_id, status, error)
@@ -144,17 +278,22 @@ class Watcher:
         while True:
             try:
                 resolved = await asyncio.to_thread(self.manager.services.targets.resolve, self.plan.target_id)
-                if isinstance(resolved.settings, IMAPSettings):
-                    await self._watch_imap(resolved, resolved.settings)
-                elif isinstance(resolved.settings, POP3Settings):
-                    await self._watch_pop3(resolved, resolved.settings)
-                else:
+                try:
+                    resolved.mailbox(PURPOSE)  # refused at once when the target holds no mail
+                except ValidationError as exc:
                     raise TargetError(
-                        f"target {resolved.target.display_name!r} is an {resolved.target.type_label}; "
-                        "an email trigger needs an IMAP or POP3 Endpoint target",
+                        exc.message,
                         target=resolved.target.display_name,
-                        hint="point the trigger at an IMAP or POP3 target and save the workflow again",
-                    )
+                        hint="point the trigger at a target that holds mail and save the workflow again",
+                    ) from None
+                poll = self.manager.poll_seconds or resolved.poll_seconds() or DEFAULT_POLL_SECONDS
+                self.has_folders = resolved.has_folders()
+                if self.has_folders:
+                    async with resolved.mailbox(PURPOSE, folders=True) as mailbox:
+                        assert isinstance(mailbox, FolderMailbox)
+                        await self._watch_imap(mailbox, poll)
+                else:
+                    await self._watch_pop3(functools.partial(resolved.mailbox, PURPOSE, folders=False), poll)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -171,28 +310,25 @@ class Watcher:
 
     # --- IMAP -------------------------------------------------------------------
 
-    async def _watch_imap(self, resolved: ResolvedTarget, settings: IMAPSettings) -> None:
+    async def _watch_imap(self, imap: FolderMailbox, poll: float) -> None:
         folder = self.plan.trigger.folder
-        poll = self.manager.poll_seconds or settings.polling_interval
-        async with IMAPConnection(settings.endpoint(resolved.target.display_name)) as imap:
-            await imap.open(resolved.login)
-            use_idle = "IDLE" in imap.capabilities
-            while True:
-                uidvalidity, _count = await imap.select(folder)
-                more = await self._scan_imap(imap, uidvalidity)
-                pending = await self._outcomes_imap(imap, uidvalidity)
-                self.backoff = 1.0
-                if more:
-                    continue  # a flood: take the next batch at once
-                status: TriggerStatus = "idle" if use_idle else "polling"
-                await self.report(status)
-                wait = PENDING_CHECK_SECONDS if pending else (self.manager.idle_seconds if use_idle else poll)
-                if use_idle:
-                    await imap.idle(timeout=wait)
-                else:
-                    await asyncio.sleep(wait)
+        use_idle = "IDLE" in imap.capabilities
+        while True:
+            uidvalidity, _count = await imap.select(folder)
+            more = await self._scan_imap(imap, uidvalidity)
+            pending = await self._outcomes_imap(imap, uidvalidity)
+            self.backoff = 1.0
+            if more:
+                continue  # a flood: take the next batch at once
+            status: TriggerStatus = "idle" if use_idle else "polling"
+            await self.report(status)
+            wait = PENDING_CHECK_SECONDS if pending else (self.manager.idle_seconds if use_idle else poll)
+            if use_idle:
+                await imap.idle(timeout=wait)
+            else:
+                await asyncio.sleep(wait)
 
-    async def _baseline(self, imap: IMAPConnection, uidvalidity: int) -> int:
+    async def _baseline(self, imap: FolderMailbox, uidvalidity: int) -> int:
         stored, last_uid, baseline_at = await asyncio.to_thread(self.triggers.position, self.plan.state_id)
         if stored == uidvalidity and last_uid is not None:
             return last_uid
@@ -216,7 +352,7 @@ class Watcher:
         )
         return start
 
-    async def _scan_imap(self, imap: IMAPConnection, uidvalidity: int) -> bool:
+    async def _scan_imap(self, imap: FolderMailbox, uidvalidity: int) -> bool:
         """Take the mail above the high-water mark; True when more than one batch was waiting."""
         last_uid = await self._baseline(imap, uidvalidity)
         found = await imap.search_uids(f"UID {last_uid + 1}:*")
@@ -248,7 +384,7 @@ class Watcher:
             self.triggers.take_many, self.plan, folder=folder, uidvalidity=uidvalidity, mails=mails
         )
 
-    async def _outcomes_imap(self, imap: IMAPConnection, uidvalidity: int) -> bool:
+    async def _outcomes_imap(self, imap: FolderMailbox, uidvalidity: int) -> bool:
         """Apply after-success actions and failure handling; True while runs are still out."""
         for outcome in await asyncio.to_thread(self.triggers.outcomes, self.plan):
             if await asyncio.to_thread(self.triggers.claim, outcome.message_row_id):
@@ -257,7 +393,7 @@ class Watcher:
             await self._retry_imap(imap, uidvalidity, retry)
         return await asyncio.to_thread(self.triggers.pending, self.plan)
 
-    async def _settle_imap(self, imap: IMAPConnection, uidvalidity: int, outcome: Outcome) -> None:
+    async def _settle_imap(self, imap: FolderMailbox, uidvalidity: int, outcome: Outcome) -> None:
         if outcome.run_status != "succeeded":
             await self._failed(outcome)
             return
@@ -301,7 +437,7 @@ class Watcher:
                 retry_after=policy.retry_after,
             )
             return
-        where = "the mailbox" if self.plan.target_type == "pop3" else repr(outcome.folder)
+        where = repr(outcome.folder) if self.has_folders else "the mailbox"
         await asyncio.to_thread(
             self.triggers.settle,
             outcome.message_row_id,
@@ -310,7 +446,7 @@ class Watcher:
             f"the mail stays in {where}, untouched",
         )
 
-    async def _retry_imap(self, imap: IMAPConnection, uidvalidity: int, retry: Retry) -> None:
+    async def _retry_imap(self, imap: FolderMailbox, uidvalidity: int, retry: Retry) -> None:
         fetched = await imap.fetch_rfc822([retry.uid]) if retry.uid is not None else {}
         raw = fetched.get(retry.uid) if retry.uid is not None else None
         if raw is None or retry.uid is None:
@@ -331,12 +467,13 @@ class Watcher:
 
     # --- POP3 -------------------------------------------------------------------
 
-    async def _watch_pop3(self, resolved: ResolvedTarget, settings: POP3Settings) -> None:
-        poll = self.manager.poll_seconds or settings.polling_interval
+    async def _watch_pop3(
+        self, open_drop: Callable[[], AbstractAsyncContextManager[Mailbox]], poll: float
+    ) -> None:
         while True:
-            async with POP3Connection(settings.endpoint(resolved.target.display_name)) as pop3:
-                await pop3.open(resolved.login)
-                settled = await self._pass_pop3(pop3)
+            async with open_drop() as mailbox:
+                assert isinstance(mailbox, MessageDrop)
+                settled = await self._pass_pop3(mailbox)
             # Deletions take effect at QUIT, so the mail counts as handled only after it.
             for row_id in settled:
                 await asyncio.to_thread(self.triggers.settle, row_id, "succeeded")
@@ -345,7 +482,7 @@ class Watcher:
             pending = await asyncio.to_thread(self.triggers.pending, self.plan)
             await asyncio.sleep(PENDING_CHECK_SECONDS if pending else poll)
 
-    async def _pop3_key(self, pop3: POP3Connection, number: int, uidl: str) -> str:
+    async def _pop3_key(self, pop3: MessageDrop, number: int, uidl: str) -> str:
         known = self._pop3_keys.get(uidl)
         if known is None:
             headers = BytesHeaderParser(policy=default_policy).parsebytes(await pop3.top(number, 0))
@@ -354,7 +491,7 @@ class Watcher:
             self._pop3_keys[uidl] = known
         return known
 
-    async def _pass_pop3(self, pop3: POP3Connection) -> list[str]:
+    async def _pass_pop3(self, pop3: MessageDrop) -> list[str]:
         listing = await pop3.uidl()
         _validity, _last, baseline_at = await asyncio.to_thread(self.triggers.position, self.plan.state_id)
         first = baseline_at is None and not self.plan.trigger.include_existing
@@ -387,7 +524,7 @@ class Watcher:
             await asyncio.to_thread(self.triggers.mark_baseline, self.plan.state_id)
         return await self._outcomes_pop3(pop3, by_key)
 
-    async def _outcomes_pop3(self, pop3: POP3Connection, by_key: dict[str, int]) -> list[str]:
+    async def _outcomes_pop3(self, pop3: MessageDrop, by_key: dict[str, int]) -> list[str]:
         settled: list[str] = []
         for outcome in await asyncio.to_thread(self.triggers.outcomes, self.plan):
             if not await asyncio.to_thread(self.triggers.claim, outcome.message_row_id):

@@ -15,7 +15,7 @@ from mailwright.services import audit
 from mailwright.services.common import clean_name, find
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AccountKeyRow, TargetRow, name_key, utcnow
-from mailwright.transport.smtp import Login
+from mailwright.transport.base import Login
 
 KIND = "email_credentials"
 

@@ -138,7 +138,7 @@ class BatchService:
         if idempotency is not None and (first := self._keys.first_run(idempotency)) is not None:
             return self._replayed(first)
         resolved = self._targets.resolve(target, account_key=account_key)
-        resolved.smtp()  # a clear error now if the target cannot send mail
+        resolved.mail_sender("sending mail")  # a clear error now if the target cannot send mail
         workers = _concurrency(concurrency, resolved)
         # The key is written with the run while it is `preparing`: a refused or abandoned batch
         # is deleted, and its key with it (ON DELETE CASCADE), so the key can be used again.
@@ -296,7 +296,7 @@ class BatchService:
             # Only a message that names another target (or key) costs a lookup.
             reference = request.target or targets["", batch_key].target.id
             resolved = self._targets.resolve(reference, account_key=key)
-            resolved.smtp()
+            resolved.mail_sender("sending mail")
             targets[which] = resolved
         sender = sender_of(request, resolved, cache=senders)
         build_outgoing(request, sender, files=self._files)
@@ -506,7 +506,7 @@ def _concurrency(requested: int | None, resolved: ResolvedTarget) -> int:
     # The target's pool opens at most `max_connections`. Four messages in hand per connection
     # keep each one pipelining (one round trip per message) while the next ones are built;
     # with two, a 20 ms relay got 570 msg/s over 16 connections, with four about 700.
-    connections = getattr(resolved.settings, "max_connections", None)
-    if isinstance(connections, int) and connections > 0:
+    connections = resolved.mail_sender("sending mail").connections
+    if connections > 0:
         return min(MAX_CONCURRENCY, max(DEFAULT_CONCURRENCY, 4 * connections))
     return DEFAULT_CONCURRENCY

@@ -20,9 +20,8 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import Integer, String, cast, delete, update
 from sqlalchemy.exc import IntegrityError
@@ -30,37 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from mailwright.errors import RateLimitedError
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AppSettingRow, utcnow
-
-# Waits up to this long happen in place (the run keeps its claim); longer ones defer the run.
-INLINE_WAIT = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimits:
-    per_second: int | None = None
-    per_minute: int | None = None
-    per_day: int | None = None
-
-    @classmethod
-    def of(cls, settings: Any) -> RateLimits:
-        """The limits stored with a target's settings (types without them are unlimited)."""
-        return cls(
-            per_second=getattr(settings, "rate_per_second", None),
-            per_minute=getattr(settings, "rate_per_minute", None),
-            per_day=getattr(settings, "rate_per_day", None),
-        )
-
-    def __bool__(self) -> bool:
-        return any((self.per_second, self.per_minute, self.per_day))
-
-    def windows(self) -> list[tuple[int, float]]:
-        """(limit, seconds) of the in-memory sliding windows."""
-        out: list[tuple[int, float]] = []
-        if self.per_second:
-            out.append((self.per_second, 1.0))
-        if self.per_minute:
-            out.append((self.per_minute, 60.0))
-        return out
+from mailwright.targets.capabilities import RateLimits  # what a target's sender declares
 
 
 class Clock(Protocol):
@@ -250,7 +219,6 @@ def limiter_for(db: Database, *, clock: Clock | None = None) -> RateLimiter:
 
 
 __all__ = [
-    "INLINE_WAIT",
     "Clock",
     "DatabaseDayCounter",
     "DayCounter",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,81 +12,46 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from mailwright.domain.smtp import Security
 from mailwright.domain.workflows import WorkflowDocument, references
 from mailwright.errors import ConflictError, ValidationError
-from mailwright.plugins import target_type
+from mailwright.plugins import TargetType, TargetView, labels_of, target_type, target_types
 from mailwright.services import audit
 from mailwright.services.account_keys import NAME_SCHEMA, AccountKeyService
 from mailwright.services.common import clean_name, find
 from mailwright.services.ratelimit import limiter_for
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AccountKeyRow, AppSettingRow, TargetRow, WorkflowRow, name_key, utcnow
+from mailwright.targets import smtp as capture
+from mailwright.targets.capabilities import Mailbox, MailSender
 from mailwright.targets.report import ConnectionTestReport
-from mailwright.targets.smtp import SMTPSettings
-from mailwright.transport.smtp import Login
+from mailwright.transport.base import Login
 
 _SANDBOX_FLAG = "sandbox_target_created"
 
-# Fields of the SMTP settings a create or update may carry.
-_SETTING_FIELDS = (
-    "server",
-    "port",
-    "security",
-    "starttls_required",
-    "ca_file",
-    "disable_certificate_validation",
-    "ehlo_name",
-    "connect_timeout",
-    "command_timeout",
-    "data_timeout",
-    "polling_interval",
-    "rate_per_second",
-    "rate_per_minute",
-    "rate_per_day",
-    "max_connections",
-    "max_messages_per_connection",
-    "idle_timeout",
-)
-
 
 class _TargetFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """What every target has; the settings of its type come as further fields (`model_extra`)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "description": "Also the settings of the target's type (server, port, security… for SMTP, "
+            "IMAP and POP3): GET /api/v1/target-types lists the types."
+        },
+    )
 
     description: str | None = None
-    server: str | None = Field(default=None, description="SMTP server host name, IDN or IP")
-    port: int | None = Field(default=None, ge=1, le=65535)
-    security: Security | None = Field(default=None, description="ssl, starttls or none")
-    starttls_required: bool | None = None
-    ca_file: str | None = None
-    disable_certificate_validation: bool | None = None
-    ehlo_name: str | None = None
-    connect_timeout: float | None = Field(default=None, gt=0, le=300)
-    command_timeout: float | None = Field(default=None, gt=0, le=3600)
-    data_timeout: float | None = Field(
-        default=None, gt=0, le=3600, description="SMTP: seconds to wait for the reply to the end of data"
-    )
-    polling_interval: float | None = Field(default=None, ge=5, le=86_400, description="IMAP/POP3: seconds")
-    rate_per_second: int | None = Field(default=None, ge=0, description="SMTP: messages/second; 0: no limit")
-    rate_per_minute: int | None = Field(default=None, ge=0, description="SMTP: messages/minute; 0: no limit")
-    rate_per_day: int | None = Field(default=None, ge=0, description="SMTP: messages/day (UTC); 0: no limit")
-    max_connections: int | None = Field(default=None, ge=1, le=256, description="SMTP: pooled connections")
-    max_messages_per_connection: int | None = Field(
-        default=None, ge=1, le=100_000, description="SMTP: messages before a connection is replaced"
-    )
-    idle_timeout: float | None = Field(default=None, gt=0, le=3600, description="SMTP: seconds idle")
     account_key: str | None = Field(default=None, description="default account key, by name or id")
     no_account_keys: bool | None = Field(default=None, description="True for open relays")
 
     def settings_values(self) -> dict[str, Any]:
-        values = {f: getattr(self, f) for f in _SETTING_FIELDS if getattr(self, f) is not None}
-        # A rate limit of 0 removes the limit (None is "leave it as it is" in an update).
-        return {k: None if k.startswith("rate_per_") and v == 0 else v for k, v in values.items()}
+        """The settings given (None is "leave it as it is" in an update); the type validates them."""
+        return {k: v for k, v in (self.model_extra or {}).items() if v is not None}
 
 
 class TargetCreate(_TargetFields):
     display_name: str = Field(json_schema_extra=NAME_SCHEMA)
-    type: str = Field(default="smtp", description="target type: smtp, imap or pop3")
+    type: str = Field(default="smtp", description="target type: smtp, imap, pop3, or a plugin's")
     preset: str | None = Field(default=None, description="gmail, outlook, yahoo, icloud, fastmail, zoho")
 
 
@@ -98,32 +65,22 @@ class LastTest(BaseModel):
     summary: str
 
 
+@functools.cache
+def _known_settings(types: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(name for t in target_types() for name in t.settings_model.model_fields)
+
+
 class TargetPublic(BaseModel):
+    """A target as the faces show it; the settings of its type come flattened, as further fields."""
+
+    model_config = ConfigDict(extra="allow")
+
     id: str
     display_name: str
     description: str
     type: str
     type_label: str
     protocol: str
-    server: str
-    port: int
-    security: Security
-    ca_file: str | None
-    disable_certificate_validation: bool
-    connect_timeout: float
-    command_timeout: float
-    # Settings only some target types have: SMTP (starttls_required, ehlo_name), mailbox
-    # readers (polling_interval).
-    starttls_required: bool = True
-    ehlo_name: str | None = None
-    polling_interval: float | None = None
-    data_timeout: float | None = None
-    rate_per_second: int | None = None
-    rate_per_minute: int | None = None
-    rate_per_day: int | None = None
-    max_connections: int | None = None
-    max_messages_per_connection: int | None = None
-    idle_timeout: float | None = None
     no_account_keys: bool
     account_key: str | None
     account_key_id: str | None
@@ -131,50 +88,81 @@ class TargetPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-    def rate_limits_text(self) -> str | None:
-        """The rate limits in words, as the CLI and the web show them (None: the type has none)."""
-        if self.protocol != "SMTP":
-            return None
-        pairs = (
-            (self.rate_per_second, "second"),
-            (self.rate_per_minute, "minute"),
-            (self.rate_per_day, "day"),
-        )
-        limits = [
-            f"{value:,} message{'s' if value != 1 else ''} per {unit}" for value, unit in pairs if value
-        ]
-        return ", ".join(limits) or "no limit"
+    def __getattr__(self, name: str) -> Any:
+        # A setting of another type reads as None (an IMAP target's rate_per_day), as it did
+        # when every setting was a field; any other unknown name is an error.
+        try:
+            return super().__getattr__(name)  # type: ignore[misc]
+        except AttributeError:
+            if name in _known_settings(tuple(t.name for t in target_types())):
+                return None
+            raise
 
-    def pool_text(self) -> str | None:
-        """The connection pool's settings in words (None: the type has no pool)."""
-        if self.max_connections is None:
-            return None
-        parts = [f"up to {self.max_connections} connection{'s' if self.max_connections != 1 else ''}"]
-        if self.max_messages_per_connection is not None:
-            parts.append(f"{self.max_messages_per_connection:,} messages each")
-        if self.idle_timeout is not None:
-            parts.append(f"closed after {self.idle_timeout:g} s idle")
-        return ", ".join(parts)
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def view(self) -> TargetView:
+        """The lines the CLI and the web show for this target's settings (its type decides)."""
+        kind = target_type(self.type)
+        return kind.describe(
+            kind.settings_model.model_validate(self.settings),
+            target_name=self.display_name,
+            account_key=self.account_key,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class ResolvedTarget:
-    """A target ready to connect: settings and the decrypted login of its account key."""
+    """A target ready to connect: settings, the decrypted login of its account key, its capabilities."""
 
     target: TargetPublic
     settings: BaseModel
     login: Login | None
-    sender: str | None
+    sender: str | None  # the account key's default From
 
-    def smtp(self) -> SMTPSettings:
-        """The SMTP settings, or a clear error when the target is of another type."""
-        if not isinstance(self.settings, SMTPSettings):
-            raise ValidationError(
-                f"target {self.target.display_name!r} is an {self.target.type_label}; sending mail needs an "
-                "SMTP Endpoint target",
-                field="target",
-            )
-        return self.settings
+    @property
+    def kind(self) -> TargetType:
+        return target_type(self.target.type)
+
+    def mail_sender(self, purpose: str) -> MailSender:
+        """The target's sender, or a clear error naming the types that can send."""
+        factory = self.kind.sender
+        if factory is None:
+            raise self._cannot(purpose, [t for t in target_types() if t.sender is not None])
+        return factory(
+            self.settings, target_id=self.target.id, target_name=self.target.display_name, login=self.login
+        )
+
+    def mailbox(self, purpose: str, *, folders: bool | None = None) -> AbstractAsyncContextManager[Mailbox]:
+        """The target's mailbox, opened and logged in when entered.
+
+        `folders`: True when the caller needs folders and UIDs (IMAP), False for one drop
+        of numbered messages (POP3), None for either.
+        """
+        kind = self.kind
+        if kind.mailbox is None or folders not in (None, kind.mailbox_folders):
+            fitting = [
+                t for t in target_types() if t.mailbox is not None and folders in (None, t.mailbox_folders)
+            ]
+            raise self._cannot(purpose, fitting)
+        return kind.mailbox(self.settings, target_name=self.target.display_name, login=self.login)
+
+    def has_folders(self) -> bool:
+        """Whether its mailbox has folders and UIDs (IMAP), rather than one drop of messages (POP3)."""
+        return self.kind.mailbox_folders
+
+    def poll_seconds(self) -> float | None:
+        """How often to look for new mail when the mailbox cannot say (None: the type does not say)."""
+        poll = self.kind.poll_seconds
+        return poll(self.settings) if poll is not None else None
+
+    def _cannot(self, purpose: str, fitting: list[TargetType]) -> ValidationError:
+        wanted = labels_of(fitting) if fitting else "another kind of target"
+        return ValidationError(
+            f"target {self.target.display_name!r} is an {self.target.type_label}; {purpose} needs {wanted}",
+            field="target",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,22 +342,21 @@ class TargetService:
             if row is None and created_before:
                 return None
             if row is None:
-                settings = target_type("smtp").settings_from_input(
-                    {"server": "127.0.0.1", "port": port, "security": "none"}, None
-                )
                 row = TargetRow(
                     display_name=name,
                     name_key=name_key(name),
                     description="Captures mail instead of delivering it: see the Sandbox mailbox.",
-                    type="smtp",
-                    settings=settings.model_dump(mode="json"),
+                    type=capture.SMTP_ENDPOINT.name,
+                    settings=capture.capture_settings(port),
                     no_account_keys=True,
                     account_key_id=None,
                 )
                 session.add(row)
                 session.add(AppSettingRow(key=_SANDBOX_FLAG, value="1"))
-            elif row.settings.get("server") == "127.0.0.1" and row.settings.get("port") != port:
-                row.settings = {**row.settings, "port": port}
+            elif row.type == capture.SMTP_ENDPOINT.name and (
+                moved := capture.moved_capture(row.settings, port)
+            ):
+                row.settings = moved
                 row.updated_at = utcnow()
             session.flush()
             return _public(row)
@@ -437,7 +424,7 @@ def _public(row: TargetRow) -> TargetPublic:
         type=kind.name,
         type_label=kind.label,
         protocol=kind.protocol,
-        **settings.model_dump(),
+        **settings.model_dump(),  # the type's settings, as further fields
         no_account_keys=row.no_account_keys,
         account_key=row.account_key.name if row.account_key else None,
         account_key_id=row.account_key_id,

@@ -13,7 +13,6 @@ The after-success action is applied by whoever first moves the row from
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -21,8 +20,8 @@ from pydantic import BaseModel
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from mailwright.domain.triggers import EmailTrigger
 from mailwright.domain.workflows import WorkflowDocument
+from mailwright.engine.triggers import Mail, Outcome, Retry, TriggerPlan, TriggerStatus
 from mailwright.errors import NotFoundError
 from mailwright.services import audit
 from mailwright.services.common import find, workflow_states
@@ -40,7 +39,6 @@ from mailwright.storage.tables import (
 
 log = logging.getLogger(__name__)
 
-TriggerStatus = Literal["starting", "polling", "idle", "paused", "errored", "disabled"]
 FINISHED = ("succeeded", "failed", "cancelled")
 # Watchers say they are alive every HEARTBEAT_SECONDS (engine/triggers.py); a state not
 # touched for this long has nobody watching it.
@@ -66,60 +64,6 @@ class TriggerPublic(BaseModel):
     runs_started: int
     runs_failed: int
     waiting: int
-
-
-@dataclass(frozen=True)
-class TriggerPlan:
-    """An enabled trigger as a watcher needs it."""
-
-    state_id: str
-    workflow_id: str
-    workflow_name: str
-    position: int
-    trigger: EmailTrigger
-    target_id: str
-    target_type: str
-    # Changes whenever the document, the target or its key changes: the watcher restarts.
-    fingerprint: str
-    status: str = "starting"  # "starting" once more after a watcher reported: it was re-enabled
-
-
-@dataclass(frozen=True)
-class Mail:
-    """One mail a watcher found: its key, its Read Email fields, and whether it meets the conditions."""
-
-    key: str
-    message: dict[str, Any] | None
-    start: bool = True
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A taken mail whose run has finished: its after-success action or failure handling is due."""
-
-    message_row_id: str
-    workflow_id: str
-    position: int
-    target_id: str
-    folder: str
-    uidvalidity: int
-    uid: int | None
-    message_key: str
-    run_id: str
-    run_status: str
-    attempts: int
-
-
-@dataclass(frozen=True)
-class Retry:
-    """A mail whose run failed and that is due for a new run (on_failure: retry)."""
-
-    message_row_id: str
-    workflow_id: str
-    position: int
-    uid: int | None
-    message_key: str
-    attempts: int
 
 
 def _shown_status(state: TriggerStateRow) -> tuple[str, str | None]:

@@ -1,5 +1,6 @@
-"""Target types, one module each; importing this package registers them."""
+"""Target types, one module each; importing this package registers them (SMTP first: the default)."""
 
-from mailwright.targets import imap, pop3, smtp
+from mailwright.targets import smtp  # isort: skip
+from mailwright.targets import imap, pop3
 
 __all__ = ["imap", "pop3", "smtp"]

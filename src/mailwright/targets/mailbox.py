@@ -1,9 +1,13 @@
-"""What IMAP and POP3 Endpoint targets share: settings, defaults by port, the report."""
+"""What IMAP and POP3 Endpoint targets share: settings, defaults by port, the report, the mailbox.
+
+Their transports are imported inside the functions that use them (see targets/smtp.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -11,27 +15,33 @@ from mailwright.domain.hosts import ascii_host
 from mailwright.domain.smtp import Security
 from mailwright.domain.validation import validate_model
 from mailwright.errors import ValidationError
-from mailwright.plugins import Preset, TargetType
+from mailwright.plugins import Preset, TargetType, TargetView
+from mailwright.targets.capabilities import Mailbox
 from mailwright.targets.preset_data import load_presets
 from mailwright.targets.report import ConnectionTestReport, report_from
-from mailwright.targets.server_settings import ServerSettings
-from mailwright.transport.base import Login
-from mailwright.transport.outbound import outbound_policy
-from mailwright.transport.tls import build_ssl_context
+from mailwright.targets.server_settings import ServerSettings, server_view
+
+if TYPE_CHECKING:
+    from mailwright.transport.base import Login
 
 
 class MailboxSettings(ServerSettings):
     """An IMAP or POP3 server: where it is, how TLS is done, how often a trigger polls."""
 
-    polling_interval: float = Field(default=30.0, ge=5, le=86_400, description="seconds between polls")
-
-    # The transport's endpoint class (IMAPEndpoint, POP3Endpoint), set by each type.
-    endpoint_class: ClassVar[type[Any]]
-
-    def endpoint(self, target_name: str) -> Any:
-        return self.endpoint_class(**self.endpoint_fields(target_name))
+    polling_interval: float = Field(
+        default=30.0,
+        ge=5,
+        le=86_400,
+        description="seconds between polls of a mail trigger",
+        json_schema_extra={
+            "label": "Polling interval (seconds)",
+            "help": "How often a mail trigger checks this mailbox when IDLE is not available.",
+        },
+    )
 
     def endpoint_fields(self, target_name: str) -> dict[str, Any]:
+        from mailwright.transport.tls import build_ssl_context
+
         return {
             "target_name": target_name,
             "host": ascii_host(self.server),
@@ -88,8 +98,14 @@ def mailbox_settings(
     check_mailbox_port(
         settings.port, settings.security, protocol=protocol, ssl_port=ssl_port, plain_port=plain_port
     )
+    from mailwright.transport.outbound import outbound_policy
+
     outbound_policy().check_literal(settings.server)  # names are checked when they are resolved
     return settings
+
+
+Report = Callable[[Any, str, "Login | None"], Awaitable[dict[str, Any]]]
+OpenMailbox = Callable[..., AbstractAsyncContextManager[Mailbox]]
 
 
 def mailbox_target_type(
@@ -99,9 +115,15 @@ def mailbox_target_type(
     ssl_port: int,
     plain_port: int,
     settings_model: type[MailboxSettings],
-    report: Callable[[Any, Login | None], Awaitable[dict[str, Any]]],
+    report: Report,
+    mailbox: OpenMailbox,
+    folders: bool,
 ) -> TargetType:
-    """The TargetType of a mailbox protocol: settings by port, presets from data, its report."""
+    """The TargetType of a mailbox protocol: settings by port, presets from data, its report and mailbox.
+
+    `report(settings, target_name, login)` runs the transport's connection report;
+    `mailbox(settings, target_name=..., login=...)` opens the mailbox.
+    """
 
     def from_input(values: dict[str, Any], preset: Preset | None) -> BaseModel:
         return mailbox_settings(
@@ -110,8 +132,18 @@ def mailbox_target_type(
 
     async def run_test(settings: BaseModel, *, target_name: str, login: Login | None) -> ConnectionTestReport:
         assert isinstance(settings, settings_model)
-        data = await report(settings.endpoint(target_name), login)
+        data = await report(settings, target_name, login)
         return report_from(data, protocol=protocol, server=settings.server)
+
+    def describe(settings: BaseModel, *, target_name: str, account_key: str | None) -> TargetView:
+        assert isinstance(settings, settings_model)
+        return server_view(
+            settings,
+            protocol=protocol,
+            target_name=target_name,
+            account_key=account_key,
+            middle=[("Polling interval", f"{settings.polling_interval:g} s")],
+        )
 
     return TargetType(
         name=name,
@@ -121,5 +153,16 @@ def mailbox_target_type(
         account_key_types=("email_credentials",),
         settings_from_input=from_input,
         run_test=run_test,
+        describe=describe,
         presets=load_presets(name),
+        mailbox=mailbox,
+        mailbox_folders=folders,
+        poll_seconds=lambda settings: float(getattr(settings, "polling_interval", 30.0)),
+        form_defaults={"port": ssl_port, "security": Security.SSL.value},
+        linked_values={
+            "port": {
+                str(ssl_port): {"security": Security.SSL.value},
+                str(plain_port): {"security": Security.STARTTLS.value},
+            }
+        },
     )

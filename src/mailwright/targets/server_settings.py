@@ -9,23 +9,71 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from mailwright.domain.hosts import ascii_host
 from mailwright.domain.smtp import Security
 from mailwright.errors import ValidationError
-from mailwright.transport.tls import check_ca_file
+from mailwright.plugins import TargetView
 
 
 class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    server: str = Field(description="host name, IDN or IP address of the server")
-    port: int = Field(ge=1, le=65535)
-    security: Security = Field(description="ssl = implicit TLS, starttls, or none")
-    ca_file: str | None = Field(default=None, description="PEM CA file trusted for this target")
+    server: str = Field(
+        description="host name, IDN or IP address of the server",
+        json_schema_extra={
+            "label": "{protocol} Server",
+            "help": "The server's host name, e.g. smtp.gmail.com",
+        },
+    )
+    port: int = Field(
+        ge=1,
+        le=65535,
+        description="the server's port; the security mode follows from it unless given",
+        json_schema_extra={
+            "label": "{protocol} Port",
+            "help": "SMTP: 465 (SSL), 587 (STARTTLS) or 25; IMAP: 993 or 143; POP3: 995 or 110",
+        },
+    )
+    security: Security = Field(
+        description="ssl (implicit TLS), starttls or none; default from the port",
+        json_schema_extra={
+            "label": "Security",
+            "choice_labels": {"ssl": "SSL / implicit TLS", "starttls": "STARTTLS", "none": "None (no TLS)"},
+        },
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CA to trust for this target",
+        json_schema_extra={
+            "label": "CA file (PEM path on the server)",
+            "help": "Trust this CA for the target instead of the system store.",
+            "group": "advanced",
+            "blank_clears": True,
+        },
+    )
     disable_certificate_validation: bool = Field(
         default=False,
         validation_alias=AliasChoices("disable_certificate_validation", "ignore_certificate_errors"),
         description="accept any certificate (unsafe; reported loudly)",
+        json_schema_extra={
+            "label": "Disable certificate validation",
+            "help": "Unsafe: anyone on the network path could read the password and mail.",
+            "group": "advanced",
+            "warn": True,
+            "off_flag": "enable_certificate_validation",
+        },
     )
-    connect_timeout: float = Field(default=10.0, gt=0, le=300, description="seconds")
-    command_timeout: float = Field(default=60.0, gt=0, le=3600, description="seconds")
+    connect_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="seconds to connect and get the greeting",
+        json_schema_extra={"label": "Connect timeout (seconds)", "group": "advanced", "shortcut": "timeout"},
+    )
+    command_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="seconds for each command",
+        json_schema_extra={"label": "Command timeout (seconds)", "group": "advanced", "shortcut": "timeout"},
+    )
 
     @field_validator("server")
     @classmethod
@@ -38,6 +86,9 @@ class ServerSettings(BaseModel):
     def _ca_file(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
+        # Imported here: reading the settings model (the CLI's options) needs no TLS code.
+        from mailwright.transport.tls import check_ca_file
+
         return check_ca_file(value)
 
     @model_validator(mode="after")
@@ -53,3 +104,56 @@ class ServerSettings(BaseModel):
 
     def check_port_security(self) -> None:
         """Each type refuses the security modes its well-known ports cannot speak."""
+
+
+def server_view(
+    settings: ServerSettings,
+    *,
+    protocol: str,
+    target_name: str,
+    account_key: str | None,
+    optional_tls: bool = False,
+    middle: list[tuple[str, str]] | None = None,
+    timeouts: str = "",
+    last: list[tuple[str, str]] | None = None,
+) -> TargetView:
+    """The lines every server type shows: where, TLS, certificates, timeouts, and its warnings.
+
+    `middle` comes after the certificates (EHLO name, polling interval), `last` after
+    the timeouts (rate limits, the pool); `timeouts` adds to the connect and command ones.
+    """
+    security = settings.security.value
+    warnings = []
+    if settings.security is Security.NONE and account_key:
+        warnings.append(
+            f"THE LOGIN TRAVELS IN CLEAR TEXT: {target_name!r} has no TLS, so the password of account key "
+            f"{account_key!r} crosses the network unencrypted (choose ssl or starttls)"
+        )
+    if settings.disable_certificate_validation:
+        warnings.append(
+            f"certificate validation is DISABLED for {target_name!r}; anyone on the network path can "
+            "impersonate the server (give it a CA file instead: --ca-file)"
+        )
+    timing = f"connect {settings.connect_timeout:g} s, command {settings.command_timeout:g} s"
+    return TargetView(
+        address=f"{settings.server}:{settings.port}",
+        security=security,
+        connection=[
+            (f"{protocol} Server", settings.server),
+            (f"{protocol} Port", str(settings.port)),
+            ("Protocol", protocol),
+            ("Security", security + (" (optional)" if optional_tls else "")),
+        ],
+        details=[
+            ("CA file", settings.ca_file or "(system trust store)"),
+            (
+                "Certificates",
+                "NOT VALIDATED (unsafe)" if settings.disable_certificate_validation else "validated",
+            ),
+            *(middle or []),
+            ("Timeouts", f"{timing}, {timeouts}" if timeouts else timing),
+            *(last or []),
+        ],
+        warnings=warnings,
+        flags=["certificates not validated"] if settings.disable_certificate_validation else [],
+    )

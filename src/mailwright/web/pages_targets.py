@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from typing import Any
@@ -10,11 +11,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.datastructures import FormData
 
-from mailwright.domain.smtp import Security
 from mailwright.domain.validation import validate_model
 from mailwright.errors import MailwrightError, ValidationError
-from mailwright.plugins import target_types
+from mailwright.plugins import TargetType, target_types
 from mailwright.services.targets import TargetCreate, TargetPublic, TargetUpdate
+from mailwright.targets.fields import SettingField, setting_fields
 from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
 from mailwright.web.deps import ServicesDep
@@ -24,123 +25,122 @@ from mailwright.web.session import SessionDep, check_csrf
 
 router = APIRouter(include_in_schema=False)
 
-DEFAULTS = {
-    "target_type": "smtp",
-    "no_account_keys": "false",
-    "port": "587",
-    "security": "starttls",
-    "connect_timeout": "10",
-    "command_timeout": "60",
-    # The SMTP connection pool's defaults (SMTPSettings), shown so the user sees what applies.
-    "max_connections": "8",
-    "max_messages_per_connection": "100",
-    "idle_timeout": "30",
-    "data_timeout": "600",
-}
 
-# SMTP sending limits and connection-pool settings: form name -> label (also in error messages).
-LIMIT_LABELS = {
-    "rate_per_second": "Rate per second",
-    "rate_per_minute": "Rate per minute",
-    "rate_per_day": "Rate per day",
-    "max_connections": "Max connections",
-    "max_messages_per_connection": "Max messages per connection",
-    "idle_timeout": "Idle timeout",
-    "data_timeout": "End-of-data timeout",
-}
-RATE_FIELDS = ("rate_per_second", "rate_per_minute", "rate_per_day")
-SECONDS_FIELDS = ("idle_timeout", "data_timeout")  # the limits that take fractions
+def _types() -> list[TargetType]:
+    return target_types()  # registration order: the built-in SMTP first, the default
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _form_values(item: SettingField, value: Any) -> dict[str, str]:
+    """What the form shows for one setting: a checkbox is "on" or blank (inverted ones the other way)."""
+    if item.kind == "flag":
+        on = bool(value) != bool(item.form_flag)
+        return {item.form_flag or item.name: "on" if on else ""}
+    return {item.name: _text(value)}
+
+
+def _defaults() -> dict[str, str]:
+    """A new target's form: the first type's defaults, then every other field's own."""
+    types = _types()
+    first = types[0]
+    values = {"target_type": first.name, "no_account_keys": "false"}
+    for item in reversed(setting_fields(types)):
+        values.update(_form_values(item, item.default))
+    for name, value in first.form_defaults.items():
+        values[name] = _text(value)
+    return values
 
 
 def _form_context(services: ServicesDep) -> dict[str, Any]:
-    types = sorted(target_types(), key=lambda t: (t.name != "smtp", t.name))
+    types = _types()
     presets = {t.name: {p.key: p.as_dict() for p in t.presets.values()} for t in types}
-    protocols = {t.name: t.protocol for t in types}
+    form_types = {
+        t.name: {
+            "protocol": t.protocol,
+            "defaults": {k: _text(v) for k, v in t.form_defaults.items()},
+            "linked": t.linked_values,
+        }
+        for t in types
+    }
+    fields = setting_fields(types)
     return {
         "target_types": types,
         "type_options": [(t.name, t.label) for t in types],
+        "protocols": {t.name: t.protocol for t in types},
+        "all_types": [t.name for t in types],
+        "setting_fields": fields,
         "account_keys": services.account_keys.list_all(),
-        "securities": [s.value for s in Security],
         "presets": presets,
-        "presets_json": json.dumps({"presets": presets, "protocols": protocols}).replace("<", "\\u003c"),
+        "presets_json": json.dumps({"presets": presets, "types": form_types}).replace("<", "\\u003c"),
     }
 
 
 def _values_from(target: TargetPublic) -> dict[str, str]:
-    return {
+    values = {
         "target_type": target.type,
         "display_name": target.display_name,
         "description": target.description,
         "no_account_keys": "true" if target.no_account_keys else "false",
         "account_key": target.account_key_id or "",
-        "server": target.server,
-        "port": str(target.port),
-        "security": target.security.value,
-        "starttls_optional": "" if target.starttls_required else "on",
-        "ca_file": target.ca_file or "",
-        "disable_certificate_validation": "on" if target.disable_certificate_validation else "",
-        "ehlo_name": target.ehlo_name or "",
-        "connect_timeout": f"{target.connect_timeout:g}",
-        "command_timeout": f"{target.command_timeout:g}",
-        "polling_interval": f"{target.polling_interval:g}" if target.polling_interval else "",
-        # Rates: blank is "no limit" (stored as None).
-        **{name: str(getattr(target, name) or "") for name in RATE_FIELDS},
-        "max_connections": _text(target.max_connections),
-        "max_messages_per_connection": _text(target.max_messages_per_connection),
-        "idle_timeout": _text(target.idle_timeout),
-        "data_timeout": _text(target.data_timeout),
     }
+    settings = target.settings
+    for item in setting_fields(_types()):
+        if item.applies_to(target.type):
+            values.update(_form_values(item, settings.get(item.name)))
+    return values
 
 
-def _text(value: float | None) -> str:
-    return "" if value is None else f"{value:g}"
-
-
-def _labelled(error: MailwrightError) -> MailwrightError:
-    """Name a limit field by its label ("Max connections: …"), not its API name, in the form."""
-    label = LIMIT_LABELS.get((error.field or "").split(".")[0])
-    if label is None or not isinstance(error, ValidationError):
+def _labelled(error: MailwrightError, kind: str) -> MailwrightError:
+    """Name a setting by its label ("Max connections: …"), not its API name, in the form."""
+    name = (error.field or "").split(".")[0]
+    item = next((f for f in setting_fields(_types()) if f.name == name), None)
+    if item is None or not isinstance(error, ValidationError):
         return error
-    message = re.sub(r"^[\w.]+: ", f"{label}: ", error.message)
+    label = item.label_for(_protocol(kind)).replace(" (seconds)", "").replace("(PEM path on the server)", "")
+    message = re.sub(r"^[\w.]+: ", f"{label.strip()}: ", error.message)
     return ValidationError(message, hint=error.hint, field=error.field)
 
 
-_ONLY_FOR = {
-    "starttls_required": {"smtp"},
-    "ehlo_name": {"smtp"},
-    "polling_interval": {"imap", "pop3"},
-    **{name: {"smtp"} for name in LIMIT_LABELS},
-}
+def _protocol(kind: str) -> str:
+    return next((t.protocol for t in _types() if t.name == kind), "")
 
 
-def _fields(form: FormData, kind: str) -> dict[str, Any]:
-    """The settings the form posted that the target type has (SMTP has no polling interval…)."""
-    return {k: v for k, v in _all_fields(form, kind).items() if kind in _ONLY_FOR.get(k, {kind})}
+def _fields(form: FormData, kind: str, *, editing: bool = False) -> dict[str, Any]:
+    """The settings the form posted that the target type has (another type's hidden inputs are ignored).
 
-
-def _all_fields(form: FormData, kind: str) -> dict[str, Any]:
+    On an edit, a blank optional text clears the setting and a blank rate removes the limit.
+    """
     no_keys = forms.text(form, "no_account_keys").lower() == "true"
-    return {
+    values: dict[str, Any] = {
         "description": forms.text(form, "description"),
-        "server": forms.optional(form, "server"),
-        "port": forms.number(form, "port", label="SMTP Port", integer=True),
-        "security": forms.optional(form, "security"),
-        "starttls_required": not forms.boolean(form, "starttls_optional"),
-        "ca_file": forms.text(form, "ca_file") or None,
-        "disable_certificate_validation": forms.boolean(form, "disable_certificate_validation"),
-        "ehlo_name": forms.optional(form, "ehlo_name"),
-        "connect_timeout": forms.number(form, "connect_timeout", label="Connect timeout"),
-        "command_timeout": forms.number(form, "command_timeout", label="Command timeout"),
-        "polling_interval": forms.number(form, "polling_interval", label="Polling interval"),
-        # Parsed only for the types that have them: another type's hidden inputs never fail the form.
-        **{
-            name: forms.number(form, name, label=label, integer=name not in SECONDS_FIELDS)
-            for name, label in LIMIT_LABELS.items()
-            if kind in _ONLY_FOR[name]
-        },
         "no_account_keys": no_keys,
         "account_key": None if no_keys else forms.optional(form, "account_key"),
     }
+    for item in setting_fields(_types()):
+        if item.applies_to(kind):
+            values[item.name] = _posted(form, item, kind, editing=editing)
+    return values
+
+
+def _posted(form: FormData, item: SettingField, kind: str, *, editing: bool) -> Any:
+    if item.kind == "flag":
+        return forms.boolean(form, item.form_flag or item.name) != bool(item.form_flag)
+    if item.kind in ("integer", "number"):
+        label = item.label_for(_protocol(kind)).replace(" (seconds)", "")
+        value = forms.number(form, item.name, label=label, integer=item.kind == "integer")
+        return 0 if value is None and editing and item.zero_clears else value
+    if editing and item.blank_clears:
+        return forms.text(form, item.name)
+    return forms.optional(form, item.name)
 
 
 def _form_page(
@@ -160,7 +160,7 @@ def _form_page(
         mode="new" if target is None else "edit",
         target=target,
         values=values,
-        errors=field_errors(_labelled(error)) if error else {},
+        errors=field_errors(_labelled(error, values.get("target_type", ""))) if error else {},
         status_code=422 if error else 200,
         **_form_context(services),
     )
@@ -175,7 +175,7 @@ def list_targets(request: Request, services: ServicesDep, session: ViewerSession
 
 @router.get("/targets/new")
 def new_target(request: Request, services: ServicesDep, session: AdminSession) -> HTMLResponse:
-    return _form_page(request, services, session, values=DEFAULTS)
+    return _form_page(request, services, session, values=_defaults())
 
 
 @router.post("/targets/new")
@@ -203,7 +203,7 @@ async def create_target(request: Request, services: ServicesDep, session: AdminS
 
 
 def _detail_context(target: TargetPublic) -> dict[str, Any]:
-    return {"target": target, "rate_limits": target.rate_limits_text(), "pool": target.pool_text()}
+    return {"target": target, "view": target.view()}
 
 
 @router.get("/targets/{ref}")
@@ -247,13 +247,8 @@ async def update_target(request: Request, ref: str, services: ServicesDep, sessi
     check_csrf(session, forms.optional(form, "csrf_token"))
     target = services.targets.get(ref)
     try:
-        fields = _fields(form, target.type)
-        # Blank optional settings are cleared on edit ("" becomes None in the settings).
-        fields["ca_file"] = forms.text(form, "ca_file")
-        if target.type == "smtp":
-            fields["ehlo_name"] = forms.text(form, "ehlo_name")
-            # A blank rate clears the limit: 0 is "no limit" in an update, None "unchanged".
-            fields.update({name: 0 for name in RATE_FIELDS if fields.get(name) is None})
+        # Blank optional settings are cleared on edit: "" and 0 ("no limit") are given, None is "unchanged".
+        fields = _fields(form, target.type, editing=True)
         target = services.targets.update(
             target.id,
             validate_model(

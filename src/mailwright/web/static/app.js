@@ -6,29 +6,29 @@ function csrfToken() {
   return input ? input.value : "";
 }
 
-const SECURITY_BY_PORT = {
-  smtp: { "465": "ssl", "587": "starttls", "25": "starttls" },
-  imap: { "993": "ssl", "143": "starttls" },
-  pop3: { "995": "ssl", "110": "starttls" },
-};
-const DEFAULT_PORT = { smtp: "587", imap: "993", pop3: "995" };
-
 function currentType() {
   const field = document.getElementById("f-target_type");
-  return field ? field.value : "smtp";
+  return field ? field.value : "";
 }
 
-function setupTargetType(protocols) {
+// The registered target types (from the page): protocol, a new target's values, and values
+// that follow another's (a port brings its security mode).
+function linkedValues(types, name, value) {
+  const kind = types[currentType()];
+  const linked = kind && kind.linked[name];
+  return (linked && linked[value.trim()]) || null;
+}
+
+function setupTargetType(types) {
   const select = document.getElementById("f-target_type");
   if (!select || select.tagName !== "SELECT") return;
   select.addEventListener("change", () => {
     const kind = select.value;
-    const protocol = protocols[kind] || "SMTP";
+    const protocol = (types[kind] || {}).protocol || "";
     document.getElementById("f-protocol").value = protocol;
-    for (const name of ["server", "port"]) {
-      const label = document.querySelector(`label[for="f-${name}"]`);
-      label.firstChild.textContent = `${protocol} ${name === "server" ? "Server" : "Port"}`;
-    }
+    document.querySelectorAll("label[data-label]").forEach((label) => {
+      label.firstChild.textContent = label.dataset.label.replace("{protocol}", protocol);
+    });
     document.querySelectorAll("[data-only]").forEach((element) => {
       element.hidden = !element.dataset.only.split(" ").includes(kind);
     });
@@ -36,10 +36,20 @@ function setupTargetType(protocols) {
       button.hidden = button.dataset.type !== kind;
     });
     document.getElementById("preset-note").hidden = true;
-    const port = document.getElementById("f-port");
-    if (!port.value || Object.values(DEFAULT_PORT).includes(port.value.trim())) {
-      port.value = DEFAULT_PORT[kind];
-      document.getElementById("f-security").value = SECURITY_BY_PORT[kind][port.value];
+    // A value still blank, or still another type's default, becomes this type's default.
+    const defaults = (types[kind] || {}).defaults || {};
+    for (const [name, value] of Object.entries(defaults)) {
+      const input = document.getElementById(`f-${name}`);
+      if (!input) continue;
+      const others = Object.values(types).map((t) => t.defaults[name]);
+      if (!input.value || others.includes(input.value.trim())) {
+        input.value = value;
+        const follow = linkedValues(types, name, value) || {};
+        for (const [other, linked] of Object.entries(follow)) {
+          const target = document.getElementById(`f-${other}`);
+          if (target) target.value = linked;
+        }
+      }
     }
   });
 }
@@ -48,7 +58,7 @@ function setupPresets() {
   const data = document.getElementById("presets-data");
   if (!data) return;
   const parsed = JSON.parse(data.textContent);
-  setupTargetType(parsed.protocols);
+  setupTargetType(parsed.types);
   const note = document.getElementById("preset-note");
   // Fields the last preset filled besides server/port/security (Gmail: rate_per_day…), so the
   // next preset puts back what the page started with instead of keeping another provider's limits.
@@ -57,9 +67,10 @@ function setupPresets() {
     button.addEventListener("click", () => {
       const preset = parsed.presets[button.dataset.type][button.dataset.preset];
       const settings = preset.settings;
-      document.getElementById("f-server").value = settings.server;
-      document.getElementById("f-port").value = settings.port;
-      document.getElementById("f-security").value = settings.security;
+      for (const name of ["server", "port", "security"]) {
+        const input = document.getElementById(`f-${name}`);
+        if (input && name in settings) input.value = settings[name];
+      }
       for (const input of presetFilled) {
         if (!(input.name in settings)) input.value = input.defaultValue;
       }
@@ -94,12 +105,19 @@ function setupPresets() {
       note.hidden = false;
     });
   });
-  // Port changes bring the matching security mode, as the CLI and API do.
-  const port = document.getElementById("f-port");
-  port.addEventListener("change", () => {
-    const security = SECURITY_BY_PORT[currentType()][port.value.trim()];
-    if (security) document.getElementById("f-security").value = security;
-  });
+  // A port brings the matching security mode, as the CLI and API do (each type says which).
+  const names = new Set(Object.values(parsed.types).flatMap((t) => Object.keys(t.linked)));
+  for (const name of names) {
+    const input = document.getElementById(`f-${name}`);
+    if (!input) continue;
+    input.addEventListener("change", () => {
+      const follow = linkedValues(parsed.types, name, input.value) || {};
+      for (const [other, value] of Object.entries(follow)) {
+        const target = document.getElementById(`f-${other}`);
+        if (target) target.value = value;
+      }
+    });
+  }
 }
 
 function setupAccountKeyChoice() {
