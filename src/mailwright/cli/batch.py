@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -30,6 +29,7 @@ from mailwright.engine.batch import BatchProgress
 from mailwright.errors import ValidationError
 from mailwright.services.app import Services
 from mailwright.services.batches import BatchCreated, BatchRefusedError
+from mailwright.services.runs import RunPublic
 
 INTERRUPTED = "interrupted"  # stopped by Ctrl-C; the rest of the run stays queued
 EXIT_INTERRUPTED = 130  # what shells report for a command stopped by SIGINT
@@ -139,11 +139,7 @@ async def _execute(
     svc: Services, created: BatchCreated, *, show: str, console: Console
 ) -> tuple[BatchProgress | None, str]:
     """Run the batch here, as a worker would; if a running worker took it first, follow it."""
-    # Not from engine.worker: that imports the task broker, a quarter of a second here.
-    from mailwright.engine.executor import Executor, worker_id
-
-    lease = timedelta(seconds=svc.settings.lease_seconds)
-    executor = Executor(svc.db, svc.targets, worker_id=worker_id(), lease=lease, files=svc.files)
+    executor = svc.waiting.inline_executor()
     live: list[BatchProgress] = []
     executor.on_batch_progress = live.append
     interrupted = _stop_on_ctrl_c(executor.stopping, console=console)
@@ -188,15 +184,14 @@ def _stop_on_ctrl_c(stopping: asyncio.Event, *, console: Console) -> asyncio.Eve
 async def _follow(svc: Services, created: BatchCreated, live: list[BatchProgress]) -> str:
     progress = BatchProgress(total=created.total)
     live.append(progress)
-    while True:
-        run = await asyncio.to_thread(svc.runs.get, created.run_id)
+
+    def seen(run: RunPublic) -> None:
         counts = run.step_counts or {}
         progress.sent = counts.get("succeeded", 0)
         progress.failed = counts.get("failed", 0)
         progress.unknown = counts.get("unknown", 0)
-        if run.status in ("succeeded", "failed", "cancelled"):
-            return run.status
-        await asyncio.sleep(0.5)
+
+    return (await svc.waiting.follow(created.run_id, seen=seen)).status
 
 
 async def _draw(live: list[BatchProgress], *, total: int, show: str, console: Console) -> None:

@@ -11,29 +11,10 @@ import typer
 from mailwright.cli.context import services
 from mailwright.cli.output import print_json, print_table
 from mailwright.services.runs import RunPublic
-from mailwright.storage.tables import utcnow
 
 app = typer.Typer(help="Runs: every execution of a workflow, step by step.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
-
-
-async def wait_inline(run_id: str) -> RunPublic:
-    """Execute a run in this process (claiming it like any worker) and return it finished."""
-    from mailwright.engine.worker import Worker
-
-    svc = services()
-    worker = Worker(svc)
-    while True:
-        status = await worker.executor.execute(run_id)
-        run = svc.runs.get(run_id)
-        if run.status in ("succeeded", "failed", "cancelled"):
-            return run
-        if status is None:
-            await asyncio.sleep(0.5)  # another worker holds it: wait for it to finish
-        elif run.not_before is not None:
-            # A retry is due later: wait for it here, as a worker would.
-            await asyncio.sleep(max(0.05, (run.not_before - utcnow()).total_seconds()))
 
 
 def print_run(run: RunPublic, *, state: str | None = None) -> None:

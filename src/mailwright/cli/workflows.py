@@ -11,7 +11,7 @@ import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import EXIT_FAILED, print_json, print_table
-from mailwright.cli.runs import print_run, wait_inline
+from mailwright.cli.runs import print_run
 from mailwright.errors import ValidationError
 
 app = typer.Typer(
@@ -99,7 +99,7 @@ def run(
     started = services().runs.start_workflow(
         ref, inputs=_inputs(input_pairs), target=target, account_key=account_key
     )
-    result = asyncio.run(wait_inline(started.id)) if wait else started
+    result = asyncio.run(services().waiting.run_inline(started.id)) if wait else started
     if as_json:
         print_json(result)
     elif wait:

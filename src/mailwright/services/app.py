@@ -18,6 +18,7 @@ from mailwright.services.sending import SendService
 from mailwright.services.targets import TargetService
 from mailwright.services.tokens import TokenService
 from mailwright.services.triggers import TriggerService
+from mailwright.services.waiting import WaitService
 from mailwright.services.web_auth import WebAuthService
 from mailwright.services.workflows import WorkflowService
 from mailwright.storage.db import Database
@@ -52,6 +53,16 @@ class Services:
         self.runs = RunService(self.db)
         # Idempotency-Key: a retried request gets the run its first attempt started.
         self.idempotency = IdempotencyService(self.db, self.runs)
+        # Send and wait, wait for a run, run inline: what the faces call to get an outcome.
+        self.waiting = WaitService(
+            db=self.db,
+            runs=self.runs,
+            idempotency=self.idempotency,
+            sending=self.sending,
+            targets=self.targets,
+            files=self.files,
+            lease_seconds=settings.lease_seconds,
+        )
         self.batches = BatchService(self.db, self.targets, self.runs, files=self.files, keys=self.idempotency)
         self.schedules = ScheduleService(self.db, self.runs)
         self.triggers = TriggerService(self.db, self.runs)
