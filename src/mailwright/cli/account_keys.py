@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -10,7 +10,9 @@ from mailwright.cli.context import services
 from mailwright.cli.output import print_fields, print_json, print_table
 from mailwright.cli.secrets_input import read_password
 from mailwright.errors import ValidationError
-from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
+
+if TYPE_CHECKING:
+    from mailwright.services.account_keys import AccountKeyPublic
 
 app = typer.Typer(help="Email Credentials account keys: mailbox username and password.", no_args_is_help=True)
 
@@ -55,6 +57,8 @@ def create(
     password = read_password(from_stdin=password_stdin, env_var=password_env, prompt=True, required=True)
     if password is None:
         raise ValidationError("no password given", field="password")
+    from mailwright.services.account_keys import AccountKeyCreate
+
     key = services().account_keys.create(
         AccountKeyCreate(
             name=name, username=username, password=password, sender=sender, description=description
@@ -107,6 +111,8 @@ def update(
     password = read_password(
         from_stdin=password_stdin, env_var=password_env, prompt=password_prompt, required=False
     )
+    from mailwright.services.account_keys import AccountKeyUpdate
+
     key = services().account_keys.update(
         ref,
         AccountKeyUpdate(

@@ -7,21 +7,17 @@ import sys
 import traceback
 from typing import Annotated, NoReturn
 
-import pydantic
 import typer
 
 from mailwright import __version__
 from mailwright.cli import account_keys, audit, files, runs, sandbox, targets, tokens, triggers, workflows
 from mailwright.cli.batch import send_batch
-from mailwright.cli.output import EXIT_BAD_INPUT, exit_code_for, print_error
+from mailwright.cli.output import EXIT_BAD_INPUT, exit_code_for, print_error, redact
 from mailwright.cli.read import read
 from mailwright.cli.secret_key import rotate as rotate_secret_key
 from mailwright.cli.send import send
 from mailwright.cli.serve import serve
-from mailwright.domain.validation import describe
 from mailwright.errors import MailwrightError
-from mailwright.secrets import generate_key, redact
-from mailwright.services import audit as audit_log
 
 app = typer.Typer(
     name="mailwright",
@@ -52,6 +48,8 @@ app.add_typer(secret_key_app, name="secret-key")
 @secret_key_app.command("generate")
 def generate() -> None:
     """Print a new random key for MAILWRIGHT_SECRET_KEY."""
+    from mailwright.secrets import generate_key
+
     typer.echo(generate_key())
 
 
@@ -71,8 +69,7 @@ def root(
     ] = False,
 ) -> None:
     """Data lives in MAILWRIGHT_HOME; MAILWRIGHT_DATABASE_URL selects another database."""
-    # Changes made by this command are recorded in the audit log as this machine's user.
-    audit_log.act_as(audit_log.Actor.local_user())
+    # Who acts (this machine's user, for the audit log) is set when the services open: cli/context.py.
 
 
 def main() -> None:
@@ -92,19 +89,28 @@ def main() -> None:
     except MailwrightError as exc:
         print_error(exc)
         sys.exit(exit_code_for(exc))
-    except pydantic.ValidationError as exc:
-        print_error(describe(exc))
-        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # the last line of defence: no traceback, no secret
-        typer.echo(f"error: internal error: {redact(f'{type(exc).__name__}: {exc}')}", err=True)
-        if os.environ.get("MAILWRIGHT_DEBUG"):
-            typer.echo(redact(traceback.format_exc()), err=True)
-        else:
-            typer.echo("hint: set MAILWRIGHT_DEBUG=1 to see the traceback; please report it", err=True)
-        sys.exit(3)
+    except Exception as exc:
+        _unexpected(exc)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _unexpected(exc: Exception) -> NoReturn:
+    """Bad input Pydantic refused (exit 2), else an internal error: no traceback, no secret."""
+    # Only a command that loaded Pydantic can raise its errors: --help never loads it.
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(exc, pydantic.ValidationError):
+        from mailwright.domain.validation import describe
+
+        print_error(describe(exc))
+        sys.exit(EXIT_BAD_INPUT)
+    typer.echo(f"error: internal error: {redact(f'{type(exc).__name__}: {exc}')}", err=True)
+    if os.environ.get("MAILWRIGHT_DEBUG"):
+        typer.echo(redact(traceback.format_exc()), err=True)
+    else:
+        typer.echo("hint: set MAILWRIGHT_DEBUG=1 to see the traceback; please report it", err=True)
+    sys.exit(3)
 
 
 def _usage_error(exc: typer.TyperException) -> NoReturn:

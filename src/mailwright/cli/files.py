@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import print_fields, print_json
 from mailwright.errors import ValidationError
-from mailwright.services.files import PruneResult
+
+if TYPE_CHECKING:
+    from mailwright.services.files import PruneResult
 
 app = typer.Typer(
     help="Attachments read from mail, kept in the file store; prune removes old ones.",

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import print_json, print_table
-from mailwright.services.runs import RunPublic
+
+if TYPE_CHECKING:
+    from mailwright.services.runs import RunPublic
 
 app = typer.Typer(help="Runs: every execution of a workflow, step by step.", no_args_is_help=True)
 
@@ -137,6 +137,9 @@ def retry(
 
 def worker() -> None:
     """Execute queued runs in this process until stopped (Ctrl-C or SIGTERM)."""
+    import asyncio
+    import signal
+
     from mailwright.engine.worker import Worker
     from mailwright.logs import configure_logging
 

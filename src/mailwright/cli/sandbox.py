@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.output import print_fields, print_json, print_table
-from mailwright.config import Settings
-from mailwright.domain.html_text import html_to_text
 from mailwright.errors import ValidationError
-from mailwright.sandbox import (
-    SANDBOX_DIRECTORY_NAME,
-    SANDBOX_TARGET_NAME,
-    CapturedMessage,
-    CapturedSummary,
-    SandboxStore,
-)
+
+if TYPE_CHECKING:
+    from mailwright.sandbox import CapturedMessage, CapturedSummary, SandboxStore
 
 app = typer.Typer(help="Messages captured by the local sandbox SMTP server.", no_args_is_help=True)
 
@@ -31,6 +25,9 @@ _SUBJECT_WIDTH = 50
 
 
 def store() -> SandboxStore:
+    from mailwright.config import Settings
+    from mailwright.sandbox import SANDBOX_DIRECTORY_NAME, SandboxStore
+
     return SandboxStore(Settings().home / SANDBOX_DIRECTORY_NAME)
 
 
@@ -48,6 +45,9 @@ def list_messages(
     print_table(["ID", "RECEIVED (UTC)", "FROM", "TO", "SUBJECT", "SIZE"], [_row(s) for s in summaries])
     total = sandbox.count()
     if not summaries:
+        from mailwright.config import Settings
+        from mailwright.sandbox import SANDBOX_TARGET_NAME
+
         port = Settings().sandbox_port
         where = f"127.0.0.1:{port}" if port else "a free port of 127.0.0.1"
         typer.echo(
@@ -119,6 +119,8 @@ def _print_message(message: CapturedMessage) -> None:
     if parsed.text is not None:
         typer.echo(_safe(parsed.text.rstrip("\n"), keep="\n\t"))
     elif parsed.html is not None:
+        from mailwright.domain.html_text import html_to_text
+
         typer.echo("(no text part; text derived from the HTML part)", err=True)
         typer.echo(_safe(html_to_text(parsed.html).rstrip("\n"), keep="\n\t"))
     else:

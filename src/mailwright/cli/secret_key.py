@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.errors import ConfigError, SecretError
-from mailwright.secrets import SecretBox, generate_key, load_key_file, write_key_file
-from mailwright.services.app import Services
+
+if TYPE_CHECKING:
+    from mailwright.services.app import Services
 
 _PASSES = 3  # re-encryption passes before giving up on secrets written concurrently
 
@@ -45,6 +46,8 @@ class Rotation:
 
 def rotate_secret_key(svc: Services, *, keep_old_keys: bool = False) -> Rotation:
     """Re-encrypt every stored secret under a new key (see the module's description)."""
+    from mailwright.secrets import generate_key, load_key_file, write_key_file
+
     settings = svc.settings
     if settings.secret_key:
         return _rotate_environment(svc)
@@ -97,6 +100,8 @@ def _reencrypt(svc: Services, new_id: str) -> int:
 
 
 def _key_id(text: str) -> str:
+    from mailwright.secrets import SecretBox
+
     return SecretBox.from_texts([text]).current_key_id
 
 

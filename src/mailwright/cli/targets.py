@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import EXIT_FAILED, print_fields, print_json, print_table
 from mailwright.domain.smtp import Security
-from mailwright.services.targets import TargetCreate, TargetPublic, TargetUpdate
-from mailwright.targets.report import ConnectionTestReport
+
+if TYPE_CHECKING:
+    from mailwright.services.targets import TargetPublic
+    from mailwright.targets.report import ConnectionTestReport
 
 app = typer.Typer(help="Targets: the mail servers Mailwright talks to.", no_args_is_help=True)
 
@@ -198,6 +199,8 @@ def create(
         idle_timeout=idle_timeout,
         data_timeout=data_timeout,
     )
+    from mailwright.services.targets import TargetCreate
+
     target = services().targets.create(
         TargetCreate(
             display_name=name,
@@ -310,6 +313,8 @@ def update(
         idle_timeout=idle_timeout,
         data_timeout=data_timeout,
     )
+    from mailwright.services.targets import TargetUpdate
+
     target = services().targets.update(
         ref,
         TargetUpdate(
@@ -340,6 +345,8 @@ def run_test(
     ref: Annotated[str, typer.Argument(help="display name or id")], as_json: JsonOpt = False
 ) -> None:
     """Connect, TLS, EHLO, AUTH, QUIT; explain what is misconfigured. Exit 1 on failure."""
+    import asyncio
+
     report = asyncio.run(services().targets.test(ref))
     if as_json:
         print_json(report.as_dict())

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import print_json, print_table
-from mailwright.services.triggers import TriggerPublic
+
+if TYPE_CHECKING:
+    from mailwright.services.triggers import TriggerPublic
 
 app = typer.Typer(
     help="Email triggers: new mail in an IMAP folder or POP3 mailbox starts a workflow, once per mail.",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Literal
@@ -96,6 +95,8 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Start a run. It is stored before this returns; `serve` or `worker` executes it, or --wait does here."""
+    import asyncio
+
     started = services().runs.start_workflow(
         ref, inputs=_inputs(input_pairs), target=target, account_key=account_key
     )
