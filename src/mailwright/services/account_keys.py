@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -15,7 +15,9 @@ from mailwright.services import audit
 from mailwright.services.common import clean_name, find
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AccountKeyRow, TargetRow, name_key, utcnow
-from mailwright.transport.smtp import Login
+
+if TYPE_CHECKING:
+    from mailwright.transport.smtp import Login
 
 KIND = "email_credentials"
 
@@ -178,6 +180,8 @@ class AccountKeyService:
             return self.login_for_row(row)
 
     def login_for_row(self, row: AccountKeyRow) -> Login:
+        from mailwright.transport.smtp import Login  # the SMTP client: loaded by what connects
+
         password = self._box.decrypt(row.password_encrypted, context=_context(row.id))
         return Login(key_name=row.name, username=row.username, password=password)
 
