@@ -54,12 +54,9 @@ class SendAnswer:
     result: SendResult | None = None
     error: dict[str, Any] | None = None
 
-    @property
-    def finished(self) -> bool:
-        return self.result is not None or self.error is not None
 
-
-def _answer(outcome: SendOutcome, *, replayed: bool) -> SendAnswer:
+def answer_for(outcome: SendOutcome, *, replayed: bool) -> SendAnswer:
+    """The answer to a Send Email request whose run is, for now, as `outcome` says."""
     if outcome.status == RunStatus.SUCCEEDED and outcome.output is not None:
         result = SendResult.model_validate({**outcome.output, "run_id": outcome.id})
         return SendAnswer(outcome.id, outcome.status, replayed, result=result)
@@ -121,7 +118,7 @@ class WaitService:
             outcome = await self.wait(
                 started.run_id, timeout=timeout, read=self._runs.send_outcome, fresh=not started.replayed
             )
-        return _answer(outcome, replayed=started.replayed)
+        return answer_for(outcome, replayed=started.replayed)
 
     # --- waiting for any run -----------------------------------------------------------
 
