@@ -1,7 +1,5 @@
 """The root of the `mailwright` command and its error handling."""
 
-from __future__ import annotations
-
 import os
 import sys
 import traceback

@@ -1,7 +1,5 @@
 """`mailwright audit`: who created, changed or deleted which target, key, workflow, trigger or token."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -6,8 +6,6 @@ refuses the whole file, listing the bad lines, and nothing is sent); then the
 stored messages are sent with a progress bar and a summary at the end.
 """
 
-from __future__ import annotations
-
 import sys
 import time
 from collections.abc import Iterator
@@ -119,7 +117,7 @@ def _numbered(handle: IO[str], name: str) -> Iterator[tuple[str, str]]:
         ) from None
 
 
-def _print_refusal(exc: BatchRefusedError) -> None:
+def _print_refusal(exc: "BatchRefusedError") -> None:
     typer.echo(f"error: {exc.message}", err=True)
     for problem in exc.problems:
         typer.echo(f"  {problem.where}: {problem.message}", err=True)

@@ -1,7 +1,5 @@
 """`mailwright files`: the stored attachments, and removing old ones (retention)."""
 
-from __future__ import annotations
-
 import re
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
@@ -103,7 +101,7 @@ def prune(
         raise typer.Exit(1)
 
 
-def print_prune(result: PruneResult, *, older_than: str) -> None:
+def print_prune(result: "PruneResult", *, older_than: str) -> None:
     verb = "would remove" if result.dry_run else "removed"
     freed = "would free" if result.dry_run else "freed"
     typer.echo(

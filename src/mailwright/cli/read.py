@@ -1,7 +1,5 @@
 """`mailwright read`: a one-off read of an IMAP Endpoint target's folder."""
 
-from __future__ import annotations
-
 from pathlib import Path, PurePath
 from typing import Annotated, Any
 

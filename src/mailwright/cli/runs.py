@@ -1,7 +1,5 @@
 """`mailwright runs` and `mailwright worker`."""
 
-from __future__ import annotations
-
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,7 +15,7 @@ app = typer.Typer(help="Runs: every execution of a workflow, step by step.", no_
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def print_run(run: RunPublic, *, state: str | None = None) -> None:
+def print_run(run: "RunPublic", *, state: str | None = None) -> None:
     typer.echo(f"run {run.id}  {run.workflow!r}  {run.status.upper()}")
     typer.echo(f"  created {run.created_at:%Y-%m-%d %H:%M:%S}, target {run.target or '-'}")
     if run.trigger:

@@ -4,8 +4,6 @@ These commands read the files under ``MAILWRIGHT_HOME/sandbox`` directly; they d
 not open the database, so they work while `mailwright serve` is running.
 """
 
-from __future__ import annotations
-
 import sys
 import unicodedata
 from typing import TYPE_CHECKING, Annotated
@@ -24,7 +22,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 _SUBJECT_WIDTH = 50
 
 
-def store() -> SandboxStore:
+def store() -> "SandboxStore":
     from mailwright.config import Settings
     from mailwright.sandbox import SANDBOX_DIRECTORY_NAME, SandboxStore
 
@@ -64,7 +62,7 @@ def _safe(text: str, *, keep: str = "") -> str:
     return "".join(ch if ch in keep or unicodedata.category(ch) != "Cc" else "\ufffd" for ch in text)
 
 
-def _row(summary: CapturedSummary) -> list[object]:
+def _row(summary: "CapturedSummary") -> list[object]:
     subject = _safe(summary.subject)
     if len(subject) > _SUBJECT_WIDTH:
         subject = subject[: _SUBJECT_WIDTH - 1] + "…"
@@ -100,7 +98,7 @@ def show(
     _print_message(message)
 
 
-def _print_message(message: CapturedMessage) -> None:
+def _print_message(message: "CapturedMessage") -> None:
     summary, parsed = message.summary, message.parsed
     print_fields(
         [

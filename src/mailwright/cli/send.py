@@ -1,7 +1,5 @@
 """`mailwright send`: one message through a target."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -28,7 +26,7 @@ def _read_text(path: str, *, field: str) -> str:
         raise ValidationError(f"{field} file {path} is not UTF-8 text", field=field) from exc
 
 
-def _attachment(path: str) -> AttachmentIn:
+def _attachment(path: str) -> "AttachmentIn":
     import base64
     import mimetypes
 
@@ -125,7 +123,7 @@ def send(
         _print_result(result)
 
 
-def _print_result(result: SendResult) -> None:
+def _print_result(result: "SendResult") -> None:
     key = f", account key {result.account_key!r}" if result.account_key else ""
     typer.echo(
         f"{result.status}: {result.message_id} via {result.target!r}{key} "

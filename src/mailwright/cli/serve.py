@@ -1,7 +1,5 @@
 """`mailwright serve`: the API (and later the web UI) on the embedded defaults."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,7 +1,5 @@
 """`mailwright triggers`: the email triggers of workflows, their state, and turning them on or off."""
 
-from __future__ import annotations
-
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -24,11 +22,11 @@ IndexOpt = Annotated[
 ]
 
 
-def _when(trigger: TriggerPublic) -> str:
+def _when(trigger: "TriggerPublic") -> str:
     return f"{trigger.last_checked_at:%Y-%m-%d %H:%M:%S}" if trigger.last_checked_at else "never"
 
 
-def _status(trigger: TriggerPublic) -> str:
+def _status(trigger: "TriggerPublic") -> str:
     return f"errored: {trigger.error}" if trigger.status == "errored" and trigger.error else trigger.status
 
 

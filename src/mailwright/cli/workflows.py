@@ -1,7 +1,5 @@
 """`mailwright workflows`: documents of steps, validated, started, exported and imported."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated, Literal
