@@ -16,7 +16,8 @@ With `--src DIR` (repeatable), each source tree runs on its own PYTHONPATH with 
 same interpreter: two trees (before and after a change) compare in one run.
 
     .venv/bin/python bench/startup.py
-    .venv/bin/python bench/startup.py --src /tmp/before/src --src src --runs 21
+    git archive BASE src | tar -x -C ../before      # the tree before a change
+    .venv/bin/python bench/startup.py --src ../before/src --src src --runs 21
 """
 
 from __future__ import annotations
