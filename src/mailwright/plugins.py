@@ -123,7 +123,7 @@ def unregister_target_type(name: str) -> None:
 
 
 def target_type(name: str) -> TargetType:
-    _load_builtin()
+    _load_builtin("targets")
     found = _TARGET_TYPES.get(name.lower())
     if found is None:
         known = ", ".join(sorted(_TARGET_TYPES))
@@ -132,7 +132,7 @@ def target_type(name: str) -> TargetType:
 
 
 def target_types() -> list[TargetType]:
-    _load_builtin()
+    _load_builtin("targets")
     return list(_TARGET_TYPES.values())
 
 
@@ -167,7 +167,7 @@ def register_activity(spec: ActivitySpec) -> ActivitySpec:
 
 
 def activity(name: str) -> ActivitySpec:
-    _load_builtin()
+    _load_builtin("activities")
     found = _ACTIVITIES.get(name)
     if found is None:
         known = ", ".join(sorted(_ACTIVITIES))
@@ -176,25 +176,31 @@ def activity(name: str) -> ActivitySpec:
 
 
 def activities() -> list[ActivitySpec]:
-    _load_builtin()
+    _load_builtin("activities")
     return list(_ACTIVITIES.values())
 
 
 PLUGINS_VARIABLE = "MAILWRIGHT_PLUGINS"
 ENTRY_POINT_GROUP = "mailwright.plugins"
-_loaded = False
+_loaded: set[str] = set()
+_plugins_loaded = False
 
 
-def _load_builtin() -> None:
-    # Importing the modules registers them; done lazily so that importing the
-    # registry never drags every protocol library in.
-    global _loaded
-    if _loaded:
+def _load_builtin(kind: str) -> None:
+    """Register the built-in `kind` ("targets" or "activities"), then the plugins, once each.
+
+    Importing the modules registers them; done lazily, and one kind at a time, so that
+    importing the registry never drags every protocol library in, and building the CLI's
+    options from the target types loads no activity.
+    """
+    global _plugins_loaded
+    if kind in _loaded:
         return
-    _loaded = True
-    import mailwright.activities
-    import mailwright.targets  # noqa: F401
-
+    _loaded.add(kind)
+    importlib.import_module(f"mailwright.{kind}")
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
     load_plugins(os.environ.get(PLUGINS_VARIABLE, ""))
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         entry.load()

@@ -13,11 +13,9 @@ from mailwright.api.deps import ServicesDep, admin, operator, require_token, vie
 from mailwright.api.errors import status_for_code
 from mailwright.api.openapi import REPLAYED, ErrorBody, errors
 from mailwright.api.params import IdempotencyKey, Ref, Timeout, refuse_nul
-from mailwright.api.routes_workflows import wait_for_run
 from mailwright.plugins import target_types
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
-from mailwright.services.app import Services
-from mailwright.services.idempotency import SEND_EMAIL_SCOPE, IdempotencyClaim, Started
+from mailwright.services.idempotency import SEND_EMAIL_SCOPE
 from mailwright.services.sending import SendEmailRequest, SendResult
 from mailwright.services.targets import TargetCreate, TargetPublic, TargetUpdate
 
@@ -152,14 +150,6 @@ class Accepted(BaseModel):
     status: str
 
 
-def _accept(services: Services, body: SendEmailRequest, key: str | None) -> Started:
-    claim = None
-    if key is not None:
-        claim = IdempotencyClaim.of(SEND_EMAIL_SCOPE, key, body.model_dump(mode="json", by_alias=True))
-    # Bad input (422/404) is refused before anything is stored; a retried key skips the checks.
-    return services.idempotency.start_send_email(body, claim, check=lambda: services.sending.check(body))
-
-
 @router.post(
     "/send-email",
     dependencies=[operator("sending mail")],
@@ -183,27 +173,24 @@ async def send_email(
     outcome; without it, 202 with the run id. With an `Idempotency-Key`, a retry
     answers with the first request's run (and its result) and sends nothing again.
     """
-    started = await asyncio.to_thread(_accept, services, body, idempotency_key)
+    waiting = services.waiting
+    started = await asyncio.to_thread(
+        waiting.start_send_email, body, key=idempotency_key, scope=SEND_EMAIL_SCOPE
+    )
     headers = {"Idempotent-Replayed": "true"} if started.replayed else None
     if not wait and not started.replayed:  # accepted: what a worker does with it is for later
         return JSONResponse(Accepted(run_id=started.run_id, status="queued").model_dump(), status_code=202)
-    if wait:
-        run = await wait_for_run(
-            services, started.run_id, timeout, services.runs.send_outcome, fresh=not started.replayed
-        )
-    else:  # a retry of a request that did not wait: the run as it is now (finished, maybe)
-        run = await asyncio.to_thread(services.runs.send_outcome, started.run_id)
-    if run.status == "succeeded" and run.output is not None:
-        result = SendResult.model_validate({**run.output, "run_id": run.id})
-        return JSONResponse(result.model_dump(mode="json"), headers=headers)
-    if run.status in ("failed", "cancelled"):
-        error = run.step_error or run.error or {"code": "failed", "message": f"the run {run.status}"}
-        body_out = ErrorBody.model_validate({"error": error, "run_id": run.id})
+    # Without `wait`, a retry of a request that did not wait: the run as it is now (finished, maybe).
+    answer = await waiting.send_outcome(started, timeout=timeout if wait else None)
+    if answer.result is not None:
+        return JSONResponse(answer.result.model_dump(mode="json"), headers=headers)
+    if answer.error is not None:
+        body_out = ErrorBody.model_validate({"error": answer.error, "run_id": answer.run_id})
         return JSONResponse(
             body_out.model_dump(mode="json", exclude_none=True),
-            status_code=status_for_code(str(error.get("code"))),
+            status_code=status_for_code(str(answer.error.get("code"))),
             headers=headers,
         )
     return JSONResponse(
-        Accepted(run_id=run.id, status=run.status).model_dump(), status_code=202, headers=headers
+        Accepted(run_id=answer.run_id, status=answer.status).model_dump(), status_code=202, headers=headers
     )

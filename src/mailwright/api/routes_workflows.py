@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +31,7 @@ router = APIRouter(
     prefix="/api/v1", dependencies=[Depends(require_token), Depends(refuse_nul)], responses=errors(401)
 )
 
-__all__ = ["WAIT_LIMIT", "router", "wait_for_run"]
+__all__ = ["WAIT_LIMIT", "router"]
 
 
 class WorkflowIn(BaseModel):
@@ -68,39 +65,6 @@ def _text(document: str | dict[str, Any]) -> str:
     import json
 
     return document if isinstance(document, str) else json.dumps(document)
-
-
-# A worker of another process finishes runs without telling this one: look at the row this often.
-RECHECK_SECONDS = 0.25
-R = TypeVar("R")
-
-
-async def wait_for_run(
-    services: Any, run_id: str, timeout: float, read: Callable[[str], R], *, fresh: bool = True
-) -> R:
-    """`read(run_id)` once the run is finished, or when the timeout passes.
-
-    This process's worker wakes the waiter as soon as the run ends; meanwhile only
-    the run's status is looked at, every RECHECK_SECONDS, for runs finished
-    elsewhere. `fresh`: the run was queued a moment ago, so wait before the first
-    look (an older one, such as a replayed request's, is looked at once).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        woken = services.runs.waiters.register(run_id)  # before looking: a finish in between still wakes us
-        try:
-            remaining = deadline - time.monotonic()
-            if not fresh:
-                status = await asyncio.to_thread(services.runs.status, run_id)
-                if status in FINISHED or remaining <= 0:
-                    return await asyncio.to_thread(read, run_id)
-            fresh = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(woken), timeout=min(remaining, RECHECK_SECONDS))
-            if woken.done():  # told by this process's worker: finished
-                return await asyncio.to_thread(read, run_id)
-        finally:
-            services.runs.waiters.discard(run_id, woken)
 
 
 @router.get("/workflows", dependencies=[viewer("listing workflows")], tags=["workflows"])
@@ -200,8 +164,8 @@ async def start_workflow(
         response.headers["Idempotent-Replayed"] = "true"
     if not body.wait:
         return await asyncio.to_thread(services.runs.get, started.run_id)
-    finished = await wait_for_run(
-        services, started.run_id, body.timeout, services.runs.get, fresh=not started.replayed
+    finished = await services.waiting.wait(
+        started.run_id, timeout=body.timeout, read=services.runs.get, fresh=not started.replayed
     )
     # Still running when the wait ran out: 202, as without `wait`, with the run as it stands.
     response.status_code = 200 if finished.status in FINISHED else 202

@@ -6,21 +6,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from mailwright.cli.context import services
 from mailwright.cli.output import print_fields, print_json, print_table
 from mailwright.cli.secrets_input import read_password
 from mailwright.errors import ValidationError
 
 if TYPE_CHECKING:
     from mailwright.services.account_keys import AccountKeyPublic
-    from mailwright.services.app import Services
-
-
-def services() -> Services:
-    # Imported when a command runs: building the commands (`--help`) loads no database code.
-    from mailwright.cli.context import services as opened
-
-    return opened()
-
 
 app = typer.Typer(help="Email Credentials account keys: mailbox username and password.", no_args_is_help=True)
 

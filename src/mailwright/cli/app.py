@@ -1,27 +1,24 @@
 """The root of the `mailwright` command and its error handling."""
 
-from __future__ import annotations
-
+import importlib
 import os
 import sys
 import traceback
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
-import pydantic
 import typer
+from typer import _click
+from typer.core import TyperGroup
 
 from mailwright import __version__
-from mailwright.cli import account_keys, audit, files, runs, sandbox, targets, tokens, triggers, workflows
+from mailwright.cli import account_keys, audit, files, runs, sandbox, tokens, triggers, workflows
 from mailwright.cli.batch import send_batch
-from mailwright.cli.output import EXIT_BAD_INPUT, exit_code_for, print_error
+from mailwright.cli.output import EXIT_BAD_INPUT, exit_code_for, print_error, redact
 from mailwright.cli.read import read
 from mailwright.cli.secret_key import rotate as rotate_secret_key
 from mailwright.cli.send import send
 from mailwright.cli.serve import serve
-from mailwright.domain.validation import describe
 from mailwright.errors import MailwrightError
-from mailwright.secrets import generate_key, redact
-from mailwright.services import audit as audit_log
 
 app = typer.Typer(
     name="mailwright",
@@ -31,7 +28,10 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(account_keys.app, name="account-keys")
-app.add_typer(targets.app, name="targets")
+# `targets` builds its options from the registered target types (their settings models, and
+# any plugin's): loaded only when a `targets` command runs, so `mailwright --help` stays quick.
+TARGETS_HELP = "Targets: the mail servers Mailwright talks to."
+app.add_typer(typer.Typer(help=TARGETS_HELP), name="targets")  # its place and help; see command()
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(audit.app, name="audit")
 app.add_typer(sandbox.app, name="sandbox")
@@ -52,6 +52,8 @@ app.add_typer(secret_key_app, name="secret-key")
 @secret_key_app.command("generate")
 def generate() -> None:
     """Print a new random key for MAILWRIGHT_SECRET_KEY."""
+    from mailwright.secrets import generate_key
+
     typer.echo(generate_key())
 
 
@@ -71,8 +73,55 @@ def root(
     ] = False,
 ) -> None:
     """Data lives in MAILWRIGHT_HOME; MAILWRIGHT_DATABASE_URL selects another database."""
-    # Changes made by this command are recorded in the audit log as this machine's user.
-    audit_log.act_as(audit_log.Actor.local_user())
+    # Who acts (this machine's user, for the audit log) is set when the services open: cli/context.py.
+
+
+class LazyGroup(TyperGroup):
+    """A command group listed by name and help, whose module is imported when it is used.
+
+    Listing it (the root's --help) needs only its help text; running it or asking for its
+    own help builds the real group from `module`'s Typer `app`, and that group parses and
+    runs the command line.
+    """
+
+    def __init__(self, name: str, *, module: str, help_text: str) -> None:
+        super().__init__(name=name, help=help_text, no_args_is_help=True)
+        self._module = module
+        self._real: TyperGroup | None = None
+
+    def real(self) -> TyperGroup:
+        if self._real is None:
+            # Built as a subcommand of a root, as `add_typer` would: no completion options of its own.
+            root = typer.Typer(add_completion=False)
+            root.add_typer(importlib.import_module(self._module).app, name=self.name)
+            built = typer.main.get_command(root)
+            assert isinstance(built, TyperGroup)
+            real = built.commands[str(self.name)]
+            assert isinstance(real, TyperGroup)
+            self._real = real
+        return self._real
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: _click.Context | None = None, **extra: Any
+    ) -> _click.Context:
+        return self.real().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: _click.Context) -> Any:
+        return self.real().invoke(ctx)
+
+    def list_commands(self, ctx: _click.Context) -> list[str]:
+        return self.real().list_commands(ctx)
+
+    def get_command(self, ctx: _click.Context, cmd_name: str) -> _click.Command | None:
+        return self.real().get_command(ctx, cmd_name)
+
+
+def command() -> TyperGroup:
+    """The root command group, with `targets` loaded on first use."""
+    root = typer.main.get_command(app)
+    assert isinstance(root, TyperGroup)
+    root.commands["targets"] = LazyGroup("targets", module="mailwright.cli.targets", help_text=TARGETS_HELP)
+    return root
 
 
 def main() -> None:
@@ -81,9 +130,8 @@ def main() -> None:
     Typer reports its own usage errors (exit 2); everything Mailwright raises is
     caught here.
     """
-    command = typer.main.get_command(app)
     try:
-        result = command.main(prog_name="mailwright", standalone_mode=False)
+        result = command().main(prog_name="mailwright", standalone_mode=False)
     except typer.TyperException as exc:
         _usage_error(exc)
     except typer.Abort:
@@ -92,19 +140,28 @@ def main() -> None:
     except MailwrightError as exc:
         print_error(exc)
         sys.exit(exit_code_for(exc))
-    except pydantic.ValidationError as exc:
-        print_error(describe(exc))
-        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # the last line of defence: no traceback, no secret
-        typer.echo(f"error: internal error: {redact(f'{type(exc).__name__}: {exc}')}", err=True)
-        if os.environ.get("MAILWRIGHT_DEBUG"):
-            typer.echo(redact(traceback.format_exc()), err=True)
-        else:
-            typer.echo("hint: set MAILWRIGHT_DEBUG=1 to see the traceback; please report it", err=True)
-        sys.exit(3)
+    except Exception as exc:
+        _unexpected(exc)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _unexpected(exc: Exception) -> NoReturn:
+    """Bad input Pydantic refused (exit 2), else an internal error: no traceback, no secret."""
+    # Only a command that loaded Pydantic can raise its errors: --help never loads it.
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(exc, pydantic.ValidationError):
+        from mailwright.domain.validation import describe
+
+        print_error(describe(exc))
+        sys.exit(EXIT_BAD_INPUT)
+    typer.echo(f"error: internal error: {redact(f'{type(exc).__name__}: {exc}')}", err=True)
+    if os.environ.get("MAILWRIGHT_DEBUG"):
+        typer.echo(redact(traceback.format_exc()), err=True)
+    else:
+        typer.echo("hint: set MAILWRIGHT_DEBUG=1 to see the traceback; please report it", err=True)
+    sys.exit(3)
 
 
 def _usage_error(exc: typer.TyperException) -> NoReturn:

@@ -1,17 +1,17 @@
 """`mailwright files`: the stored attachments, and removing old ones (retention)."""
 
-from __future__ import annotations
-
 import re
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import print_fields, print_json
 from mailwright.errors import ValidationError
-from mailwright.services.files import PruneResult
+
+if TYPE_CHECKING:
+    from mailwright.services.files import PruneResult
 
 app = typer.Typer(
     help="Attachments read from mail, kept in the file store; prune removes old ones.",
@@ -101,7 +101,7 @@ def prune(
         raise typer.Exit(1)
 
 
-def print_prune(result: PruneResult, *, older_than: str) -> None:
+def print_prune(result: "PruneResult", *, older_than: str) -> None:
     verb = "would remove" if result.dry_run else "removed"
     freed = "would free" if result.dry_run else "freed"
     typer.echo(

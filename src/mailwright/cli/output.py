@@ -8,10 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import typer
-from pydantic import BaseModel
 
 from mailwright import errors
-from mailwright.secrets import redact
 
 EXIT_FAILED = 1  # a send or test that did not succeed
 EXIT_BAD_INPUT = 2  # the user's input was wrong (as click's own usage errors)
@@ -43,6 +41,13 @@ def _cli_words(error: errors.MailwrightError) -> str:
     return message
 
 
+def redact(text: str) -> str:
+    """`mailwright.secrets.redact`, imported when an error is printed (it loads the cipher)."""
+    from mailwright.secrets import redact as redact_secrets
+
+    return redact_secrets(text)
+
+
 def print_error(error: errors.MailwrightError) -> None:
     typer.echo(f"error: {redact(_cli_words(error))}", err=True)
     if error.hint:
@@ -50,6 +55,8 @@ def print_error(error: errors.MailwrightError) -> None:
 
 
 def to_jsonable(value: Any) -> Any:
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", by_alias=True)
     if isinstance(value, list):

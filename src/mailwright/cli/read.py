@@ -1,9 +1,5 @@
 """`mailwright read`: a one-off read of an IMAP Endpoint target's folder."""
 
-from __future__ import annotations
-
-import asyncio
-import base64
 from pathlib import Path, PurePath
 from typing import Annotated, Any
 
@@ -32,6 +28,8 @@ def read(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (bodies and headers included)")] = False,
 ) -> None:
     """Read messages without marking them read (unless --after says otherwise)."""
+    import asyncio
+
     from mailwright.activities.read_email import ReadEmailInput, read_messages
     from mailwright.domain.validation import validate_model
 
@@ -69,6 +67,8 @@ def read(
 
 def _save(messages: list[dict[str, Any]], directory: Path) -> None:
     """Write attachments as UID-NAME files; the JSON then names the file instead of the bytes."""
+    from base64 import b64decode
+
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -83,6 +83,6 @@ def _save(messages: list[dict[str, Any]], directory: Path) -> None:
             written = str(attachment["file_name"] or "attachment").replace("\\", "/")
             name = PurePath(written).name or "attachment"  # never a path out of the directory
             path = directory / f"{message['uid']}-{name}"
-            path.write_bytes(base64.b64decode(content))
+            path.write_bytes(b64decode(content))
             attachment["saved_to"] = str(path)
             typer.echo(f"saved {path} ({attachment['size']} bytes)", err=True)

@@ -1,42 +1,21 @@
 """`mailwright runs` and `mailwright worker`."""
 
-from __future__ import annotations
-
-import asyncio
-import signal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import print_json, print_table
-from mailwright.services.runs import RunPublic
-from mailwright.storage.tables import utcnow
+
+if TYPE_CHECKING:
+    from mailwright.services.runs import RunPublic
 
 app = typer.Typer(help="Runs: every execution of a workflow, step by step.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-async def wait_inline(run_id: str) -> RunPublic:
-    """Execute a run in this process (claiming it like any worker) and return it finished."""
-    from mailwright.engine.worker import Worker
-
-    svc = services()
-    worker = Worker(svc)
-    while True:
-        status = await worker.executor.execute(run_id)
-        run = svc.runs.get(run_id)
-        if run.status in ("succeeded", "failed", "cancelled"):
-            return run
-        if status is None:
-            await asyncio.sleep(0.5)  # another worker holds it: wait for it to finish
-        elif run.not_before is not None:
-            # A retry is due later: wait for it here, as a worker would.
-            await asyncio.sleep(max(0.05, (run.not_before - utcnow()).total_seconds()))
-
-
-def print_run(run: RunPublic, *, state: str | None = None) -> None:
+def print_run(run: "RunPublic", *, state: str | None = None) -> None:
     typer.echo(f"run {run.id}  {run.workflow!r}  {run.status.upper()}")
     typer.echo(f"  created {run.created_at:%Y-%m-%d %H:%M:%S}, target {run.target or '-'}")
     if run.trigger:
@@ -156,6 +135,9 @@ def retry(
 
 def worker() -> None:
     """Execute queued runs in this process until stopped (Ctrl-C or SIGTERM)."""
+    import asyncio
+    import signal
+
     from mailwright.engine.worker import Worker
     from mailwright.logs import configure_logging
 

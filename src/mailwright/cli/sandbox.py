@@ -4,25 +4,17 @@ These commands read the files under ``MAILWRIGHT_HOME/sandbox`` directly; they d
 not open the database, so they work while `mailwright serve` is running.
 """
 
-from __future__ import annotations
-
 import sys
 import unicodedata
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.output import print_fields, print_json, print_table
-from mailwright.config import Settings
-from mailwright.domain.html_text import html_to_text
 from mailwright.errors import ValidationError
-from mailwright.sandbox import (
-    SANDBOX_DIRECTORY_NAME,
-    SANDBOX_TARGET_NAME,
-    CapturedMessage,
-    CapturedSummary,
-    SandboxStore,
-)
+
+if TYPE_CHECKING:
+    from mailwright.sandbox import CapturedMessage, CapturedSummary, SandboxStore
 
 app = typer.Typer(help="Messages captured by the local sandbox SMTP server.", no_args_is_help=True)
 
@@ -30,7 +22,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 _SUBJECT_WIDTH = 50
 
 
-def store() -> SandboxStore:
+def store() -> "SandboxStore":
+    from mailwright.config import Settings
+    from mailwright.sandbox import SANDBOX_DIRECTORY_NAME, SandboxStore
+
     return SandboxStore(Settings().home / SANDBOX_DIRECTORY_NAME)
 
 
@@ -48,6 +43,9 @@ def list_messages(
     print_table(["ID", "RECEIVED (UTC)", "FROM", "TO", "SUBJECT", "SIZE"], [_row(s) for s in summaries])
     total = sandbox.count()
     if not summaries:
+        from mailwright.config import Settings
+        from mailwright.sandbox import SANDBOX_TARGET_NAME
+
         port = Settings().sandbox_port
         where = f"127.0.0.1:{port}" if port else "a free port of 127.0.0.1"
         typer.echo(
@@ -64,7 +62,7 @@ def _safe(text: str, *, keep: str = "") -> str:
     return "".join(ch if ch in keep or unicodedata.category(ch) != "Cc" else "\ufffd" for ch in text)
 
 
-def _row(summary: CapturedSummary) -> list[object]:
+def _row(summary: "CapturedSummary") -> list[object]:
     subject = _safe(summary.subject)
     if len(subject) > _SUBJECT_WIDTH:
         subject = subject[: _SUBJECT_WIDTH - 1] + "…"
@@ -100,7 +98,7 @@ def show(
     _print_message(message)
 
 
-def _print_message(message: CapturedMessage) -> None:
+def _print_message(message: "CapturedMessage") -> None:
     summary, parsed = message.summary, message.parsed
     print_fields(
         [
@@ -119,6 +117,8 @@ def _print_message(message: CapturedMessage) -> None:
     if parsed.text is not None:
         typer.echo(_safe(parsed.text.rstrip("\n"), keep="\n\t"))
     elif parsed.html is not None:
+        from mailwright.domain.html_text import html_to_text
+
         typer.echo("(no text part; text derived from the HTML part)", err=True)
         typer.echo(_safe(html_to_text(parsed.html).rstrip("\n"), keep="\n\t"))
     else:

@@ -16,18 +16,17 @@ the keys: the new key is put first by the user, the command re-encrypts under it
 the user then drops the old keys from the variable.
 """
 
-from __future__ import annotations
-
 import json
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.errors import ConfigError, SecretError
-from mailwright.secrets import SecretBox, generate_key, load_key_file, write_key_file
-from mailwright.services.app import Services
+
+if TYPE_CHECKING:
+    from mailwright.services.app import Services
 
 _PASSES = 3  # re-encryption passes before giving up on secrets written concurrently
 
@@ -43,8 +42,10 @@ class Rotation:
     old_keys_kept: bool
 
 
-def rotate_secret_key(svc: Services, *, keep_old_keys: bool = False) -> Rotation:
+def rotate_secret_key(svc: "Services", *, keep_old_keys: bool = False) -> Rotation:
     """Re-encrypt every stored secret under a new key (see the module's description)."""
+    from mailwright.secrets import generate_key, load_key_file, write_key_file
+
     settings = svc.settings
     if settings.secret_key:
         return _rotate_environment(svc)
@@ -65,7 +66,7 @@ def rotate_secret_key(svc: Services, *, keep_old_keys: bool = False) -> Rotation
     )
 
 
-def _rotate_environment(svc: Services) -> Rotation:
+def _rotate_environment(svc: "Services") -> Rotation:
     ring = svc.account_keys.box.key_ids
     current = ring[0]
     if len(ring) == 1:
@@ -81,7 +82,7 @@ def _rotate_environment(svc: Services) -> Rotation:
     return Rotation(key_id=current, replaced=ring[1:], secrets=count, key_file=None, old_keys_kept=True)
 
 
-def _reencrypt(svc: Services, new_id: str) -> int:
+def _reencrypt(svc: "Services", new_id: str) -> int:
     """Re-encrypt until no secret is under another key (a secret saved meanwhile is taken too)."""
     count = 0
     for _ in range(_PASSES):
@@ -97,6 +98,8 @@ def _reencrypt(svc: Services, new_id: str) -> int:
 
 
 def _key_id(text: str) -> str:
+    from mailwright.secrets import SecretBox
+
     return SecretBox.from_texts([text]).current_key_id
 
 

@@ -5,16 +5,21 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
 from mailwright.errors import ValidationError
-from mailwright.secrets import Secret
+
+if TYPE_CHECKING:
+    from mailwright.secrets import Secret
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def read_password(*, from_stdin: bool, env_var: str | None, prompt: bool, required: bool) -> Secret | None:
+    from mailwright.secrets import Secret
+
     if from_stdin and env_var:
         raise ValidationError("give either --password-stdin or --password-env, not both", field="password")
     if from_stdin:

@@ -1,21 +1,18 @@
 """`mailwright send`: one message through a target."""
 
-from __future__ import annotations
-
-import asyncio
-import base64
-import mimetypes
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import EXIT_FAILED, print_json
-from mailwright.domain.message import Importance
+from mailwright.domain.importance import Importance
 from mailwright.errors import MailwrightError, TargetError, ValidationError
-from mailwright.services.sending import AttachmentIn, SendEmailRequest, SendResult
+
+if TYPE_CHECKING:
+    from mailwright.services.sending import AttachmentIn, SendResult
 
 
 def _read_text(path: str, *, field: str) -> str:
@@ -29,7 +26,12 @@ def _read_text(path: str, *, field: str) -> str:
         raise ValidationError(f"{field} file {path} is not UTF-8 text", field=field) from exc
 
 
-def _attachment(path: str) -> AttachmentIn:
+def _attachment(path: str) -> "AttachmentIn":
+    import base64
+    import mimetypes
+
+    from mailwright.services.sending import AttachmentIn
+
     file = Path(path)
     try:
         data = file.read_bytes()
@@ -87,6 +89,10 @@ def send(
     """Send an email through a target and show each recipient's outcome. Exit 1 if it failed."""
     if body_file == "-" and html_file == "-":
         raise ValidationError("only one of --body-file and --html-file can read stdin", field="body")
+    import asyncio
+
+    from mailwright.services.sending import SendEmailRequest
+
     request = SendEmailRequest(
         target=target,
         from_=sender,
@@ -117,7 +123,7 @@ def send(
         _print_result(result)
 
 
-def _print_result(result: SendResult) -> None:
+def _print_result(result: "SendResult") -> None:
     key = f", account key {result.account_key!r}" if result.account_key else ""
     typer.echo(
         f"{result.status}: {result.message_id} via {result.target!r}{key} "

@@ -1,19 +1,16 @@
 """`mailwright serve`: the API (and later the web UI) on the embedded defaults."""
 
-from __future__ import annotations
-
-import ipaddress
-import logging
 from typing import Annotated
 
 import typer
 
 from mailwright.cli.context import services
-from mailwright.logs import configure_logging
 
 
 def is_loopback(host: str) -> bool:
     """Whether `host` (an address or a name) only listens on this machine."""
+    import ipaddress
+
     if host.strip("[]").lower() == "localhost":
         return True
     try:
@@ -62,9 +59,12 @@ def serve(
 ) -> None:
     """Run the service: REST API at /api/v1, OpenAPI at /api/openapi.json."""
     # Imported here so that every other command starts without the web stack.
+    import logging
+
     import uvicorn
 
     from mailwright.api.app import create_app
+    from mailwright.logs import configure_logging
     from mailwright.sandbox import SANDBOX_DIRECTORY_NAME, SANDBOX_TARGET_NAME, SandboxServer, SandboxStore
 
     svc = services()

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from mailwright.cli.context import services
 from mailwright.cli.output import EXIT_FAILED, print_fields, print_json, print_table
 from mailwright.plugins import target_types
 from mailwright.targets.fields import SettingField, setting_fields
 from mailwright.targets.report import ConnectionTestReport
 
 if TYPE_CHECKING:
-    from mailwright.services.app import Services
     from mailwright.services.targets import TargetPublic
 
 app = typer.Typer(help="Targets: the mail servers Mailwright talks to.", no_args_is_help=True)
@@ -34,12 +34,6 @@ NoAccountKeys = Annotated[bool, typer.Option("--no-account-keys", help="no login
 Description = Annotated[str | None, typer.Option("--description")]
 # One option that sets every setting that names it as its `shortcut` (--timeout: connect and command).
 SHORTCUTS = {"timeout": "seconds for each command (and connecting)"}
-
-
-def services() -> Services:
-    from mailwright.cli.context import services as opened
-
-    return opened()
 
 
 # --- options made from the settings of the registered types ---------------------------------
@@ -283,6 +277,7 @@ def run_test(
     ref: Annotated[str, typer.Argument(help="display name or id")], as_json: JsonOpt = False
 ) -> None:
     """Connect, TLS, EHLO, AUTH, QUIT; explain what is misconfigured. Exit 1 on failure."""
+
     report = asyncio.run(services().targets.test(ref))
     if as_json:
         print_json(report.as_dict())

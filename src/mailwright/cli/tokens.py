@@ -1,7 +1,5 @@
 """`mailwright tokens`: API bearer tokens (stored hashed, shown once), each with a role."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,14 +1,14 @@
 """`mailwright triggers`: the email triggers of workflows, their state, and turning them on or off."""
 
-from __future__ import annotations
-
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import print_json, print_table
-from mailwright.services.triggers import TriggerPublic
+
+if TYPE_CHECKING:
+    from mailwright.services.triggers import TriggerPublic
 
 app = typer.Typer(
     help="Email triggers: new mail in an IMAP folder or POP3 mailbox starts a workflow, once per mail.",
@@ -22,11 +22,11 @@ IndexOpt = Annotated[
 ]
 
 
-def _when(trigger: TriggerPublic) -> str:
+def _when(trigger: "TriggerPublic") -> str:
     return f"{trigger.last_checked_at:%Y-%m-%d %H:%M:%S}" if trigger.last_checked_at else "never"
 
 
-def _status(trigger: TriggerPublic) -> str:
+def _status(trigger: "TriggerPublic") -> str:
     return f"errored: {trigger.error}" if trigger.status == "errored" and trigger.error else trigger.status
 
 

@@ -1,8 +1,5 @@
 """`mailwright workflows`: documents of steps, validated, started, exported and imported."""
 
-from __future__ import annotations
-
-import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,7 +8,7 @@ import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import EXIT_FAILED, print_json, print_table
-from mailwright.cli.runs import print_run, wait_inline
+from mailwright.cli.runs import print_run
 from mailwright.errors import ValidationError
 
 app = typer.Typer(
@@ -96,10 +93,12 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Start a run. It is stored before this returns; `serve` or `worker` executes it, or --wait does here."""
+    import asyncio
+
     started = services().runs.start_workflow(
         ref, inputs=_inputs(input_pairs), target=target, account_key=account_key
     )
-    result = asyncio.run(wait_inline(started.id)) if wait else started
+    result = asyncio.run(services().waiting.run_inline(started.id)) if wait else started
     if as_json:
         print_json(result)
     elif wait:

@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import format_datetime
-from enum import StrEnum
 
 from mailwright.domain import headers, mime
 from mailwright.domain.addresses import Address, dedupe
 from mailwright.domain.html_text import html_to_text
+from mailwright.domain.importance import Importance as Importance
 from mailwright.domain.mime import normalise_newlines as normalise_newlines
 from mailwright.errors import ValidationError
 
@@ -45,12 +45,6 @@ RESERVED_HEADERS = frozenset(
         "Return-Path",
     )
 )
-
-
-class Importance(StrEnum):
-    LOW = "low"
-    NORMAL = "normal"
-    HIGH = "high"
 
 
 _PRIORITY = {Importance.LOW: "5 (Lowest)", Importance.HIGH: "1 (Highest)"}

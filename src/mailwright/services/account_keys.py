@@ -178,6 +178,8 @@ class AccountKeyService:
             return self.login_for_row(row)
 
     def login_for_row(self, row: AccountKeyRow) -> Login:
+        from mailwright.transport.smtp import Login  # the SMTP client: loaded by what connects
+
         password = self._box.decrypt(row.password_encrypted, context=_context(row.id))
         return Login(key_name=row.name, username=row.username, password=password)
 

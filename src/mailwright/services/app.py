@@ -1,61 +1,189 @@
-"""The service container the faces (API, CLI, web) share."""
+"""The service container the faces (API, CLI, web) share.
+
+Each service is made when first asked for, with its imports: a command such as
+`mailwright targets list` loads the target and key services and the database, not the
+runs, batches, triggers or the SMTP connection pools. What every use needs (the home
+folder, the database and its schema, the secret key, the outbound policy) is set up at
+once, as before.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 from mailwright.config import Settings
 from mailwright.domain import expressions
 from mailwright.secrets import write_private_file
-from mailwright.services.account_keys import AccountKeyService
-from mailwright.services.audit import AuditService
-from mailwright.services.batches import BatchService
-from mailwright.services.files import FileService
-from mailwright.services.idempotency import IdempotencyService
-from mailwright.services.runs import RunService
-from mailwright.services.schedules import ScheduleService
-from mailwright.services.sending import SendService
-from mailwright.services.targets import TargetService
-from mailwright.services.tokens import TokenService
-from mailwright.services.triggers import TriggerService
-from mailwright.services.web_auth import WebAuthService
-from mailwright.services.workflows import WorkflowService
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
 from mailwright.transport.outbound import set_outbound_policy
-from mailwright.transport.pool import PoolRegistry, shared_pools
+
+if TYPE_CHECKING:
+    from mailwright.services.account_keys import AccountKeyService
+    from mailwright.services.audit import AuditService
+    from mailwright.services.batches import BatchService
+    from mailwright.services.files import FileService
+    from mailwright.services.idempotency import IdempotencyService
+    from mailwright.services.runs import RunService
+    from mailwright.services.schedules import ScheduleService
+    from mailwright.services.sending import SendService
+    from mailwright.services.targets import TargetService
+    from mailwright.services.tokens import TokenService
+    from mailwright.services.triggers import TriggerService
+    from mailwright.services.waiting import WaitService
+    from mailwright.services.web_auth import WebAuthService
+    from mailwright.services.workflows import WorkflowService
+    from mailwright.transport.pool import PoolRegistry
 
 FIRST_TOKEN_FILE = "first-admin-token"  # in the home folder, mode 0600
+T = TypeVar("T")
+
+
+class made_on_first_use(Generic[T]):  # lower case: a decorator, like cached_property
+    """A service made by the decorated method when first asked for, then kept.
+
+    Unlike `functools.cached_property`, made under the container's lock: the API's
+    threads asking at once still share one service (one RunService, so one set of waiters).
+    """
+
+    def __init__(self, make: Callable[[Any], T]) -> None:
+        self._make = make
+        self._name = make.__name__
+
+    @overload
+    def __get__(self, container: None, owner: type[Any]) -> Self: ...
+    @overload
+    def __get__(self, container: Services, owner: type[Any]) -> T: ...
+    def __get__(self, container: Services | None, owner: type[Any]) -> Self | T:
+        if container is None:
+            return self
+        made: dict[str, Any] = container.__dict__
+        with container._lock:
+            if self._name not in made:  # once kept, the instance's attribute answers without this
+                made[self._name] = self._make(container)
+            return made[self._name]  # type: ignore[no-any-return]
 
 
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._lock = threading.RLock()  # a service may ask for the services it needs
         if settings.database_url is None:
             settings.ensure_home()
         self.db = Database(settings.effective_database_url)
         self.db.migrate()
         self.files = FileStore(settings.files_dir or settings.home / "files")
-        self.file_service = FileService(self.db, self.files)  # retention: summary and prune
-        box = settings.secret_box()
+        self._box = settings.secret_box()  # a wrong key is refused now, whatever the command
         expressions.set_time_limit(settings.expression_time_limit)  # the executor's budget per rendering
         set_outbound_policy(settings.outbound_policy())  # what targets may connect to
-        self.account_keys = AccountKeyService(self.db, box)
-        self.targets = TargetService(self.db, self.account_keys)
-        self.sending = SendService(self.targets, self.files)
-        # SMTP connection pools, shared by every send of the process; closed by `aclose`.
-        self.pools: PoolRegistry = shared_pools()
-        self.tokens = TokenService(self.db)
-        self.audit = AuditService(self.db)  # the services record into it; this reads it
-        self.web_auth = WebAuthService(self.db, self.tokens)
-        self.workflows = WorkflowService(self.db)
-        self.runs = RunService(self.db)
-        # Idempotency-Key: a retried request gets the run its first attempt started.
-        self.idempotency = IdempotencyService(self.db, self.runs)
-        self.batches = BatchService(self.db, self.targets, self.runs, files=self.files, keys=self.idempotency)
-        self.schedules = ScheduleService(self.db, self.runs)
-        self.triggers = TriggerService(self.db, self.runs)
-        self.workflows.on_saved = self._workflow_saved
+
+    @made_on_first_use
+    def file_service(self) -> FileService:
+        """Retention: summary and prune."""
+        from mailwright.services.files import FileService
+
+        return FileService(self.db, self.files)
+
+    @made_on_first_use
+    def account_keys(self) -> AccountKeyService:
+        from mailwright.services.account_keys import AccountKeyService
+
+        return AccountKeyService(self.db, self._box)
+
+    @made_on_first_use
+    def targets(self) -> TargetService:
+        from mailwright.services.targets import TargetService
+
+        return TargetService(self.db, self.account_keys)
+
+    @made_on_first_use
+    def sending(self) -> SendService:
+        from mailwright.services.sending import SendService
+
+        return SendService(self.targets, self.files)
+
+    @made_on_first_use
+    def pools(self) -> PoolRegistry:
+        """SMTP connection pools, shared by every send of the process; closed by `aclose`."""
+        from mailwright.transport.pool import shared_pools
+
+        return shared_pools()
+
+    @made_on_first_use
+    def tokens(self) -> TokenService:
+        from mailwright.services.tokens import TokenService
+
+        return TokenService(self.db)
+
+    @made_on_first_use
+    def audit(self) -> AuditService:
+        """The services record into the audit log; this reads it."""
+        from mailwright.services.audit import AuditService
+
+        return AuditService(self.db)
+
+    @made_on_first_use
+    def web_auth(self) -> WebAuthService:
+        from mailwright.services.web_auth import WebAuthService
+
+        return WebAuthService(self.db, self.tokens)
+
+    @made_on_first_use
+    def workflows(self) -> WorkflowService:
+        from mailwright.services.workflows import WorkflowService
+
+        workflows = WorkflowService(self.db)
+        workflows.on_saved = self._workflow_saved
+        return workflows
+
+    @made_on_first_use
+    def runs(self) -> RunService:
+        from mailwright.services.runs import RunService
+
+        return RunService(self.db)
+
+    @made_on_first_use
+    def idempotency(self) -> IdempotencyService:
+        """Idempotency-Key: a retried request gets the run its first attempt started."""
+        from mailwright.services.idempotency import IdempotencyService
+
+        return IdempotencyService(self.db, self.runs)
+
+    @made_on_first_use
+    def waiting(self) -> WaitService:
+        """Send and wait, wait for a run, run inline: what the faces call to get an outcome."""
+        from mailwright.services.waiting import WaitService
+
+        return WaitService(
+            db=self.db,
+            runs=self.runs,
+            idempotency=self.idempotency,
+            sending=self.sending,
+            targets=self.targets,
+            files=self.files,
+            lease_seconds=self.settings.lease_seconds,
+        )
+
+    @made_on_first_use
+    def batches(self) -> BatchService:
+        from mailwright.services.batches import BatchService
+
+        return BatchService(self.db, self.targets, self.runs, files=self.files, keys=self.idempotency)
+
+    @made_on_first_use
+    def schedules(self) -> ScheduleService:
+        from mailwright.services.schedules import ScheduleService
+
+        return ScheduleService(self.db, self.runs)
+
+    @made_on_first_use
+    def triggers(self) -> TriggerService:
+        from mailwright.services.triggers import TriggerService
+
+        return TriggerService(self.db, self.runs)
 
     def first_start_token(self) -> tuple[Path, str] | None:
         """On first start, a new admin token, written to a file only the owner can read.

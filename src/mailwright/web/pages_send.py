@@ -9,7 +9,6 @@ shows the result again instead of posting the form again.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import mimetypes
 import secrets
@@ -18,18 +17,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from mailwright.api.routes_workflows import wait_for_run
 from mailwright.domain.validation import validate_model
 from mailwright.errors import IdempotencyKeyReusedError, MailwrightError
-from mailwright.services.app import Services
-from mailwright.services.idempotency import (
-    HEADER,
-    WEB_SEND_SCOPE,
-    IdempotencyClaim,
-    Started,
-)
-from mailwright.services.runs import RunPublic
-from mailwright.services.sending import AttachmentIn, SendEmailRequest, SendResult
+from mailwright.services.idempotency import HEADER, WEB_SEND_SCOPE
+from mailwright.services.sending import AttachmentIn, SendEmailRequest
+from mailwright.services.waiting import SendAnswer
 from mailwright.services.web_auth import WebSession
 from mailwright.web import forms
 from mailwright.web.deps import ServicesDep
@@ -104,9 +96,8 @@ async def send(request: Request, services: ServicesDep, session: OperatorSession
                 "continue_if_one_address_valid": forms.boolean(form, "continue_if_one_address_valid"),
             },
         )
-        started = await asyncio.to_thread(_start, services, request_model, key)
-        run = await wait_for_run(
-            services, started.run_id, SEND_WAIT_SECONDS, services.runs.get, fresh=not started.replayed
+        answer = await services.waiting.send_and_wait(
+            request_model, key=key, scope=WEB_SEND_SCOPE, timeout=SEND_WAIT_SECONDS
         )
     except IdempotencyKeyReusedError:
         # This form was sent, then changed (back button, edit, Send): the change is a new message.
@@ -126,16 +117,7 @@ async def send(request: Request, services: ServicesDep, session: OperatorSession
         status = 422 if exc.code in {"validation_error", "not_found"} else 502
         return _form(request, session, context, errors=errors, failure=failure, status=status)
     # POST/redirect/GET: reloading the run's page never posts the form again.
-    return redirect(f"/runs/{run.id}", flash=_outcome(run, replayed=started.replayed))
-
-
-def _start(services: Services, request: SendEmailRequest, key: str | None) -> Started:
-    claim = None
-    if key is not None:
-        claim = IdempotencyClaim.of(WEB_SEND_SCOPE, key, request.model_dump(mode="json", by_alias=True))
-    return services.idempotency.start_send_email(
-        request, claim, check=lambda: services.sending.check(request)
-    )
+    return redirect(f"/runs/{answer.run_id}", flash=_outcome(answer))
 
 
 def _form(
@@ -159,17 +141,15 @@ def _form(
     )
 
 
-def _outcome(run: RunPublic, *, replayed: bool) -> str:
+def _outcome(answer: SendAnswer) -> str:
     """The run's outcome in a sentence, shown at the top of its page."""
-    before = "This form was already sent; nothing was sent again. " if replayed else ""
-    step = run.steps[0] if run.steps else None
-    if run.status == "succeeded" and step is not None and step.output is not None:
-        result = SendResult.model_validate(step.output)
+    before = "This form was already sent; nothing was sent again. " if answer.replayed else ""
+    if answer.result is not None:
+        result = answer.result
         accepted = sum(r.status == "accepted" for r in result.recipients)
         total = len(result.recipients)
         verb = "Sent" if result.status == "sent" else f"Sent to {accepted} of {total} recipients"
         return f"{before}{verb}: Message-ID {result.message_id} via “{result.target}”."
-    if run.status in ("failed", "cancelled"):
-        error = (step.error if step else None) or run.error or {}
-        return f"{before}Not sent: {error.get('message', f'the run {run.status}')}"
-    return f"{before}The message is {run.status}; this page shows how it goes."
+    if answer.error is not None:
+        return f"{before}Not sent: {answer.error.get('message', f'the run {answer.status}')}"
+    return f"{before}The message is {answer.status}; this page shows how it goes."
