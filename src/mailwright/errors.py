@@ -7,6 +7,7 @@ how to fix it. Faces map the tree to their own outcome in one place each
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -105,6 +106,29 @@ class TargetError(MailwrightError):
         if self.outcome_unknown:
             out["outcome"] = "unknown"
         return out
+
+
+class RateLimitedError(TargetError):
+    """The target's rate limit holds this message back until `until`; never a failure."""
+
+    code = "rate_limited"
+    transient = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        until: datetime,
+        target: str | None = None,
+        hint: str | None = None,
+        reason: str | None = None,
+    ):
+        super().__init__(message, target=target, hint=hint)
+        self.until = until
+        self.reason = reason or message  # which limit, without what happens to the message
+
+    def details(self) -> dict[str, Any]:
+        return {**super().details(), "until": self.until.isoformat()}
 
 
 class TargetConnectError(TargetError, ConnectionError):

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -140,16 +139,15 @@ async def _execute(
 ) -> tuple[BatchProgress | None, str]:
     """Run the batch here, as a worker would; if a running worker took it first, follow it."""
     # Not from engine.worker: that imports the task broker, a quarter of a second here.
-    from mailwright.engine.executor import Executor, worker_id
+    from mailwright.engine.executor import worker_id
 
-    lease = timedelta(seconds=svc.settings.lease_seconds)
-    executor = Executor(svc.db, svc.targets, worker_id=worker_id(), lease=lease, files=svc.files)
+    executor = svc.executor(worker_id=worker_id())
     live: list[BatchProgress] = []
     executor.on_batch_progress = live.append
     interrupted = _stop_on_ctrl_c(executor.stopping, console=console)
     drawing = asyncio.create_task(_draw(live, total=created.total, show=show, console=console))
     try:
-        status = await executor.execute(created.run_id)
+        status: str | None = await executor.execute(created.run_id)
         if status == "queued" and interrupted.is_set():
             status = INTERRUPTED
         if status is None:  # another worker (`serve`) claimed it: show its progress from the rows

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,12 +25,19 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailwright.domain.addresses import Address
-from mailwright.domain.message import make_message_id
+from mailwright.domain.message import OutgoingMessage, make_message_id
 from mailwright.domain.validation import describe
 from mailwright.errors import MailwrightError, NotFoundError, ValidationError
 from mailwright.services.idempotency import IdempotencyClaim, IdempotencyService
+from mailwright.services.ratelimit import RateLimits
 from mailwright.services.runs import RunService, step_state_filter
-from mailwright.services.sending import SendEmailRequest, build_outgoing, resolve_sender
+from mailwright.services.sending import (
+    SendEmailRequest,
+    build_outgoing,
+    deliver_output,
+    resolve_sender,
+    target_pool,
+)
 from mailwright.services.targets import ResolvedTarget, TargetService
 from mailwright.storage import jsontext
 from mailwright.storage.batch_steps import batch_steps
@@ -38,6 +45,7 @@ from mailwright.storage.bulk import JSONText
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
 from mailwright.storage.tables import RunRow, RunStepRow, new_id, utcnow
+from mailwright.transport.pool import SMTPPool
 
 BATCH_KIND = "batch"
 BATCH_NAME = "Send Email batch"
@@ -449,14 +457,6 @@ class BatchService:
                 break
         return out
 
-    def cancel_remaining(self, run_id: str) -> None:
-        with self._db.session() as session:
-            session.execute(
-                update(RunStepRow)
-                .where(RunStepRow.run_id == run_id, RunStepRow.status.in_(("pending", "deferred")))
-                .values(status="cancelled", updated_at=utcnow())
-            )
-
 
 def message_result(row: RunStepRow) -> dict[str, Any]:
     """A batch message's outcome as the API and `--json` show it."""
@@ -472,6 +472,85 @@ def message_result(row: RunStepRow) -> dict[str, Any]:
         "send_state": row.send_state,
         "notes": row.notes,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A batch message ready to send: built, with its target resolved."""
+
+    message: OutgoingMessage
+    resolved: ResolvedTarget
+    request: BatchMessage
+
+
+class BatchSending:
+    """How the engine's batch runner sends (engine/ports.py `BatchSenders`), with the services'
+    target resolution, rate limits and SMTP pools."""
+
+    def __init__(self, targets: TargetService, files: FileStore | None = None) -> None:
+        self._targets = targets
+        self._files = files
+
+    def for_batch(self, *, target: str, account_key: str | None) -> _BatchSender:
+        return _BatchSender(self._targets, self._files, target=target, account_key=account_key)
+
+
+class _BatchSender:
+    """One batch's sender: targets, senders and pools looked up once per target and key."""
+
+    def __init__(
+        self, targets: TargetService, files: FileStore | None, *, target: str, account_key: str | None
+    ) -> None:
+        self._targets = targets
+        self._files = files
+        self._target = target
+        self._account_key = account_key
+        self._resolved: dict[tuple[str, str | None], ResolvedTarget] = {}
+        self._senders: dict[tuple[str, str | None], Address] = {}
+        self._pools: dict[int, SMTPPool] = {}  # by id() of the entries of `_resolved`
+
+    def prepare(self, inputs: dict[str, Any]) -> _Prepared:
+        request = BatchMessage.model_validate(inputs)
+        key = request.account_key if request.account_key is not None else self._account_key
+        which = (request.target.strip().casefold() or "", key)
+        resolved = self._resolved.get(which)
+        if resolved is None:
+            resolved = self._targets.resolve(request.target or self._target, account_key=key)
+            self._resolved[which] = resolved
+        sender = sender_of(request, resolved, cache=self._senders)
+        return _Prepared(build_outgoing(request, sender, files=self._files), resolved, request)
+
+    @staticmethod
+    def message_id_domain(message: _Prepared) -> str:
+        return message.message.sender.ascii_domain
+
+    def slot(self, message: _Prepared, *, max_wait: float) -> Awaitable[None] | None:
+        resolved = message.resolved
+        limits = RateLimits.of(resolved.settings)
+        if not limits:
+            return None
+        return self._targets.rate_limits.acquire(
+            key=resolved.target.id, limits=limits, target=resolved.target.display_name, max_wait=max_wait
+        )
+
+    async def deliver(
+        self, message: _Prepared, *, message_id: str, before_data: Callable[[], Awaitable[None]]
+    ) -> dict[str, Any]:
+        return await deliver_output(
+            message.message,
+            message.resolved,
+            continue_if_one_address_valid=message.request.continue_if_one_address_valid,
+            message_id=message_id,
+            pool=self._pool_of(message.resolved),
+            before_data=before_data,
+        )
+
+    def _pool_of(self, resolved: ResolvedTarget) -> SMTPPool:
+        # Looked up once per target and key of the batch: the lookup digests the key's secret.
+        pool = self._pools.get(id(resolved))
+        if pool is None or pool.closed:
+            pool = self._pools[id(resolved)] = target_pool(resolved)
+        return pool
 
 
 def sender_of(

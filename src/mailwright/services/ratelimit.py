@@ -27,35 +27,13 @@ from typing import Any, Protocol
 from sqlalchemy import Integer, String, cast, delete, update
 from sqlalchemy.exc import IntegrityError
 
-from mailwright.errors import TargetError
+# Defined with the other errors; imported from here by older code.
+from mailwright.errors import RateLimitedError as RateLimitedError
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AppSettingRow, utcnow
 
 # Waits up to this long happen in place (the run keeps its claim); longer ones defer the run.
 INLINE_WAIT = 5.0
-
-
-class RateLimitedError(TargetError):
-    """The target's rate limit holds this message back until `until`; never a failure."""
-
-    code = "rate_limited"
-    transient = True
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        until: datetime,
-        target: str | None = None,
-        hint: str | None = None,
-        reason: str | None = None,
-    ):
-        super().__init__(message, target=target, hint=hint)
-        self.until = until
-        self.reason = reason or message  # which limit, without what happens to the message
-
-    def details(self) -> dict[str, Any]:
-        return {**super().details(), "until": self.until.isoformat()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,12 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from mailwright.domain.workflows import Step, WorkflowDocument, coerce_inputs
-from mailwright.errors import ConflictError, NotFoundError, ValidationError
+from mailwright.errors import NotFoundError, ValidationError
+from mailwright.ledger import RunLedger
 from mailwright.services.common import find
 from mailwright.services.sending import SendEmailRequest
 from mailwright.storage.db import Database
@@ -240,8 +241,9 @@ def _check_target(session: Session, target: str | None) -> None:
 
 
 class RunService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, ledger: RunLedger | None = None) -> None:
         self._db = db
+        self._ledger = ledger or RunLedger(db)  # every change of a run's state goes through it
         # The worker in this process (if any) wants to hear of new runs at once.
         self.on_queued: Callable[[str], None] | None = None
         self.waiters = RunWaiters()
@@ -465,53 +467,11 @@ class RunService:
 
     def due(self, *, limit: int = 100) -> list[str]:
         """Runs a worker should take now: queued and due, or running with an expired lease."""
-        now = utcnow()
-        with self._db.session() as session:
-            query = (
-                select(RunRow.id)
-                .where(
-                    RunRow.status.in_(ACTIVE),
-                    (RunRow.not_before.is_(None)) | (RunRow.not_before <= now),
-                    (RunRow.lease_expires_at.is_(None)) | (RunRow.lease_expires_at < now),
-                )
-                .order_by(RunRow.created_at)
-                .limit(limit)
-            )
-            return list(session.scalars(query).all())
+        return self._ledger.due(limit=limit)
 
     def cancel(self, run_id: str) -> RunPublic:
-        with self._db.session() as session:
-            run = session.get(RunRow, run_id.strip())
-            if run is None:
-                raise NotFoundError(f"no run with id {run_id!r}")
-            if run.status not in ACTIVE:
-                raise ConflictError(
-                    f"run {run.id} has already {run.status}", hint="only queued or running runs cancel"
-                )
-            run.cancel_requested = True
-            session.flush()
-            # Nobody executes it: cancel it here and now, unless a worker claims it meanwhile (the
-            # condition is checked by the write itself; the claim bumps the epoch).
-            taken = session.execute(
-                update(RunRow)
-                .where(
-                    RunRow.id == run.id,
-                    RunRow.status == "queued",
-                    RunRow.lease_owner.is_(None),
-                    RunRow.lease_epoch == run.lease_epoch,
-                )
-                .values(status="cancelled", finished_at=utcnow())
-                .execution_options(synchronize_session="fetch")
-            )
-            if taken.rowcount:  # type: ignore[attr-defined]
-                session.execute(
-                    update(RunStepRow)
-                    .where(RunStepRow.run_id == run.id, RunStepRow.status.in_(("pending", "deferred")))
-                    .values(status="cancelled", updated_at=utcnow())
-                    .execution_options(synchronize_session=False)
-                )
-            session.expire_all()
-            return self._get(session, run.id)
+        """Ask the run to stop; a run nobody executes is cancelled at once."""
+        return self.get(self._ledger.cancel(run_id))
 
     def retry(self, run_id: str, *, include_unknown: bool = False) -> RunPublic:
         """Queue a failed or cancelled run again; steps that succeeded are not run twice.
@@ -520,33 +480,6 @@ class RunService:
         left as they are unless `include_unknown`: then they are sent again, with
         the Message-ID they had, so that mail clients can fold a second copy.
         """
-        with self._db.session() as session:
-            run = session.get(RunRow, run_id.strip())
-            if run is None:
-                raise NotFoundError(f"no run with id {run_id!r}")
-            if run.status not in ("failed", "cancelled"):
-                raise ConflictError(
-                    f"run {run.id} is {run.status}; only failed or cancelled runs can be retried",
-                    hint="wait for it to finish, or cancel it first",
-                )
-            run.status = "queued"
-            run.error = None
-            run.cancel_requested = False
-            run.finished_at = None
-            run.not_before = None
-            again = ["failed", "cancelled", "skipped", "running", "deferred"]
-            if include_unknown:
-                again.append("unknown")
-            for step in session.scalars(
-                select(RunStepRow).where(RunStepRow.run_id == run.id, RunStepRow.status.in_(again))
-            ).all():
-                if step.status == "unknown":
-                    step.send_state = None
-                    step.notes = [*step.notes, "sent again on request (`runs retry --include-unknown`)"]
-                step.status = "pending"
-                step.attempts = 0
-                step.error = None
-                step.finished_at = None
-            result = self._get(session, run.id)
+        result = self.get(self._ledger.retry(run_id, include_unknown=include_unknown))
         self._notify(result.id)
         return result
