@@ -14,6 +14,7 @@ from mailwright.api.errors import status_for_code
 from mailwright.api.openapi import REPLAYED, ErrorBody, errors
 from mailwright.api.params import IdempotencyKey, Ref, Timeout, refuse_nul
 from mailwright.api.routes_workflows import wait_for_run
+from mailwright.domain.runs import RunStatus
 from mailwright.plugins import target_types
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
 from mailwright.services.app import Services
@@ -186,17 +187,19 @@ async def send_email(
     started = await asyncio.to_thread(_accept, services, body, idempotency_key)
     headers = {"Idempotent-Replayed": "true"} if started.replayed else None
     if not wait and not started.replayed:  # accepted: what a worker does with it is for later
-        return JSONResponse(Accepted(run_id=started.run_id, status="queued").model_dump(), status_code=202)
+        return JSONResponse(
+            Accepted(run_id=started.run_id, status=RunStatus.QUEUED).model_dump(), status_code=202
+        )
     if wait:
         run = await wait_for_run(
             services, started.run_id, timeout, services.runs.send_outcome, fresh=not started.replayed
         )
     else:  # a retry of a request that did not wait: the run as it is now (finished, maybe)
         run = await asyncio.to_thread(services.runs.send_outcome, started.run_id)
-    if run.status == "succeeded" and run.output is not None:
+    if run.status == RunStatus.SUCCEEDED and run.output is not None:
         result = SendResult.model_validate({**run.output, "run_id": run.id})
         return JSONResponse(result.model_dump(mode="json"), headers=headers)
-    if run.status in ("failed", "cancelled"):
+    if run.status in (RunStatus.FAILED, RunStatus.CANCELLED):
         error = run.step_error or run.error or {"code": "failed", "message": f"the run {run.status}"}
         body_out = ErrorBody.model_validate({"error": error, "run_id": run.id})
         return JSONResponse(

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from mailwright.cli.context import services
 from mailwright.cli.output import EXIT_BAD_INPUT, EXIT_FAILED, print_json
+from mailwright.domain.runs import FINISHED_RUN_STATUSES, RunStatus, StepStatus
 from mailwright.engine.batch import BatchProgress
 from mailwright.errors import ValidationError
 from mailwright.services.app import Services
@@ -34,6 +35,14 @@ INTERRUPTED = "interrupted"  # stopped by Ctrl-C; the rest of the run stays queu
 EXIT_INTERRUPTED = 130  # what shells report for a command stopped by SIGINT
 PLAIN_EVERY = 2.0  # seconds between progress lines when stderr is not a terminal
 REFRESH = 0.2
+# Steps whose message was not handed over (yet, or ever).
+NOT_SENT = (
+    StepStatus.PENDING,
+    StepStatus.DEFERRED,
+    StepStatus.RUNNING,
+    StepStatus.SKIPPED,
+    StepStatus.CANCELLED,
+)
 
 
 def send_batch(
@@ -148,7 +157,7 @@ async def _execute(
     drawing = asyncio.create_task(_draw(live, total=created.total, show=show, console=console))
     try:
         status: str | None = await executor.execute(created.run_id)
-        if status == "queued" and interrupted.is_set():
+        if status == RunStatus.QUEUED and interrupted.is_set():
             status = INTERRUPTED
         if status is None:  # another worker (`serve`) claimed it: show its progress from the rows
             status = await _follow(svc, created, live)
@@ -189,10 +198,10 @@ async def _follow(svc: Services, created: BatchCreated, live: list[BatchProgress
     while True:
         run = await asyncio.to_thread(svc.runs.get, created.run_id)
         counts = run.step_counts or {}
-        progress.sent = counts.get("succeeded", 0)
-        progress.failed = counts.get("failed", 0)
-        progress.unknown = counts.get("unknown", 0)
-        if run.status in ("succeeded", "failed", "cancelled"):
+        progress.sent = counts.get(StepStatus.SUCCEEDED, 0)
+        progress.failed = counts.get(StepStatus.FAILED, 0)
+        progress.unknown = counts.get(StepStatus.UNKNOWN, 0)
+        if run.status in FINISHED_RUN_STATUSES:
             return run.status
         await asyncio.sleep(0.5)
 
@@ -259,12 +268,12 @@ def _summary(
     run = svc.runs.get(created.run_id)
     counts = run.step_counts or {}
     partial = progress.partial if progress else 0
-    sent = max(0, counts.get("succeeded", 0) - partial)
+    sent = max(0, counts.get(StepStatus.SUCCEEDED, 0) - partial)
     seconds = progress.elapsed if progress else 0.0
     if status == INTERRUPTED:
         shown = INTERRUPTED
     else:
-        shown = run.status if status != "queued" else "deferred" if run.not_before else run.status
+        shown = run.status if status != RunStatus.QUEUED else "deferred" if run.not_before else run.status
     return {
         "run_id": created.run_id,
         "status": shown,
@@ -272,15 +281,16 @@ def _summary(
         "total": created.total,
         "sent": sent,
         "partial": partial,
-        "failed": counts.get("failed", 0),
-        "unknown": counts.get("unknown", 0),
-        "not_sent": sum(counts.get(s, 0) for s in ("pending", "deferred", "running", "skipped", "cancelled")),
+        "failed": counts.get(StepStatus.FAILED, 0),
+        "unknown": counts.get(StepStatus.UNKNOWN, 0),
+        "not_sent": sum(counts.get(s, 0) for s in NOT_SENT),
         "deferred_until": run.not_before.isoformat() if run.not_before else None,
         "error": run.error,
         "store_seconds": round(stored, 3),
         "send_seconds": round(seconds, 3),
         "messages_per_second": round(
-            (sent + partial + counts.get("failed", 0) + counts.get("unknown", 0)) / seconds, 1
+            (sent + partial + counts.get(StepStatus.FAILED, 0) + counts.get(StepStatus.UNKNOWN, 0)) / seconds,
+            1,
         )
         if seconds
         else 0.0,

@@ -10,6 +10,7 @@ import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import print_json, print_table
+from mailwright.domain.runs import FINISHED_RUN_STATUSES, RunStatus, StepStatus
 from mailwright.services.runs import RunPublic
 from mailwright.storage.tables import utcnow
 
@@ -27,7 +28,7 @@ async def wait_inline(run_id: str) -> RunPublic:
     while True:
         status = await worker.executor.execute(run_id)
         run = svc.runs.get(run_id)
-        if run.status in ("succeeded", "failed", "cancelled"):
+        if run.status in FINISHED_RUN_STATUSES:
             return run
         if status is None:
             await asyncio.sleep(0.5)  # another worker holds it: wait for it to finish
@@ -52,7 +53,9 @@ def print_run(run: RunPublic, *, state: str | None = None) -> None:
             typer.echo(f"  (the steps in state {state!r} shown, the first 100 at most)")
         elif len(run.steps) < (run.steps_total or 0):
             typer.echo(f"  (the first {len(run.steps)} shown; --state STATE filters, the API pages)")
-    unknown = (run.step_counts or {}).get("unknown") or sum(s.status == "unknown" for s in run.steps)
+    unknown = (run.step_counts or {}).get(StepStatus.UNKNOWN) or sum(
+        s.status == StepStatus.UNKNOWN for s in run.steps
+    )
     if unknown:
         typer.echo(
             f"  {unknown:,} message(s) may or may not have been delivered (outcome unknown): "
@@ -127,7 +130,9 @@ def show(
 def cancel(run_id: Annotated[str, typer.Argument(help="run id")]) -> None:
     """Cancel a queued or running run (a running step finishes first)."""
     run = services().runs.cancel(run_id)
-    typer.echo(f"run {run.id}: {'cancelled' if run.status == 'cancelled' else 'cancellation requested'}")
+    typer.echo(
+        f"run {run.id}: {'cancelled' if run.status == RunStatus.CANCELLED else 'cancellation requested'}"
+    )
 
 
 @app.command("retry")
@@ -145,7 +150,9 @@ def retry(
     """Queue a failed or cancelled run again; succeeded steps are not repeated."""
     run = services().runs.retry(run_id, include_unknown=include_unknown)
     typer.echo(f"run {run.id} queued again")
-    left = (run.step_counts or {}).get("unknown") or sum(s.status == "unknown" for s in run.steps)
+    left = (run.step_counts or {}).get(StepStatus.UNKNOWN) or sum(
+        s.status == StepStatus.UNKNOWN for s in run.steps
+    )
     if left:
         typer.echo(
             f"{left:,} message(s) with an unknown outcome are left as they are; "

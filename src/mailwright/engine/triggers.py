@@ -24,6 +24,7 @@ from email.policy import default as default_policy
 from typing import Any
 
 from mailwright.activities.read_email import ReadEmailInput, message_output
+from mailwright.domain.runs import RunStatus
 from mailwright.domain.triggers import AfterSuccessAction, matches
 from mailwright.errors import MailwrightError, TargetError
 from mailwright.services.app import Services
@@ -258,7 +259,7 @@ class Watcher:
         return await asyncio.to_thread(self.triggers.pending, self.plan)
 
     async def _settle_imap(self, imap: IMAPConnection, uidvalidity: int, outcome: Outcome) -> None:
-        if outcome.run_status != "succeeded":
+        if outcome.run_status != RunStatus.SUCCEEDED:
             await self._failed(outcome)
             return
         if outcome.uidvalidity != uidvalidity or outcome.uid is None:
@@ -289,7 +290,7 @@ class Watcher:
     async def _failed(self, outcome: Outcome) -> None:
         policy = self.plan.trigger.on_failure
         if (
-            outcome.run_status == "failed"
+            outcome.run_status == RunStatus.FAILED
             and policy.action == "retry"
             and outcome.attempts < policy.max_attempts
         ):
@@ -392,7 +393,7 @@ class Watcher:
         for outcome in await asyncio.to_thread(self.triggers.outcomes, self.plan):
             if not await asyncio.to_thread(self.triggers.claim, outcome.message_row_id):
                 continue
-            if outcome.run_status != "succeeded":
+            if outcome.run_status != RunStatus.SUCCEEDED:
                 await self._failed(outcome)
                 continue
             number = by_key.get(outcome.message_key)

@@ -16,18 +16,20 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, Update, bindparam, func, select, update
+from sqlalchemy import Connection, Table, Update, bindparam, delete, func, or_, select, update
+from sqlalchemy.orm import Session
 
-from mailwright.domain.runs import SendState, StepStatus
+from mailwright.domain.runs import RunStatus, SendState, StepStatus
 from mailwright.errors import LeaseLostError
 from mailwright.ledger.lease import Lease
 from mailwright.ledger.outcomes import error_record, rate_limit_notes, unknown_note
 from mailwright.storage.batch_steps import OPEN, batch_steps
 from mailwright.storage.db import Database
 from mailwright.storage.group import BLIP_WAITS, is_blip
-from mailwright.storage.tables import RunRow, RunStepRow, utcnow
+from mailwright.storage.tables import RunRow, RunStepRow, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,11 @@ FLUSH_SECONDS = 0.2  # results wait at most this long for a transaction
 FLUSH_ROWS = 500  # ... or until this many are waiting
 # Steps still to send ("running": in flight at a crash).
 OPEN_BATCH_STEPS = OPEN
+# A batch run's status while its messages are being stored: no worker takes it.
+PREPARING = "preparing"
+STORING = "storing"  # the lease owner of a batch being stored
+PREPARE_LEASE = timedelta(minutes=2)
+LEGACY_PREPARE_AGE = timedelta(hours=1)
 
 
 @dataclass
@@ -61,11 +68,115 @@ class BatchPlan:
     counts: dict[str, int]
 
 
+def new_step(
+    run_id: str, *, index: int, step_id: str, activity: str, max_attempts: int, message_id: str
+) -> tuple[Any, ...]:
+    """A batch message's step row, pending, as `BatchLedger.store_steps` takes it."""
+    return (
+        new_id(),
+        run_id,
+        0,  # position
+        step_id,
+        index,
+        activity,
+        StepStatus.PENDING,
+        0,  # attempts
+        max_attempts,
+        message_id,
+        [],  # notes
+        utcnow(),
+    )
+
+
 class BatchLedger:
-    """The reads of a batch run's execution, and the writer of its steps' results."""
+    """A batch run's life: stored (`preparing`) then queued; read and written while it executes."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    # --- storing a batch ----------------------------------------------------------------------
+
+    @staticmethod
+    def open(
+        session: Session,
+        *,
+        name: str,
+        document: dict[str, Any],
+        target: str,
+        account_key: str | None,
+    ) -> str:
+        """The batch's run row, `preparing`, in the caller's transaction; its id."""
+        run = RunRow(
+            workflow_id=None,
+            workflow_name=name,
+            document=document,
+            status=PREPARING,
+            # Held while this process stores the messages: a batch whose storing process
+            # died (the lease ran out) was never accepted, and `discard_abandoned` removes it.
+            lease_owner=STORING,
+            lease_expires_at=utcnow() + PREPARE_LEASE,
+            inputs={},
+            target=target,
+            account_key=account_key,
+            cancel_requested=False,
+        )
+        session.add(run)
+        session.flush()
+        return run.id
+
+    def store_steps(self, steps: list[tuple[Any, ...]], inputs: list[tuple[str, Any]]) -> None:
+        """Write step rows (from `new_step`) and their messages' fields, in one transaction."""
+        with self._db.engine.begin() as connection:
+            statements = batch_steps(connection.dialect)
+            statements.insert.execute_many(connection, steps)
+            statements.insert_inputs.execute_many(connection, inputs)
+
+    def keep_storing(self, run_id: str) -> None:
+        """Extend the storing lease (a file of millions of lines takes minutes)."""
+        with self._db.session() as session:
+            session.execute(
+                update(RunRow).where(RunRow.id == run_id).values(lease_expires_at=utcnow() + PREPARE_LEASE)
+            )
+
+    def enqueue(self, run_id: str, *, total: int) -> None:
+        """Every message is stored: the batch is queued, and accepted from now on."""
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id)
+            assert run is not None
+            run.document = {**run.document, "messages": total}
+            run.status = RunStatus.QUEUED
+            run.lease_owner = None
+            run.lease_expires_at = None
+            run.created_at = utcnow()
+
+    def discard(self, run_id: str) -> None:
+        """Remove a batch that was refused (or whose storing failed): it was never accepted."""
+        with self._db.session() as session:
+            run = session.get(RunRow, run_id)
+            if run is not None:
+                session.delete(run)
+
+    def discard_abandoned(self, *, kind: str) -> list[tuple[str, datetime]]:
+        """Remove batches whose storing process stopped before their last message was stored:
+        the id and creation time of each."""
+        now = utcnow()
+        with self._db.session() as session:
+            abandoned = session.execute(
+                select(RunRow.id, RunRow.created_at).where(
+                    RunRow.status == PREPARING,
+                    RunRow.document["kind"].as_string() == kind,
+                    or_(
+                        RunRow.lease_expires_at < now,
+                        # Stored by a version without the storing lease.
+                        (RunRow.lease_expires_at.is_(None)) & (RunRow.created_at < now - LEGACY_PREPARE_AGE),
+                    ),
+                )
+            ).all()
+            if abandoned:
+                session.execute(delete(RunRow).where(RunRow.id.in_([row.id for row in abandoned])))
+        return [(row.id, row.created_at) for row in abandoned]
+
+    # --- executing a batch --------------------------------------------------------------------
 
     def plan(self, run_id: str, *, default_concurrency: int) -> BatchPlan:
         with self._db.session() as session:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, case, func, null, or_, select, update
+from sqlalchemy import bindparam, case, func, insert, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailwright.domain.runs import (
@@ -31,12 +31,13 @@ from mailwright.domain.runs import (
     SendState,
     StepStatus,
 )
+from mailwright.domain.workflows import Step
 from mailwright.errors import ConflictError, NotFoundError
 from mailwright.ledger.batch import BatchLedger
 from mailwright.ledger.lease import Lease
 from mailwright.ledger.outcomes import CRASH_WHY, error_record, rate_limit_notes, unknown_error, unknown_note
 from mailwright.storage.db import Database
-from mailwright.storage.tables import RunRow, RunStepRow, utcnow
+from mailwright.storage.tables import RunRow, RunStepRow, new_id, utcnow
 
 T = TypeVar("T")
 
@@ -176,6 +177,19 @@ _SENT_IF_SENDING = case(
     (RunStepRow.send_state == SendState.SENDING, SendState.SENT), else_=RunStepRow.send_state
 )
 _SETTLED = (RunStepRow.output, RunStepRow.error)
+# A one-step run (a Send Email request): two Core INSERTs, built once.
+_INSERT_RUN = insert(RunRow).values(
+    status=RunStatus.QUEUED, cancel_requested=False, lease_epoch=0, workflow_id=None
+)
+_INSERT_STEP = insert(RunStepRow).values(
+    position=0,
+    item_index=None,
+    status=StepStatus.PENDING,
+    attempts=0,
+    max_attempts=Step.model_fields["retries"].default + 1,
+    notes=[],
+    updated_at=bindparam("now"),
+)
 
 
 def _at_step(item: bool) -> tuple[Any, ...]:
@@ -247,9 +261,89 @@ class RunLedger:
         self._db = db
         self.batches = BatchLedger(db)
 
-    @property
-    def db(self) -> Database:
-        return self._db
+    # --- new runs (in the caller's transaction, which commits them) --------------------------
+
+    @staticmethod
+    def add_run(
+        session: Session,
+        *,
+        workflow_id: str | None,
+        name: str,
+        document: dict[str, Any],
+        steps: list[tuple[str, str, int]],
+        inputs: dict[str, Any],
+        target: str | None,
+        account_key: str | None,
+        trigger: dict[str, Any] | None = None,
+    ) -> tuple[RunRow, list[RunStepRow]]:
+        """A queued run and its pending steps (id, activity, most attempts each), flushed.
+
+        `trigger`: the mail that started it, for a run started by an email trigger."""
+        run = RunRow(
+            id=new_id(),  # known now, so that the run and its steps are one flush
+            workflow_id=workflow_id,
+            workflow_name=name,
+            document=document,
+            status=RunStatus.QUEUED,
+            inputs=inputs,
+            target=target,
+            account_key=account_key,
+            trigger=trigger,
+            cancel_requested=False,
+        )
+        session.add(run)
+        rows = [
+            RunStepRow(
+                run_id=run.id,
+                position=position,
+                step_id=step_id,
+                item_index=None,
+                activity=activity,
+                status=StepStatus.PENDING,
+                max_attempts=max_attempts,
+                notes=[],
+            )
+            for position, (step_id, activity, max_attempts) in enumerate(steps)
+        ]
+        session.add_all(rows)
+        session.flush()
+        return run, rows
+
+    @staticmethod
+    def add_one_step_run(
+        session: Session,
+        *,
+        name: str,
+        document: dict[str, Any],
+        step_id: str,
+        activity: str,
+        target: str | None,
+        account_key: str | None,
+    ) -> str:
+        """A queued run of one pending step (the step's default attempts); its id.
+
+        Two Core INSERTs: the ORM's unit of work costs a single send more than the rest of
+        its storing.
+        """
+        run_id, now = new_id(), utcnow()
+        connection = session.connection()
+        connection.execute(
+            _INSERT_RUN,
+            {
+                "id": run_id,
+                "workflow_name": name,
+                "document": document,
+                "inputs": {},
+                "target": target,
+                "account_key": account_key,
+                "created_at": now,
+            },
+        )
+        connection.execute(
+            _INSERT_STEP,
+            {"id": new_id(), "run_id": run_id, "step_id": step_id, "activity": activity, "now": now},
+        )
+        return run_id
 
     # --- claiming ----------------------------------------------------------------------------
 

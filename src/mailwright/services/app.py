@@ -62,7 +62,9 @@ class Services:
         self.runs = RunService(self.db, self.ledger)
         # Idempotency-Key: a retried request gets the run its first attempt started.
         self.idempotency = IdempotencyService(self.db, self.runs)
-        self.batches = BatchService(self.db, self.targets, self.runs, files=self.files, keys=self.idempotency)
+        self.batches = BatchService(
+            self.db, self.targets, self.runs, files=self.files, keys=self.idempotency, ledger=self.ledger
+        )
         self.schedules = ScheduleService(self.db, self.runs)
         self.triggers = TriggerService(self.db, self.runs)
         self.workflows.on_saved = self._workflow_saved

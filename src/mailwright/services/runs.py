@@ -10,10 +10,11 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from mailwright.domain.workflows import Step, WorkflowDocument, coerce_inputs
+from mailwright.domain.runs import FINISHED_RUN_STATUS_LIST, RunStatus, SendState, StepStatus
+from mailwright.domain.workflows import WorkflowDocument, coerce_inputs
 from mailwright.errors import NotFoundError, ValidationError
 from mailwright.ledger import RunLedger
 from mailwright.services.common import find
@@ -26,23 +27,24 @@ from mailwright.storage.tables import (
     TargetRow,
     WorkflowRow,
     name_key,
-    new_id,
-    utcnow,
 )
 
-ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed", "cancelled")
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+FINISHED = FINISHED_RUN_STATUS_LIST
 BATCH_STEPS_SHOWN = 100
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+RUN_STATUSES = tuple(RunStatus)
 # A step's status; "unknown": its message may or may not have been delivered (never resent on its own).
-STEP_STATUSES = ("pending", "running", "deferred", "succeeded", "failed", "unknown", "skipped", "cancelled")
-SEND_STATES = ("sending", "sent")  # filterable besides the statuses: a message being sent, or sent
+STEP_STATUSES = tuple(StepStatus)
+SEND_STATES = (
+    SendState.SENDING,
+    SendState.SENT,
+)  # filterable besides the statuses: a message being sent, or sent
 
 
 class StepPublic(BaseModel):
     step: str  # "alert", or "each[2]" for a for_each item
     activity: str
-    status: str
+    status: StepStatus
     attempts: int
     max_attempts: int
     started_at: datetime | None
@@ -51,7 +53,7 @@ class StepPublic(BaseModel):
     output: dict[str, Any] | None
     error: dict[str, Any] | None
     message_id: str | None
-    send_state: str | None
+    send_state: SendState | None
     notes: list[str]
 
 
@@ -70,7 +72,7 @@ class RunPublic(BaseModel):
     id: str
     workflow: str
     workflow_id: str | None
-    status: str
+    status: str  # a RunStatus, or "preparing": a batch still being stored
     inputs: dict[str, Any]
     target: str | None
     account_key: str | None
@@ -216,16 +218,6 @@ _SEND_OUTCOME = (
 
 
 SEND_EMAIL_RUN = "Send Email"
-_INSERT_RUN = insert(RunRow).values(status="queued", cancel_requested=False, lease_epoch=0, workflow_id=None)
-_INSERT_STEP = insert(RunStepRow).values(
-    position=0,
-    item_index=None,
-    status="pending",
-    attempts=0,
-    max_attempts=Step.model_fields["retries"].default + 1,
-    notes=[],
-    updated_at=bindparam("now"),
-)
 _TARGET_EXISTS = select(TargetRow.id).where(
     (TargetRow.name_key == bindparam("key")) | (TargetRow.id == bindparam("ref"))
 )
@@ -306,8 +298,8 @@ class RunService:
             target=document.target,
             account_key=document.account_key,
             workflow_id=workflow_id,
+            trigger=trigger,
         )
-        run.trigger = trigger
         return run.id
 
     def notify(self, run_id: str) -> None:
@@ -336,25 +328,15 @@ class RunService:
         # validates the document when it claims the run.
         step = {"id": "send", "activity": "send_email", "literal": True, "with": fields}
         _check_target(session, request.target)
-        run_id, now = new_id(), utcnow()
-        connection = session.connection()
-        connection.execute(
-            _INSERT_RUN,
-            {
-                "id": run_id,
-                "workflow_name": SEND_EMAIL_RUN,
-                "document": {"name": SEND_EMAIL_RUN, "steps": [step]},
-                "inputs": {},
-                "target": request.target,
-                "account_key": request.account_key,
-                "created_at": now,
-            },
+        return self._ledger.add_one_step_run(
+            session,
+            name=SEND_EMAIL_RUN,
+            document={"name": SEND_EMAIL_RUN, "steps": [step]},
+            step_id="send",
+            activity="send_email",
+            target=request.target,
+            account_key=request.account_key,
         )
-        connection.execute(
-            _INSERT_STEP,
-            {"id": new_id(), "run_id": run_id, "step_id": "send", "activity": "send_email", "now": now},
-        )
-        return run_id
 
     def _create(
         self,
@@ -365,37 +347,21 @@ class RunService:
         target: str | None,
         account_key: str | None,
         workflow_id: str | None,
+        trigger: dict[str, Any] | None = None,
     ) -> tuple[RunRow, list[RunStepRow]]:
         """The run and its step rows, flushed (the caller's transaction commits them)."""
         _check_target(session, target)
-        run = RunRow(
-            id=new_id(),  # known now, so that the run and its steps are one flush
+        return self._ledger.add_run(
+            session,
             workflow_id=workflow_id,
-            workflow_name=document.name,
+            name=document.name,
             document=document.model_dump(mode="json", by_alias=True, exclude_unset=True),
-            status="queued",
+            steps=[(step.id, step.activity, step.retries + 1) for step in document.steps],
             inputs=inputs,
             target=target,
             account_key=account_key,
-            cancel_requested=False,
+            trigger=trigger,
         )
-        session.add(run)
-        steps = [
-            RunStepRow(
-                run_id=run.id,
-                position=position,
-                step_id=step.id,
-                item_index=None,
-                activity=step.activity,
-                status="pending",
-                max_attempts=step.retries + 1,
-                notes=[],
-            )
-            for position, step in enumerate(document.steps)
-        ]
-        session.add_all(steps)
-        session.flush()
-        return run, steps
 
     def _notify(self, run_id: str) -> None:
         if self.on_queued is not None:

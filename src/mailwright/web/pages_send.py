@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from mailwright.api.routes_workflows import wait_for_run
+from mailwright.domain.runs import RunStatus
 from mailwright.domain.validation import validate_model
 from mailwright.errors import MailwrightError
 from mailwright.services.app import Services
@@ -164,13 +165,13 @@ def _outcome(run: RunPublic, *, replayed: bool) -> str:
     """The run's outcome in a sentence, shown at the top of its page."""
     before = "This form was already sent; nothing was sent again. " if replayed else ""
     step = run.steps[0] if run.steps else None
-    if run.status == "succeeded" and step is not None and step.output is not None:
+    if run.status == RunStatus.SUCCEEDED and step is not None and step.output is not None:
         result = SendResult.model_validate(step.output)
         accepted = sum(r.status == "accepted" for r in result.recipients)
         total = len(result.recipients)
         verb = "Sent" if result.status == "sent" else f"Sent to {accepted} of {total} recipients"
         return f"{before}{verb}: Message-ID {result.message_id} via “{result.target}”."
-    if run.status in ("failed", "cancelled"):
+    if run.status in (RunStatus.FAILED, RunStatus.CANCELLED):
         error = (step.error if step else None) or run.error or {}
         return f"{before}Not sent: {error.get('message', f'the run {run.status}')}"
     return f"{before}The message is {run.status}; this page shows how it goes."
