@@ -125,6 +125,12 @@ _CLOSE = (
     .values(_closing(bindparam("final"), bindparam("final_error", type_=RunRow.error.type), _NOW))
     .execution_options(synchronize_session=False)
 )
+_CLOSE_WITHOUT_ERROR = (
+    update(RunRow)
+    .where(RunRow.id == bindparam("run_id"))
+    .values(_closing(bindparam("final"), null(), _NOW))
+    .execution_options(synchronize_session=False)
+)
 # The steps a run that ends without succeeding leaves behind: cancelled or skipped with it.
 _CLOSE_OPEN_STEPS = (
     update(RunStepRow)
@@ -629,7 +635,12 @@ class RunLedger:
             if close_steps:
                 left = StepStatus.CANCELLED if status == RunStatus.CANCELLED else StepStatus.SKIPPED
                 connection.execute(_CLOSE_OPEN_STEPS, {"at_run": run_id, "left": left, "now": now})
-            connection.execute(_CLOSE, {"run_id": run_id, "final": status, "final_error": error, "now": now})
+            if error is None:  # SQL NULL, as a run that never failed has
+                connection.execute(_CLOSE_WITHOUT_ERROR, {"run_id": run_id, "final": status, "now": now})
+            else:
+                connection.execute(
+                    _CLOSE, {"run_id": run_id, "final": status, "final_error": error, "now": now}
+                )
 
         await self.write(lease, apply)
 
