@@ -401,7 +401,7 @@ class RunLedger:
         steps = connection.execute(_CLAIMED_STEPS, {"run_id": run_id}).all()
         return run, steps
 
-    async def write(self, lease: Lease, apply: Callable[[Session], T]) -> T:
+    async def _write(self, lease: Lease, apply: Callable[[Session], T]) -> T:
         """Apply a write of the run's state, fenced by its lease, in the next group commit."""
         return await self._db.group.write(apply, fence=lease.fence_in)
 
@@ -464,7 +464,7 @@ class RunLedger:
                     )
                 )
 
-        await self.write(lease, apply)
+        await self._write(lease, apply)
 
     async def start_attempt(
         self,
@@ -504,12 +504,12 @@ class RunLedger:
                 connection.execute(_START_ATTEMPT_WITH_INPUTS, {**params, "rendered": recorded})
             return Attempt(row_id=row.id, message_id=row.message_id)
 
-        return await self.write(lease, apply)
+        return await self._write(lease, apply)
 
     async def mark_sending(self, lease: Lease, *, row_id: str, message_id: str | None) -> None:
         """Durably "sending", with the Message-ID a retry must send again: just before DATA."""
         params = {"row_id": row_id, "chosen": message_id}
-        await self.write(lease, lambda session: session.connection().execute(_MARK_SENDING, params))
+        await self._write(lease, lambda session: session.connection().execute(_MARK_SENDING, params))
 
     async def complete_item(self, lease: Lease, *, row_id: str, output: dict[str, Any]) -> None:
         """A for_each item's attempt succeeded."""
@@ -524,7 +524,7 @@ class RunLedger:
                 row.send_state = SendState.SENT
             row.finished_at = row.updated_at = utcnow()
 
-        await self.write(lease, apply)
+        await self._write(lease, apply)
 
     async def record_failure(
         self,
@@ -541,7 +541,7 @@ class RunLedger:
         `may_have_arrived`: whether the message may have been delivered if the step was
         marked sending; `retry_wait` decides, for a failure known not to have arrived.
         """
-        return await self.write(
+        return await self._write(
             lease,
             lambda session: _record_failure(
                 session,
@@ -564,7 +564,7 @@ class RunLedger:
             row.notes = rate_limit_notes(row.notes, note)
             row.updated_at = utcnow()
 
-        await self.write(lease, apply)
+        await self._write(lease, apply)
 
     async def settle_step(
         self,
@@ -605,19 +605,19 @@ class RunLedger:
                 session.connection().execute(_SUCCEED, {"run_id": lease.run_id, "now": utcnow()})
             return {"status": status, "output": row.output, "error": row.error}
 
-        return await self.write(lease, apply)
+        return await self._write(lease, apply)
 
     # --- the run as a whole -------------------------------------------------------------------
 
     async def release(self, lease: Lease) -> None:
         """Give the run back at once (a graceful stop); the next worker resumes it."""
         params = {"run_id": lease.run_id}
-        await self.write(lease, lambda session: session.connection().execute(_GIVE_BACK, params))
+        await self._write(lease, lambda session: session.connection().execute(_GIVE_BACK, params))
 
     async def defer(self, lease: Lease, *, wait: float) -> None:
         """Release the run until a retry is due in `wait` seconds; any worker may then take it."""
         params = {"run_id": lease.run_id, "due": utcnow() + timedelta(seconds=wait)}
-        await self.write(lease, lambda session: session.connection().execute(_GIVE_BACK_UNTIL, params))
+        await self._write(lease, lambda session: session.connection().execute(_GIVE_BACK_UNTIL, params))
 
     async def finish(
         self, lease: Lease, status: RunStatus, error: dict[str, Any] | None, *, close_steps: bool = True
@@ -642,7 +642,7 @@ class RunLedger:
                     _CLOSE, {"run_id": run_id, "final": status, "final_error": error, "now": now}
                 )
 
-        await self.write(lease, apply)
+        await self._write(lease, apply)
 
     # --- what the services ask -----------------------------------------------------------------
 
