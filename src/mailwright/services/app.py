@@ -7,10 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mailwright.activities.context import ActivityContext
 from mailwright.config import Settings
 from mailwright.domain import expressions
-from mailwright.engine.executor import Executor
 from mailwright.ledger import RunLedger
 from mailwright.secrets import write_private_file
 from mailwright.services.account_keys import AccountKeyService
@@ -32,6 +30,8 @@ from mailwright.transport.outbound import set_outbound_policy
 from mailwright.transport.pool import PoolRegistry, shared_pools
 
 if TYPE_CHECKING:
+    from mailwright.activities.context import ActivityContext
+    from mailwright.engine.executor import Executor
     from mailwright.engine.triggers import TriggerManager
 
 FIRST_TOKEN_FILE = "first-admin-token"  # in the home folder, mode 0600
@@ -77,6 +77,9 @@ class Services:
         `with_files`: read attachments are kept in the file store, and steps may send files
         by reference; without, they are returned inline.
         """
+        # Imported here: only the commands that execute runs load the engine.
+        from mailwright.engine.executor import Executor
+
         files = self.files if with_files else None
         return Executor(
             self.ledger,
@@ -136,6 +139,9 @@ class ActivityContexts:
         remember_message_id: Callable[[str], None],
         mark_sending: Callable[[], Awaitable[None]],
     ) -> ActivityContext:
+        # Imported here, like the engine: only the commands that execute runs load activities.
+        from mailwright.activities.context import ActivityContext
+
         return ActivityContext(
             run_id=run_id,
             step=step,
