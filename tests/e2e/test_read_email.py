@@ -156,8 +156,6 @@ def test_cli_read(mailstack: MailStack, tmp_path: Path) -> None:
 async def test_workflow_reads_and_forwards_the_attachment(mw: Services, mailstack: MailStack) -> None:
     import yaml
 
-    from mailwright.engine.executor import Executor
-
     address, password = _mailbox(mw, mailstack)
     archive = mailstack.add_user(f"archive{uuid.uuid4().hex[:6]}", "archive-password")
     mw.targets.create(
@@ -200,7 +198,7 @@ async def test_workflow_reads_and_forwards_the_attachment(mw: Services, mailstac
     }
     workflow = mw.workflows.create(yaml.safe_dump(document, sort_keys=False))
     run = mw.runs.start_workflow(workflow.id)
-    status = await Executor(mw.db, mw.targets, worker_id="t").execute(run.id)
+    status = await mw.executor(worker_id="t", with_files=False).execute(run.id)
     assert status == "succeeded", [(s.step, s.status, s.error) for s in mw.runs.get(run.id).steps]
     (raw,) = mailstack.wait_for_messages(archive, "archive-password", 1)
     assert b"Fwd: Invoice 42" in raw
@@ -214,8 +212,6 @@ async def test_workflow_reads_and_forwards_the_attachment(mw: Services, mailstac
 
 async def test_move_mark_delete_and_pop3_retrieve_in_a_workflow(mw: Services, mailstack: MailStack) -> None:
     import yaml
-
-    from mailwright.engine.executor import Executor
 
     address, password = _mailbox(mw, mailstack)
     mw.targets.create(
@@ -268,7 +264,7 @@ async def test_move_mark_delete_and_pop3_retrieve_in_a_workflow(mw: Services, ma
     }
     workflow = mw.workflows.create(yaml.safe_dump(document, sort_keys=False))
     run = mw.runs.start_workflow(workflow.id)
-    status = await Executor(mw.db, mw.targets, worker_id="t").execute(run.id)
+    status = await mw.executor(worker_id="t", with_files=False).execute(run.id)
     steps = {s.step: s for s in mw.runs.get(run.id).steps}
     assert status == "succeeded", [(s.step, s.status, s.error) for s in steps.values()]
     # Postfix's queue does not keep submission order, so compare by what was read, not by subject.

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import delete, func, select
 
 from mailwright.engine import batch as batch_module
-from mailwright.engine import executor as executor_module
+from mailwright.engine import retry as retry_module
 from mailwright.engine.executor import Executor
 from mailwright.errors import RateLimitedError
 from mailwright.services.app import Services
@@ -37,7 +37,7 @@ from tests.support.smtpserver import Faults, Received, SMTPServerFactory
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(executor_module, "BACKOFF_BASE", 0.05)
+    monkeypatch.setattr(retry_module, "BACKOFF_BASE", 0.05)
 
 
 def message(i: int, **fields: Any) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def message_ids(received: list[Received]) -> Counter[str]:
 
 
 def executor(mw: Services, name: str = "test-worker") -> Executor:
-    return Executor(mw.db, mw.targets, worker_id=name, lease=timedelta(seconds=5))
+    return mw.executor(worker_id=name, lease=timedelta(seconds=5), with_files=False)
 
 
 def lines(messages: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:

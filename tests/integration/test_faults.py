@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
-from mailwright.engine import executor as executor_module
-from mailwright.engine import lease as lease_module
+from mailwright.engine import retry as retry_module
 from mailwright.engine.executor import Executor
+from mailwright.ledger import lease as lease_module
 from mailwright.services.app import Services
 from mailwright.services.sending import SendEmailRequest
 from mailwright.services.targets import TargetUpdate
@@ -34,11 +34,11 @@ from tests.support.smtpserver import Faults, Received, SMTPServerFactory, SMTPTe
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(executor_module, "BACKOFF_BASE", 0.05)
+    monkeypatch.setattr(retry_module, "BACKOFF_BASE", 0.05)
 
 
 def executor(mw: Services, name: str = "worker", *, lease: float = 5.0) -> Executor:
-    return Executor(mw.db, mw.targets, worker_id=name, lease=timedelta(seconds=lease))
+    return mw.executor(worker_id=name, lease=timedelta(seconds=lease), with_files=False)
 
 
 def batch(mw: Services, target: str, count: int, *, concurrency: int = 4) -> str:

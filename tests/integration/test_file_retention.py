@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import select
 
 from mailwright.config import Settings
-from mailwright.engine.executor import Executor
 from mailwright.engine.worker import Worker
 from mailwright.services.app import Services
 from mailwright.services.sending import SendEmailRequest
@@ -178,7 +177,7 @@ async def test_a_retried_run_whose_file_was_pruned_fails_naming_the_file(
     assert mw.file_service.prune(MONTH, dry_run=False).removed == 1  # a cancelled run keeps nothing
 
     mw.runs.retry(run.id)
-    executor = Executor(mw.db, mw.targets, worker_id="test", lease=timedelta(seconds=5), files=mw.files)
+    executor = mw.executor(worker_id="test", lease=timedelta(seconds=5))
     assert await executor.execute(run.id) == "failed"
     failed = mw.runs.get(run.id)
     assert failed.error is not None

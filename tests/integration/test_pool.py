@@ -10,7 +10,6 @@ import pytest
 
 from mailwright import errors
 from mailwright.domain.smtp import Security
-from mailwright.engine.executor import Executor
 from mailwright.secrets import Secret
 from mailwright.services.app import Services
 from mailwright.services.sending import SendEmailRequest
@@ -364,7 +363,7 @@ async def test_a_refused_recipient_with_pipelined_data_leaves_no_unknown_outcome
                 {"target": target.display_name, "from": "ops@example.org", "to": ["nobody@example.net"]}
             )
         )
-        assert await Executor(mw.db, mw.targets, worker_id="t").execute(run.id) == "failed"
+        assert await mw.executor(worker_id="t", with_files=False).execute(run.id) == "failed"
         (step,) = mw.runs.get(run.id).steps
         assert step.send_state is None and step.attempts == 1
         assert step.error is not None and "550 5.1.1 no such user" in step.error["message"]

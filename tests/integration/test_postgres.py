@@ -109,7 +109,6 @@ async def test_a_batch_on_postgres(
     import json
     from datetime import timedelta
 
-    from mailwright.engine.executor import Executor
     from mailwright.storage.tables import RunStepRow
 
     services = Services(Settings(home=tmp_path, database_url=pg_url))
@@ -122,7 +121,7 @@ async def test_a_batch_on_postgres(
         ]
         lines = ((f"line {n}", json.dumps(m)) for n, m in enumerate(sent, start=1))
         created = services.batches.create(lines, target="Relay")
-        worker = Executor(services.db, services.targets, worker_id="pg", lease=timedelta(seconds=5))
+        worker = services.executor(worker_id="pg", lease=timedelta(seconds=5), with_files=False)
         assert await worker.execute(created.run_id) == "succeeded"
         assert len(server.wait_for(25)) == 25
         with services.db.session() as session:

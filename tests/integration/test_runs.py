@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mailwright.engine import executor as executor_module
+from mailwright.engine import retry as retry_module
 from mailwright.engine.executor import Executor
 from mailwright.errors import ConflictError
 from mailwright.services.app import Services
@@ -54,11 +54,11 @@ ALERT = {
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(executor_module, "BACKOFF_BASE", 0.05)
+    monkeypatch.setattr(retry_module, "BACKOFF_BASE", 0.05)
 
 
 def executor(mw: Services, name: str = "test-worker") -> Executor:
-    return Executor(mw.db, mw.targets, worker_id=name, lease=timedelta(seconds=5))
+    return mw.executor(worker_id=name, lease=timedelta(seconds=5), with_files=False)
 
 
 def create(mw: Services, document: dict[str, Any]) -> str:
@@ -120,7 +120,7 @@ async def test_the_message_id_is_kept_from_a_failure_before_data_to_the_retry(
 ) -> None:
     """The Message-ID is written with the "sending" mark before DATA or, when the attempt
     failed sooner (here MAIL FROM refused), with the failure: a retry sends the same one."""
-    monkeypatch.setattr(executor_module, "INLINE_WAIT", 0.0)  # the retry releases the run
+    monkeypatch.setattr(retry_module, "INLINE_WAIT", 0.0)  # the retry releases the run
     server = smtp_server_factory(faults=Faults(reply={"mail": (451, "4.3.0 busy")}, fail_times=1))
     target = targets.target(server, security="none")
     run = mw.runs.start_send_email(mw_request(target.display_name))
@@ -171,8 +171,8 @@ async def test_server_down_for_a_while_then_back(
     server = smtp_server_factory()
     target = targets.target(server, security="none")
     server.stop()
-    monkeypatch.setattr(executor_module, "BACKOFF_BASE", 0.4)
-    monkeypatch.setattr(executor_module, "INLINE_WAIT", 0.0)  # every retry releases the run
+    monkeypatch.setattr(retry_module, "BACKOFF_BASE", 0.4)
+    monkeypatch.setattr(retry_module, "INLINE_WAIT", 0.0)  # every retry releases the run
     run = mw.runs.start_send_email(mw_request(target.display_name))
     worker = executor(mw)
     status = await worker.execute(run.id)

@@ -17,7 +17,6 @@ import httpx
 import pytest
 import yaml
 
-from mailwright.engine.executor import Executor
 from mailwright.plugins import register_target_type, unregister_target_type
 from mailwright.services.app import Services
 from tests.support.cli import CLI, assert_error, assert_ok
@@ -150,7 +149,7 @@ async def test_a_send_email_step_sends_through_a_plugin_type(mw: Services, tmp_p
     }
     workflow = mw.workflows.create(yaml.safe_dump(document, sort_keys=False))
     run = mw.runs.start_workflow(workflow.id)
-    status = await Executor(mw.db, mw.targets, worker_id="t", lease=timedelta(seconds=5)).execute(run.id)
+    status = await mw.executor(worker_id="t", lease=timedelta(seconds=5), with_files=False).execute(run.id)
     steps = mw.runs.get(run.id).steps
     assert status == "succeeded", [(s.step, s.status, s.error) for s in steps]
     assert steps[0].output is not None and steps[0].output["server_reply"] == {

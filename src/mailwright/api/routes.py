@@ -13,6 +13,7 @@ from mailwright.api.deps import ServicesDep, admin, operator, require_token, vie
 from mailwright.api.errors import status_for_code
 from mailwright.api.openapi import REPLAYED, ErrorBody, errors
 from mailwright.api.params import IdempotencyKey, Ref, Timeout, refuse_nul
+from mailwright.domain.runs import RunStatus
 from mailwright.plugins import target_types
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
 from mailwright.services.idempotency import SEND_EMAIL_SCOPE
@@ -179,7 +180,9 @@ async def send_email(
     )
     headers = {"Idempotent-Replayed": "true"} if started.replayed else None
     if not wait and not started.replayed:  # accepted: what a worker does with it is for later
-        return JSONResponse(Accepted(run_id=started.run_id, status="queued").model_dump(), status_code=202)
+        return JSONResponse(
+            Accepted(run_id=started.run_id, status=RunStatus.QUEUED).model_dump(), status_code=202
+        )
     # Without `wait`, a retry of a request that did not wait: the run as it is now (finished, maybe).
     answer = await waiting.send_outcome(started, timeout=timeout if wait else None)
     if answer.result is not None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mailwright.api.deps import ServicesDep, operator, require_token, viewer
 from mailwright.api.openapi import REPLAYED, errors
 from mailwright.api.params import MAX_REF_LENGTH, WAIT_LIMIT, IdempotencyKey, Limit, Offset, RunId, refuse_nul
+from mailwright.domain.runs import FINISHED_RUN_STATUSES, RunStatus
 from mailwright.services.batches import MAX_CONCURRENCY
 from mailwright.services.idempotency import BATCH_SCOPE, IdempotencyClaim
 from mailwright.services.runs import STEP_STATUSES
@@ -99,7 +100,7 @@ async def send_batch(
         idempotency=claim,
     )
     headers = {"Idempotent-Replayed": "true"} if created.replayed else None
-    status = "queued"
+    status: str = RunStatus.QUEUED
     if created.replayed:
         status = await asyncio.to_thread(services.batches.run_status, created.run_id)
     # Every message of the body is one step (none is skipped), also while a replayed batch is stored.
@@ -107,7 +108,7 @@ async def send_batch(
     if not body.wait:
         return JSONResponse(summary.model_dump(), status_code=202, headers=headers)
     summary.status = await _wait(services, created.run_id, body.timeout)
-    if summary.status not in ("succeeded", "failed", "cancelled"):
+    if summary.status not in FINISHED_RUN_STATUSES:
         return JSONResponse(summary.model_dump(), status_code=202, headers=headers)
     results = await asyncio.to_thread(services.batches.all_results, created.run_id)
     counts = await asyncio.to_thread(services.batches.counts, created.run_id)
@@ -120,7 +121,7 @@ async def _wait(services: Any, run_id: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
         status: str = await asyncio.to_thread(services.batches.run_status, run_id)
-        if status in ("succeeded", "failed", "cancelled") or time.monotonic() >= deadline:
+        if status in FINISHED_RUN_STATUSES or time.monotonic() >= deadline:
             return status
         await asyncio.sleep(0.1)
 

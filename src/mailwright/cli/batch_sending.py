@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mailwright.domain.runs import RunStatus
 from mailwright.engine.batch import BatchProgress
 
 if TYPE_CHECKING:
@@ -48,8 +49,8 @@ async def _execute(
     interrupted = _stop_on_ctrl_c(executor.stopping, console=console)
     drawing = asyncio.create_task(_draw(live, total=created.total, show=show, console=console))
     try:
-        status = await executor.execute(created.run_id)
-        if status == "queued" and interrupted.is_set():
+        status: str | None = await executor.execute(created.run_id)
+        if status == RunStatus.QUEUED and interrupted.is_set():
             status = INTERRUPTED
         if status is None:  # another worker (`serve`) claimed it: show its progress from the rows
             status = await _follow(svc, created, live)

@@ -6,6 +6,7 @@ import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import print_json, print_table
+from mailwright.domain.runs import RunStatus, StepStatus
 
 if TYPE_CHECKING:
     from mailwright.services.runs import RunPublic
@@ -31,7 +32,9 @@ def print_run(run: "RunPublic", *, state: str | None = None) -> None:
             typer.echo(f"  (the steps in state {state!r} shown, the first 100 at most)")
         elif len(run.steps) < (run.steps_total or 0):
             typer.echo(f"  (the first {len(run.steps)} shown; --state STATE filters, the API pages)")
-    unknown = (run.step_counts or {}).get("unknown") or sum(s.status == "unknown" for s in run.steps)
+    unknown = (run.step_counts or {}).get(StepStatus.UNKNOWN) or sum(
+        s.status == StepStatus.UNKNOWN for s in run.steps
+    )
     if unknown:
         typer.echo(
             f"  {unknown:,} message(s) may or may not have been delivered (outcome unknown): "
@@ -106,7 +109,9 @@ def show(
 def cancel(run_id: Annotated[str, typer.Argument(help="run id")]) -> None:
     """Cancel a queued or running run (a running step finishes first)."""
     run = services().runs.cancel(run_id)
-    typer.echo(f"run {run.id}: {'cancelled' if run.status == 'cancelled' else 'cancellation requested'}")
+    typer.echo(
+        f"run {run.id}: {'cancelled' if run.status == RunStatus.CANCELLED else 'cancellation requested'}"
+    )
 
 
 @app.command("retry")
@@ -124,7 +129,9 @@ def retry(
     """Queue a failed or cancelled run again; succeeded steps are not repeated."""
     run = services().runs.retry(run_id, include_unknown=include_unknown)
     typer.echo(f"run {run.id} queued again")
-    left = (run.step_counts or {}).get("unknown") or sum(s.status == "unknown" for s in run.steps)
+    left = (run.step_counts or {}).get(StepStatus.UNKNOWN) or sum(
+        s.status == StepStatus.UNKNOWN for s in run.steps
+    )
     if left:
         typer.echo(
             f"{left:,} message(s) with an unknown outcome are left as they are; "

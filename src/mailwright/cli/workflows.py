@@ -9,6 +9,7 @@ import typer
 from mailwright.cli.context import services
 from mailwright.cli.output import EXIT_FAILED, print_json, print_table
 from mailwright.cli.runs import print_run
+from mailwright.domain.runs import RunStatus
 from mailwright.errors import ValidationError
 
 app = typer.Typer(
@@ -106,7 +107,7 @@ def run(
     else:
         follow = f"mailwright runs show {started.id}"
         typer.echo(f"queued run {started.id} of {started.workflow!r}; follow it with `{follow}`")
-    if wait and result.status != "succeeded":
+    if wait and result.status != RunStatus.SUCCEEDED:
         raise typer.Exit(EXIT_FAILED)
 
 

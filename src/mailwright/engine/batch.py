@@ -3,15 +3,16 @@
 The steps are streamed from the database in pages (never all at once) into a
 small queue that `concurrency` sender tasks drain; each calls `deliver()` with
 its own Message-ID. Recording is grouped, so the database is never the
-bottleneck: a `StepWriter` collects step updates and writes each group in one
-transaction.
+bottleneck: the ledger's `StepWriter` (ledger/batch.py) collects step updates and
+writes each group in one transaction. The engine writes no state itself: the
+ledger does, and what it sends with comes from a `BatchSender` (engine/ports.py).
 
 Durability follows the single-send path (engine/executor.py): a message's
 Message-ID is fixed when the batch is stored, and just before its DATA is
 written (the connection pool's before-DATA hook) its step is durably `sending`.
 The marks of all connections are grouped into one transaction by the writer,
 so a mark costs a sender the wait for a shared commit, not one of its own.
-Every transaction of the writer is fenced by the run's lease (engine/lease.py):
+Every transaction of the writer is fenced by the run's lease (ledger/lease.py):
 a worker that lost the lease gets `LeaseLostError` from its next mark and stops
 at once, having sent nothing that was not marked, and writes nothing more.
 
@@ -33,34 +34,18 @@ nothing is failed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, cast
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Connection, Table, Update, bindparam, func, select, update
-from sqlalchemy.orm import Session
-
-from mailwright.domain.addresses import Address
-from mailwright.domain.message import OutgoingMessage, make_message_id
-from mailwright.engine import executor as engine
-from mailwright.engine.executor import (
-    CRASH_WHY,
-    RATE_LIMIT_NOTE,
-    UNKNOWN,
-    Executor,
-    close_run,
-    error_record,
-    is_transient,
-    may_have_arrived,
-    unknown_error,
-    unknown_note,
-)
-from mailwright.engine.lease import Lease
+from mailwright.domain.message import make_message_id
+from mailwright.domain.runs import RunStatus, SendState, StepStatus
+from mailwright.engine.ports import BatchSender, BatchSenders
+from mailwright.engine.retry import batch_retry_wait
 from mailwright.errors import (
     LeaseLostError,
     MailwrightError,
@@ -70,21 +55,14 @@ from mailwright.errors import (
     TargetTimeoutError,
     TargetTLSError,
 )
-from mailwright.services.batches import BatchMessage, sender_of
-from mailwright.services.sending import build_outgoing, deliver_output
-from mailwright.services.targets import ResolvedTarget
-from mailwright.storage.batch_steps import OPEN, batch_steps
-from mailwright.storage.db import Database
-from mailwright.storage.group import BLIP_WAITS, is_blip
-from mailwright.storage.tables import RunRow, RunStepRow, utcnow
-from mailwright.targets.capabilities import MailSender
+from mailwright.ledger import BatchStep, Lease, RunLedger
+from mailwright.ledger.batch import OPEN_BATCH_STEPS
+from mailwright.ledger.outcomes import CRASH_WHY, error_record, may_have_arrived, unknown_error
 
 log = logging.getLogger(__name__)
 
 
 PAGE = 500  # steps read per query
-FLUSH_SECONDS = 0.2  # results wait at most this long for a transaction
-FLUSH_ROWS = 500  # ... or until this many are waiting
 RATE_INLINE_WAIT = 120.0  # a batch may wait this long for a rate-limit slot in place
 # Stages of opening a connection: a connection or timeout failure there (after the retries) means
 # the server is unreachable, and every other message would fail the same way.
@@ -129,167 +107,12 @@ class BatchProgress:
         return (self.total - self.done) / rate if rate > 0 else None
 
 
-@dataclass
-class _Step:
-    id: str
-    index: int
-    inputs: dict[str, Any]
-    message_id: str | None
-    send_state: str | None
-    attempts: int
-    max_attempts: int
-    notes: list[str]
-
-
-class StepWriter:
-    """Group commit of step updates.
-
-    `mark_sending` returns once the mark is committed (a sender waits for it
-    before DATA); `record_sent` and `record` return at once and their rows join
-    the next transaction. Every transaction is fenced by the run's lease: once it
-    is lost, nothing more is written, and every mark raises `LeaseLostError`.
-    """
-
-    def __init__(self, db: Database, lease: Lease) -> None:
-        self._db = db
-        self._lease = lease
-        self._steps = batch_steps(db.engine.dialect)
-        self._marks: list[tuple[Any, ...]] = []
-        self._waiting: list[asyncio.Future[None]] = []
-        self._sent: list[tuple[Any, ...]] = []
-        self._rows: list[dict[str, Any]] = []
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self._failed: BaseException | None = None
-        self.transactions = 0
-        self.rows_written = 0
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="batch-step-writer")
-
-    async def mark_sending(self, values: tuple[Any, ...]) -> None:
-        """A message is durably `sending` (the values of `MARK_COLUMNS`) once this returns."""
-        self._marks.append(values)
-        await self._committed()
-
-    async def _committed(self) -> None:
-        if self._failed is not None:
-            raise self._failed
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(done)
-        self._wake.set()
-        await done
-
-    def record_sent(self, values: tuple[Any, ...]) -> None:
-        """A message sent: the values of `SENT_COLUMNS`."""
-        self._sent.append(values)
-        if len(self._sent) >= FLUSH_ROWS:
-            self._wake.set()
-
-    def record(self, values: dict[str, Any]) -> None:
-        self._rows.append(values)
-        if len(self._rows) >= FLUSH_ROWS:
-            self._wake.set()
-
-    async def close(self) -> None:
-        """Write everything still waiting; raises if the last write failed."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-        if self._failed is not None:
-            raise self._failed
-
-    async def _loop(self) -> None:
-        while True:
-            if not self._waiting and not self._closing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=FLUSH_SECONDS)
-            self._wake.clear()
-            marks, self._marks = self._marks, []
-            waiting, self._waiting = self._waiting, []
-            sent, self._sent = self._sent, []
-            rows, self._rows = self._rows, []
-            if not (marks or sent or rows):
-                if self._closing:
-                    return
-                continue
-            try:
-                await self._write_through_blips(marks, sent, rows)
-            except Exception as exc:  # the senders waiting on a mark must not hang
-                if not isinstance(exc, LeaseLostError):  # logged by the lease
-                    log.exception("recording batch results failed")
-                self._failed = exc
-                for done in waiting + self._waiting:
-                    if not done.done():
-                        done.set_exception(exc)
-                return
-            for done in waiting:
-                if not done.done():
-                    done.set_result(None)
-
-    async def _write_through_blips(
-        self, marks: list[tuple[Any, ...]], sent: list[tuple[Any, ...]], rows: list[dict[str, Any]]
-    ) -> None:
-        """Write one group; a database blip is tried again while the lease still holds."""
-        for wait in BLIP_WAITS:
-            try:
-                await asyncio.to_thread(self._write, marks, sent, rows)
-                return
-            except Exception as exc:
-                if not is_blip(exc) or self._lease.usable_for() <= wait:
-                    raise
-                log.warning(
-                    "recording batch results failed (%s); trying again in %.1f s", type(exc).__name__, wait
-                )
-                await asyncio.sleep(wait)
-        await asyncio.to_thread(self._write, marks, sent, rows)
-
-    def _write(
-        self,
-        marks: list[tuple[Any, ...]],
-        sent: list[tuple[Any, ...]],
-        rows: list[dict[str, Any]],
-    ) -> None:
-        with self._lease.begin() as connection:
-            # Marks first: a result in the same group is newer than its mark.
-            self._steps.marked.execute_many(connection, marks)
-            self._steps.sent.execute_many(connection, sent)
-            self._update(connection, rows)
-        self.transactions += 1
-        self.rows_written += len(marks) + len(sent) + len(rows)
-
-    @staticmethod
-    def _update(connection: Connection, rows: list[dict[str, Any]]) -> None:
-        for columns, same in _by_columns(rows).items():
-            connection.execute(_update_statement(columns), same)
-
-
-def _by_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
-    """Rows that set the same columns go in one executemany (order kept per step)."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(
-            {("step_id_" if k == "id" else k): v for k, v in row.items()}
-        )
-    return groups
-
-
-@functools.lru_cache(maxsize=32)
-def _update_statement(columns: tuple[str, ...]) -> Update:
-    table = cast(Table, RunStepRow.__table__)
-    return (
-        update(table)
-        .where(table.c.id == bindparam("step_id_"))
-        .values({name: bindparam(name) for name in columns})
-    )
-
-
 class _Stop(Exception):
-    """Ends the batch early: `status` is what the run becomes."""
+    """Ends the batch early: `status` is what the run becomes (RUNNING: the lease was lost)."""
 
-    def __init__(self, status: str, *, error: dict[str, Any] | None = None, until: datetime | None = None):
+    def __init__(
+        self, status: RunStatus, *, error: dict[str, Any] | None = None, until: datetime | None = None
+    ):
         super().__init__(status)
         self.status = status
         self.error = error
@@ -297,35 +120,39 @@ class _Stop(Exception):
 
 
 class BatchRunner:
-    """One execution of a claimed batch run (the executor holds the lease; `lease` renews it)."""
+    """One execution of a claimed batch run: the executor holds its lease (`lease`), and renews it."""
 
-    def __init__(self, executor: Executor, *, run_id: str, lease: Lease) -> None:
-        self._executor = executor
-        self._db: Database = executor._db
-        self._targets = executor._targets
-        self._run_id = run_id
+    def __init__(
+        self,
+        ledger: RunLedger,
+        lease: Lease,
+        *,
+        senders: BatchSenders,
+        stopping: asyncio.Event,
+        on_progress: Callable[[BatchProgress], None] | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._run_id = lease.run_id
         self._lease = lease
-        self._writer = StepWriter(self._db, lease)
-        self._steps = batch_steps(self._db.engine.dialect)
-        self._queue: asyncio.Queue[_Step | None] = asyncio.Queue()
+        self._senders = senders
+        self._stopping = stopping  # the worker is stopping: the run is given back
+        self._on_progress = on_progress
+        self._writer = ledger.batches.writer(lease)
+        self._queue: asyncio.Queue[BatchStep | None] = asyncio.Queue()
         self._stop: _Stop | None = None
-        self._resolved: dict[tuple[str, str | None], ResolvedTarget] = {}
-        self._senders: dict[tuple[str, str | None], Address] = {}
-        self._pools: dict[int, MailSender] = {}  # by id() of the entries of `_resolved`
-        self._target = ""
-        self._account_key: str | None = None
+        self._sender: BatchSender[Any] | None = None
         self._concurrency = 16
         self._room = asyncio.Event()  # the queue has room for more messages
         self.progress = BatchProgress(total=0)
 
     # --- the whole run ----------------------------------------------------------------
 
-    async def run(self) -> str:
+    async def run(self) -> RunStatus:
         await asyncio.to_thread(self._load_run)
-        if self._executor.on_batch_progress is not None:
-            self._executor.on_batch_progress(self.progress)
+        if self._on_progress is not None:
+            self._on_progress(self.progress)
         self._writer.start()
-        senders = [asyncio.create_task(self._sender()) for _ in range(self._concurrency)]
+        senders = [asyncio.create_task(self._sending()) for _ in range(self._concurrency)]
         try:
             await self._feed()
         except BaseException:
@@ -357,30 +184,21 @@ class BatchRunner:
         try:
             await self._writer.close()
         except LeaseLostError:
-            self._stop = _Stop("running")  # what was not written is the new owner's to find
+            self._stop = _Stop(RunStatus.RUNNING)  # what was not written is the new owner's to find
 
     def _load_run(self) -> None:
-        with self._db.session() as session:
-            run = session.get(RunRow, self._run_id)
-            assert run is not None
-            self._target, self._account_key = run.target or "", run.account_key
-            self._concurrency = int(run.document.get("concurrency") or 16)
-            counts = dict(
-                session.execute(
-                    select(RunStepRow.status, func.count())
-                    .where(RunStepRow.run_id == self._run_id)
-                    .group_by(RunStepRow.status)
-                ).all()
-            )
-        total = sum(int(n) for n in counts.values())
-        open_steps = sum(int(counts.get(status, 0)) for status in OPEN)
+        plan = self._ledger.batches.plan(self._run_id, default_concurrency=self._concurrency)
+        self._sender = self._senders.for_batch(target=plan.target, account_key=plan.account_key)
+        self._concurrency = plan.concurrency
+        total = sum(plan.counts.values())
+        open_steps = sum(plan.counts.get(status, 0) for status in OPEN_BATCH_STEPS)
         self.progress = BatchProgress(total=total, done_before=total - open_steps)
 
     async def _feed(self) -> None:
         """Page through the open steps in message order and hand them to the senders.
 
         The queue holds at most `concurrency` messages beyond those the senders
-        hold, so a stop leaves little to drain; nothing is marked before a sender
+        hold, so a stop (cancel, shutdown, lost lease) is noticed before a sender
         hands its message to the connection pool.
         """
         reading = asyncio.create_task(asyncio.to_thread(self._page, -1))
@@ -390,7 +208,7 @@ class BatchRunner:
             reading.cancel()
             await asyncio.gather(reading, return_exceptions=True)
 
-    async def _feed_pages(self, reading: asyncio.Task[list[_Step]]) -> None:
+    async def _feed_pages(self, reading: asyncio.Task[list[BatchStep]]) -> None:
         while self._stop is None:
             if await self._should_stop():
                 return
@@ -407,31 +225,32 @@ class BatchRunner:
                     return
                 self._queue.put_nowait(step)
 
+    def _page(self, after: int) -> list[BatchStep]:
+        return self._ledger.batches.page(self._run_id, after=after, limit=PAGE)
+
     def _drain_queue(self) -> None:
         while not self._queue.empty():
             self._queue.get_nowait()
 
     async def _should_stop(self) -> bool:
-        if not self._told_to_halt() and await asyncio.to_thread(
-            self._executor._cancel_requested, self._run_id
-        ):
-            self._stop = _Stop("cancelled")
+        if not self._told_to_halt() and await asyncio.to_thread(self._ledger.cancel_requested, self._run_id):
+            self._stop = _Stop(RunStatus.CANCELLED)
         return self._stop is not None
 
     def _told_to_halt(self) -> bool:
         """The part of `_should_stop` that needs no database: checked for every message."""
         if self._stop is None:
             if self._lease.is_lost:
-                self._stop = _Stop("running")
-            elif self._executor.stopping.is_set():
-                self._stop = _Stop("queued")
+                self._stop = _Stop(RunStatus.RUNNING)
+            elif self._stopping.is_set():
+                self._stop = _Stop(RunStatus.QUEUED)
         return self._stop is not None
 
     async def _unless_halted(self, work: Awaitable[Any]) -> bool:
         """Wait for `work` (a rate-limit slot can be minutes away) unless the batch is stopped."""
         task = asyncio.ensure_future(work)
         halts = [
-            asyncio.ensure_future(self._executor.stopping.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
             asyncio.ensure_future(self._lease.lost.wait()),
         ]
         try:
@@ -446,26 +265,9 @@ class BatchRunner:
         self._told_to_halt()
         return False
 
-    def _page(self, after: int) -> list[_Step]:
-        with self._db.engine.connect() as connection:
-            rows = self._steps.page.rows(connection, (self._run_id, after, PAGE))
-        return [
-            _Step(
-                id=id_,
-                index=index,
-                inputs=inputs or {},
-                message_id=message_id,
-                send_state=send_state,
-                attempts=attempts,
-                max_attempts=max_attempts,
-                notes=list(notes or []),
-            )
-            for id_, index, inputs, message_id, send_state, attempts, max_attempts, notes in rows
-        ]
-
     # --- one message -------------------------------------------------------------------
 
-    async def _sender(self) -> None:
+    async def _sending(self) -> None:
         while True:
             step = await self._queue.get()
             self._room.set()
@@ -482,28 +284,27 @@ class BatchRunner:
                 log.exception("batch %s message %d: unexpected error", self._run_id, step.index)
                 self._fail(step, exc)
 
-    async def _send(self, step: _Step) -> None:
-        if step.send_state == "sending":  # an earlier execution stopped while sending it
+    async def _send(self, step: BatchStep) -> None:
+        if step.send_state == SendState.SENDING:  # an earlier execution stopped while sending it
             self._unknown(step, unknown_error(self._run_id, CRASH_WHY), CRASH_WHY)
             return
+        sender = self._sender
+        assert sender is not None
         try:
-            message, resolved, request = self._prepare(step)
+            message = sender.prepare(step.inputs)
         except MailwrightError as exc:
             self._fail(step, exc)
             return
-        step.message_id = step.message_id or make_message_id(message.sender.ascii_domain)
+        step.message_id = step.message_id or make_message_id(sender.message_id_domain(message))
         while True:
-            if not await self._throttle(step, resolved):
+            if not await self._throttle(step, sender, message):
                 return  # stopped while waiting for a slot: the step is as it was
             step.attempts += 1
             try:
-                output = await deliver_output(
+                output = await sender.deliver(
                     message,
-                    resolved,
-                    continue_if_one_address_valid=request.continue_if_one_address_valid,
                     message_id=step.message_id,
-                    sender=self._pool_of(resolved),
-                    before_data=functools.partial(self._mark_sending, step),
+                    before_data=functools.partial(self._writer.mark_sending, step),
                 )
             except LeaseLostError:
                 raise
@@ -511,191 +312,93 @@ class BatchRunner:
                 if not await self._failed_attempt(step, exc):
                     return
                 continue
-            now = utcnow()
-            self._writer.record_sent((output, step.message_id, step.attempts, step.notes, now, now, step.id))
+            self._writer.record_sent(step, output)
             if output["status"] == "sent":
                 self.progress.sent += 1
             else:
                 self.progress.partial += 1
             return
 
-    async def _failed_attempt(self, step: _Step, exc: Exception) -> bool:
+    async def _failed_attempt(self, step: BatchStep, exc: Exception) -> bool:
         """Record a failed attempt; True if the message should be tried again now."""
-        marked = step.send_state == "sending"
+        marked = step.send_state == SendState.SENDING
         step.send_state = None
         if marked and may_have_arrived(exc):
-            error = {**error_record(exc), "outcome": UNKNOWN}
+            error = {**error_record(exc), "outcome": StepStatus.UNKNOWN.value}
             self._unknown(step, error, str(error["message"]))
             return False
-        if not (_transient(exc) and step.attempts < step.max_attempts):
+        wait = batch_retry_wait(exc, step.attempts, step.max_attempts)
+        if wait is None:
             self._fail(step, exc)
             if _target_unusable(exc):
-                raise _Stop("failed", error=error_record(exc)) from exc
+                raise _Stop(RunStatus.FAILED, error=error_record(exc)) from exc
             return False
-        wait = _backoff(step.attempts)
         step.notes.append(f"attempt {step.attempts} failed ({_message(exc)}); retrying in {wait:.1f} s")
         if marked:  # undo the mark at once: after a crash now, the message is sent, not "unknown"
-            self._writer.record(
-                {
-                    "id": step.id,
-                    "status": "deferred",
-                    "send_state": None,
-                    "message_id": step.message_id,
-                    "attempts": step.attempts,
-                    "notes": step.notes,
-                    "updated_at": utcnow(),
-                }
-            )
+            self._writer.record_retrying(step)
         return await self._unless_halted(asyncio.sleep(wait))
 
-    def _prepare(self, step: _Step) -> tuple[OutgoingMessage, ResolvedTarget, BatchMessage]:
-        request = BatchMessage.model_validate(step.inputs)
-        key = request.account_key if request.account_key is not None else self._account_key
-        which = (request.target.strip().casefold() or "", key)
-        resolved = self._resolved.get(which)
-        if resolved is None:
-            resolved = self._targets.resolve(request.target or self._target, account_key=key)
-            self._resolved[which] = resolved
-        sender = sender_of(request, resolved, cache=self._senders)
-        return build_outgoing(request, sender, files=self._executor._files), resolved, request
-
-    def _pool_of(self, resolved: ResolvedTarget) -> MailSender:
-        # Looked up once per target and key of the batch: the lookup digests the key's secret.
-        pool = self._pools.get(id(resolved))
-        if pool is None or pool.closed:
-            pool = self._pools[id(resolved)] = resolved.mail_sender("sending mail")
-        return pool
-
-    async def _throttle(self, step: _Step, resolved: ResolvedTarget) -> bool:
+    async def _throttle(self, step: BatchStep, sender: BatchSender[Any], message: Any) -> bool:
         """Wait for the target's rate-limit slot; False if the batch was stopped meanwhile."""
-        limits = self._pool_of(resolved).rate_limits
-        if not limits:
-            return True
         try:
-            return await self._unless_halted(
-                self._targets.rate_limits.acquire(
-                    key=resolved.target.id,
-                    limits=limits,
-                    target=resolved.target.display_name,
-                    max_wait=RATE_INLINE_WAIT,
-                )
-            )
+            slot = sender.slot(message, max_wait=RATE_INLINE_WAIT)
+            return True if slot is None else await self._unless_halted(slot)
         except RateLimitedError as exc:
-            notes = [n for n in step.notes if not n.startswith(RATE_LIMIT_NOTE)]
-            step.notes = [*notes, f"{RATE_LIMIT_NOTE}{exc.message}"]
-            self._writer.record(
-                {"id": step.id, "status": "deferred", "notes": step.notes, "updated_at": utcnow()}
-            )
+            self._writer.record_rate_limited(step, exc.message)
             self.progress.deferred_until = exc.until
             self.progress.deferred_reason = exc.message
-            raise _Stop("deferred", until=exc.until) from exc
+            raise _Stop(RunStatus.QUEUED, until=exc.until) from exc
 
-    async def _mark_sending(self, step: _Step) -> None:
-        """Durably "sending" just before DATA: the pool's hook, grouped with the other senders'.
-
-        Checked against the lease before and after: a worker paused past its lease
-        (or that cannot renew it) sends nothing more.
-        """
-        self._lease.check()
-        now = utcnow()
-        await self._writer.mark_sending((step.message_id, step.attempts, now, now, step.id))
-        self._lease.check()
-        step.send_state = "sending"
-
-    def _unknown(self, step: _Step, error: dict[str, Any], why: str) -> None:
+    def _unknown(self, step: BatchStep, error: dict[str, Any], why: str) -> None:
         """The message may or may not have been delivered: recorded so, and not sent again."""
-        step.notes.append(unknown_note(self._run_id, step.attempts, step.message_id, why))
-        self._writer.record(
-            {
-                "id": step.id,
-                "status": UNKNOWN,
-                "send_state": UNKNOWN,
-                "error": error,
-                "message_id": step.message_id,
-                "attempts": step.attempts,
-                "notes": step.notes,
-                "finished_at": utcnow(),
-                "updated_at": utcnow(),
-            }
-        )
+        self._writer.record_unknown(step, run_id=self._run_id, error=error, why=why)
         self.progress.unknown += 1
 
-    def _fail(self, step: _Step, exc: BaseException) -> None:
-        self._writer.record(
-            {
-                "id": step.id,
-                "status": "failed",
-                "error": error_record(exc),
-                "send_state": None,
-                "message_id": step.message_id,
-                "attempts": max(step.attempts, 1),
-                "notes": step.notes,
-                "finished_at": utcnow(),
-                "updated_at": utcnow(),
-            }
-        )
+    def _fail(self, step: BatchStep, exc: BaseException) -> None:
+        self._writer.record_failed(step, exc)
         self.progress.failed += 1
 
     # --- the end ------------------------------------------------------------------------
 
-    async def _settle(self) -> str:
+    async def _settle(self) -> RunStatus:
         try:
             return await self._settle_run()
         except LeaseLostError:
-            return "running"
+            return RunStatus.RUNNING
 
-    async def _settle_run(self) -> str:
+    async def _settle_run(self) -> RunStatus:
         stop = self._stop
-        if stop is not None and stop.status == "running":
-            return "running"  # the lease was lost: whoever has it now carries on from the rows
-        if stop is not None and stop.status == "queued":
-            await self._executor._release(self._run_id)
-            return "queued"
-        if stop is not None and stop.status == "deferred":
-            assert stop.until is not None
-            await self._executor._defer_run(self._run_id, max(0.0, (stop.until - utcnow()).total_seconds()))
-            return "queued"
-        if stop is not None and stop.status in ("cancelled", "failed"):
+        if stop is not None and stop.status == RunStatus.RUNNING:
+            return RunStatus.RUNNING  # the lease was lost: whoever has it now carries on from the rows
+        if stop is not None and stop.status == RunStatus.QUEUED:
+            if stop.until is None:
+                await self._ledger.release(self._lease)
+            else:  # deferred by a rate limit
+                wait = max(0.0, (stop.until - datetime.now(UTC)).total_seconds())
+                await self._ledger.defer(self._lease, wait=wait)
+            return RunStatus.QUEUED
+        if stop is not None:  # cancelled, or failed (the target is unusable)
             return await self._finish(stop.status, stop.error, close_steps=True)
-        counts = await asyncio.to_thread(self._counts)
-        if any(counts.get(s, 0) for s in OPEN):
+        counts = await asyncio.to_thread(self._ledger.batches.counts, self._run_id)
+        if any(counts.get(s, 0) for s in OPEN_BATCH_STEPS):
             # Steps still open (e.g. a stop raced the last page): leave the run for the next pass.
-            await self._executor._release(self._run_id)
-            return "queued"
+            await self._ledger.release(self._lease)
+            return RunStatus.QUEUED
         error = batch_error(self._run_id, counts)
-        return await self._finish("failed" if error else "succeeded", error)
+        return await self._finish(RunStatus.FAILED if error else RunStatus.SUCCEEDED, error)
 
-    def _counts(self) -> dict[str, int]:
-        with self._db.session() as session:
-            rows = session.execute(
-                select(RunStepRow.status, func.count())
-                .where(RunStepRow.run_id == self._run_id)
-                .group_by(RunStepRow.status)
-            ).all()
-        return {status: int(n) for status, n in rows}
-
-    async def _finish(self, status: str, error: dict[str, Any] | None, *, close_steps: bool = False) -> str:
+    async def _finish(
+        self, status: RunStatus, error: dict[str, Any] | None, *, close_steps: bool = False
+    ) -> RunStatus:
         """The run's end; `close_steps`: its messages not sent are skipped (or cancelled) with it."""
-
-        def apply(session: Session) -> None:
-            if close_steps:
-                session.execute(
-                    update(RunStepRow)
-                    .where(RunStepRow.run_id == self._run_id, RunStepRow.status.in_(("pending", "deferred")))
-                    .values(status="cancelled" if status == "cancelled" else "skipped", updated_at=utcnow())
-                )
-            run = session.get(RunRow, self._run_id)
-            assert run is not None
-            close_run(run, status, error)
-
-        await self._executor._write(self._run_id, apply)
+        await self._ledger.finish(self._lease, status, error, close_steps=close_steps)
         log.info("run %s %s", self._run_id, status)
         return status
 
 
 def batch_error(run_id: str, counts: dict[str, int]) -> dict[str, Any] | None:
     """The error of a finished batch whose messages did not all arrive (None when they did)."""
-    failed, unknown = counts.get("failed", 0), counts.get(UNKNOWN, 0)
+    failed, unknown = counts.get(StepStatus.FAILED, 0), counts.get(StepStatus.UNKNOWN, 0)
     if not (failed or unknown):
         return None
     total = sum(counts.values())
@@ -716,15 +419,6 @@ def _target_unusable(exc: BaseException) -> bool:
         return True
     opening = getattr(exc, "stage", None) in OPENING
     return opening and isinstance(exc, TargetConnectError | TargetTimeoutError)
-
-
-def _transient(exc: BaseException) -> bool:
-    return is_transient(exc) and not isinstance(exc, RateLimitedError)
-
-
-def _backoff(attempt: int) -> float:
-    # The schedule of single sends, capped short: a batch retries in place.
-    return min(engine.INLINE_WAIT, engine.backoff(attempt))
 
 
 def _message(exc: BaseException) -> str:

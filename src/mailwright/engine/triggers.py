@@ -30,6 +30,7 @@ from typing import Any, Literal, Protocol
 
 from mailwright.activities.context import Files, Targets
 from mailwright.activities.read_email import ReadEmailInput, message_output
+from mailwright.domain.runs import RunStatus
 from mailwright.domain.triggers import AfterSuccessAction, EmailTrigger, matches
 from mailwright.errors import MailwrightError, TargetError, ValidationError
 from mailwright.targets.capabilities import FolderMailbox, Mailbox, MessageDrop
@@ -394,7 +395,7 @@ class Watcher:
         return await asyncio.to_thread(self.triggers.pending, self.plan)
 
     async def _settle_imap(self, imap: FolderMailbox, uidvalidity: int, outcome: Outcome) -> None:
-        if outcome.run_status != "succeeded":
+        if outcome.run_status != RunStatus.SUCCEEDED:
             await self._failed(outcome)
             return
         if outcome.uidvalidity != uidvalidity or outcome.uid is None:
@@ -425,7 +426,7 @@ class Watcher:
     async def _failed(self, outcome: Outcome) -> None:
         policy = self.plan.trigger.on_failure
         if (
-            outcome.run_status == "failed"
+            outcome.run_status == RunStatus.FAILED
             and policy.action == "retry"
             and outcome.attempts < policy.max_attempts
         ):
@@ -529,7 +530,7 @@ class Watcher:
         for outcome in await asyncio.to_thread(self.triggers.outcomes, self.plan):
             if not await asyncio.to_thread(self.triggers.claim, outcome.message_row_id):
                 continue
-            if outcome.run_status != "succeeded":
+            if outcome.run_status != RunStatus.SUCCEEDED:
                 await self._failed(outcome)
                 continue
             number = by_key.get(outcome.message_key)

@@ -14,16 +14,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from taskiq import AsyncBroker, InMemoryBroker
 
+from mailwright.config import Settings
+from mailwright.domain.runs import FINISHED_RUN_STATUSES
 from mailwright.engine.executor import Executor, worker_id
-from mailwright.engine.triggers import TriggerManager
 from mailwright.errors import ConfigError
-from mailwright.services.app import Services
-from mailwright.services.files import PruneResult
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,82 @@ DRAIN_SECONDS = 60.0  # how long a stopping worker waits for the steps in flight
 CLEANUP_INTERVAL = 60.0  # seconds between looks for batches abandoned while being stored
 FILES_PRUNE_INTERVAL = 3600.0  # seconds between applications of MAILWRIGHT_FILES_KEEP_DAYS
 KEYS_PRUNE_INTERVAL = 3600.0  # seconds between deletions of expired idempotency keys
+
+
+# What the worker needs of the services (services/app.py's `Services` offers it).
+
+
+class _Waiters(Protocol):
+    def finished(self, run_id: str) -> None: ...
+
+
+class _Runs(Protocol):
+    on_queued: Callable[[str], None] | None
+
+    @property
+    def waiters(self) -> _Waiters: ...
+
+    def due(self, *, limit: int = 100) -> list[str]: ...
+
+
+class _Schedules(Protocol):
+    def tick(self) -> list[str]: ...
+
+
+class _Batches(Protocol):
+    def discard_abandoned(self) -> int: ...
+
+
+class _Keys(Protocol):
+    def prune(self) -> int: ...
+
+
+class PruneReport(Protocol):
+    """What pruning stored files did."""
+
+    @property
+    def removed(self) -> int: ...
+    @property
+    def removed_bytes(self) -> int: ...
+    @property
+    def kept_recent(self) -> int: ...
+    @property
+    def kept_referenced(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def errors(self) -> list[str]: ...
+
+
+class _Files(Protocol):
+    def prune(self, older_than: timedelta, *, dry_run: bool) -> PruneReport: ...
+
+
+class MailTriggers(Protocol):
+    """Watches the mailboxes of email triggers until `stop` is set."""
+
+    def run(self, stop: asyncio.Event) -> Coroutine[Any, Any, None]: ...
+
+
+class WorkerServices(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def runs(self) -> _Runs: ...
+    @property
+    def schedules(self) -> _Schedules: ...
+    @property
+    def batches(self) -> _Batches: ...
+    @property
+    def idempotency(self) -> _Keys: ...
+    @property
+    def file_service(self) -> _Files: ...
+
+    def executor(
+        self, *, worker_id: str, lease: timedelta | None = None, with_files: bool = True
+    ) -> Executor: ...
+
+    def mail_triggers(self) -> MailTriggers: ...
 
 
 def make_broker(kind: str) -> AsyncBroker:
@@ -45,13 +121,10 @@ def make_broker(kind: str) -> AsyncBroker:
 
 
 class Worker:
-    def __init__(self, services: Services, *, poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, services: WorkerServices, *, poll_interval: float = POLL_INTERVAL) -> None:
         self.services = services
         self.id = worker_id()
-        lease = timedelta(seconds=services.settings.lease_seconds)
-        self.executor = Executor(
-            services.db, services.targets, worker_id=self.id, lease=lease, files=services.files
-        )
+        self.executor = services.executor(worker_id=self.id)
         self.poll_interval = poll_interval
         self._broker = make_broker(services.settings.broker)
 
@@ -75,7 +148,7 @@ class Worker:
             # that a crash leaves at most `concurrency` sends with an unknown outcome.
             async with self._slots:
                 status = await self.executor.execute(run_id)
-            if status in ("succeeded", "failed", "cancelled"):
+            if status in FINISHED_RUN_STATUSES:
                 self.services.runs.waiters.finished(run_id)
             return status
         except Exception:
@@ -126,7 +199,7 @@ class Worker:
         except Exception as exc:  # a busy database: the next hour tries again
             log.warning("could not delete expired idempotency keys: %s", exc)
 
-    async def prune_files(self) -> PruneResult | None:
+    async def prune_files(self) -> PruneReport | None:
         """Apply MAILWRIGHT_FILES_KEEP_DAYS: remove older stored files no active run refers to."""
         days = self.services.settings.files_keep_days
         if days is None:
@@ -159,7 +232,7 @@ class Worker:
         self.services.runs.on_queued = self.notify
         await self._broker.startup()
         log.info("worker %s started", self.id)
-        triggers = TriggerManager(self.services) if self.services.settings.triggers else None
+        triggers = self.services.mail_triggers() if self.services.settings.triggers else None
         watching = asyncio.create_task(triggers.run(stop)) if triggers is not None else None
         try:
             while not stop.is_set():

@@ -10,12 +10,14 @@ once, as before.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 from mailwright.config import Settings
 from mailwright.domain import expressions
+from mailwright.ledger import RunLedger
 from mailwright.secrets import write_private_file
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
@@ -37,6 +39,12 @@ if TYPE_CHECKING:
     from mailwright.services.web_auth import WebAuthService
     from mailwright.services.workflows import WorkflowService
     from mailwright.transport.pool import PoolRegistry
+
+if TYPE_CHECKING:
+    from mailwright.activities.context import ActivityContext
+    from mailwright.engine.executor import Executor
+    from mailwright.engine.triggers import TriggerManager
+    from mailwright.services.batches import BatchSending
 
 FIRST_TOKEN_FILE = "first-admin-token"  # in the home folder, mode 0600
 T = TypeVar("T")
@@ -143,7 +151,12 @@ class Services:
     def runs(self) -> RunService:
         from mailwright.services.runs import RunService
 
-        return RunService(self.db)
+        return RunService(self.db, self.ledger)
+
+    @made_on_first_use
+    def ledger(self) -> RunLedger:
+        """The one writer of runs' and steps' state."""
+        return RunLedger(self.db)
 
     @made_on_first_use
     def idempotency(self) -> IdempotencyService:
@@ -158,20 +171,19 @@ class Services:
         from mailwright.services.waiting import WaitService
 
         return WaitService(
-            db=self.db,
             runs=self.runs,
             idempotency=self.idempotency,
             sending=self.sending,
-            targets=self.targets,
-            files=self.files,
-            lease_seconds=self.settings.lease_seconds,
+            make_executor=lambda worker_id: self.executor(worker_id=worker_id),
         )
 
     @made_on_first_use
     def batches(self) -> BatchService:
         from mailwright.services.batches import BatchService
 
-        return BatchService(self.db, self.targets, self.runs, files=self.files, keys=self.idempotency)
+        return BatchService(
+            self.db, self.targets, self.runs, files=self.files, keys=self.idempotency, ledger=self.ledger
+        )
 
     @made_on_first_use
     def schedules(self) -> ScheduleService:
@@ -184,6 +196,33 @@ class Services:
         from mailwright.services.triggers import TriggerService
 
         return TriggerService(self.db, self.runs)
+
+    def executor(
+        self, *, worker_id: str, lease: timedelta | None = None, with_files: bool = True
+    ) -> Executor:
+        """An executor of runs wired to these services (its lease: the settings' unless given).
+
+        `with_files`: read attachments are kept in the file store, and steps may send files
+        by reference; without, they are returned inline.
+        """
+        # Imported here: only the commands that execute runs load the engine.
+        from mailwright.engine.executor import Executor
+
+        files = self.files if with_files else None
+        return Executor(
+            self.ledger,
+            contexts=ActivityContexts(self.targets, files),
+            batches=_batch_sending(self.targets, files),
+            worker_id=worker_id,
+            lease=lease if lease is not None else timedelta(seconds=self.settings.lease_seconds),
+        )
+
+    def mail_triggers(self) -> TriggerManager:
+        """The watcher of the email triggers' mailboxes, for a worker to run."""
+        # Imported here: the trigger manager is built on these services.
+        from mailwright.engine.triggers import TriggerManager
+
+        return TriggerManager(self)
 
     def first_start_token(self) -> tuple[Path, str] | None:
         """On first start, a new admin token, written to a file only the owner can read.
@@ -208,3 +247,43 @@ class Services:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+class ActivityContexts:
+    """What the executor builds each activity's context with (engine/ports.py `ActivityContexts`)."""
+
+    def __init__(self, targets: TargetService, files: FileStore | None) -> None:
+        self._targets = targets
+        self._files = files
+
+    def context(
+        self,
+        *,
+        run_id: str,
+        step: str,
+        target: str | None,
+        account_key: str | None,
+        message_id: str | None,
+        remember_message_id: Callable[[str], None],
+        mark_sending: Callable[[], Awaitable[None]],
+    ) -> ActivityContext:
+        # Imported here, like the engine: only the commands that execute runs load activities.
+        from mailwright.activities.context import ActivityContext
+
+        return ActivityContext(
+            run_id=run_id,
+            step=step,
+            targets=self._targets,
+            target=target,
+            account_key=account_key,
+            message_id=message_id,
+            remember_message_id=remember_message_id,
+            mark_sending=mark_sending,
+            files=self._files,
+        )
+
+
+def _batch_sending(targets: TargetService, files: FileStore | None) -> BatchSending:
+    from mailwright.services.batches import BatchSending  # with the batch runner: only when executing
+
+    return BatchSending(targets, files)

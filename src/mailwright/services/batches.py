@@ -13,31 +13,38 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import pydantic
 from pydantic import ConfigDict, Field
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailwright.domain.addresses import Address
-from mailwright.domain.message import make_message_id
+from mailwright.domain.message import OutgoingMessage, make_message_id
+from mailwright.domain.runs import StepStatus
 from mailwright.domain.validation import describe
 from mailwright.errors import BatchProblem, BatchRefusedError, MailwrightError, NotFoundError, ValidationError
+from mailwright.ledger import RunLedger
+from mailwright.ledger.batch import PREPARE_LEASE, new_step
 from mailwright.services.idempotency import IdempotencyClaim, IdempotencyService
 from mailwright.services.runs import RunService, step_state_filter
-from mailwright.services.sending import SendEmailRequest, build_outgoing, resolve_sender
+from mailwright.services.sending import (
+    SendEmailRequest,
+    build_outgoing,
+    deliver_output,
+    resolve_sender,
+)
 from mailwright.services.targets import ResolvedTarget, TargetService
 from mailwright.storage import jsontext
-from mailwright.storage.batch_steps import batch_steps
 from mailwright.storage.bulk import JSONText
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
-from mailwright.storage.tables import RunRow, RunStepRow, new_id, utcnow
+from mailwright.storage.tables import RunRow, RunStepRow
+from mailwright.targets.capabilities import MailSender
 
 BATCH_KIND = "batch"
 BATCH_NAME = "Send Email batch"
@@ -52,9 +59,6 @@ DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 256
 MAX_ATTEMPTS = 4
 RESULTS_PAGE = 1000  # results read at most per query
-STORING = "storing"  # the lease owner of a batch being stored
-PREPARE_LEASE = timedelta(minutes=2)
-LEGACY_PREPARE_AGE = timedelta(hours=1)
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +116,10 @@ class BatchService:
         *,
         files: FileStore | None = None,
         keys: IdempotencyService | None = None,
+        ledger: RunLedger | None = None,
     ) -> None:
         self._db = db
+        self._ledger = ledger or RunLedger(db)  # stores, queues and discards the batch's run
         self._targets = targets
         self._runs = runs
         self._files = files  # attachments given by reference (`file: sha256:…`) are checked here
@@ -198,9 +204,9 @@ class BatchService:
         source: str,
     ) -> str:
         """The batch's run row, `preparing`, in the caller's transaction."""
-        run = RunRow(
-            workflow_id=None,
-            workflow_name=BATCH_NAME,
+        return self._ledger.batches.open(
+            session,
+            name=BATCH_NAME,
             # Only the executor reads a run's document; "kind" sends it to the batch engine.
             document={
                 "kind": BATCH_KIND,
@@ -208,19 +214,9 @@ class BatchService:
                 "source": source,
                 "concurrency": concurrency,
             },
-            status="preparing",
-            # Held while this process stores the messages: a batch whose storing process
-            # died (the lease ran out) was never accepted, and `discard_abandoned` removes it.
-            lease_owner=STORING,
-            lease_expires_at=utcnow() + PREPARE_LEASE,
-            inputs={},
             target=resolved.target.display_name,
             account_key=account_key,
-            cancel_requested=False,
         )
-        session.add(run)
-        session.flush()
-        return run.id
 
     def _store(
         self,
@@ -306,10 +302,7 @@ class BatchService:
         """Extend the storing lease now and then (a file of millions of lines takes minutes)."""
         if time.monotonic() - renewed < PREPARE_LEASE.total_seconds() / 4:
             return renewed
-        with self._db.session() as session:
-            session.execute(
-                update(RunRow).where(RunRow.id == run_id).values(lease_expires_at=utcnow() + PREPARE_LEASE)
-            )
+        self._ledger.batches.keep_storing(run_id)
         return time.monotonic()
 
     def discard_abandoned(self) -> int:
@@ -318,52 +311,25 @@ class BatchService:
         Such a batch was never accepted (its caller got no run id back and nothing
         of it was sent), so nothing is lost: its rows are deleted, and the log says so.
         """
-        now = utcnow()
-        with self._db.session() as session:
-            abandoned = session.execute(
-                select(RunRow.id, RunRow.created_at).where(
-                    RunRow.status == "preparing",
-                    RunRow.document["kind"].as_string() == BATCH_KIND,
-                    or_(
-                        RunRow.lease_expires_at < now,
-                        # Stored by a version without the storing lease.
-                        (RunRow.lease_expires_at.is_(None)) & (RunRow.created_at < now - LEGACY_PREPARE_AGE),
-                    ),
-                )
-            ).all()
-            if abandoned:
-                session.execute(delete(RunRow).where(RunRow.id.in_([row.id for row in abandoned])))
-        for row in abandoned:
+        abandoned = self._ledger.batches.discard_abandoned(kind=BATCH_KIND)
+        for run_id, created_at in abandoned:
             log.warning(
                 "discarded batch run %s (created %s): the process storing it stopped before its last "
                 "message was stored, so none of it was queued or sent",
-                row.id,
-                f"{row.created_at:%Y-%m-%d %H:%M:%S}",
+                run_id,
+                f"{created_at:%Y-%m-%d %H:%M:%S}",
             )
         return len(abandoned)
 
     def _insert(self, chunk: list[tuple[Any, ...]], inputs: list[tuple[str, Any]]) -> None:
         """Write a chunk's step rows and their messages' fields, in one transaction."""
-        with self._db.engine.begin() as connection:
-            steps = batch_steps(connection.dialect)
-            steps.insert.execute_many(connection, chunk)
-            steps.insert_inputs.execute_many(connection, inputs)
+        self._ledger.batches.store_steps(chunk, inputs)
 
     def _queue(self, run_id: str, *, total: int) -> None:
-        with self._db.session() as session:
-            run = session.get(RunRow, run_id)
-            assert run is not None
-            run.document = {**run.document, "messages": total}
-            run.status = "queued"
-            run.lease_owner = None
-            run.lease_expires_at = None
-            run.created_at = utcnow()
+        self._ledger.batches.enqueue(run_id, total=total)
 
     def _discard(self, run_id: str) -> None:
-        with self._db.session() as session:
-            run = session.get(RunRow, run_id)
-            if run is not None:
-                session.delete(run)
+        self._ledger.batches.discard(run_id)
 
     # --- reading a batch back -------------------------------------------------
 
@@ -422,21 +388,15 @@ class BatchService:
                 break
         return out
 
-    def cancel_remaining(self, run_id: str) -> None:
-        with self._db.session() as session:
-            session.execute(
-                update(RunStepRow)
-                .where(RunStepRow.run_id == run_id, RunStepRow.status.in_(("pending", "deferred")))
-                .values(status="cancelled", updated_at=utcnow())
-            )
-
 
 def message_result(row: RunStepRow) -> dict[str, Any]:
     """A batch message's outcome as the API and `--json` show it."""
     output = row.output or {}
     return {
         "index": row.item_index,
-        "status": output.get("status", "failed") if row.status == "succeeded" else row.status,
+        "status": output.get("status", StepStatus.FAILED)
+        if row.status == StepStatus.SUCCEEDED
+        else row.status,
         "message_id": row.message_id,
         "recipients": output.get("recipients"),
         "server_reply": output.get("server_reply"),
@@ -445,6 +405,85 @@ def message_result(row: RunStepRow) -> dict[str, Any]:
         "send_state": row.send_state,
         "notes": row.notes,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A batch message ready to send: built, with its target resolved."""
+
+    message: OutgoingMessage
+    resolved: ResolvedTarget
+    request: BatchMessage
+
+
+class BatchSending:
+    """How the engine's batch runner sends (engine/ports.py `BatchSenders`), with the services'
+    target resolution, rate limits and SMTP pools."""
+
+    def __init__(self, targets: TargetService, files: FileStore | None = None) -> None:
+        self._targets = targets
+        self._files = files
+
+    def for_batch(self, *, target: str, account_key: str | None) -> _BatchSender:
+        return _BatchSender(self._targets, self._files, target=target, account_key=account_key)
+
+
+class _BatchSender:
+    """One batch's sender: targets, senders and pools looked up once per target and key."""
+
+    def __init__(
+        self, targets: TargetService, files: FileStore | None, *, target: str, account_key: str | None
+    ) -> None:
+        self._targets = targets
+        self._files = files
+        self._target = target
+        self._account_key = account_key
+        self._resolved: dict[tuple[str, str | None], ResolvedTarget] = {}
+        self._senders: dict[tuple[str, str | None], Address] = {}
+        self._pools: dict[int, MailSender] = {}  # by id() of the entries of `_resolved`
+
+    def prepare(self, inputs: dict[str, Any]) -> _Prepared:
+        request = BatchMessage.model_validate(inputs)
+        key = request.account_key if request.account_key is not None else self._account_key
+        which = (request.target.strip().casefold() or "", key)
+        resolved = self._resolved.get(which)
+        if resolved is None:
+            resolved = self._targets.resolve(request.target or self._target, account_key=key)
+            self._resolved[which] = resolved
+        sender = sender_of(request, resolved, cache=self._senders)
+        return _Prepared(build_outgoing(request, sender, files=self._files), resolved, request)
+
+    @staticmethod
+    def message_id_domain(message: _Prepared) -> str:
+        return message.message.sender.ascii_domain
+
+    def slot(self, message: _Prepared, *, max_wait: float) -> Awaitable[None] | None:
+        resolved = message.resolved
+        limits = self._pool_of(resolved).rate_limits
+        if not limits:
+            return None
+        return self._targets.rate_limits.acquire(
+            key=resolved.target.id, limits=limits, target=resolved.target.display_name, max_wait=max_wait
+        )
+
+    async def deliver(
+        self, message: _Prepared, *, message_id: str, before_data: Callable[[], Awaitable[None]]
+    ) -> dict[str, Any]:
+        return await deliver_output(
+            message.message,
+            message.resolved,
+            continue_if_one_address_valid=message.request.continue_if_one_address_valid,
+            message_id=message_id,
+            sender=self._pool_of(message.resolved),
+            before_data=before_data,
+        )
+
+    def _pool_of(self, resolved: ResolvedTarget) -> MailSender:
+        # Looked up once per target and key of the batch: the lookup digests the key's secret.
+        pool = self._pools.get(id(resolved))
+        if pool is None or pool.closed:
+            pool = self._pools[id(resolved)] = resolved.mail_sender("sending mail")
+        return pool
 
 
 def sender_of(
@@ -474,25 +513,19 @@ def _parse(raw: str | dict[str, Any]) -> dict[str, Any]:
 
 
 def _step_row(run_id: str, *, index: int, domain: str) -> tuple[Any, ...]:
-    """The values of `INSERT_COLUMNS` for one message (its fields go to `step_inputs`).
+    """The step row of one message (its fields go to `step_inputs`).
 
     The Message-ID is fixed now, so that every attempt, in this process or after a
     crash, sends the very same message, and marking messages `sending` can be one
     statement for a range of them.
     """
-    return (
-        new_id(),
+    return new_step(
         run_id,
-        0,  # position
-        STEP_ID,
-        index,
-        "send_email",
-        "pending",
-        0,  # attempts
-        MAX_ATTEMPTS,
-        make_message_id(domain),
-        [],  # notes
-        utcnow(),
+        index=index,
+        step_id=STEP_ID,
+        activity="send_email",
+        max_attempts=MAX_ATTEMPTS,
+        message_id=make_message_id(domain),
     )
 
 

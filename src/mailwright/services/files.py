@@ -21,7 +21,9 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import Text, cast, select
 
+from mailwright.domain.runs import StepStatus
 from mailwright.errors import ValidationError
+from mailwright.ledger.batch import PREPARING
 from mailwright.services.runs import ACTIVE
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore, StoredFile
@@ -31,7 +33,7 @@ __all__ = ["KEEPING_STATUSES", "FileService", "FilesSummary", "PruneResult"]
 
 # Run statuses whose runs may still read their files. "deferred" is a step's status (a run
 # that waits for a retry or a rate limit is "queued"); listed too, should a run ever carry it.
-KEEPING_STATUSES = (*ACTIVE, "preparing", "deferred")
+KEEPING_STATUSES = (*ACTIVE, PREPARING, StepStatus.DEFERRED)
 RUNS_SHOWN = 20  # referencing runs named in a prune result
 _ANY_REF = re.compile(r"sha256:([0-9a-f]{64})")
 _BATCH = 1000  # rows fetched at a time while scanning a run's steps

@@ -10,11 +10,13 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from mailwright.domain.workflows import Step, WorkflowDocument, coerce_inputs
-from mailwright.errors import ConflictError, NotFoundError, ValidationError
+from mailwright.domain.runs import FINISHED_RUN_STATUS_LIST, RunStatus, SendState, StepStatus
+from mailwright.domain.workflows import WorkflowDocument, coerce_inputs
+from mailwright.errors import NotFoundError, ValidationError
+from mailwright.ledger import RunLedger
 from mailwright.services.common import find
 from mailwright.services.sending import SendEmailRequest
 from mailwright.storage.db import Database
@@ -25,23 +27,24 @@ from mailwright.storage.tables import (
     TargetRow,
     WorkflowRow,
     name_key,
-    new_id,
-    utcnow,
 )
 
-ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed", "cancelled")
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+FINISHED = FINISHED_RUN_STATUS_LIST
 BATCH_STEPS_SHOWN = 100
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+RUN_STATUSES = tuple(RunStatus)
 # A step's status; "unknown": its message may or may not have been delivered (never resent on its own).
-STEP_STATUSES = ("pending", "running", "deferred", "succeeded", "failed", "unknown", "skipped", "cancelled")
-SEND_STATES = ("sending", "sent")  # filterable besides the statuses: a message being sent, or sent
+STEP_STATUSES = tuple(StepStatus)
+SEND_STATES = (
+    SendState.SENDING,
+    SendState.SENT,
+)  # filterable besides the statuses: a message being sent, or sent
 
 
 class StepPublic(BaseModel):
     step: str  # "alert", or "each[2]" for a for_each item
     activity: str
-    status: str
+    status: StepStatus
     attempts: int
     max_attempts: int
     started_at: datetime | None
@@ -50,7 +53,7 @@ class StepPublic(BaseModel):
     output: dict[str, Any] | None
     error: dict[str, Any] | None
     message_id: str | None
-    send_state: str | None
+    send_state: SendState | None
     notes: list[str]
 
 
@@ -69,7 +72,7 @@ class RunPublic(BaseModel):
     id: str
     workflow: str
     workflow_id: str | None
-    status: str
+    status: str  # a RunStatus, or "preparing": a batch still being stored
     inputs: dict[str, Any]
     target: str | None
     account_key: str | None
@@ -215,16 +218,6 @@ _SEND_OUTCOME = (
 
 
 SEND_EMAIL_RUN = "Send Email"
-_INSERT_RUN = insert(RunRow).values(status="queued", cancel_requested=False, lease_epoch=0, workflow_id=None)
-_INSERT_STEP = insert(RunStepRow).values(
-    position=0,
-    item_index=None,
-    status="pending",
-    attempts=0,
-    max_attempts=Step.model_fields["retries"].default + 1,
-    notes=[],
-    updated_at=bindparam("now"),
-)
 _TARGET_EXISTS = select(TargetRow.id).where(
     (TargetRow.name_key == bindparam("key")) | (TargetRow.id == bindparam("ref"))
 )
@@ -240,8 +233,9 @@ def _check_target(session: Session, target: str | None) -> None:
 
 
 class RunService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, ledger: RunLedger | None = None) -> None:
         self._db = db
+        self._ledger = ledger or RunLedger(db)  # every change of a run's state goes through it
         # The worker in this process (if any) wants to hear of new runs at once.
         self.on_queued: Callable[[str], None] | None = None
         self.waiters = RunWaiters()
@@ -304,8 +298,8 @@ class RunService:
             target=document.target,
             account_key=document.account_key,
             workflow_id=workflow_id,
+            trigger=trigger,
         )
-        run.trigger = trigger
         return run.id
 
     def notify(self, run_id: str) -> None:
@@ -334,25 +328,15 @@ class RunService:
         # validates the document when it claims the run.
         step = {"id": "send", "activity": "send_email", "literal": True, "with": fields}
         _check_target(session, request.target)
-        run_id, now = new_id(), utcnow()
-        connection = session.connection()
-        connection.execute(
-            _INSERT_RUN,
-            {
-                "id": run_id,
-                "workflow_name": SEND_EMAIL_RUN,
-                "document": {"name": SEND_EMAIL_RUN, "steps": [step]},
-                "inputs": {},
-                "target": request.target,
-                "account_key": request.account_key,
-                "created_at": now,
-            },
+        return self._ledger.add_one_step_run(
+            session,
+            name=SEND_EMAIL_RUN,
+            document={"name": SEND_EMAIL_RUN, "steps": [step]},
+            step_id="send",
+            activity="send_email",
+            target=request.target,
+            account_key=request.account_key,
         )
-        connection.execute(
-            _INSERT_STEP,
-            {"id": new_id(), "run_id": run_id, "step_id": "send", "activity": "send_email", "now": now},
-        )
-        return run_id
 
     def _create(
         self,
@@ -363,37 +347,21 @@ class RunService:
         target: str | None,
         account_key: str | None,
         workflow_id: str | None,
+        trigger: dict[str, Any] | None = None,
     ) -> tuple[RunRow, list[RunStepRow]]:
         """The run and its step rows, flushed (the caller's transaction commits them)."""
         _check_target(session, target)
-        run = RunRow(
-            id=new_id(),  # known now, so that the run and its steps are one flush
+        return self._ledger.add_run(
+            session,
             workflow_id=workflow_id,
-            workflow_name=document.name,
+            name=document.name,
             document=document.model_dump(mode="json", by_alias=True, exclude_unset=True),
-            status="queued",
+            steps=[(step.id, step.activity, step.retries + 1) for step in document.steps],
             inputs=inputs,
             target=target,
             account_key=account_key,
-            cancel_requested=False,
+            trigger=trigger,
         )
-        session.add(run)
-        steps = [
-            RunStepRow(
-                run_id=run.id,
-                position=position,
-                step_id=step.id,
-                item_index=None,
-                activity=step.activity,
-                status="pending",
-                max_attempts=step.retries + 1,
-                notes=[],
-            )
-            for position, step in enumerate(document.steps)
-        ]
-        session.add_all(steps)
-        session.flush()
-        return run, steps
 
     def _notify(self, run_id: str) -> None:
         if self.on_queued is not None:
@@ -465,53 +433,11 @@ class RunService:
 
     def due(self, *, limit: int = 100) -> list[str]:
         """Runs a worker should take now: queued and due, or running with an expired lease."""
-        now = utcnow()
-        with self._db.session() as session:
-            query = (
-                select(RunRow.id)
-                .where(
-                    RunRow.status.in_(ACTIVE),
-                    (RunRow.not_before.is_(None)) | (RunRow.not_before <= now),
-                    (RunRow.lease_expires_at.is_(None)) | (RunRow.lease_expires_at < now),
-                )
-                .order_by(RunRow.created_at)
-                .limit(limit)
-            )
-            return list(session.scalars(query).all())
+        return self._ledger.due(limit=limit)
 
     def cancel(self, run_id: str) -> RunPublic:
-        with self._db.session() as session:
-            run = session.get(RunRow, run_id.strip())
-            if run is None:
-                raise NotFoundError(f"no run with id {run_id!r}")
-            if run.status not in ACTIVE:
-                raise ConflictError(
-                    f"run {run.id} has already {run.status}", hint="only queued or running runs cancel"
-                )
-            run.cancel_requested = True
-            session.flush()
-            # Nobody executes it: cancel it here and now, unless a worker claims it meanwhile (the
-            # condition is checked by the write itself; the claim bumps the epoch).
-            taken = session.execute(
-                update(RunRow)
-                .where(
-                    RunRow.id == run.id,
-                    RunRow.status == "queued",
-                    RunRow.lease_owner.is_(None),
-                    RunRow.lease_epoch == run.lease_epoch,
-                )
-                .values(status="cancelled", finished_at=utcnow())
-                .execution_options(synchronize_session="fetch")
-            )
-            if taken.rowcount:  # type: ignore[attr-defined]
-                session.execute(
-                    update(RunStepRow)
-                    .where(RunStepRow.run_id == run.id, RunStepRow.status.in_(("pending", "deferred")))
-                    .values(status="cancelled", updated_at=utcnow())
-                    .execution_options(synchronize_session=False)
-                )
-            session.expire_all()
-            return self._get(session, run.id)
+        """Ask the run to stop; a run nobody executes is cancelled at once."""
+        return self.get(self._ledger.cancel(run_id))
 
     def retry(self, run_id: str, *, include_unknown: bool = False) -> RunPublic:
         """Queue a failed or cancelled run again; steps that succeeded are not run twice.
@@ -520,33 +446,6 @@ class RunService:
         left as they are unless `include_unknown`: then they are sent again, with
         the Message-ID they had, so that mail clients can fold a second copy.
         """
-        with self._db.session() as session:
-            run = session.get(RunRow, run_id.strip())
-            if run is None:
-                raise NotFoundError(f"no run with id {run_id!r}")
-            if run.status not in ("failed", "cancelled"):
-                raise ConflictError(
-                    f"run {run.id} is {run.status}; only failed or cancelled runs can be retried",
-                    hint="wait for it to finish, or cancel it first",
-                )
-            run.status = "queued"
-            run.error = None
-            run.cancel_requested = False
-            run.finished_at = None
-            run.not_before = None
-            again = ["failed", "cancelled", "skipped", "running", "deferred"]
-            if include_unknown:
-                again.append("unknown")
-            for step in session.scalars(
-                select(RunStepRow).where(RunStepRow.run_id == run.id, RunStepRow.status.in_(again))
-            ).all():
-                if step.status == "unknown":
-                    step.send_state = None
-                    step.notes = [*step.notes, "sent again on request (`runs retry --include-unknown`)"]
-                step.status = "pending"
-                step.attempts = 0
-                step.error = None
-                step.finished_at = None
-            result = self._get(session, run.id)
+        result = self.get(self._ledger.retry(run_id, include_unknown=include_unknown))
         self._notify(result.id)
         return result

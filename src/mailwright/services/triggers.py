@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from mailwright.domain.runs import FINISHED_RUN_STATUS_LIST
 from mailwright.domain.workflows import WorkflowDocument
 from mailwright.engine.triggers import Mail, Outcome, Retry, TriggerPlan, TriggerStatus
 from mailwright.errors import NotFoundError
@@ -39,7 +40,7 @@ from mailwright.storage.tables import (
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = FINISHED_RUN_STATUS_LIST
 # Watchers say they are alive every HEARTBEAT_SECONDS (engine/triggers.py); a state not
 # touched for this long has nobody watching it.
 PAUSED_AFTER = timedelta(seconds=120)

@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailwright.domain.runs import FINISHED_RUN_STATUSES, RunStatus
@@ -29,9 +29,6 @@ from mailwright.services.sending import SendEmailRequest, SendResult, SendServic
 
 if TYPE_CHECKING:
     from mailwright.engine.executor import Executor
-    from mailwright.services.targets import TargetService
-    from mailwright.storage.db import Database
-    from mailwright.storage.files import FileStore
 
 # A worker of another process finishes runs without telling this one: look at the row this often.
 RECHECK_SECONDS = 0.25
@@ -71,21 +68,17 @@ class WaitService:
     def __init__(
         self,
         *,
-        db: Database,
         runs: RunService,
         idempotency: IdempotencyService,
         sending: SendService,
-        targets: TargetService,
-        files: FileStore | None,
-        lease_seconds: float,
+        make_executor: Callable[[str], Executor],
     ) -> None:
-        self._db = db
         self._runs = runs
         self._idempotency = idempotency
         self._sending = sending
-        self._targets = targets
-        self._files = files
-        self._lease = timedelta(seconds=lease_seconds)
+        # worker id -> an executor wired to the services (Services.executor): this module
+        # starts runs and waits for them; how they execute is the engine's.
+        self._make_executor = make_executor
 
     # --- Send Email ------------------------------------------------------------------
 
@@ -162,9 +155,9 @@ class WaitService:
     def inline_executor(self) -> Executor:
         """An executor for this process, claiming runs like any worker (with its own worker id)."""
         # Not a Worker: that imports the task broker, a quarter of a second for a command.
-        from mailwright.engine.executor import Executor, worker_id
+        from mailwright.engine.executor import worker_id
 
-        return Executor(self._db, self._targets, worker_id=worker_id(), lease=self._lease, files=self._files)
+        return self._make_executor(worker_id())
 
     async def run_inline(self, run_id: str) -> RunPublic:
         """Execute a run in this process and return it finished.

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mailwright.domain.runs import RunStatus
 from mailwright.domain.workflows import (
     WorkflowDocument,
     check_references,
@@ -165,7 +166,7 @@ class WorkflowService:
             active = session.scalar(
                 select(func.count())
                 .select_from(RunRow)
-                .where(RunRow.workflow_id == row.id, RunRow.status.in_(("queued", "running")))
+                .where(RunRow.workflow_id == row.id, RunRow.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)))
             )
             if active:
                 raise ConflictError(

@@ -13,11 +13,13 @@ from typing import cast
 
 from sqlalchemy import Dialect, Table
 
+from mailwright.domain.runs import SendState, StepStatus
 from mailwright.storage.bulk import BulkSelect, BulkWrite, columns_of
 from mailwright.storage.tables import RunStepRow, StepInputRow
 
 # Steps still to send ("running": in flight at a crash); the statements below spell it out.
-OPEN = ("pending", "deferred", "running")
+OPEN = (StepStatus.PENDING, StepStatus.DEFERRED, StepStatus.RUNNING)
+_OPEN_SQL = ", ".join(f"'{status}'" for status in OPEN)
 
 INSERT_COLUMNS = (
     "id",
@@ -63,7 +65,7 @@ class BatchSteps:
             dialect,
             f"SELECT {selected} FROM run_steps s LEFT JOIN step_inputs i ON i.step_id = s.id "  # noqa: S608
             "WHERE s.run_id = ? AND s.position = 0 AND s.item_index > ? "
-            "AND s.status IN ('pending', 'deferred', 'running') "
+            f"AND s.status IN ({_OPEN_SQL}) "
             "ORDER BY s.item_index LIMIT ?",
             columns_of(table, PAGE_COLUMNS),
         )
@@ -71,14 +73,14 @@ class BatchSteps:
         self.marked = BulkWrite.update(
             dialect,
             table,
-            constants="status = 'running', send_state = 'sending'",
+            constants=f"status = '{StepStatus.RUNNING}', send_state = '{SendState.SENDING}'",
             columns=MARK_COLUMNS[:-1],
             key="id",
         )
         self.sent = BulkWrite.update(
             dialect,
             table,
-            constants="status = 'succeeded', error = NULL, send_state = 'sent'",
+            constants=f"status = '{StepStatus.SUCCEEDED}', error = NULL, send_state = '{SendState.SENT}'",
             columns=SENT_COLUMNS[:-1],
             key="id",
         )

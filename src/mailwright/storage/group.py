@@ -27,14 +27,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
-
-if TYPE_CHECKING:
-    from mailwright.storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +50,13 @@ def is_blip(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+class Sessions(Protocol):
+    """Where the writer's transactions come from (storage/db.py's `Database`, which owns the
+    group commit: declared here, so that the two modules do not import each other)."""
+
+    def session(self) -> AbstractContextManager[Session]: ...
+
+
 # Run first in the operation's transaction: None to go on, or the exception its caller gets.
 Fence = Callable[[Session], BaseException | None]
 
@@ -66,7 +71,7 @@ class _Operation:
 class GroupCommit:
     """One writer thread applying the operations of many callers in shared transactions."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Sessions) -> None:
         self._db = db
         self._waiting: list[_Operation] = []
         self._ready = threading.Condition()

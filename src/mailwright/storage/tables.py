@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Dialect, ForeignKey, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from mailwright.domain.runs import RunStatus, StepStatus
+
 
 def new_id() -> str:
     return str(uuid.uuid4())
@@ -139,7 +141,7 @@ class RunRow(Base):
     )
     workflow_name: Mapped[str] = mapped_column(String(200))
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED.value)
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     target: Mapped[str | None] = mapped_column(String(200), nullable=True)
     account_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -170,7 +172,7 @@ class RunStepRow(Base):
     step_id: Mapped[str] = mapped_column(String(100))
     item_index: Mapped[int | None] = mapped_column(nullable=True)
     activity: Mapped[str] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=StepStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=4)
     inputs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

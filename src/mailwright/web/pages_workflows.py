@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from mailwright.domain.runs import RunStatus
 from mailwright.errors import MailwrightError
 from mailwright.services.workflows import WorkflowPublic
 from mailwright.web import forms
@@ -242,7 +243,8 @@ async def cancel_run(
     check_csrf(session, forms.optional(form, "csrf_token"))
     run = services.runs.cancel(run_id)
     return redirect(
-        f"/runs/{run.id}", flash="Cancelled." if run.status == "cancelled" else "Cancellation requested."
+        f"/runs/{run.id}",
+        flash="Cancelled." if run.status == RunStatus.CANCELLED else "Cancellation requested.",
     )
 
 
