@@ -18,8 +18,8 @@ from pydantic import BaseModel
 from mailwright.errors import ConfigError, ValidationError
 
 if TYPE_CHECKING:
-    from mailwright.targets.capabilities import Mailbox, MailSender
-    from mailwright.targets.report import ConnectionTestReport
+    from mailwright.domain.capabilities import Mailbox, MailSender
+    from mailwright.domain.connection_test import ConnectionTestReport
 
 
 @dataclass(frozen=True, slots=True)

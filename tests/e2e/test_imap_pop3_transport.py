@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailwright.domain.connection_test import ConnectionTestReport, ConnectionTestStep
 from mailwright.domain.smtp import Security
 from mailwright.errors import (
     CertificateUntrustedError,
@@ -33,7 +34,6 @@ from mailwright.errors import (
     ValidationError,
 )
 from mailwright.secrets import Secret
-from mailwright.targets.report import ConnectionTestReport, ConnectionTestStep
 from mailwright.transport.imap import (
     IMAPConnection,
     IMAPEndpoint,

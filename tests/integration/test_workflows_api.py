@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from mailwright.api.app import create_app
+from mailwright.server import create_app
 from mailwright.services.app import Services
 from tests.integration.conftest import Targets
 from tests.support.apiserver import APIServer

@@ -19,10 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mailwright.domain.capabilities import UNLIMITED, RateLimits, SendReport
+from mailwright.domain.connection_test import ConnectionTestReport, ConnectionTestStep
 from mailwright.domain.validation import validate_model
 from mailwright.plugins import Preset, TargetType, TargetView, register_target_type, target_types
-from mailwright.targets.capabilities import UNLIMITED, RateLimits, SendReport
-from mailwright.targets.report import ConnectionTestReport, ConnectionTestStep
 
 RECORDED = "sent.jsonl"
 

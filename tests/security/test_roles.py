@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from mailwright.api.app import create_app
 from mailwright.api.deps import rules_of
 from mailwright.domain.roles import Role
+from mailwright.server import create_app
 from mailwright.services.app import Services
 from mailwright.services.targets import TargetCreate
 from mailwright.storage.db import Database

@@ -11,7 +11,7 @@ from typing import Self
 import uvicorn
 from fastapi import FastAPI
 
-from mailwright.api.app import create_app
+from mailwright.server import create_app
 from mailwright.services.app import Services
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from mailwright.api.app import create_app
 from mailwright.config import Settings
 from mailwright.sandbox import SANDBOX_TARGET_NAME, SandboxServer, SandboxStore
+from mailwright.server import create_app
 from mailwright.services.app import Services
 from tests.support.apiserver import APIServer
 from tests.support.browser import CHROMIUM_ARGS, chromium_path, screenshot_path

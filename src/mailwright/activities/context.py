@@ -12,9 +12,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from mailwright.domain.capabilities import Mailbox, MailSender, RateLimits
+from mailwright.domain.connection_test import ConnectionTestReport
 from mailwright.errors import ValidationError
-from mailwright.targets.capabilities import Mailbox, MailSender, RateLimits
-from mailwright.targets.report import ConnectionTestReport
 
 if TYPE_CHECKING:
     from mailwright.transport.base import Login

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from mailwright.activities.context import Targets
+from mailwright.domain.capabilities import FolderMailbox, MessageDrop
 from mailwright.errors import ValidationError
-from mailwright.targets.capabilities import FolderMailbox, MessageDrop
 
 
 @asynccontextmanager

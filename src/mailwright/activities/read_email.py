@@ -9,10 +9,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailwright.activities.context import ActivityContext, Files, Targets
+from mailwright.domain.capabilities import FolderMailbox
 from mailwright.domain.mime_reader import extract_attachment, parse_message
 from mailwright.errors import ValidationError
 from mailwright.plugins import ActivitySpec, register_activity
-from mailwright.targets.capabilities import FolderMailbox
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 

@@ -63,9 +63,9 @@ def serve(
 
     import uvicorn
 
-    from mailwright.api.app import create_app
     from mailwright.logs import configure_logging
     from mailwright.sandbox import SANDBOX_DIRECTORY_NAME, SANDBOX_TARGET_NAME, SandboxServer, SandboxStore
+    from mailwright.server import create_app
 
     svc = services()
     settings = svc.settings

@@ -19,9 +19,9 @@ import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import EXIT_FAILED, print_fields, print_json, print_table
+from mailwright.domain.connection_test import ConnectionTestReport
 from mailwright.plugins import target_types
 from mailwright.targets.fields import SettingField, setting_fields
-from mailwright.targets.report import ConnectionTestReport
 
 if TYPE_CHECKING:
     from mailwright.services.targets import TargetPublic

@@ -30,10 +30,10 @@ from typing import Any, Literal, Protocol
 
 from mailwright.activities.context import Files, Targets
 from mailwright.activities.read_email import ReadEmailInput, message_output
+from mailwright.domain.capabilities import FolderMailbox, Mailbox, MessageDrop
 from mailwright.domain.runs import RunStatus
 from mailwright.domain.triggers import AfterSuccessAction, EmailTrigger, matches
 from mailwright.errors import MailwrightError, TargetError, ValidationError
-from mailwright.targets.capabilities import FolderMailbox, Mailbox, MessageDrop
 
 log = logging.getLogger(__name__)
 

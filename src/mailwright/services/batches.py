@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailwright.domain.addresses import Address
+from mailwright.domain.capabilities import MailSender
 from mailwright.domain.message import OutgoingMessage, make_message_id
 from mailwright.domain.runs import StepStatus
 from mailwright.domain.validation import describe
@@ -44,7 +45,6 @@ from mailwright.storage.bulk import JSONText
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
 from mailwright.storage.tables import RunRow, RunStepRow
-from mailwright.targets.capabilities import MailSender
 
 BATCH_KIND = "batch"
 BATCH_NAME = "Send Email batch"

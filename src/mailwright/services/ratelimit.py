@@ -26,10 +26,10 @@ from typing import Protocol
 from sqlalchemy import Integer, String, cast, delete, update
 from sqlalchemy.exc import IntegrityError
 
+from mailwright.domain.capabilities import RateLimits  # what a target's sender declares
 from mailwright.errors import RateLimitedError
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AppSettingRow, utcnow
-from mailwright.targets.capabilities import RateLimits  # what a target's sender declares
 
 
 class Clock(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from mailwright.domain.capabilities import MailSender
 from mailwright.domain.message import OutgoingMessage
 from mailwright.domain.send_request import (
     AttachmentIn,
@@ -22,7 +23,6 @@ from mailwright.domain.send_request import (
 from mailwright.errors import RateLimitedError
 from mailwright.services.targets import ResolvedTarget, TargetService
 from mailwright.storage.files import FileStore
-from mailwright.targets.capabilities import MailSender
 from mailwright.targets.delivery import deliver_output as send_through
 
 __all__ = [

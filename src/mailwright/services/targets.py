@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from mailwright.domain.capabilities import Mailbox, MailSender
+from mailwright.domain.connection_test import ConnectionTestReport
 from mailwright.domain.workflows import WorkflowDocument, references
 from mailwright.errors import ConflictError, ValidationError
 from mailwright.plugins import TargetType, TargetView, labels_of, target_type, target_types
@@ -22,8 +24,6 @@ from mailwright.services.ratelimit import limiter_for
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AccountKeyRow, AppSettingRow, TargetRow, WorkflowRow, name_key, utcnow
 from mailwright.targets import smtp as capture
-from mailwright.targets.capabilities import Mailbox, MailSender
-from mailwright.targets.report import ConnectionTestReport
 from mailwright.transport.base import Login
 
 _SANDBOX_FLAG = "sandbox_target_created"

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from mailwright.domain.capabilities import MailSender
 from mailwright.domain.message import OutgoingMessage, build_mime, make_message_id
 from mailwright.errors import TargetError
-from mailwright.targets.capabilities import MailSender
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from mailwright.domain.capabilities import FolderMailbox
 from mailwright.plugins import register_target_type
-from mailwright.targets.capabilities import FolderMailbox
 from mailwright.targets.mailbox import MailboxSettings, mailbox_target_type
 
 if TYPE_CHECKING:

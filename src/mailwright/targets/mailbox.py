@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from mailwright.domain.capabilities import Mailbox
+from mailwright.domain.connection_test import ConnectionTestReport, report_from
 from mailwright.domain.hosts import ascii_host
 from mailwright.domain.smtp import Security
 from mailwright.domain.validation import validate_model
 from mailwright.errors import ValidationError
 from mailwright.plugins import Preset, TargetType, TargetView
-from mailwright.targets.capabilities import Mailbox
 from mailwright.targets.preset_data import load_presets
-from mailwright.targets.report import ConnectionTestReport, report_from
 from mailwright.targets.server_settings import ServerSettings, server_view
 
 if TYPE_CHECKING:

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, field_validator
 
+from mailwright.domain.capabilities import RateLimits, SendReport
+from mailwright.domain.connection_test import ConnectionTestReport, report_from
 from mailwright.domain.hosts import ascii_host
 from mailwright.domain.smtp import PORT_SECURITY, Security, default_security
 from mailwright.domain.validation import validate_model
 from mailwright.errors import ValidationError
 from mailwright.plugins import Preset, TargetType, TargetView, register_target_type
-from mailwright.targets.capabilities import RateLimits, SendReport
 from mailwright.targets.preset_data import load_presets
-from mailwright.targets.report import ConnectionTestReport, report_from
 from mailwright.targets.server_settings import ServerSettings, server_view
 
 if TYPE_CHECKING:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailwright.api import errors as api_errors
+from mailwright import http_status
 from mailwright.errors import MailwrightError
 from mailwright.web import (
     pages_account_keys,
@@ -53,11 +54,23 @@ async def _csrf_mismatch(request: Request, _exc: Exception) -> Response:
     )
 
 
-async def _mailwright_error(request: Request, exc: Exception) -> Response:
-    if request.url.path.startswith("/api/"):
-        return await api_errors.mailwright_error(request, exc)
-    assert isinstance(exc, MailwrightError)
-    status = api_errors.status_for(exc)
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def _mailwright_error(api_error: ErrorHandler) -> ErrorHandler:
+    """Our errors as a page; under /api/ as the API answers them (`api_error`, given by the app)."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith("/api/"):
+            return await api_error(request, exc)
+        assert isinstance(exc, MailwrightError)
+        return _error_page(request, exc)
+
+    return handler
+
+
+def _error_page(request: Request, exc: MailwrightError) -> Response:
+    status = http_status.status_for(exc)
     page = render(
         request,
         "error.html",
@@ -66,11 +79,12 @@ async def _mailwright_error(request: Request, exc: Exception) -> Response:
         title="Not allowed" if status == 403 else "Something went wrong",
         message=str(exc),
     )
-    page.headers.update(api_errors.retry_headers(exc))
+    page.headers.update(http_status.retry_headers(exc))
     return page
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, *, api_error: ErrorHandler) -> None:
+    """The pages, their static files and security headers; `api_error` answers our errors under /api/."""
     static = resources.files("mailwright.web").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     routers = (
@@ -87,7 +101,7 @@ def install(app: FastAPI) -> None:
         app.include_router(module.router)
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(CSRFMismatch, _csrf_mismatch)
-    app.add_exception_handler(MailwrightError, _mailwright_error)
+    app.add_exception_handler(MailwrightError, _mailwright_error(api_error))
 
     app.add_middleware(SecurityHeaders)
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from mailwright.api import errors as api_errors
+from mailwright import http_status
 from mailwright.errors import LoginThrottledError, MailwrightError, WrongLoginError
 from mailwright.web.deps import ServicesDep
 from mailwright.web.render import field_errors, redirect, render
@@ -93,10 +93,10 @@ async def login(
             request,
             template,
             next_url=_safe_next(next),
-            status=api_errors.status_for(exc),
+            status=http_status.status_for(exc),
             errors={"secret": f"Too many failed log-ins. Wait {exc.retry_after} s, then try again."},
         )
-        refused.headers.update(api_errors.retry_headers(exc))
+        refused.headers.update(http_status.retry_headers(exc))
         return refused
     except WrongLoginError as exc:
         # After a few failures in a row, each wrong answer comes later (the lock's length).
@@ -105,7 +105,7 @@ async def login(
             request,
             template,
             next_url=_safe_next(next),
-            status=api_errors.status_for(exc),
+            status=http_status.status_for(exc),
             errors={"secret": "Wrong password or token. Try again."},
         )
     response = redirect(_safe_next(next))

@@ -1,0 +1,77 @@
+"""The ASGI application `mailwright serve` runs: the REST API and the web pages on one
+FastAPI app, with the embedded worker in its lifespan.
+
+Composed here, above both faces, so that neither the API nor the web imports the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from mailwright import __version__
+from mailwright.api import app as api
+from mailwright.engine.worker import Worker
+from mailwright.sandbox import SANDBOX_DIRECTORY_NAME, SandboxStore
+from mailwright.services.app import Services
+from mailwright.web import app as web
+
+__all__ = ["create_app"]
+
+
+def _lifespan(
+    services: Services, *, run_worker: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The embedded worker executes queued runs inside the server process.
+        stop = asyncio.Event()
+        task = asyncio.create_task(Worker(services).run(stop)) if run_worker else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+            await services.aclose()
+
+    return lifespan
+
+
+def create_app(
+    services: Services,
+    *,
+    sandbox_store: SandboxStore | None = None,
+    sandbox_address: str | None = None,
+    run_worker: bool = True,
+) -> FastAPI:
+    """The application. `sandbox_address` is where the capture server listens (None: it is off)."""
+    app = FastAPI(
+        lifespan=_lifespan(services, run_worker=run_worker),
+        title="Mailwright",
+        version=__version__,
+        description="Email automation: targets, account keys, Send Email, workflows and runs.",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.services = services
+    app.state.sandbox_store = sandbox_store or SandboxStore(services.settings.home / SANDBOX_DIRECTORY_NAME)
+    app.state.sandbox_address = sandbox_address
+    api.install(app, services)
+    web.install(app, api_error=api.error_handler)
+    api.describe(app)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/targets")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
