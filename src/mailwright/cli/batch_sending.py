@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mailwright.domain.runs import RunStatus
+from mailwright.domain.runs import RunStatus, StepStatus
 from mailwright.engine.batch import BatchProgress
 
 if TYPE_CHECKING:
@@ -27,6 +27,15 @@ if TYPE_CHECKING:
 INTERRUPTED = "interrupted"  # stopped by Ctrl-C; the rest of the run stays queued
 PLAIN_EVERY = 2.0  # seconds between progress lines when stderr is not a terminal
 REFRESH = 0.2
+
+# Steps whose message was not handed over (yet, or ever).
+NOT_SENT = (
+    StepStatus.PENDING,
+    StepStatus.DEFERRED,
+    StepStatus.RUNNING,
+    StepStatus.SKIPPED,
+    StepStatus.CANCELLED,
+)
 
 
 def send(
@@ -91,9 +100,9 @@ async def _follow(svc: Services, created: BatchCreated, live: list[BatchProgress
 
     def seen(run: RunPublic) -> None:
         counts = run.step_counts or {}
-        progress.sent = counts.get("succeeded", 0)
-        progress.failed = counts.get("failed", 0)
-        progress.unknown = counts.get("unknown", 0)
+        progress.sent = counts.get(StepStatus.SUCCEEDED, 0)
+        progress.failed = counts.get(StepStatus.FAILED, 0)
+        progress.unknown = counts.get(StepStatus.UNKNOWN, 0)
 
     return (await svc.waiting.follow(created.run_id, seen=seen)).status
 
@@ -160,12 +169,13 @@ def summary(
     run = svc.runs.get(created.run_id)
     counts = run.step_counts or {}
     partial = progress.partial if progress else 0
-    sent = max(0, counts.get("succeeded", 0) - partial)
+    sent = max(0, counts.get(StepStatus.SUCCEEDED, 0) - partial)
+    failed, unknown = counts.get(StepStatus.FAILED, 0), counts.get(StepStatus.UNKNOWN, 0)
     seconds = progress.elapsed if progress else 0.0
     if status == INTERRUPTED:
         shown = INTERRUPTED
     else:
-        shown = run.status if status != "queued" else "deferred" if run.not_before else run.status
+        shown = run.status if status != RunStatus.QUEUED else "deferred" if run.not_before else run.status
     return {
         "run_id": created.run_id,
         "status": shown,
@@ -173,15 +183,16 @@ def summary(
         "total": created.total,
         "sent": sent,
         "partial": partial,
-        "failed": counts.get("failed", 0),
-        "unknown": counts.get("unknown", 0),
-        "not_sent": sum(counts.get(s, 0) for s in ("pending", "deferred", "running", "skipped", "cancelled")),
+        "failed": failed,
+        "unknown": unknown,
+        "not_sent": sum(counts.get(s, 0) for s in NOT_SENT),
         "deferred_until": run.not_before.isoformat() if run.not_before else None,
         "error": run.error,
         "store_seconds": round(stored, 3),
         "send_seconds": round(seconds, 3),
         "messages_per_second": round(
-            (sent + partial + counts.get("failed", 0) + counts.get("unknown", 0)) / seconds, 1
+            (sent + partial + counts.get(StepStatus.FAILED, 0) + counts.get(StepStatus.UNKNOWN, 0)) / seconds,
+            1,
         )
         if seconds
         else 0.0,

@@ -276,6 +276,7 @@ class Executor:
             assert inputs is not None
             ctx = self._contexts.context(
                 run_id=run_id,
+                claim_epoch=lease.epoch,
                 step=label,
                 target=await self._render_name(step.target, context) or target,
                 account_key=await self._render_name(step.account_key, context) or key,

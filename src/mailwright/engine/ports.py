@@ -17,12 +17,17 @@ Message = TypeVar("Message")
 
 
 class ActivityContexts(Protocol):
-    """Builds the context an activity runs with (its targets, its file store, the send hooks)."""
+    """Builds the context an activity runs with (its targets, its file store, the send hooks).
+
+    `claim_epoch` is the lease epoch of the run's current execution: what one execution
+    resolves (its targets) it may keep for its steps; the next claim starts afresh.
+    """
 
     def context(
         self,
         *,
         run_id: str,
+        claim_epoch: int,
         step: str,
         target: str | None,
         account_key: str | None,

@@ -10,6 +10,7 @@ once, as before.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -41,10 +42,12 @@ if TYPE_CHECKING:
     from mailwright.transport.pool import PoolRegistry
 
 if TYPE_CHECKING:
-    from mailwright.activities.context import ActivityContext
+    from mailwright.activities.context import ActivityContext, RateLimiter
+    from mailwright.domain.connection_test import ConnectionTestReport
     from mailwright.engine.executor import Executor
     from mailwright.engine.triggers import TriggerManager
     from mailwright.services.batches import BatchSending
+    from mailwright.services.targets import ResolvedTarget
 
 FIRST_TOKEN_FILE = "first-admin-token"  # in the home folder, mode 0600
 T = TypeVar("T")
@@ -255,11 +258,27 @@ class ActivityContexts:
     def __init__(self, targets: TargetService, files: FileStore | None) -> None:
         self._targets = targets
         self._files = files
+        # Each execution of a run (one claim) resolves a target and key once, for all its steps
+        # and the retries it waits for. A later claim (a deferred run, `runs retry` after a fix
+        # of the key) resolves again and sees the change.
+        self._runs: OrderedDict[tuple[str, int], RunTargets] = OrderedDict()
+
+    def _targets_of(self, run_id: str, claim_epoch: int) -> RunTargets:
+        execution = (run_id, claim_epoch)
+        found = self._runs.get(execution)
+        if found is None:
+            found = self._runs[execution] = RunTargets(self._targets)
+            if len(self._runs) > _RUNS_KEPT:
+                self._runs.popitem(last=False)  # the oldest execution: long finished
+        else:
+            self._runs.move_to_end(execution)
+        return found
 
     def context(
         self,
         *,
         run_id: str,
+        claim_epoch: int,
         step: str,
         target: str | None,
         account_key: str | None,
@@ -273,7 +292,7 @@ class ActivityContexts:
         return ActivityContext(
             run_id=run_id,
             step=step,
-            targets=self._targets,
+            targets=self._targets_of(run_id, claim_epoch),
             target=target,
             account_key=account_key,
             message_id=message_id,
@@ -287,3 +306,31 @@ def _batch_sending(targets: TargetService, files: FileStore | None) -> BatchSend
     from mailwright.services.batches import BatchSending  # with the batch runner: only when executing
 
     return BatchSending(targets, files)
+
+
+_RUNS_KEPT = 256  # executions whose resolved targets are kept (an executor has a few at once)
+
+
+class RunTargets:
+    """The targets of one execution of a run, each resolved (read, validated, its key decrypted) once.
+
+    Its steps and the retries it waits for send with the settings it first saw; the
+    connection test and the rate limiter are the services' own.
+    """
+
+    def __init__(self, targets: TargetService) -> None:
+        self._targets = targets
+        self._resolved: dict[tuple[str, str | None], ResolvedTarget] = {}
+
+    @property
+    def rate_limits(self) -> RateLimiter:
+        return self._targets.rate_limits
+
+    def resolve(self, ref: str, *, account_key: str | None = None) -> ResolvedTarget:
+        found = self._resolved.get((ref, account_key))
+        if found is None:
+            found = self._resolved[(ref, account_key)] = self._targets.resolve(ref, account_key=account_key)
+        return found
+
+    async def test(self, ref: str) -> ConnectionTestReport:
+        return await self._targets.test(ref)

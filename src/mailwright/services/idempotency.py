@@ -199,7 +199,10 @@ class IdempotencyService:
     ) -> Started:
         """`RunService.start_send_email`, once per key; `check` validates a new request first."""
         started = self.start(
-            claim, lambda session: self._runs.create_send_email(session, request), check=check
+            claim,
+            # A request that was checked (its target resolved) is not looked up again when stored.
+            lambda session: self._runs.create_send_email(session, request, target_checked=check is not None),
+            check=check,
         )
         if not started.replayed:
             self._runs.notify(started.run_id)

@@ -315,8 +315,13 @@ class RunService:
         self._notify(run_id)
         return self.get(run_id)
 
-    def create_send_email(self, session: Session, request: SendEmailRequest) -> str:
+    def create_send_email(
+        self, session: Session, request: SendEmailRequest, *, target_checked: bool = False
+    ) -> str:
         """`start_send_email` in the caller's transaction (its run id); the caller calls `notify`.
+
+        `target_checked`: the caller resolved the target a moment ago (its check of the
+        request), so it is not looked up again here.
 
         Two Core INSERTs of a document whose shape is fixed here: the ORM's unit of work and
         the document's validation cost a single send more than the rest of its storing.
@@ -327,7 +332,8 @@ class RunService:
         # literal: the caller's text is sent as written, never read as a template. The executor
         # validates the document when it claims the run.
         step = {"id": "send", "activity": "send_email", "literal": True, "with": fields}
-        _check_target(session, request.target)
+        if not target_checked:
+            _check_target(session, request.target)
         return self._ledger.add_one_step_run(
             session,
             name=SEND_EMAIL_RUN,
