@@ -137,11 +137,23 @@ def target_types() -> list[TargetType]:
 
 
 def labels_of(types: list[TargetType]) -> str:
-    """ "an SMTP Endpoint or Recording target": for messages that say which types would do."""
+    """ "an IMAP or POP3 Endpoint target", "an SMTP Endpoint or Recording target": which types would do."""
     labels = [t.label for t in types]
-    text = " or ".join([", ".join(labels[:-1]), labels[-1]] if len(labels) > 1 else labels)
+    suffix = _shared_last_word(labels)
+    if suffix:  # "IMAP Endpoint", "POP3 Endpoint": said once, at the end
+        labels = [label.removesuffix(suffix) for label in labels]
+    text = " or ".join([", ".join(labels[:-1]), labels[-1]] if len(labels) > 1 else labels) + suffix
     article = "an" if text[:1].lower() in "aeiou" or text[:4] in {"SMTP", "IMAP", "HTTP"} else "a"
     return f"{article} {text} target"
+
+
+def _shared_last_word(labels: list[str]) -> str:
+    """The last word all of several labels end with (" Endpoint"), or ""."""
+    if len(labels) < 2:
+        return ""
+    last = labels[0].rpartition(" ")
+    word = f" {last[2]}" if last[1] else ""
+    return word if word and all(label.endswith(word) and label != word.strip() for label in labels) else ""
 
 
 @dataclass(frozen=True, slots=True)

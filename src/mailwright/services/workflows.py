@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailwright.domain.runs import RunStatus
+from mailwright.domain.triggers import EmailTrigger
 from mailwright.domain.workflows import (
     WorkflowDocument,
     check_references,
@@ -19,7 +20,7 @@ from mailwright.domain.workflows import (
     references,
 )
 from mailwright.errors import ConflictError, ValidationError
-from mailwright.plugins import activities
+from mailwright.plugins import TargetType, activities, labels_of, target_type, target_types
 from mailwright.services import audit
 from mailwright.services.common import clean_name, find
 from mailwright.storage.db import Database
@@ -50,29 +51,37 @@ class ExportedWorkflow(BaseModel):
 
 
 def trigger_problems(document: WorkflowDocument, target_types: dict[str, str]) -> list[str]:
-    """What an email trigger asks that its target's type cannot do."""
+    """What an email trigger asks that its target's type cannot do (as the type declares it)."""
     types = {name.casefold(): kind for name, kind in target_types.items()}
     problems: list[str] = []
     for index, trigger in enumerate(document.triggers):
         kind = types.get(trigger.target.casefold())
-        where = f"triggers[{index}]"
         if kind is None:
             continue  # reported with the other references
-        if kind not in ("imap", "pop3"):
-            problems.append(
-                f"{where}.target: {trigger.target!r} is an {kind.upper()} target; an email trigger "
-                "reads mail, so it needs an IMAP or POP3 Endpoint target"
-            )
-        elif kind == "pop3" and (action := trigger.after_success.action.value) in ("mark_read", "move"):
-            problems.append(
-                f"{where}.after_success: POP3 has no folders or flags, so {action} "
-                "cannot be done; use action delete or none, or an IMAP target"
-            )
-        elif kind == "pop3" and trigger.folder != "INBOX":
-            problems.append(
-                f"{where}.folder: POP3 reads only the inbox; leave folder out or use an IMAP target"
-            )
+        problems.extend(_trigger_problems(trigger, target_type(kind), where=f"triggers[{index}]"))
     return problems
+
+
+def _trigger_problems(trigger: EmailTrigger, kind: TargetType, *, where: str) -> list[str]:
+    if kind.mailbox is None:
+        holding = labels_of([t for t in target_types() if t.mailbox is not None])
+        return [
+            f"{where}.target: {trigger.target!r} is an {kind.protocol} target; an email trigger "
+            f"reads mail, so it needs {holding}"
+        ]
+    if kind.mailbox_folders:
+        return []
+    with_folders = labels_of([t for t in target_types() if t.mailbox is not None and t.mailbox_folders])
+    if (action := trigger.after_success.action.value) in ("mark_read", "move"):
+        return [
+            f"{where}.after_success: {kind.protocol} has no folders or flags, so {action} "
+            f"cannot be done; use action delete or none, or {with_folders}"
+        ]
+    if trigger.folder != "INBOX":
+        return [
+            f"{where}.folder: {kind.protocol} reads only the inbox; leave folder out or use {with_folders}"
+        ]
+    return []
 
 
 class WorkflowService:
