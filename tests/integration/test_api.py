@@ -282,3 +282,26 @@ def test_a_body_that_is_not_json_and_an_unexpected_error_both_answer_the_error_b
     assert answer.status_code == 500
     assert answer.json()["error"]["code"] == "internal_error"
     assert "hunter2" not in answer.text  # the details stay in the log
+
+
+def test_a_send_the_server_keeps_deferring_answers_503_not_502(
+    api: httpx.Client, smtp_server_factory: SMTPServerFactory
+) -> None:
+    # 4xx at the end of DATA, every attempt: retried, then reported as deferred (try later), not
+    # as a failure of the target (502).
+    server = smtp_server_factory(faults=Faults(reply={"data": (451, "4.3.0 try again later")}))
+    api.post(
+        "/api/v1/targets",
+        json={
+            "display_name": "Busy",
+            "server": "127.0.0.1",
+            "port": server.port,
+            "security": "none",
+            "no_account_keys": True,
+        },
+    )
+    message = {"target": "Busy", "from": "ops@example.org", "to": ["bob@example.net"], "body": "b"}
+    answer = api.post("/api/v1/send-email", params={"timeout": 120}, json=message)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "deferred"
+    assert answer.json()["error"]["smtp_code"] == 451 and answer.json()["run_id"]

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from mailwright.api.deps import ServicesDep, admin, operator, require_token, viewer
-from mailwright.api.errors import status_for_code
-from mailwright.api.openapi import REPLAYED, ErrorBody, errors
+from mailwright.api.errors import run_failure
+from mailwright.api.openapi import REPLAYED, errors
 from mailwright.api.params import IdempotencyKey, Ref, Timeout, refuse_nul
 from mailwright.domain.runs import RunStatus
 from mailwright.plugins import target_types
@@ -187,13 +187,8 @@ async def send_email(
     answer = await waiting.send_outcome(started, timeout=timeout if wait else None)
     if answer.result is not None:
         return JSONResponse(answer.result.model_dump(mode="json"), headers=headers)
-    if answer.error is not None:
-        body_out = ErrorBody.model_validate({"error": answer.error, "run_id": answer.run_id})
-        return JSONResponse(
-            body_out.model_dump(mode="json", exclude_none=True),
-            status_code=status_for_code(str(answer.error.get("code"))),
-            headers=headers,
-        )
+    if answer.error is not None:  # its status (and Retry-After) from the one table
+        return run_failure(answer.error, run_id=answer.run_id, headers=headers)
     return JSONResponse(
         Accepted(run_id=answer.run_id, status=answer.status).model_dump(), status_code=202, headers=headers
     )
