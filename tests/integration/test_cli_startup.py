@@ -14,6 +14,16 @@ NOT_FOR_LISTING = (
     "aiosmtpd",
     "alembic",  # the schema is current: its revision is read with SQLAlchemy alone
     "rich.progress",
+    "jinja2",  # workflows and their expressions: nothing a listing reads
+    "mailwright.ledger",
+    "mailwright.activities",
+    "mailwright.transport.smtp",  # the protocol clients (the outbound policy and Login are light)
+    "mailwright.transport.imap",
+    "mailwright.transport.pop3",
+    "mailwright.transport.pool",
+    "aiosmtplib",
+    "imaplib",
+    "poplib",
     "mailwright.api",
     "mailwright.web",
     "mailwright.engine",

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 from mailwright.config import Settings
-from mailwright.domain import expressions
-from mailwright.ledger import RunLedger
 from mailwright.secrets import write_private_file
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
 from mailwright.transport.outbound import set_outbound_policy
 
 if TYPE_CHECKING:
+    from mailwright.ledger import RunLedger
     from mailwright.services.account_keys import AccountKeyService
     from mailwright.services.audit import AuditService
     from mailwright.services.batches import BatchService
@@ -88,7 +87,6 @@ class Services:
         self.db.migrate()
         self.files = FileStore(settings.files_dir or settings.home / "files")
         self._box = settings.secret_box()  # a wrong key is refused now, whatever the command
-        expressions.set_time_limit(settings.expression_time_limit)  # the executor's budget per rendering
         set_outbound_policy(settings.outbound_policy())  # what targets may connect to
 
     @made_on_first_use
@@ -159,6 +157,8 @@ class Services:
     @made_on_first_use
     def ledger(self) -> RunLedger:
         """The one writer of runs' and steps' state."""
+        from mailwright.ledger import RunLedger
+
         return RunLedger(self.db)
 
     @made_on_first_use
@@ -208,8 +208,11 @@ class Services:
         `with_files`: read attachments are kept in the file store, and steps may send files
         by reference; without, they are returned inline.
         """
-        # Imported here: only the commands that execute runs load the engine.
+        # Imported here: only the commands that execute runs load the engine (and Jinja).
+        from mailwright.domain import expressions
         from mailwright.engine.executor import Executor
+
+        expressions.set_time_limit(self.settings.expression_time_limit)  # its budget per rendering
 
         files = self.files if with_files else None
         return Executor(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailwright.domain.workflows import WorkflowDocument
 from mailwright.errors import NotFoundError, ValidationError
 from mailwright.storage.tables import (
     AccountKeyRow,
@@ -19,6 +18,9 @@ from mailwright.storage.tables import (
     WorkflowRow,
     name_key,
 )
+
+if TYPE_CHECKING:
+    from mailwright.domain.workflows import WorkflowDocument
 
 Row = TypeVar("Row", AccountKeyRow, TargetRow, ApiTokenRow, WorkflowRow)
 
@@ -63,6 +65,10 @@ def workflow_states(
     session: Session, model: type[State], workflow_id: str
 ) -> tuple[WorkflowDocument, dict[int, State]] | None:
     """A workflow's document and its stored schedule or trigger states by position (None if it is gone)."""
+    # Imported here: workflow documents bring the expression sandbox (Jinja), which the
+    # commands that never read a workflow (`targets list`) start without.
+    from mailwright.domain.workflows import WorkflowDocument
+
     row = session.get(WorkflowRow, workflow_id)
     if row is None:
         return None

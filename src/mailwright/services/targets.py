@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from mailwright.domain.capabilities import Mailbox, MailSender
 from mailwright.domain.connection_test import ConnectionTestReport
-from mailwright.domain.workflows import WorkflowDocument, references
 from mailwright.errors import ConflictError, ValidationError
 from mailwright.plugins import TargetType, TargetView, labels_of, target_type, target_types
 from mailwright.services import audit
@@ -391,6 +390,10 @@ class TargetService:
 
 
 def _workflows_naming(session: Session, target_name: str) -> list[str]:
+    # Imported here: workflow documents bring the expression sandbox (Jinja), which only a
+    # deletion needs; listing or showing targets starts without it.
+    from mailwright.domain.workflows import WorkflowDocument, references
+
     key = name_key(target_name)
     users = []
     for row in session.scalars(select(WorkflowRow).order_by(WorkflowRow.name_key)).all():
