@@ -6,6 +6,8 @@ One run measures, as medians of `--runs` wall-clock timings (15 by default):
 2. `mailwright --help`: Typer with our commands, and nothing else, ideally;
 3. `mailwright targets list`: a command that opens the database (a throwaway
    MAILWRIGHT_HOME holding one target, made before the timings start);
+4. the help of a Typer app with as many commands and options as ours, and nothing else:
+   what Typer's own help rendering costs (the floor for `mailwright --help`);
 
 and prints the ratios `--help / typer` and `targets list / typer` (and, given two trees,
 each case of the later tree against the first's). The cases are
@@ -41,6 +43,9 @@ TARGET = ("targets", "create", "--name", "Relay", "--server", "127.0.0.1", "--po
 def environment(home: Path, src: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILWRIGHT_")}
     env.pop("PYTHONPATH", None)
+    # Bytecode is cached, as on a user's machine: the untimed first run of each case writes it
+    # (with PYTHONDONTWRITEBYTECODE every run would compile the modules again).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["MAILWRIGHT_HOME"] = str(home)
     if src is not None:
         env["PYTHONPATH"] = str(Path(src).resolve())
@@ -67,10 +72,39 @@ def prepare(home: Path, env: dict[str, str]) -> None:
         sys.exit(f"could not create the target in {home}:\n{made.stdout}{made.stderr}")
 
 
+# A Typer app shaped like ours (10 command groups of 5 commands, 5 top-level commands, a
+# --json flag and an option each) and nothing else: what rendering this help costs Typer
+# itself (its Rich formatting loads Rich's markdown and pretty-printing).
+SHAPED = "a Typer app of our shape, --help"
+SHAPED_APP = """
+import typer
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Commands shaped like ours.")
+for group in range(10):
+    sub = typer.Typer(help=f"group {group}", no_args_is_help=True)
+    for number in range(5):
+        def command(
+            name: str = typer.Option("x", help="a name"),
+            as_json: bool = typer.Option(False, "--json", help="print JSON"),
+        ) -> None:
+            \"\"\"A command.\"\"\"
+        sub.command(f"c{number}")(command)
+    app.add_typer(sub, name=f"group-{group}")
+for name in ("send", "send-batch", "serve", "worker", "read"):
+    def top(to: str = typer.Option("", help="to")) -> None:
+        \"\"\"A top-level command.\"\"\"
+    app.command(name)(top)
+app()
+"""
+
+
 def cases(trees: Sequence[str | None], work: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Each case's command line and environment, the Typer baseline first."""
+    """Each case's command line and environment, the Typer baselines first."""
+    shaped = work / "shaped_app.py"
+    shaped.write_text(SHAPED_APP, encoding="utf-8")
+    bare = environment(work / "typer-home", None)
     found: dict[str, tuple[list[str], dict[str, str]]] = {
-        TYPER: ([PYTHON, "-c", "import typer"], environment(work / "typer-home", None))
+        TYPER: ([PYTHON, "-c", "import typer"], bare),
+        SHAPED: ([PYTHON, str(shaped), "--help"], bare),
     }
     for index, src in enumerate(trees):
         label = f"[{src}] " if src is not None else ""
