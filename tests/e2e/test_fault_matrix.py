@@ -676,7 +676,7 @@ def test_sigstop_past_the_lease(matrix: Matrix, fault_table: _TableReport) -> No
 # --------------------------------------------------------------------------------------
 
 RENEWAL_FAILED = "renewing the lease failed"
-# The renewal's statement (engine/lease.py `_RENEW`); the claim's UPDATE sets lease_owner first.
+# The renewal's statement (ledger/lease.py `_RENEW`); the claim's UPDATE sets lease_owner first.
 RENEWAL_QUERY = "UPDATE runs SET lease_expires_at%"
 
 

@@ -188,7 +188,7 @@ async def test_a_renewal_that_fails_once_is_retried_and_the_run_goes_on(
     monkeypatch.setattr(lease_module.Lease, "renew", flaky)
     target = targets.target(slow_server, security="none")
     run_id = batch(mw, target.display_name, 60, concurrency=2)  # about 4.5 s: several renewals
-    with caplog.at_level(logging.WARNING, logger="mailwright.engine.lease"):
+    with caplog.at_level(logging.WARNING, logger="mailwright.ledger.lease"):
         assert await executor(mw, lease=3.0).execute(run_id) == "succeeded"
     assert failures == []  # the failure happened ...
     assert "renewing the lease failed" in caplog.text and "lease lost" not in caplog.text  # ... and passed

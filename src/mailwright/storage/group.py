@@ -8,7 +8,7 @@ operation handed to one writer thread, which applies every operation waiting at
 that moment in one transaction: one lock, one commit, one sync for all of them.
 A caller hears of its operation only once that commit is durable.
 
-An operation may carry a fence (the lease check of engine/lease.py), run first:
+An operation may carry a fence (the lease check of ledger/lease.py), run first:
 when it refuses (it returns the exception to raise), that operation is dropped
 before it wrote anything and its caller gets that exception, while the others
 go on. If an operation's own
