@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mailwright.domain.smtp import Security
 from mailwright.errors import TargetError, TargetTLSError
@@ -23,13 +23,28 @@ if TYPE_CHECKING:  # annotations only: importing `Login` stays cheap (no ssl, no
     from mailwright.secrets import Secret
 
 
+class TokenSource(Protocol):
+    """An OAuth2 account key's access tokens (XOAUTH2, OAUTHBEARER, Microsoft Graph).
+
+    `access_token()` gives a token valid for a while yet (refreshed ahead of expiry, one
+    refresh at a time per key); `refresh=True` after a server refused the last one.
+    """
+
+    async def access_token(self, *, refresh: bool = False) -> Secret: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Login:
-    """The credentials of an account key, ready for AUTH or LOGIN."""
+    """The credentials of an account key, ready for AUTH or LOGIN.
+
+    With `tokens` set the key is an OAuth2 key: the transport logs in with an access token
+    (SASL XOAUTH2 or OAUTHBEARER as `username`, or a bearer header), and `password` is empty.
+    """
 
     key_name: str
     username: str
     password: Secret
+    tokens: TokenSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
