@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -20,6 +20,8 @@ from mailwright.errors import ConfigError, ValidationError
 if TYPE_CHECKING:
     from mailwright.domain.capabilities import Mailbox, MailSender
     from mailwright.domain.connection_test import ConnectionTestReport
+    from mailwright.secrets import Secret
+    from mailwright.transport.base import Login
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class TargetType:
     # another's (a port brings its security mode): {field: {value: {other field: value}}}.
     form_defaults: dict[str, Any] = field(default_factory=dict)
     linked_values: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # What the type's account key needs from the target to log in (a Graph target's login URL).
+    login_hints: Callable[[BaseModel], dict[str, Any]] | None = None
 
     def preset(self, key: str) -> Preset:
         found = self.presets.get(key.lower())
@@ -157,6 +161,99 @@ def _shared_last_word(labels: list[str]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyMaterial:
+    """One stored account key, decrypted, as its type turns it into a `Login`.
+
+    `settings` are the key's plain fields, `secrets` its write-only ones; `token_store`
+    keeps an OAuth2 key's token cache (the services encrypt what it saves); `hints` come
+    from the target the key logs in to (`TargetType.login_hints`: a Graph target's login URL).
+    """
+
+    key_id: str
+    name: str
+    settings: dict[str, Any]
+    secrets: dict[str, Secret]
+    token_store: TokenCacheStore
+    hints: dict[str, Any] = field(default_factory=dict)
+
+
+class TokenCacheStore(Protocol):
+    """Where an OAuth2 key's token cache lives between processes (encrypted by the services)."""
+
+    def load(self) -> str | None: ...
+
+    def save(self, blob: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeyType:
+    """A kind of account key: its fields (plain and secret) and how it logs in.
+
+    - `fields_model`: a Pydantic model of every field; a field whose `json_schema_extra`
+      has `"secret": True` is write-only (encrypted at rest, never shown), `"file": True`
+      is read from a file by the CLI (a certificate). Its validators check the combination
+      (a Graph key needs a client secret or a certificate).
+    - `login(material) -> Login`: what a transport logs in with (a password, or a
+      `TokenSource` for OAuth2 keys).
+    - `username(settings)`: the mailbox the key logs in as, shown in lists ("" if none).
+    - `authorize`: for keys that need a user's consent once (OAuth2 refresh tokens), the
+      flow `mailwright account-keys authorize` runs; it returns the secrets to store.
+    - `prompt_secret`: the secret the CLI asks for when none is given (the password).
+    """
+
+    name: str
+    label: str
+    fields_model: type[BaseModel]
+    login: Callable[[KeyMaterial], Login]
+    username: Callable[[dict[str, Any]], str]
+    aliases: tuple[str, ...] = ()
+    prompt_secret: str | None = None
+    authorize: Callable[..., Awaitable[dict[str, str]]] | None = None
+    description: str = ""
+
+    def secret_fields(self) -> list[str]:
+        return [name for name, info in self.fields_model.model_fields.items() if _extra(info).get("secret")]
+
+    def plain_fields(self) -> list[str]:
+        return [name for name in self.fields_model.model_fields if name not in self.secret_fields()]
+
+
+def _extra(info: Any) -> dict[str, Any]:
+    extra = info.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+_KEY_TYPES: dict[str, AccountKeyType] = {}
+
+
+def register_account_key_type(key_type: AccountKeyType) -> AccountKeyType:
+    if key_type.name in _KEY_TYPES:
+        raise ValueError(f"account key type {key_type.name!r} is already registered")
+    _KEY_TYPES[key_type.name] = key_type
+    return key_type
+
+
+def unregister_account_key_type(name: str) -> None:
+    _KEY_TYPES.pop(name, None)
+
+
+def account_key_type(name: str) -> AccountKeyType:
+    """A key type by its name or an alias ("graph", "oauth2", "email")."""
+    _load_builtin("keys")
+    wanted = name.strip().lower().replace("-", "_")
+    for found in _KEY_TYPES.values():
+        if wanted == found.name or wanted in found.aliases:
+            return found
+    known = ", ".join(sorted(_KEY_TYPES))
+    raise ValidationError(f"unknown account key type {name!r}; known: {known}", field="type")
+
+
+def account_key_types() -> list[AccountKeyType]:
+    _load_builtin("keys")
+    return list(_KEY_TYPES.values())
+
+
+@dataclass(frozen=True, slots=True)
 class ActivitySpec:
     """An activity a workflow step can run: its name in documents, input model and code."""
 
@@ -199,7 +296,7 @@ _plugins_loaded = False
 
 
 def _load_builtin(kind: str) -> None:
-    """Register the built-in `kind` ("targets" or "activities"), then the plugins, once each.
+    """Register the built-in `kind` ("targets", "keys" or "activities"), then the plugins, once each.
 
     Importing the modules registers them; done lazily, and one kind at a time, so that
     importing the registry never drags every protocol library in, and building the CLI's

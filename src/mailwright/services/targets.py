@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 from mailwright.domain.capabilities import Mailbox, MailSender
 from mailwright.domain.connection_test import ConnectionTestReport
 from mailwright.errors import ConflictError, ValidationError
-from mailwright.plugins import TargetType, TargetView, labels_of, target_type, target_types
+from mailwright.plugins import (
+    TargetType,
+    TargetView,
+    account_key_type,
+    labels_of,
+    target_type,
+    target_types,
+)
 from mailwright.services import audit
 from mailwright.services.account_keys import NAME_SCHEMA, AccountKeyService
 from mailwright.services.common import clean_name, find
@@ -198,7 +205,7 @@ class TargetService:
         settings = kind.settings_from_input(data.settings_values(), preset)
         with self._db.session() as session:
             self._check_unique(session, name)
-            key = self._account_key(session, data.account_key, bool(data.no_account_keys))
+            key = self._account_key(session, kind, data.account_key, bool(data.no_account_keys))
             row = TargetRow(
                 display_name=name,
                 name_key=name_key(name),
@@ -238,7 +245,7 @@ class TargetService:
                 row.settings = target_type(row.type).settings_from_input(merged, None).model_dump(mode="json")
             if data.account_key is not None or data.no_account_keys is not None:
                 wants_none = bool(data.no_account_keys) and data.account_key is None
-                key = self._account_key(session, data.account_key, wants_none)
+                key = self._account_key(session, target_type(row.type), data.account_key, wants_none)
                 row.account_key_id = key.id if key else None
                 row.no_account_keys = key is None
                 row.account_key = key
@@ -312,10 +319,14 @@ class TargetService:
             key_row: AccountKeyRow | None = row.account_key
             if account_key is not None:
                 key_row = find(session, AccountKeyRow, account_key, what="account key")
+                _check_key_type(target_type(row.type), key_row)
+            kind = target_type(row.type)
+            settings = kind.settings_model.model_validate(row.settings)
+            hints = kind.login_hints(settings) if kind.login_hints else {}
             resolved = ResolvedTarget(
                 target=_public(row),
-                settings=target_type(row.type).settings_model.model_validate(row.settings),
-                login=self._keys.login_for_row(key_row) if key_row is not None else None,
+                settings=settings,
+                login=self._keys.login_for_row(key_row, hints) if key_row is not None else None,
                 sender=key_row.sender if key_row is not None else None,
             )
             stamp = (row.updated_at, key_row.updated_at if key_row is not None else None)
@@ -372,7 +383,9 @@ class TargetService:
             )
 
     @staticmethod
-    def _account_key(session: Session, ref: str | None, no_account_keys: bool) -> AccountKeyRow | None:
+    def _account_key(
+        session: Session, kind: TargetType, ref: str | None, no_account_keys: bool
+    ) -> AccountKeyRow | None:
         if ref and no_account_keys:
             raise ValidationError(
                 "choose either a default account key or No Account Keys, not both",
@@ -386,7 +399,22 @@ class TargetService:
             )
         if not ref:
             return None
-        return find(session, AccountKeyRow, ref, what="account key")
+        key = find(session, AccountKeyRow, ref, what="account key")
+        _check_key_type(kind, key)
+        return key
+
+
+def _check_key_type(kind: TargetType, key: AccountKeyRow) -> None:
+    """A target logs in only with the kinds of key its type accepts (Graph: Graph credentials)."""
+    if key.kind in kind.account_key_types:
+        return
+    accepted = [account_key_type(name).label for name in kind.account_key_types]
+    raise ValidationError(
+        f"account key {key.name!r} is {account_key_type(key.kind).label}; "
+        f"{kind.label} targets accept {' or '.join(accepted)} keys",
+        field="account_key",
+        hint="choose a key of an accepted type, or create one",
+    )
 
 
 def _workflows_naming(session: Session, target_name: str) -> list[str]:

@@ -51,6 +51,10 @@ class AccountKeyRow(Base):
     username: Mapped[str] = mapped_column(String(320))
     password_encrypted: Mapped[str] = mapped_column(Text)
     sender: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    # The plain fields of the key's type; its other secrets (encrypted JSON); an OAuth2 token cache.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    secrets_encrypted: Mapped[str] = mapped_column(Text, default="")
+    token_cache_encrypted: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

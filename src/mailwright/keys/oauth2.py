@@ -1,0 +1,187 @@
+"""OAuth2 (XOAUTH2): SMTP and IMAP logins with access tokens, for Google, Microsoft or any provider.
+
+The key holds a client id (and secret), the provider's endpoints and scopes, and a
+refresh token obtained once with `mailwright account-keys authorize NAME` (the
+authorization-code flow with PKCE and a loopback redirect, or the device-code flow).
+Presets fill the endpoints and scopes of Google and Microsoft.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mailwright.errors import ValidationError
+from mailwright.plugins import AccountKeyType, KeyMaterial, register_account_key_type
+from mailwright.secrets import Secret
+from mailwright.transport.base import Login
+
+
+class Provider(StrEnum):
+    GOOGLE = "google"
+    MICROSOFT = "microsoft"
+    CUSTOM = "custom"
+
+
+# The endpoints and scopes of the providers, as they document them ({tenant}: Microsoft's tenant).
+PROVIDERS: dict[Provider, dict[str, str]] = {
+    Provider.GOOGLE: {
+        "authorization_endpoint": "https://accounts.google.com/o/oauth2/v2/auth",
+        "token_endpoint": "https://oauth2.googleapis.com/token",
+        "device_authorization_endpoint": "https://oauth2.googleapis.com/device/code",
+        "scopes": "https://mail.google.com/",
+    },
+    Provider.MICROSOFT: {
+        "authorization_endpoint": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize",
+        "token_endpoint": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+        "device_authorization_endpoint": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode",
+        "scopes": "https://outlook.office.com/SMTP.Send https://outlook.office.com/IMAP.AccessAsUser.All "
+        "offline_access",
+    },
+}
+
+
+class OAuth2Credentials(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(
+        min_length=1, max_length=320, description="the mailbox to log in as (XOAUTH2's user)"
+    )
+    provider: Provider = Field(default=Provider.CUSTOM, description="google, microsoft, or custom")
+    client_id: str = Field(min_length=1, max_length=500, description="OAuth2 client id")
+    client_secret: Secret | None = Field(
+        default=None,
+        description="OAuth2 client secret (write-only); none for a public client",
+        json_schema_extra={"secret": True},
+    )
+    tenant: str = Field(default="common", max_length=200, description="Microsoft: tenant id or domain")
+    token_endpoint: str | None = Field(default=None, description="token URL (the provider's by default)")
+    authorization_endpoint: str | None = Field(
+        default=None, description="authorization URL (the provider's by default)"
+    )
+    device_authorization_endpoint: str | None = Field(
+        default=None, description="device-code URL, where the provider offers one"
+    )
+    scopes: str | None = Field(default=None, description="space-separated scopes (the provider's by default)")
+    sender: str | None = Field(default=None, description="default From address")
+    refresh_token: Secret | None = Field(
+        default=None,
+        description="refresh token (write-only); `mailwright account-keys authorize NAME` obtains one",
+        json_schema_extra={"secret": True},
+    )
+
+    @field_validator("username", "client_id", "tenant")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("token_endpoint", "authorization_endpoint", "device_authorization_endpoint")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("an endpoint must be a URL starting with https://")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> OAuth2Credentials:
+        if self.provider == Provider.CUSTOM and not self.token_endpoint:
+            raise ValueError(
+                "a custom provider needs --token-endpoint (or choose --provider google|microsoft)"
+            )
+        return self
+
+
+def endpoints(settings: dict[str, Any]) -> dict[str, str | None]:
+    """The key's endpoints and scopes: its own where given, else its provider's."""
+    preset = PROVIDERS.get(Provider(settings.get("provider") or Provider.CUSTOM), {})
+    tenant = str(settings.get("tenant") or "common")
+    out: dict[str, str | None] = {}
+    for name in ("authorization_endpoint", "token_endpoint", "device_authorization_endpoint", "scopes"):
+        value = settings.get(name) or preset.get(name)
+        out[name] = str(value).replace("{tenant}", tenant) if value else None
+    return out
+
+
+def _login(material: KeyMaterial) -> Login:
+    from mailwright.oauth import refresh_tokens
+
+    refresh = material.secrets.get("refresh_token")
+    if not refresh:
+        raise ValidationError(
+            f"account key {material.name!r} has no refresh token yet",
+            field="account_key",
+            hint=f"authorize it once: mailwright account-keys authorize {material.name}",
+        )
+    where = endpoints(material.settings)
+    tokens = refresh_tokens(
+        key_id=material.key_id,
+        key_name=material.name,
+        token_endpoint=str(where["token_endpoint"]),
+        client_id=str(material.settings["client_id"]),
+        client_secret=material.secrets.get("client_secret"),
+        scopes=str(where["scopes"] or "").split(),
+        refresh_token=refresh,
+        store=material.token_store,
+    )
+    return Login(
+        key_name=material.name,
+        username=str(material.settings["username"]),
+        password=Secret(""),
+        tokens=tokens,
+    )
+
+
+async def _authorize(
+    material: KeyMaterial, *, device: bool, show: Callable[[str], None], open_browser: bool = True
+) -> dict[str, str]:
+    """Run the consent flow once; the refresh token it returns is stored encrypted."""
+    from mailwright import oauth
+
+    where = endpoints(material.settings)
+    common: dict[str, Any] = {
+        "key_name": material.name,
+        "client_id": str(material.settings["client_id"]),
+        "client_secret": material.secrets.get("client_secret"),
+        "scopes": str(where["scopes"] or "").split(),
+        "token_endpoint": str(where["token_endpoint"]),
+        "show": show,
+    }
+    if device:
+        if not where["device_authorization_endpoint"]:
+            raise ValidationError(
+                f"account key {material.name!r} has no device-code endpoint",
+                hint="give the key a device-code endpoint, or authorize in a browser (without --device-code)",
+            )
+        token = await oauth.device_authorize(
+            device_authorization_endpoint=str(where["device_authorization_endpoint"]), **common
+        )
+    else:
+        if not where["authorization_endpoint"]:
+            raise ValidationError(
+                f"account key {material.name!r} has no authorization endpoint",
+                hint="give --authorization-endpoint, or choose --provider google|microsoft",
+            )
+        token = await oauth.authorize(
+            authorization_endpoint=str(where["authorization_endpoint"]), open_browser=open_browser, **common
+        )
+    return {"refresh_token": token.reveal()}
+
+
+OAUTH2 = register_account_key_type(
+    AccountKeyType(
+        name="oauth2",
+        label="OAuth2 (XOAUTH2)",
+        fields_model=OAuth2Credentials,
+        login=_login,
+        username=lambda settings: str(settings.get("username") or ""),
+        aliases=("xoauth2", "oauth"),
+        authorize=_authorize,
+        description="SMTP and IMAP with OAuth2 access tokens (Google, Microsoft, or any provider)",
+    )
+)
