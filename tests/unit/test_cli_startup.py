@@ -95,3 +95,10 @@ def test_the_root_lists_targets_with_the_groups_own_help() -> None:
     from mailwright.cli import targets
 
     assert targets.app.info.help == root.TARGETS_HELP
+
+
+def test_the_root_lists_account_keys_with_the_groups_own_help() -> None:
+    from mailwright.cli import account_keys
+    from mailwright.cli import app as root
+
+    assert account_keys.app.info.help == root.KEYS_HELP

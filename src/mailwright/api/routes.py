@@ -14,7 +14,7 @@ from mailwright.api.errors import run_failure
 from mailwright.api.openapi import REPLAYED, errors
 from mailwright.api.params import IdempotencyKey, Ref, Timeout, refuse_nul
 from mailwright.domain.runs import RunStatus
-from mailwright.plugins import target_types
+from mailwright.plugins import account_key_types, target_types
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
 from mailwright.services.idempotency import SEND_EMAIL_SCOPE
 from mailwright.services.sending import SendEmailRequest, SendResult
@@ -71,6 +71,22 @@ def update_account_key(ref: Ref, body: AccountKeyUpdate, services: ServicesDep) 
 def delete_account_key(ref: Ref, services: ServicesDep) -> Response:
     services.account_keys.delete(ref)
     return Response(status_code=204)
+
+
+@router.get("/account-key-types", dependencies=[viewer("listing account key types")], tags=["account keys"])
+def list_account_key_types() -> list[dict[str, Any]]:
+    """Each key type with its fields: their JSON schema; secret fields are marked `"secret": true`."""
+    return [
+        {
+            "name": k.name,
+            "label": k.label,
+            "description": k.description,
+            "secret_fields": k.secret_fields(),
+            "needs_authorization": k.authorize is not None,
+            "fields": k.fields_model.model_json_schema(),
+        }
+        for k in account_key_types()
+    ]
 
 
 @router.get("/target-types", dependencies=[viewer("listing target types")], tags=["targets"])

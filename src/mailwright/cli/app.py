@@ -11,7 +11,7 @@ from typer import _click
 from typer.core import TyperGroup
 
 from mailwright import __version__
-from mailwright.cli import account_keys, audit, files, runs, sandbox, tokens, triggers, workflows
+from mailwright.cli import audit, files, runs, sandbox, tokens, triggers, workflows
 from mailwright.cli.batch import send_batch
 from mailwright.cli.output import EXIT_BAD_INPUT, exit_code_for, print_error, redact
 from mailwright.cli.read import read
@@ -27,9 +27,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(account_keys.app, name="account-keys")
-# `targets` builds its options from the registered target types (their settings models, and
-# any plugin's): loaded only when a `targets` command runs, so `mailwright --help` stays quick.
+# `account-keys` and `targets` build their options from the registered key and target types
+# (their models, and any plugin's): loaded only when such a command runs, so `--help` stays quick.
+KEYS_HELP = "Account keys: the credentials targets log in with (passwords, OAuth2 apps)."
+app.add_typer(typer.Typer(help=KEYS_HELP), name="account-keys")  # its place and help; see command()
 TARGETS_HELP = "Targets: the mail servers Mailwright talks to."
 app.add_typer(typer.Typer(help=TARGETS_HELP), name="targets")  # its place and help; see command()
 app.add_typer(tokens.app, name="tokens")
@@ -117,10 +118,13 @@ class LazyGroup(TyperGroup):
 
 
 def command() -> TyperGroup:
-    """The root command group, with `targets` loaded on first use."""
+    """The root command group, with `targets` and `account-keys` loaded on first use."""
     root = typer.main.get_command(app)
     assert isinstance(root, TyperGroup)
     root.commands["targets"] = LazyGroup("targets", module="mailwright.cli.targets", help_text=TARGETS_HELP)
+    root.commands["account-keys"] = LazyGroup(
+        "account-keys", module="mailwright.cli.account_keys", help_text=KEYS_HELP
+    )
     return root
 
 

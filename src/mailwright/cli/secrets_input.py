@@ -18,38 +18,48 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def read_password(*, from_stdin: bool, env_var: str | None, prompt: bool, required: bool) -> Secret | None:
+    return read_secret("password", from_stdin=from_stdin, env_var=env_var, prompt=prompt, required=required)
+
+
+def read_secret(
+    field: str, *, from_stdin: bool, env_var: str | None, prompt: bool, required: bool
+) -> Secret | None:
+    """A secret from --FIELD-stdin, --FIELD-env VAR or a prompt (a terminal only); None if not given."""
     from mailwright.secrets import Secret
 
+    option = "--" + field.replace("_", "-")
+    words = field.replace("_", " ")
     if from_stdin and env_var:
-        raise ValidationError("give either --password-stdin or --password-env, not both", field="password")
+        raise ValidationError(f"give either {option}-stdin or {option}-env, not both", field=field)
     if from_stdin:
         text = sys.stdin.read()
-        # One trailing newline is the shell's, not the password's.
+        # One trailing newline is the shell's, not the secret's.
         value = text[:-1] if text.endswith("\n") else text
         value = value[:-1] if value.endswith("\r") else value
         if not value:
-            raise ValidationError("no password on standard input", field="password")
+            raise ValidationError(f"no {words} on standard input", field=field)
         return Secret(value)
     if env_var:
         if not _ENV_NAME.match(env_var):
-            # Never echo it: people pass the password itself here by mistake.
+            # Never echo it: people pass the secret itself here by mistake.
+            example = f"SMTP_{field.upper()}" if field == "password" else field.upper()
             raise ValidationError(
-                "--password-env takes the NAME of an environment variable (like SMTP_PASSWORD), "
-                "not the password itself",
-                field="password",
-                hint="export SMTP_PASSWORD=... then give --password-env SMTP_PASSWORD",
+                f"{option}-env takes the NAME of an environment variable (like {example}), "
+                f"not the {words} itself",
+                field=field,
+                hint=f"export {example}=... then give {option}-env {example}",
             )
         value = os.environ.get(env_var)
         if not value:
-            raise ValidationError(f"the environment variable {env_var} is not set or empty", field="password")
+            raise ValidationError(f"the environment variable {env_var} is not set or empty", field=field)
         return Secret(value)
     if prompt or required:
         if not sys.stdin.isatty():
             raise ValidationError(
-                "no password given",
-                field="password",
-                hint="use --password-stdin or --password-env VAR (passwords are never taken as arguments)",
+                f"no {words} given",
+                field=field,
+                hint=f"use {option}-stdin or {option}-env VAR (secrets are never taken as arguments)",
             )
-        value = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        value = typer.prompt(words.capitalize(), hide_input=True, confirmation_prompt=True)
         return Secret(value)
     return None
