@@ -92,7 +92,8 @@ class OAuth2Credentials(BaseModel):
     def _endpoints(self) -> OAuth2Credentials:
         if self.provider == Provider.CUSTOM and not self.token_endpoint:
             raise ValueError(
-                "a custom provider needs --token-endpoint (or choose --provider google|microsoft)"
+                "a custom provider needs a token endpoint (token_endpoint; in the CLI --token-endpoint), "
+                "or choose the provider google or microsoft"
             )
         return self
 
