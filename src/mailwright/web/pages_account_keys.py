@@ -10,32 +10,47 @@ from starlette.datastructures import FormData
 
 from mailwright.domain.validation import validate_model
 from mailwright.errors import MailwrightError, ValidationError
-from mailwright.secrets import Secret
+from mailwright.plugins import account_key_type
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
 from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
 from mailwright.web.deps import ServicesDep
+from mailwright.web.key_fields import LABELS, key_fields, key_type_options, secret_names, values_from
 from mailwright.web.render import field_errors, redirect, render
 from mailwright.web.roles import AdminSession, ViewerSession
 from mailwright.web.session import check_csrf
 
 router = APIRouter(include_in_schema=False)
-SECRET_FIELDS = ("password",)
 
 
 def _create_model(form: FormData) -> AccountKeyCreate:
-    password = form.get("password")
-    if not isinstance(password, str) or not password:
-        raise ValidationError("the password is required", field="password")
+    kind = account_key_type(forms.text(form, "key_type") or "email_credentials")
+    values = values_from(form, kind, updating=False)
+    if kind.prompt_secret and kind.prompt_secret not in values:
+        label = LABELS.get(kind.prompt_secret, kind.prompt_secret).lower()
+        raise ValidationError(f"the {label} is required", field=kind.prompt_secret)
     return validate_model(
         AccountKeyCreate,
         {
             "name": forms.text(form, "name"),
-            "username": forms.text(form, "username"),
-            "password": Secret(password),
-            "sender": forms.optional(form, "sender"),
+            "type": kind.name,
             "description": forms.text(form, "description"),
+            **values,
         },
+    )
+
+
+def _form_page(request: Request, session: Any, **context: Any) -> HTMLResponse:
+    status = context.pop("status_code", 200)
+    return render(
+        request,
+        "account_keys/form.html",
+        session=session,
+        section="account_keys",
+        key_fields=key_fields(),
+        key_types=key_type_options(),
+        status_code=status,
+        **context,
     )
 
 
@@ -51,16 +66,9 @@ def list_keys(request: Request, services: ServicesDep, session: ViewerSession) -
 
 
 @router.get("/account-keys/new")
-def new_key(request: Request, session: AdminSession) -> HTMLResponse:
-    return render(
-        request,
-        "account_keys/form.html",
-        session=session,
-        section="account_keys",
-        mode="new",
-        values={},
-        errors={},
-    )
+def new_key(request: Request, session: AdminSession, type: str = "email_credentials") -> HTMLResponse:
+    kind = account_key_type(type)
+    return _form_page(request, session, mode="new", values={"key_type": kind.name}, errors={})
 
 
 @router.post("/account-keys/new")
@@ -70,13 +78,11 @@ async def create_key(request: Request, services: ServicesDep, session: AdminSess
     try:
         key = services.account_keys.create(_create_model(form))
     except MailwrightError as exc:
-        return render(
+        return _form_page(
             request,
-            "account_keys/form.html",
-            session=session,
-            section="account_keys",
+            session,
             mode="new",
-            values=forms.values(form, exclude=SECRET_FIELDS),
+            values=forms.values(form, exclude=secret_names()),
             errors=field_errors(exc),
             status_code=422,
         )
@@ -92,7 +98,14 @@ async def create_key_json(request: Request, services: ServicesDep, session: Admi
         key = services.account_keys.create(_create_model(form))
     except MailwrightError as exc:
         return JSONResponse({"errors": field_errors(exc)}, status_code=422)
-    body: dict[str, Any] = {"id": key.id, "name": key.name, "username": key.username}
+    body: dict[str, Any] = {
+        "id": key.id,
+        "name": key.name,
+        "username": key.username,
+        "type": key.type,
+        "type_label": key.type_label,
+        "authorized": key.authorized,
+    }
     return JSONResponse(body, status_code=201)
 
 
@@ -100,21 +113,14 @@ async def create_key_json(request: Request, services: ServicesDep, session: Admi
 def edit_key(request: Request, ref: str, services: ServicesDep, session: AdminSession) -> HTMLResponse:
     key = services.account_keys.get(ref)
     values = {
+        "key_type": key.type,
         "name": key.name,
         "username": key.username,
         "sender": key.sender or "",
         "description": key.description,
+        **{k: "" if v is None else str(v) for k, v in key.settings.items()},
     }
-    return render(
-        request,
-        "account_keys/form.html",
-        session=session,
-        section="account_keys",
-        mode="edit",
-        key=key,
-        values=values,
-        errors={},
-    )
+    return _form_page(request, session, mode="edit", key=key, values=values, errors={})
 
 
 @router.post("/account-keys/{ref}/edit")
@@ -122,31 +128,22 @@ async def update_key(request: Request, ref: str, services: ServicesDep, session:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     key = services.account_keys.get(ref)
-    password = form.get("password")
     try:
+        values = values_from(form, account_key_type(key.type), updating=True)
         key = services.account_keys.update(
             key.id,
             validate_model(
                 AccountKeyUpdate,
-                {
-                    "name": forms.text(form, "name"),
-                    "username": forms.text(form, "username"),
-                    # Blank keeps the stored password.
-                    "password": Secret(password) if isinstance(password, str) and password else None,
-                    "sender": forms.text(form, "sender"),
-                    "description": forms.text(form, "description"),
-                },
+                {"name": forms.text(form, "name"), "description": forms.text(form, "description"), **values},
             ),
         )
     except MailwrightError as exc:
-        return render(
+        return _form_page(
             request,
-            "account_keys/form.html",
-            session=session,
-            section="account_keys",
+            session,
             mode="edit",
             key=key,
-            values=forms.values(form, exclude=SECRET_FIELDS),
+            values={"key_type": key.type, **forms.values(form, exclude=secret_names())},
             errors=field_errors(exc),
             status_code=422,
         )

@@ -19,6 +19,7 @@ from mailwright.targets.fields import SettingField, setting_fields
 from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
 from mailwright.web.deps import ServicesDep
+from mailwright.web.key_fields import key_fields, key_type_options
 from mailwright.web.render import field_errors, redirect, render
 from mailwright.web.roles import AdminSession, OperatorSession, ViewerSession
 from mailwright.web.session import SessionDep, check_csrf
@@ -79,6 +80,8 @@ def _form_context(services: ServicesDep) -> dict[str, Any]:
         "all_types": [t.name for t in types],
         "setting_fields": fields,
         "account_keys": services.account_keys.list_all(),
+        "key_fields": key_fields(),
+        "key_types": key_type_options(),
         "presets": presets,
         "presets_json": json.dumps({"presets": presets, "types": form_types}).replace("<", "\\u003c"),
     }

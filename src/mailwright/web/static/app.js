@@ -23,6 +23,7 @@ function setupTargetType(types) {
   const select = document.getElementById("f-target_type");
   if (!select || select.tagName !== "SELECT") return;
   select.addEventListener("change", () => {
+    offerKeyTypes();
     const kind = select.value;
     const protocol = (types[kind] || {}).protocol || "";
     document.getElementById("f-protocol").value = protocol;
@@ -129,9 +130,49 @@ function setupAccountKeyChoice() {
   update();
 }
 
+// An account key's fields follow its type: each field names the key types that have it.
+function showKeyType(select) {
+  const form = select.form;
+  const kind = select.value;
+  form.querySelectorAll("[data-key-only]").forEach((element) => {
+    element.hidden = !element.dataset.keyOnly.split(" ").includes(kind);
+  });
+  form.querySelectorAll("[data-required-in]").forEach((element) => {
+    const required = element.dataset.requiredIn.split(" ").includes(kind);
+    const mark = element.querySelector(".req");
+    const input = element.querySelector("input, select, textarea");
+    if (mark) mark.hidden = !required;
+    if (input) input.setAttribute("aria-required", String(required));
+  });
+}
+
+function setupKeyTypes() {
+  document.querySelectorAll("select[data-key-type]").forEach((select) => {
+    select.addEventListener("change", () => showKeyType(select));
+    showKeyType(select);
+  });
+}
+
+// The Add New dialog offers the key types the chosen target type accepts.
+function offerKeyTypes() {
+  const select = document.getElementById("k-key_type");
+  if (!select) return;
+  const target = currentType();
+  let first = null;
+  for (const option of select.options) {
+    const accepted = option.dataset.targets.split(" ").includes(target);
+    option.hidden = !accepted;
+    option.disabled = !accepted;
+    if (accepted && first === null) first = option.value;
+  }
+  if (select.selectedOptions.length === 0 || select.selectedOptions[0].disabled) select.value = first || "";
+  showKeyType(select);
+}
+
 function showKeyErrors(errors) {
   document.querySelectorAll("#new-key-form .error").forEach((p) => { p.hidden = true; p.textContent = ""; });
-  document.querySelectorAll("#new-key-form input").forEach((i) => i.removeAttribute("aria-invalid"));
+  document.querySelectorAll("#new-key-form input, #new-key-form textarea, #new-key-form select")
+    .forEach((i) => i.removeAttribute("aria-invalid"));
   const general = document.getElementById("k-general");
   general.hidden = true;
   let focused = false;
@@ -157,6 +198,7 @@ function setupAddNew() {
   const form = document.getElementById("new-key-form");
   open.addEventListener("click", () => {
     form.reset();
+    offerKeyTypes();
     showKeyErrors({});
     dialog.showModal();
     document.getElementById("k-name").focus();
@@ -174,7 +216,8 @@ function setupAddNew() {
       return;
     }
     const select = document.getElementById("f-account_key");
-    const option = new Option(`${data.name} (${data.username})`, data.id, true, true);
+    const option = new Option(`${data.name} (${data.username || data.type_label})`, data.id, true, true);
+    option.dataset.keyType = data.type;
     select.add(option);
     select.value = data.id;
     document.getElementById("f-no_account_keys").value = "false";
@@ -199,6 +242,7 @@ function setupTokenLogin() {
 document.addEventListener("DOMContentLoaded", () => {
   setupPresets();
   setupAccountKeyChoice();
+  setupKeyTypes();
   setupAddNew();
   setupTokenLogin();
 });
