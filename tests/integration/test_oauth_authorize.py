@@ -12,9 +12,11 @@ import pytest
 
 from mailwright.errors import TargetAuthError, TargetTimeoutError
 from mailwright.oauth.generic import authorize, device_authorize, refresh_tokens
+from mailwright.oauth.microsoft import authorize_microsoft, device_authorize_microsoft
 from mailwright.oauth.tokens import forget
 from mailwright.secrets import Secret
 from tests.support.oauth_server import OAuthClient, OAuthTestServer
+from tests.support.tlsfiles import TLSFiles
 
 SCOPES = ["https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access"]
 
@@ -144,3 +146,57 @@ def test_device_code_polls_until_approved(server: OAuthTestServer) -> None:
     )  # fmt: skip
     assert grant.refresh_token
     assert server.token_requests["urn:ietf:params:oauth:grant-type:device_code"] == 2
+
+
+# -- the same with msal, for Microsoft keys (https: msal insists) -------------------------------
+
+
+@pytest.fixture
+def ms_server(tls_files: TLSFiles) -> Iterator[OAuthTestServer]:
+    with OAuthTestServer(ssl_context=tls_files.server_context()) as srv:
+        srv.register(OAuthClient("ms-desktop"))
+        yield srv
+    forget()
+
+
+def test_msal_auth_code_with_pkce(ms_server: OAuthTestServer, tls_files: TLSFiles) -> None:
+    shown: list[str] = []
+
+    def show(text: str) -> None:
+        shown.append(text)
+        resp = httpx.get(url_in(text), follow_redirects=True, timeout=10, verify=tls_files.client_context())
+        assert resp.status_code == 200 and "authorization received" in resp.text
+
+    grant = authorize_microsoft(
+        "ms-key", "contoso.onmicrosoft.com", "ms-desktop", SCOPES, login_url=ms_server.base_url, show=show,
+        timeout=10, verify=tls_files.client_context(),
+    )  # fmt: skip
+    query = parse_qs(urlsplit(url_in(shown[0])).query)
+    assert query["code_challenge_method"] == ["S256"]
+    assert "offline_access" in query["scope"][0].split()
+    assert ms_server.requests[-1]["code_verifier"]
+    assert ms_server.introspect(grant.access_token.value.reveal())["active"]
+    assert grant.refresh_token.reveal() in ms_server.tokens
+
+
+def test_msal_device_code(ms_server: OAuthTestServer, tls_files: TLSFiles) -> None:
+    shown: list[str] = []
+
+    def show(text: str) -> None:
+        shown.append(text)
+        ms_server.approve_device(text.rstrip(".").rsplit(" ", 1)[-1])
+
+    grant = device_authorize_microsoft(
+        "ms-key", "contoso.onmicrosoft.com", "ms-desktop", SCOPES, login_url=ms_server.base_url, show=show,
+        timeout=10, verify=tls_files.client_context(),
+    )  # fmt: skip
+    assert "enter the code" in shown[0]
+    assert ms_server.introspect(grant.access_token.value.reveal())["active"]
+
+
+def test_msal_device_code_times_out(ms_server: OAuthTestServer, tls_files: TLSFiles) -> None:
+    with pytest.raises(TargetTimeoutError, match="not entered"):
+        device_authorize_microsoft(
+            "ms-key", "contoso.onmicrosoft.com", "ms-desktop", SCOPES, login_url=ms_server.base_url,
+            show=lambda _t: None, timeout=0.5, verify=tls_files.client_context(),
+        )  # fmt: skip

@@ -182,3 +182,15 @@ async def test_no_secret_in_logs(
     for secret in [SECRET, token.reveal(), *server.access_tokens()]:
         assert secret not in caplog.text
     assert SECRET not in repr(tokens)
+
+
+async def test_concurrent_sends_share_one_token_request(server: OAuthTestServer, tls_files: TLSFiles) -> None:
+    import asyncio
+
+    tokens = graph_tokens(
+        "graph-key", TENANT, "graph-app", Secret(SECRET), None, server.base_url, None, None,
+        verify=tls_files.client_context(), timeout=10,
+    )  # fmt: skip
+    got = await asyncio.gather(*(tokens.access_token() for _ in range(20)))
+    assert len({t.reveal() for t in got}) == 1
+    assert server.token_requests["client_credentials"] == 1

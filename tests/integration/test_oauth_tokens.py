@@ -205,3 +205,25 @@ async def test_no_token_or_secret_in_reprs_logs_or_errors(
     for text in texts:
         for secret in secrets:
             assert secret not in text
+
+
+async def test_unreadable_store_costs_one_request(server: OAuthTestServer) -> None:
+    class Broken(MemoryTokenStore):
+        def load(self) -> str | None:
+            raise RuntimeError("cannot decrypt")
+
+    store = Broken()
+    tokens = source(server, server.issue_refresh_token("xo-client", "a"), store)
+    assert await tokens.access_token()
+    assert store.saves == 1
+
+
+def test_introspection_endpoint(server: OAuthTestServer) -> None:
+    import httpx
+
+    token = server.issue_access_token("xo-client", "s", "bob@example.test")
+    posted = httpx.post(server.introspection_url, data={"token": token}).json()
+    assert posted["active"] and posted["email"] == "bob@example.test"
+    bearer = httpx.get(server.introspection_url, headers={"Authorization": f"Bearer {token}"}).json()
+    assert bearer["username"] == "bob@example.test"
+    assert httpx.get(server.introspection_url, params={"token": "nope"}).json() == {"active": False}

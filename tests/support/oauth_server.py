@@ -13,6 +13,9 @@ or ``x5t`` header, ``aud`` = the token endpoint), and Microsoft's v2.0 endpoint 
 * ``GET  /{tenant}/oauth2/v2.0/authorize`` (no login page: approves at once as
   ``authorize_as`` and redirects to the registered loopback redirect URI)
 * ``POST /{tenant}/oauth2/v2.0/devicecode`` (approve with ``approve_device(user_code)``)
+* ``POST /introspect`` (RFC 7662, form ``token=``), also ``GET /introspect?token=`` and
+  ``GET /introspect`` with ``Authorization: Bearer`` (Dovecot's ``introspection_mode``
+  post, get and auth); ``introspection_url`` is its address
 
 Tests register clients, set the token lifetime, revoke refresh tokens (the next use
 gets ``invalid_grant``), make the token endpoint fail with a status on demand, and
@@ -174,6 +177,10 @@ class OAuthTestServer:
     def authorization_endpoint(self, tenant: str = "common") -> str:
         return f"{self.base_url}/{tenant}/oauth2/v2.0/authorize"
 
+    @property
+    def introspection_url(self) -> str:
+        return f"{self.base_url}/introspect"
+
     def device_endpoint(self, tenant: str = "common") -> str:
         return f"{self.base_url}/{tenant}/oauth2/v2.0/devicecode"
 
@@ -188,8 +195,13 @@ class OAuthTestServer:
         with self._lock:
             return self._mint(client_id, scope, subject or self.authorize_as, "refresh")
 
+    def issue_access_token(self, client_id: str, scope: str, subject: str | None = None) -> str:
+        """An access token minted directly (for servers that introspect tokens: Dovecot, Graph)."""
+        with self._lock:
+            return self._mint(client_id, scope, subject or self.authorize_as, "access")
+
     def revoke(self, token: str) -> None:
-        """The next use of this refresh token gets invalid_grant."""
+        """A refresh token's next use gets invalid_grant; an access token introspects as inactive."""
         with self._lock:
             self.tokens[token].revoked = True
 
@@ -218,6 +230,7 @@ class OAuthTestServer:
                 "scope": info.scope,
                 "sub": info.subject,
                 "username": info.subject,
+                "email": info.subject,  # Dovecot's default username_attribute
                 "client_id": info.client_id,
                 "exp": int(info.expires_at),
                 "token_type": "Bearer",
@@ -452,9 +465,16 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         return [p for p in split.path.split("/") if p], query
 
+    def _introspection(self, form: dict[str, str]) -> None:
+        auth = self.headers.get("Authorization", "")
+        token = form.get("token") or (auth[7:] if auth.lower().startswith("bearer ") else "")
+        self._send(200, self.oauth.introspect(token))
+
     def do_GET(self) -> None:
         parts, query = self._parts()
-        if len(parts) == 4 and parts[1:] == ["v2.0", ".well-known", "openid-configuration"]:
+        if parts == ["introspect"]:
+            self._introspection(query)
+        elif len(parts) == 4 and parts[1:] == ["v2.0", ".well-known", "openid-configuration"]:
             self._send(200, self.oauth.openid_configuration(parts[0]))
         elif len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "authorize"]:
             status, where = self.oauth.handle_authorize(query)
@@ -468,7 +488,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         parts, _ = self._parts()
         form = self._form()
-        if len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]:
+        if parts == ["introspect"]:
+            self._introspection(form)
+        elif len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]:
             url = f"{self.oauth.base_url}/{'/'.join(parts)}"
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, body = self.oauth.handle_token(form, headers, url)

@@ -15,7 +15,13 @@ The calls the account-key types make (all `Secret` arguments stay masked everywh
     load_certificate(pem: Secret | str, passphrase: Secret | None = None)
         -> CertificateCredential            # check a --certificate FILE; .thumbprint_sha1 as Entra shows it
 
-    from mailwright.oauth.generic import refresh_tokens, authorize, device_authorize, Grant
+    from mailwright.oauth.microsoft import authorize_microsoft, device_authorize_microsoft
+    authorize_microsoft(key_name, tenant, client_id, scopes, *, login_url=..., show=print,
+                        timeout=300.0, verify=True) -> Grant    # msal, PKCE, loopback (blocking)
+    device_authorize_microsoft(key_name, tenant, client_id, scopes, *, login_url=..., show=print,
+                               timeout=900.0, verify=True) -> Grant  # msal device code (blocking)
+
+    from mailwright.oauth.generic import refresh_tokens, authorize, device_authorize
     refresh_tokens(key_name, token_endpoint, client_id, client_secret: Secret | None,
                    scopes, refresh_token: Secret, store, *, verify=True, timeout=30.0)
         -> OAuthTokens                      # XOAUTH2: refresh-token grant with Authlib
@@ -26,7 +32,8 @@ The calls the account-key types make (all `Secret` arguments stay masked everywh
                      scopes, *, show=print, timeout=900.0, verify=True) -> Grant
         # RFC 8628 device code (blocking); Grant.refresh_token goes into the key
 
-    from mailwright.oauth.tokens import OAuthTokens, TokenCacheStore, MemoryTokenStore, forget
+    from mailwright.oauth.tokens import OAuthTokens, TokenCacheStore, MemoryTokenStore, Grant, forget
+    Grant(refresh_token: Secret, access_token: AccessToken, scope: str)   # what authorizing gives
     await tokens.access_token(refresh=False) -> Secret   # the TokenSource protocol
     forget(key_name)                                       # after a key is changed or deleted
 

@@ -15,26 +15,24 @@ and Mailwright's errors.
 
 from __future__ import annotations
 
-import html
 import ssl
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import authlib.deprecate  # noqa: F401 - first, so its "always" filter is in place before ours
 import httpx
 
-from mailwright.errors import TargetAuthError, TargetError, TargetTimeoutError, ValidationError
+from mailwright.errors import TargetAuthError, TargetTimeoutError, ValidationError
+from mailwright.oauth.loopback import Loopback
 from mailwright.oauth.tokens import (
     AccessToken,
+    Grant,
     OAuthTokens,
     TokenCacheStore,
     fingerprint,
+    grant_from,
     refused,
     server_failed,
     unreachable,
@@ -48,18 +46,6 @@ with warnings.catch_warnings():
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 Verify = ssl.SSLContext | bool
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """What an authorization obtained: keep `refresh_token` in the account key."""
-
-    refresh_token: Secret
-    access_token: AccessToken
-    scope: str
-
-    def __repr__(self) -> str:
-        return f"Grant(scope={self.scope!r})"
 
 
 def _client(
@@ -194,70 +180,6 @@ def refresh_tokens(
 # -- authorization code with PKCE through a loopback redirect ----------------------------
 
 
-class _Loopback:
-    """A one-shot HTTP listener on 127.0.0.1 that catches the authorization response."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        done = threading.Event()
-        received: dict[str, str] = {}
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # the query holds the authorization code
-
-            def do_GET(self) -> None:
-                query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
-                if not ({"code", "error"} & query.keys()):
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if not done.is_set():
-                    received.update(query)
-                    done.set()
-                ok = "code" in query
-                text = (
-                    "Mailwright: authorization received. You can close this window."
-                    if ok
-                    else f"Mailwright: authorization failed ({html.escape(query.get('error', ''))})."
-                )
-                body = f"<!doctype html><title>Mailwright</title><p>{text}</p>".encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self._server = HTTPServer((host, 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="oauth-loopback",
-            daemon=True,
-        )
-        self.done = done
-        self.received = received
-        self.redirect_uri = f"http://{host}:{self._server.server_address[1]}/"
-
-    def __enter__(self) -> _Loopback:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
-    def wait(self, key_name: str, timeout: float) -> dict[str, str]:
-        if not self.done.wait(timeout):
-            raise TargetTimeoutError(
-                f"account key {key_name!r}: no authorization came back within {timeout:.0f} s",
-                hint=f"open the URL shown, sign in and consent; then run mailwright account-keys "
-                f"authorize {key_name} again",
-            )
-        return dict(self.received)
-
-
 def authorize(
     key_name: str,
     authorization_endpoint: str,
@@ -279,7 +201,7 @@ def authorize(
     (`presets.GOOGLE.authorize_params`).
     """
     with (
-        _Loopback() as loopback,
+        Loopback() as loopback,
         _client(
             client_id,
             client_secret,
@@ -314,7 +236,7 @@ def authorize(
                 redirect_uri=loopback.redirect_uri,
             ),
         )
-    return _grant(key_name, token_endpoint, token, scopes)
+    return grant_from(key_name, token_endpoint, token, scopes)
 
 
 def device_authorize(
@@ -381,7 +303,7 @@ def device_authorize(
             except httpx.TransportError as exc:
                 raise unreachable(key_name, token_endpoint, exc) from None
             else:
-                return _grant(key_name, token_endpoint, dict(token), scopes)
+                return grant_from(key_name, token_endpoint, dict(token), scopes)
             if time.monotonic() + interval > deadline:
                 raise TargetTimeoutError(
                     f"account key {key_name!r}: the code was not entered in time",
@@ -389,21 +311,6 @@ def device_authorize(
                     "before it expires",
                 )
             time.sleep(interval)
-
-
-def _grant(key_name: str, endpoint: str, token: dict[str, Any], scopes: Sequence[str]) -> Grant:
-    refresh = token.get("refresh_token")
-    if not refresh or not token.get("access_token"):
-        raise TargetError(
-            f"account key {key_name!r}: {endpoint} issued no refresh token",
-            hint="ask for offline access (Microsoft: the offline_access scope; Google: access_type=offline "
-            "and prompt=consent)",
-        )
-    return Grant(
-        Secret(str(refresh)),
-        AccessToken.from_response(str(token["access_token"]), token.get("expires_in")),
-        str(token.get("scope") or " ".join(scopes)),
-    )
 
 
 def _code_verifier() -> str:

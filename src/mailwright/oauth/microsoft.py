@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +33,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mailwright.errors import TargetAuthError, TargetError, ValidationError
+from mailwright.errors import TargetAuthError, TargetError, TargetTimeoutError, ValidationError
+from mailwright.oauth.loopback import Loopback
 from mailwright.oauth.presets import MICROSOFT_CLOUDS, graph_scopes
 from mailwright.oauth.tokens import (
     AccessToken,
+    Grant,
     OAuthTokens,
     TokenCacheStore,
     fingerprint,
+    grant_from,
     refused,
     server_failed,
     unreachable,
@@ -361,10 +366,107 @@ def graph_tokens(
     )
 
 
+# -- user flows for Microsoft XOAUTH2 keys (they return the refresh token to keep) -------------
+
+_MSAL_RESERVED = frozenset({"openid", "profile", "offline_access"})  # msal adds these itself
+
+
+def _public_app(key_name: str, tenant: str, client_id: str, login_url: str, verify: Verify) -> Any:
+    import msal
+
+    authority = f"{login_url.rstrip('/')}/{tenant}"
+    return _msal_call(
+        key_name,
+        authority,
+        lambda: msal.PublicClientApplication(
+            client_id,
+            authority=authority,
+            http_client=_MsalHttp(verify, 30.0),
+            **_authority_options(authority),
+        ),
+    )
+
+
+def authorize_microsoft(
+    key_name: str,
+    tenant: str,
+    client_id: str,
+    scopes: Sequence[str],
+    *,
+    login_url: str = MICROSOFT_CLOUDS["global"].login_url,
+    show: Callable[[str], None] = print,
+    timeout: float = 300.0,
+    verify: Verify = True,
+) -> Grant:
+    """Authorization code with PKCE through a loopback redirect, with msal (a public client:
+    the app registration needs the loopback redirect URI `http://127.0.0.1` under "Mobile and
+    desktop applications"; the port varies). Blocks until the browser comes back or `timeout`
+    seconds."""
+    wanted = [s for s in scopes if s not in _MSAL_RESERVED]
+    app = _public_app(key_name, tenant, client_id, login_url, verify)
+    endpoint = str(app.authority.token_endpoint)
+    with Loopback() as loopback:
+        with warnings.catch_warnings():
+            # msal recommends response_mode=form_post; a loopback listener on this machine takes
+            # the code from the query as RFC 8252 describes, and PKCE binds it to this process
+            warnings.filterwarnings("ignore", "response_mode='form_post'", UserWarning)
+            flow = app.initiate_auth_code_flow(wanted, redirect_uri=loopback.redirect_uri)
+        show(f"Open this URL in a browser, sign in and consent:\n{flow['auth_uri']}")
+        answer = loopback.wait(key_name, timeout)
+        if "error" in answer:
+            where = str(app.authority.authorization_endpoint)
+            raise refused(key_name, where, answer["error"], answer.get("error_description"))
+        if answer.get("state") != flow.get("state"):
+            raise TargetAuthError(
+                f"account key {key_name!r}: the authorization answer does not match the request (state)",
+                hint=f"run mailwright account-keys authorize {key_name} again, and open only the newest URL",
+            )
+        result = _msal_call(key_name, endpoint, lambda: app.acquire_token_by_auth_code_flow(flow, answer))
+    return grant_from(key_name, endpoint, _result(key_name, endpoint, result), wanted)
+
+
+def device_authorize_microsoft(
+    key_name: str,
+    tenant: str,
+    client_id: str,
+    scopes: Sequence[str],
+    *,
+    login_url: str = MICROSOFT_CLOUDS["global"].login_url,
+    show: Callable[[str], None] = print,
+    timeout: float = 900.0,
+    verify: Verify = True,
+) -> Grant:
+    """The device code flow with msal (the app registration must allow public client flows):
+    shows msal's message (the code and where to enter it), then polls until it is entered."""
+    wanted = [s for s in scopes if s not in _MSAL_RESERVED]
+    app = _public_app(key_name, tenant, client_id, login_url, verify)
+    endpoint = str(app.authority.token_endpoint)
+    flow = _msal_call(key_name, endpoint, lambda: app.initiate_device_flow(scopes=wanted))
+    if "user_code" not in flow:
+        raise refused(key_name, endpoint, str(flow.get("error") or "error"), flow.get("error_description"))
+    show(str(flow.get("message") or f"Open {flow.get('verification_uri')} and enter {flow['user_code']}"))
+    deadline = time.monotonic() + timeout
+    result = _msal_call(
+        key_name,
+        endpoint,
+        lambda: app.acquire_token_by_device_flow(
+            flow, exit_condition=lambda f: time.monotonic() > deadline or f.get("expires_at", 0) < time.time()
+        ),
+    )
+    if isinstance(result, dict) and result.get("error") in ("authorization_pending", "slow_down"):
+        raise TargetTimeoutError(
+            f"account key {key_name!r}: the code was not entered within {timeout:.0f} s",
+            hint=f"run mailwright account-keys authorize {key_name} again, and enter the code "
+            "before it expires",
+        )
+    return grant_from(key_name, endpoint, _result(key_name, endpoint, result), wanted)
+
+
 __all__ = [
     "CertificateCredential",
     "ClientCredentialsBackend",
+    "authorize_microsoft",
+    "device_authorize_microsoft",
     "graph_tokens",
     "load_certificate",
 ]
-

@@ -31,7 +31,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,6 +105,18 @@ class AccessToken:
 
     def __repr__(self) -> str:
         return f"AccessToken(expires_at={self.expires_at:.0f})"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What an authorization obtained: keep `refresh_token` in the account key."""
+
+    refresh_token: Secret
+    access_token: AccessToken
+    scope: str
+
+    def __repr__(self) -> str:
+        return f"Grant(scope={self.scope!r})"
 
 
 class TokenBackend(Protocol):
@@ -224,9 +236,8 @@ class OAuthTokens:
 
     async def access_token(self, *, refresh: bool = False) -> Secret:
         state = self._state
-        if not state.restored and self._store is not None:
-            state.restore(self._store.load())
-        state.restored = True
+        if not state.restored:
+            state.restore(self._load())
         token = state.token
         if not refresh and token is not None and token.fresh():
             return token.value
@@ -238,9 +249,26 @@ class OAuthTokens:
             task.add_done_callback(lambda t: _settle(state, loop, t))
         return (await asyncio.shield(task)).value
 
+    def _load(self) -> str | None:
+        if self._store is None:
+            return None
+        try:
+            return self._store.load()
+        except Exception as exc:  # an unreadable cache costs one token request, nothing more
+            log.warning("account key %r: the token cache was not read (%s)", self.key_name, redact(str(exc)))
+            return None
+
     async def _refresh(self, seen_generation: int, force: bool) -> AccessToken:
         state = self._state
         token, fetched = await asyncio.to_thread(state.fetch_locked, seen_generation, force)
+        if fetched:
+            log.info(
+                "account key %r: new access token from %s, valid for %.0f s%s",
+                self.key_name,
+                state.backend.endpoint,
+                token.lifetime,
+                " (forced)" if force else "",
+            )
         if fetched and self._store is not None:
             try:
                 self._store.save(state.blob())
@@ -341,6 +369,22 @@ def server_failed(key_name: str, endpoint: str, status: int, retry_after: str | 
     )
 
 
+def grant_from(key_name: str, endpoint: str, token: dict[str, Any], scopes: Sequence[str]) -> Grant:
+    """The `Grant` of a token response that must carry a refresh token."""
+    refresh = token.get("refresh_token")
+    if not refresh or not token.get("access_token"):
+        raise TargetError(
+            f"account key {key_name!r}: {endpoint} issued no refresh token",
+            hint="ask for offline access (Microsoft: the offline_access scope; Google: access_type=offline "
+            "and prompt=consent)",
+        )
+    return Grant(
+        Secret(str(refresh)),
+        AccessToken.from_response(str(token["access_token"]), token.get("expires_in")),
+        str(token.get("scope") or " ".join(scopes)),
+    )
+
+
 def _clean(text: str | None) -> str:
     """Server text for an error message: one line, bounded, revealed secrets masked."""
     if not text:
@@ -352,6 +396,7 @@ def _clean(text: str | None) -> str:
 __all__ = [
     "REFRESH_AHEAD_MAX",
     "AccessToken",
+    "Grant",
     "MemoryTokenStore",
     "OAuthTokens",
     "ReauthorizeKeyError",
@@ -359,6 +404,7 @@ __all__ = [
     "TokenCacheStore",
     "fingerprint",
     "forget",
+    "grant_from",
     "refresh_margin",
     "refused",
     "server_failed",
