@@ -21,7 +21,9 @@ from mailwright.oauth import tokens as tokens_module
 from mailwright.oauth.generic import refresh_tokens
 from mailwright.oauth.tokens import MemoryTokenStore, OAuthTokens, ReauthorizeKeyError, forget, refresh_margin
 from mailwright.secrets import Secret
+from mailwright.transport.base import Login, TokenSource
 from tests.support.oauth_server import OAuthClient, OAuthTestServer
+from tests.support.tlsfiles import TLSFiles
 
 SCOPES = ["https://outlook.office.com/SMTP.Send", "offline_access"]
 CLIENT_SECRET = "cl13nt-s3cret-value"
@@ -227,3 +229,18 @@ def test_introspection_endpoint(server: OAuthTestServer) -> None:
     bearer = httpx.get(server.introspection_url, headers={"Authorization": f"Bearer {token}"}).json()
     assert bearer["username"] == "bob@example.test"
     assert httpx.get(server.introspection_url, params={"token": "nope"}).json() == {"active": False}
+
+
+async def test_over_https_as_a_login_token_source(tls_files: TLSFiles) -> None:
+    with OAuthTestServer(ssl_context=tls_files.server_context()) as srv:
+        srv.register(OAuthClient("xo-client", secret=CLIENT_SECRET))
+        rt = srv.issue_refresh_token("xo-client", "https://mail.google.com/")
+        tokens: TokenSource = refresh_tokens(
+            "gmail-key", srv.token_endpoint(), "xo-client", Secret(CLIENT_SECRET), ["https://mail.google.com/"],
+            Secret(rt), None, verify=tls_files.client_context(),
+        )  # fmt: skip
+        login = Login("gmail-key", "user@example.test", Secret(""), tokens=tokens)
+        assert login.tokens is not None
+        token = await login.tokens.access_token()
+        assert srv.introspect(token.reveal())["scope"] == "https://mail.google.com/"
+    forget()

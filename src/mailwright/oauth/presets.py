@@ -78,7 +78,8 @@ GOOGLE = Provider(
     label="Google (Gmail)",
     authorization_endpoint="https://accounts.google.com/o/oauth2/v2/auth",
     token_endpoint="https://oauth2.googleapis.com/token",
-    # Google's device flow does not allow the Gmail scope; listed for completeness of the data
+    # Google's device flow accepts only the short list of scopes for limited-input devices, which
+    # leaves out the Gmail scope: authorize Gmail keys with the loopback redirect instead
     device_endpoint="https://oauth2.googleapis.com/device/code",
     scopes=("https://mail.google.com/",),
     # without these Google issues no refresh token (or only on the first consent)
