@@ -156,6 +156,7 @@ class _KeyState:
             token = self.backend.fetch(force=force)
             self.token = token
             self.generation += 1
+            self.restored = True  # a stored token would be older than this one
             return token, True
 
     def blob(self) -> str:
@@ -177,7 +178,7 @@ class _KeyState:
             if doc.get("v") != _BLOB_VERSION or doc.get("key") != self.fingerprint:
                 return  # the key was changed or re-authorized since: start afresh
             self.backend.restore(doc.get("backend"))
-            if "access_token" in doc:
+            if "access_token" in doc and self.token is None:
                 self.token = AccessToken(
                     Secret(str(doc["access_token"])), float(doc["expires_at"]), float(doc["lifetime"])
                 )
@@ -236,8 +237,12 @@ class OAuthTokens:
 
     async def access_token(self, *, refresh: bool = False) -> Secret:
         state = self._state
-        if not state.restored:
-            state.restore(self._load())
+        if not state.restored and state.lock.acquire(blocking=False):
+            try:  # first use in this process: the stored token, unless a fetch is already under way
+                if not state.restored:
+                    state.restore(self._load())
+            finally:
+                state.lock.release()
         token = state.token
         if not refresh and token is not None and token.fresh():
             return token.value
