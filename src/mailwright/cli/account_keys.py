@@ -321,9 +321,6 @@ def authorize(
     device_code: Annotated[
         bool, typer.Option("--device-code", help="the device-code flow: enter a code on another device")
     ] = False,
-    no_browser: Annotated[
-        bool, typer.Option("--no-browser", help="print the URL, do not open a browser")
-    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Obtain and store a refresh token: open the printed URL, sign in, consent (PKCE, loopback redirect)."""
@@ -331,9 +328,7 @@ def authorize(
     def show(text: str) -> None:
         typer.echo(text, err=as_json)
 
-    key = asyncio.run(
-        services().account_keys.authorize(ref, device=device_code, show=show, open_browser=not no_browser)
-    )
+    key = asyncio.run(services().account_keys.authorize(ref, device=device_code, show=show))
     if as_json:
         print_json(key)
     else:

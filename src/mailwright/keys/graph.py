@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mailwright.keys.trust import checked_ca_file, verify_for
 from mailwright.plugins import AccountKeyType, KeyMaterial, register_account_key_type
 from mailwright.secrets import Secret
 from mailwright.transport.base import Login
@@ -22,15 +23,6 @@ class Cloud(StrEnum):
     USGOV = "usgov"
     USGOV_DOD = "usgov-dod"
     CHINA = "china"
-
-
-# (login URL, Graph URL) of each national cloud, as Microsoft documents them.
-CLOUD_URLS: dict[Cloud, tuple[str, str]] = {
-    Cloud.GLOBAL: ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
-    Cloud.USGOV: ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
-    Cloud.USGOV_DOD: ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
-    Cloud.CHINA: ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"),
-}
 
 
 class GraphCredentials(BaseModel):
@@ -51,6 +43,10 @@ class GraphCredentials(BaseModel):
         json_schema_extra={"secret": True, "file": True},
     )
     cloud: Cloud = Field(default=Cloud.GLOBAL, description="national cloud: global, usgov, usgov-dod, china")
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of a CA to trust for the login endpoints (else the system store)",
+    )
     login_url: str | None = Field(
         default=None,
         description="login URL override (else the cloud's, e.g. https://login.microsoftonline.com)",
@@ -71,6 +67,20 @@ class GraphCredentials(BaseModel):
             raise ValueError("the login URL must start with https:// (http:// only for a local test server)")
         return value
 
+    @field_validator("certificate")
+    @classmethod
+    def _certificate(cls, value: Secret | None) -> Secret | None:
+        if value:  # a PEM that holds no key, or a key without its certificate, is said now
+            from mailwright.oauth.microsoft import load_certificate
+
+            load_certificate(value)
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        return checked_ca_file(value)
+
     @model_validator(mode="after")
     def _one_credential(self) -> GraphCredentials:
         if not self.client_secret and not self.certificate:
@@ -85,29 +95,31 @@ class GraphCredentials(BaseModel):
 
 def login_url_of(settings: dict[str, Any], hints: dict[str, Any]) -> str:
     """The target's override first, then the key's, then the national cloud's."""
+    from mailwright.oauth.presets import microsoft_cloud
+
     explicit = hints.get("login_url") or settings.get("login_url")
     if explicit:
         return str(explicit).rstrip("/")
-    cloud = Cloud(hints.get("cloud") or settings.get("cloud") or Cloud.GLOBAL)
-    return CLOUD_URLS[cloud][0]
+    return microsoft_cloud(str(hints.get("cloud") or settings.get("cloud") or Cloud.GLOBAL)).login_url
 
 
 def _login(material: KeyMaterial) -> Login:
-    from mailwright.oauth import graph_tokens
+    from mailwright.oauth.microsoft import graph_tokens
+    from mailwright.oauth.presets import microsoft_cloud
 
     settings, hints = material.settings, material.hints
-    cloud = Cloud(hints.get("cloud") or settings.get("cloud") or Cloud.GLOBAL)
-    resource = str(hints.get("resource") or CLOUD_URLS[cloud][1])
+    cloud = microsoft_cloud(str(hints.get("cloud") or settings.get("cloud") or Cloud.GLOBAL))
     tokens = graph_tokens(
-        key_id=material.key_id,
-        key_name=material.name,
-        tenant_id=str(settings["tenant_id"]),
-        client_id=str(settings["client_id"]),
-        client_secret=material.secrets.get("client_secret"),
-        certificate_pem=material.secrets.get("certificate"),
-        login_url=login_url_of(settings, hints),
-        scopes=[f"{resource.rstrip('/')}/.default"],
-        store=material.token_store,
+        material.name,
+        str(settings["tenant_id"]),
+        str(settings["client_id"]),
+        material.secrets.get("client_secret"),
+        material.secrets.get("certificate"),
+        login_url_of(settings, hints),
+        None,  # {graph}/.default: the application permissions granted to the app
+        material.token_store,
+        graph_url=str(hints.get("graph_url") or cloud.graph_url),
+        verify=verify_for(settings),
     )
     return Login(key_name=material.name, username="", password=Secret(""), tokens=tokens)
 

@@ -8,6 +8,7 @@ Presets fill the endpoints and scopes of Google and Microsoft.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mailwright.errors import ValidationError
+from mailwright.keys.trust import checked_ca_file, verify_for
 from mailwright.plugins import AccountKeyType, KeyMaterial, register_account_key_type
 from mailwright.secrets import Secret
 from mailwright.transport.base import Login
@@ -66,6 +68,10 @@ class OAuth2Credentials(BaseModel):
         default=None, description="device-code URL, where the provider offers one"
     )
     scopes: str | None = Field(default=None, description="space-separated scopes (the provider's by default)")
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of a CA to trust for the login endpoints (else the system store)",
+    )
     sender: str | None = Field(default=None, description="default From address")
     refresh_token: Secret | None = Field(
         default=None,
@@ -87,6 +93,11 @@ class OAuth2Credentials(BaseModel):
         if not value.startswith(("https://", "http://")):
             raise ValueError("an endpoint must be a URL starting with https://")
         return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None) -> str | None:
+        return checked_ca_file(value)
 
     @model_validator(mode="after")
     def _endpoints(self) -> OAuth2Credentials:
@@ -110,7 +121,7 @@ def endpoints(settings: dict[str, Any]) -> dict[str, str | None]:
 
 
 def _login(material: KeyMaterial) -> Login:
-    from mailwright.oauth import refresh_tokens
+    from mailwright.oauth.generic import refresh_tokens
 
     refresh = material.secrets.get("refresh_token")
     if not refresh:
@@ -121,57 +132,82 @@ def _login(material: KeyMaterial) -> Login:
         )
     where = endpoints(material.settings)
     tokens = refresh_tokens(
-        key_id=material.key_id,
-        key_name=material.name,
-        token_endpoint=str(where["token_endpoint"]),
-        client_id=str(material.settings["client_id"]),
-        client_secret=material.secrets.get("client_secret"),
-        scopes=str(where["scopes"] or "").split(),
-        refresh_token=refresh,
-        store=material.token_store,
+        material.name,
+        str(where["token_endpoint"]),
+        str(material.settings["client_id"]),
+        material.secrets.get("client_secret"),
+        str(where["scopes"] or "").split(),
+        refresh,
+        material.token_store,
+        verify=verify_for(material.settings),
     )
-    return Login(
-        key_name=material.name,
-        username=str(material.settings["username"]),
-        password=Secret(""),
-        tokens=tokens,
-    )
+    username = str(material.settings["username"])
+    return Login(key_name=material.name, username=username, password=Secret(""), tokens=tokens)
 
 
-async def _authorize(
-    material: KeyMaterial, *, device: bool, show: Callable[[str], None], open_browser: bool = True
-) -> dict[str, str]:
-    """Run the consent flow once; the refresh token it returns is stored encrypted."""
-    from mailwright import oauth
+async def _authorize(material: KeyMaterial, *, device: bool, show: Callable[[str], None]) -> dict[str, str]:
+    """Run the consent flow once (it blocks: in a thread); the refresh token is stored encrypted.
 
+    Microsoft's keys go through msal, the others through Authlib: the authorization code
+    with PKCE and a loopback redirect, or the device code where the provider has one.
+    """
     where = endpoints(material.settings)
-    common: dict[str, Any] = {
-        "key_name": material.name,
-        "client_id": str(material.settings["client_id"]),
-        "client_secret": material.secrets.get("client_secret"),
-        "scopes": str(where["scopes"] or "").split(),
-        "token_endpoint": str(where["token_endpoint"]),
-        "show": show,
-    }
+    if device and not where["device_authorization_endpoint"]:
+        raise ValidationError(
+            f"account key {material.name!r} has no device-code endpoint",
+            hint="give the key a device-code endpoint, or authorize in a browser (without --device-code)",
+        )
+    if not device and not where["authorization_endpoint"]:
+        raise ValidationError(
+            f"account key {material.name!r} has no authorization endpoint",
+            hint="give the key an authorization endpoint, or choose the provider google or microsoft",
+        )
+    flow = _microsoft_flow if material.settings.get("provider") == Provider.MICROSOFT else _generic_flow
+    grant = await asyncio.to_thread(flow, material, where, device=device, show=show)
+    return {"refresh_token": grant.refresh_token.reveal()}
+
+
+def _generic_flow(
+    material: KeyMaterial, where: dict[str, str | None], *, device: bool, show: Callable[[str], None]
+) -> Any:
+    from mailwright.oauth import generic
+    from mailwright.oauth.presets import GOOGLE
+
+    client_id = str(material.settings["client_id"])
+    secret = material.secrets.get("client_secret")
+    scopes = str(where["scopes"] or "").split()
     if device:
-        if not where["device_authorization_endpoint"]:
-            raise ValidationError(
-                f"account key {material.name!r} has no device-code endpoint",
-                hint="give the key a device-code endpoint, or authorize in a browser (without --device-code)",
-            )
-        token = await oauth.device_authorize(
-            device_authorization_endpoint=str(where["device_authorization_endpoint"]), **common
+        return generic.device_authorize(
+            material.name, str(where["device_authorization_endpoint"]), str(where["token_endpoint"]),
+            client_id, secret, scopes, show=show, verify=verify_for(material.settings),
+        )  # fmt: skip
+    google = material.settings.get("provider") == Provider.GOOGLE
+    return generic.authorize(
+        material.name, str(where["authorization_endpoint"]), str(where["token_endpoint"]), client_id, secret,
+        scopes, show=show, extra_params=dict(GOOGLE.authorize_params) if google else None,
+        verify=verify_for(material.settings),
+    )  # fmt: skip
+
+
+def _microsoft_flow(
+    material: KeyMaterial, where: dict[str, str | None], *, device: bool, show: Callable[[str], None]
+) -> Any:
+    from mailwright.oauth import microsoft
+
+    tenant = str(material.settings.get("tenant") or "common")
+    client_id = str(material.settings["client_id"])
+    scopes = [
+        s for s in str(where["scopes"] or "").split() if s not in {"offline_access", "openid", "profile"}
+    ]
+    # The login URL is the authorization endpoint's origin (a national cloud, or a test stand-in).
+    login_url = str(where["authorization_endpoint"] or where["token_endpoint"]).split(f"/{tenant}/")[0]
+    if device:
+        return microsoft.device_authorize_microsoft(
+            material.name, tenant, client_id, scopes, login_url=login_url, show=show
         )
-    else:
-        if not where["authorization_endpoint"]:
-            raise ValidationError(
-                f"account key {material.name!r} has no authorization endpoint",
-                hint="give --authorization-endpoint, or choose --provider google|microsoft",
-            )
-        token = await oauth.authorize(
-            authorization_endpoint=str(where["authorization_endpoint"]), open_browser=open_browser, **common
-        )
-    return {"refresh_token": token.reveal()}
+    return microsoft.authorize_microsoft(
+        material.name, tenant, client_id, scopes, login_url=login_url, show=show
+    )
 
 
 OAUTH2 = register_account_key_type(

@@ -131,6 +131,13 @@ def _check_fields(kind: AccountKeyType, values: dict[str, Any]) -> tuple[dict[st
     return dumped, secrets
 
 
+def _forget_tokens(key_name: str) -> None:
+    """This process's tokens of a changed or deleted key go (other processes see the new fingerprint)."""
+    from mailwright.oauth.tokens import forget
+
+    forget(key_name)
+
+
 class _TokenStore:
     """An OAuth2 key's token cache in its row, encrypted; each save in its own transaction."""
 
@@ -209,6 +216,7 @@ class AccountKeyService:
             # The secrets' names only, when new ones were given: never a value, not even encrypted.
             fields = audit.changed(before, _audited(row)) + new_secrets
             _record(session, audit.AuditAction.UPDATE, row, fields)
+            _forget_tokens(before["name"])
             return self._public(session, row)
 
     def get(self, ref: str) -> AccountKeyPublic:
@@ -232,6 +240,7 @@ class AccountKeyService:
                 )
             session.delete(row)
             _record(session, audit.AuditAction.DELETE, row)
+            _forget_tokens(row.name)
 
     def login(self, ref: str, hints: dict[str, Any] | None = None) -> Login:
         """The decrypted credentials, for the transport only."""
@@ -246,9 +255,7 @@ class AccountKeyService:
         with self._db.session() as session:
             return account_key_type(find(session, AccountKeyRow, ref, what="account key").kind)
 
-    async def authorize(
-        self, ref: str, *, device: bool, show: Callable[[str], None], open_browser: bool = True
-    ) -> AccountKeyPublic:
+    async def authorize(self, ref: str, *, device: bool, show: Callable[[str], None]) -> AccountKeyPublic:
         """Run the key type's consent flow once and store the refresh token it gives."""
         with self._db.session() as session:
             row = find(session, AccountKeyRow, ref, what="account key")
@@ -260,7 +267,7 @@ class AccountKeyService:
                 field="account_key",
                 hint="authorize OAuth2 (XOAUTH2) keys; the others log in with what they hold",
             )
-        new = await kind.authorize(material, device=device, show=show, open_browser=open_browser)
+        new = await kind.authorize(material, device=device, show=show)
         with self._db.session() as session:
             row = find(session, AccountKeyRow, material.key_id, what="account key")
             secrets = {**self._secrets(row), **{k: Secret(v) for k, v in new.items()}}
@@ -268,6 +275,7 @@ class AccountKeyService:
             row.token_cache_encrypted = None  # tokens of the old grant go with it
             row.updated_at = utcnow()
             _record(session, audit.AuditAction.UPDATE, row, sorted(new))
+            _forget_tokens(row.name)
             return self._public(session, row)
 
     def key_ids_in_use(self) -> dict[str, int]:
