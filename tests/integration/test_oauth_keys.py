@@ -83,7 +83,8 @@ def _authorize(cli: CLI, name: str, verify: ssl.SSLContext) -> tuple[int, str, s
         for line in stdout:
             lines.put(line)
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     seen = ""
     while "http" not in seen:
         seen += lines.get(timeout=60)
@@ -91,7 +92,10 @@ def _authorize(cli: CLI, name: str, verify: ssl.SSLContext) -> tuple[int, str, s
     assert url, seen
     answer = httpx.get(url.group(0), follow_redirects=True, timeout=30, verify=verify)
     assert answer.status_code == 200, answer.text
-    _, stderr = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    reader.join(timeout=60)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
     while not lines.empty():
         seen += lines.get_nowait()
     return proc.returncode, seen, stderr
