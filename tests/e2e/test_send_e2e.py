@@ -20,7 +20,8 @@ from mailwright.secrets import Secret
 from mailwright.services.account_keys import AccountKeyCreate
 from mailwright.services.app import Services
 from mailwright.services.sending import SendEmailRequest
-from mailwright.services.targets import TargetCreate, TargetPublic
+from mailwright.services.target_public import TargetPublic
+from mailwright.services.targets import TargetCreate
 from tests.support.mailstack import MailStack
 
 _names = itertools.count()

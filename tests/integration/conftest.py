@@ -17,7 +17,8 @@ from mailwright.config import Settings
 from mailwright.secrets import Secret
 from mailwright.services.account_keys import AccountKeyCreate
 from mailwright.services.app import Services
-from mailwright.services.targets import TargetCreate, TargetPublic
+from mailwright.services.target_public import TargetPublic
+from mailwright.services.targets import TargetCreate
 from tests.support.apiserver import APIServer
 from tests.support.cli import CLI
 from tests.support.smtpserver import SMTPTestServer

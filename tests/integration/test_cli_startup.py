@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from tests.support.cli import CLI, assert_ok
 from tests.support.imports import loaded_by, matching
 
@@ -35,12 +37,29 @@ NOT_FOR_LISTING = (
 )
 
 
-def test_targets_list_loads_the_database_and_not_the_web_or_the_engine(cli: CLI) -> None:
+def test_targets_list_reads_the_embedded_database_without_sqlalchemy(cli: CLI) -> None:
     assert_ok(
         cli("targets", "create", "--name", "Relay", "--server", "127.0.0.1", "--port", 2525,
             "--security", "none", "--no-account-keys")
     )  # fmt: skip
     output, modules = loaded_by("targets", "list", env=cli.env)
     assert "Relay" in output
-    assert "sqlalchemy" in modules and "mailwright.services.targets" in modules
+    assert "sqlite3" in modules and "mailwright.storage.sqlite_file" in modules
+    assert "sqlalchemy" not in modules and "mailwright.services.targets" not in modules
     assert matching(modules, NOT_FOR_LISTING) == []
+
+
+def test_targets_list_opens_the_services_when_the_schema_must_be_migrated(cli: CLI) -> None:
+    assert_ok(
+        cli("targets", "create", "--name", "Relay", "--server", "127.0.0.1", "--port", 2525,
+            "--security", "none", "--no-account-keys")
+    )  # fmt: skip
+    with sqlite3.connect(cli.home / "mailwright.db") as db:
+        # The schema an older release left: without the key types' columns (migration 0009).
+        for column in ("token_cache_encrypted", "secrets_encrypted", "settings"):
+            db.execute(f"ALTER TABLE account_keys DROP COLUMN {column}")
+        db.execute("UPDATE alembic_version SET version_num = '0008'")
+    output, modules = loaded_by("targets", "list", env=cli.env)
+    assert "Relay" in output
+    assert "sqlalchemy" in modules and "mailwright.services.targets" in modules
+    assert "alembic" in modules  # migrated, then listed

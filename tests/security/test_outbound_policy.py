@@ -20,7 +20,8 @@ from mailwright.config import Settings
 from mailwright.domain.hosts import DEFAULT_POLICY, OutboundPolicy
 from mailwright.errors import ConfigError
 from mailwright.services.app import Services
-from mailwright.services.targets import TargetCreate, TargetPublic
+from mailwright.services.target_public import TargetPublic
+from mailwright.services.targets import TargetCreate
 from mailwright.transport.outbound import set_outbound_policy
 from tests.security.servers import BannerServer, EchoSMTPServer
 from tests.support.cli import CLI, assert_error, assert_ok

@@ -18,7 +18,8 @@ from mailwright.plugins import account_key_types, target_types
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
 from mailwright.services.idempotency import SEND_EMAIL_SCOPE
 from mailwright.services.sending import SendEmailRequest, SendResult
-from mailwright.services.targets import TargetCreate, TargetPublic, TargetUpdate
+from mailwright.services.target_public import TargetPublic
+from mailwright.services.targets import TargetCreate, TargetUpdate
 
 router = APIRouter(
     prefix="/api/v1", dependencies=[Depends(require_token), Depends(refuse_nul)], responses=errors(401)

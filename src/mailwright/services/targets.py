@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +15,6 @@ from mailwright.domain.connection_test import ConnectionTestReport
 from mailwright.errors import ConflictError, ValidationError
 from mailwright.plugins import (
     TargetType,
-    TargetView,
     account_key_type,
     labels_of,
     target_type,
@@ -27,6 +24,7 @@ from mailwright.services import audit
 from mailwright.services.account_keys import NAME_SCHEMA, AccountKeyService
 from mailwright.services.common import clean_name, find
 from mailwright.services.ratelimit import limiter_for
+from mailwright.services.target_public import TargetPublic, public_target
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AccountKeyRow, AppSettingRow, TargetRow, WorkflowRow, name_key, utcnow
 from mailwright.targets import smtp as capture
@@ -63,59 +61,6 @@ class TargetCreate(_TargetFields):
 
 class TargetUpdate(_TargetFields):
     display_name: str | None = Field(default=None, json_schema_extra=NAME_SCHEMA)
-
-
-class LastTest(BaseModel):
-    ok: bool
-    at: datetime
-    summary: str
-
-
-@functools.cache
-def _known_settings(types: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(name for t in target_types() for name in t.settings_model.model_fields)
-
-
-class TargetPublic(BaseModel):
-    """A target as the faces show it; the settings of its type come flattened, as further fields."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    display_name: str
-    description: str
-    type: str
-    type_label: str
-    protocol: str
-    no_account_keys: bool
-    account_key: str | None
-    account_key_id: str | None
-    last_test: LastTest | None
-    created_at: datetime
-    updated_at: datetime
-
-    def __getattr__(self, name: str) -> Any:
-        # A setting of another type reads as None (an IMAP target's rate_per_day), as it did
-        # when every setting was a field; any other unknown name is an error.
-        try:
-            return super().__getattr__(name)  # type: ignore[misc]
-        except AttributeError:
-            if name in _known_settings(tuple(t.name for t in target_types())):
-                return None
-            raise
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-    def view(self) -> TargetView:
-        """The lines the CLI and the web show for this target's settings (its type decides)."""
-        kind = target_type(self.type)
-        return kind.describe(
-            kind.settings_model.model_validate(self.settings),
-            target_name=self.display_name,
-            account_key=self.account_key,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,23 +388,4 @@ def _audited(row: TargetRow) -> dict[str, Any]:
 
 
 def _public(row: TargetRow) -> TargetPublic:
-    kind = target_type(row.type)
-    settings = kind.settings_model.model_validate(row.settings)
-    last = None
-    if row.last_test_at is not None and row.last_test_ok is not None:
-        last = LastTest(ok=row.last_test_ok, at=row.last_test_at, summary=row.last_test_summary or "")
-    return TargetPublic(
-        id=row.id,
-        display_name=row.display_name,
-        description=row.description,
-        type=kind.name,
-        type_label=kind.label,
-        protocol=kind.protocol,
-        **settings.model_dump(),  # the type's settings, as further fields
-        no_account_keys=row.no_account_keys,
-        account_key=row.account_key.name if row.account_key else None,
-        account_key_id=row.account_key_id,
-        last_test=last,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return public_target(row, account_key_name=row.account_key.name if row.account_key else None)

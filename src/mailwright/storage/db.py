@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -17,13 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailwright.errors import ConfigError
 from mailwright.storage import jsontext
 from mailwright.storage.group import GroupCommit
+from mailwright.storage.sqlite_file import SCHEMA_REVISION, private_database_file
+
+__all__ = ["SCHEMA_REVISION", "Database", "make_engine", "private_database_file"]
 
 log = logging.getLogger(__name__)
 
 IDLE_IN_TRANSACTION_SECONDS = 10  # PostgreSQL ends a transaction left idle this long
-
-# The newest migration in storage/migrations/versions (a test keeps the two equal).
-SCHEMA_REVISION = "0009"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -42,33 +41,6 @@ def _postgresql_settings(dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cursor:
         cursor.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_SECONDS}s'")
     dbapi_connection.commit()
-
-
-def private_database_file(path: Path) -> None:
-    """Create the SQLite file with mode 0600 before SQLite does (it would take the umask).
-
-    SQLite gives the -wal and -shm files the database file's mode, so they are private
-    too. An existing database readable by the group or others is not changed, but warned about.
-    """
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            try:
-                mode = candidate.stat().st_mode & 0o777
-            except OSError:
-                continue
-            if mode & 0o077:
-                log.warning(
-                    "the database file %s is readable by others (mode %o): it holds encrypted passwords, "
-                    "tokens' hashes and every run's data; run chmod 600 on it",
-                    candidate,
-                    mode,
-                )
-    except OSError:
-        return  # a missing directory or a read-only place: SQLite reports it better
-    else:
-        os.close(descriptor)
 
 
 def make_engine(url: str) -> Engine:

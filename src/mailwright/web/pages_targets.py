@@ -14,7 +14,8 @@ from starlette.datastructures import FormData
 from mailwright.domain.validation import validate_model
 from mailwright.errors import MailwrightError, ValidationError
 from mailwright.plugins import TargetType, target_types
-from mailwright.services.targets import TargetCreate, TargetPublic, TargetUpdate
+from mailwright.services.target_public import TargetPublic
+from mailwright.services.targets import TargetCreate, TargetUpdate
 from mailwright.targets.fields import SettingField, setting_fields
 from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
