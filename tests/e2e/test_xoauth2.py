@@ -19,10 +19,10 @@ from collections.abc import Iterator
 import pytest
 
 from mailwright.domain.smtp import Security
-from mailwright.errors import MailwrightError, TargetAuthError
+from mailwright.errors import MailwrightError, TargetAuthError, TargetDeferredError
 from mailwright.secrets import Secret
 from mailwright.transport import sasl
-from mailwright.transport.base import Login
+from mailwright.transport.base import Login, TokenSource
 from mailwright.transport.imap import IMAPConnection, IMAPEndpoint
 from mailwright.transport.imap import connection_report as imap_report
 from mailwright.transport.pool import PoolLimits, SMTPPool
@@ -34,6 +34,7 @@ from mailwright.transport.smtp import connection_report as smtp_report
 from mailwright.transport.tls import build_ssl_context
 from tests.support.dovecot_oauth import MintedTokens, TokenIntrospection
 from tests.support.mailstack import MailStack, make_message, missing_binaries
+from tests.support.smtpserver import RawLineServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -93,12 +94,12 @@ class FailingTokens:
         )
 
 
-def oauth_login(stack: MailStack, tokens: object, *, username: str | None = None) -> Login:
+def oauth_login(stack: MailStack, tokens: TokenSource, *, username: str | None = None) -> Login:
     return Login(
         key_name="oauth-key",
         username=username or stack.user_address,
         password=Secret(""),
-        tokens=tokens,  # type: ignore[arg-type]  # the test doubles follow the TokenSource protocol
+        tokens=tokens,
     )
 
 
@@ -184,6 +185,26 @@ async def test_smtp_send_with_a_token_reaches_the_mailbox(
     assert f"Subject: via {mechanism}".encode() in raw
     assert tokens.refreshes == 0
     assert introspection.introspected[-1] == tokens.current
+
+
+@pytest.mark.parametrize("length", [100, 3000])
+async def test_tokens_as_long_as_microsofts_log_in(
+    oauth_stack: MailStack, introspection: TokenIntrospection, mechanism: str, length: int
+) -> None:
+    """A 3,000-character token does not fit an SMTP command line (Postfix cuts AUTH lines at 2,048
+    bytes): it answers the server's empty challenge instead. IMAP and POP3 always send it so."""
+    stack = oauth_stack
+    token = introspection.mint(stack.user_address, length=length)
+    for opener in (
+        SMTPConnection(submission(stack)),
+        IMAPConnection(imaps(stack)),
+        POP3Connection(pop3s(stack)),
+    ):
+        try:
+            await opener.open(oauth_login(stack, FixedTokens(token)))
+            assert opener.authenticated_as == stack.user_address
+        finally:
+            await opener.close()
 
 
 async def test_smtp_connection_test_names_the_mechanism(
@@ -339,6 +360,103 @@ async def test_pop3_bad_token_gives_the_servers_json_error(oauth_stack: MailStac
     assert error.stage == "login"
     assert error.failure is not None and error.failure.status in ("401", "invalid_token")
     assert_token_absent(error, bad)
+
+
+# --- servers as Microsoft's and others answer (scripted) --------------------------------
+
+GREETING = "220 scripted ESMTP"
+
+
+def scripted(*steps: str) -> RawLineServer:
+    """An SMTP server answering each line the client sends with the next step (no TLS)."""
+    return RawLineServer(script=(GREETING, *steps, "221 bye"))
+
+
+def plain_endpoint(server: RawLineServer) -> SMTPEndpoint:
+    return SMTPEndpoint(
+        target_name="Scripted SMTP",
+        host="127.0.0.1",
+        port=server.port,
+        security=Security.NONE,
+        ssl_context=build_ssl_context(ca_file=None, verify=True),
+        connect_timeout=5.0,
+        command_timeout=5.0,
+    )
+
+
+def sent_lines(server: RawLineServer) -> list[bytes]:
+    return [line.rstrip(b"\r\n") for line in server.received]
+
+
+async def test_refusal_without_json_refreshes_once_then_names_the_key() -> None:
+    """Microsoft 365 answers a bad token with a bare 535: a refresh may help, once."""
+    tokens = FixedTokens("stale-token-" + "m" * 30)
+    refusal = "535 5.7.3 Authentication unsuccessful [SN4PR0501CA0054.namprd05.prod.outlook.com]"
+    with scripted("250-scripted\n250 AUTH LOGIN XOAUTH2", refusal, refusal) as server:
+        connection = SMTPConnection(plain_endpoint(server))
+        with pytest.raises(TokenRefusedError) as caught:
+            await connection.open(Login("ms-key", "someone@contoso.test", Secret(""), tokens))
+        await connection.close()
+    assert tokens.refreshes == 1
+    error = caught.value
+    assert error.failure is None and "the server said" not in error.message
+    assert "535 5.7.3 Authentication unsuccessful" in error.message and "XOAUTH2" in error.message
+    auths = [line for line in sent_lines(server) if line.startswith(b"AUTH XOAUTH2 ")]
+    assert len(auths) == 2
+    assert_token_absent(error, tokens.token)
+
+
+async def test_scope_refusal_is_not_refreshed() -> None:
+    tokens = FixedTokens("narrow-token-" + "s" * 30)
+    challenge = base64.b64encode(
+        b'{"status":"insufficient_scope","scope":"https://outlook.office.com/SMTP.Send"}'
+    )
+    with scripted(
+        "250-scripted\n250 AUTH OAUTHBEARER", f"334 {challenge.decode()}", "535 5.7.8 insufficient scope"
+    ) as server:
+        connection = SMTPConnection(plain_endpoint(server))
+        with pytest.raises(TokenRefusedError) as caught:
+            await connection.open(Login("narrow", "u@contoso.test", Secret(""), tokens))
+        await connection.close()
+    assert tokens.refreshes == 0
+    assert caught.value.hint is not None and "SMTP.Send" in caught.value.hint
+    assert sent_lines(server)[-2] == base64.b64encode(b"\x01")  # RFC 7628's dummy response
+
+
+async def test_temporary_refusal_is_deferred_without_refresh() -> None:
+    tokens = FixedTokens("some-token-" + "t" * 30)
+    with scripted("250-scripted\n250 AUTH XOAUTH2", "454 4.7.0 Temporary authentication failure") as server:
+        connection = SMTPConnection(plain_endpoint(server))
+        with pytest.raises(TargetDeferredError) as caught:
+            await connection.open(Login("k", "u@contoso.test", Secret(""), tokens))
+        await connection.close()
+    assert tokens.refreshes == 0
+    assert caught.value.stage == "auth"
+
+
+async def test_long_token_answers_the_empty_challenge() -> None:
+    """As Microsoft documents it: AUTH XOAUTH2, 334, then the base64 message on its own line."""
+    tokens = FixedTokens("long-token-" + "j" * 3000)
+    with scripted("250-scripted\n250 AUTH XOAUTH2", "334 ", "235 2.7.0 Authentication successful") as server:
+        connection = SMTPConnection(plain_endpoint(server))
+        await connection.open(Login("k", "u@contoso.test", Secret(""), tokens))
+        await connection.close()
+    lines = sent_lines(server)
+    start = lines.index(b"AUTH XOAUTH2")
+    assert base64.b64decode(lines[start + 1]) == initial_response(
+        "XOAUTH2", username="u@contoso.test", token=tokens.token, host="127.0.0.1", port=server.port
+    )
+
+
+async def test_server_without_oauth_mechanisms_is_named() -> None:
+    tokens = FixedTokens("unused-token-" + "u" * 30)
+    with scripted("250-scripted\n250 AUTH PLAIN LOGIN") as server:
+        connection = SMTPConnection(plain_endpoint(server))
+        with pytest.raises(TargetAuthError) as caught:
+            await connection.open(Login("k", "u@contoso.test", Secret(""), tokens))
+        await connection.close()
+    assert "offers no OAuth2 login (AUTH PLAIN LOGIN)" in caught.value.message
+    assert not any(line.startswith(b"AUTH") for line in sent_lines(server))
 
 
 # --- the token source failing, and what needs no server ---------------------------------

@@ -5,7 +5,7 @@ shares with IMAP (`transport.session.MailSession`: connecting, timing, TLS and t
 translation of failures). Mailwright opens the socket itself, sends credentials without
 an audit event, reads lines of any length a server sends (poplib stops at 2048
 bytes), and tells a server's `-ERR` answer (the connection stays usable) from a lost
-connection.
+connection. An OAuth2 key logs in with SASL OAUTHBEARER or XOAUTH2 (`transport.sasl`).
 
 POP3 deletions take effect only at QUIT: `close()` commits them; leaving an
 `async with` block with an exception sends RSET first, so a failed run deletes nothing.

@@ -83,7 +83,11 @@ SMTP = ProtocolInfo(name="SMTP", ssl_port=465, starttls_port=587, starttls_comma
 _STEP_ORDER = ("token", "connect", "ehlo", "starttls", "auth", "quit")
 
 # Preferred first; PLAIN and LOGIN only ever run over TLS unless the target says none.
+# An OAuth2 key uses OAUTHBEARER or XOAUTH2 instead (transport.sasl).
 _MECHANISMS = {"PLAIN": "auth_plain", "LOGIN": "auth_login", "CRAM-MD5": "auth_crammd5"}
+
+# An SMTP command line, CRLF included (RFC 5321 4.5.3.1.4).
+_COMMAND_LINE_LIMIT = 512
 
 Stage = Literal["token", "connect", "tls", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "quit"]
 
@@ -326,8 +330,17 @@ class SMTPConnection:
             mechanism, username=login.username, token=token, host=ep.host, port=ep.port
         )
         failure: BearerFailure | None = None
+        encoded = base64.b64encode(message)
         with self._stage("auth"):
-            response = await client.execute_command(b"AUTH", mechanism.encode(), base64.b64encode(message))
+            if len(encoded) + len(mechanism) + 7 <= _COMMAND_LINE_LIMIT:
+                response = await client.execute_command(b"AUTH", mechanism.encode(), encoded)
+            else:
+                # Too long for the command line (RFC 4954 4): the message answers the empty
+                # challenge instead, where servers take up to 12288 octets (Postfix cuts
+                # AUTH lines at 2048, and access tokens from Microsoft run past that).
+                response = await client.execute_command(b"AUTH", mechanism.encode())
+                if response.code == SMTPStatus.auth_continue:
+                    response = await client.execute_command(encoded)
             if response.code == SMTPStatus.auth_continue:
                 # An error challenge (RFC 7628 3.2.2): base64 JSON; the dummy answer brings the refusal.
                 failure = BearerFailure.parse(response.message, encoded=True)

@@ -4,8 +4,9 @@ Built on the standard library's `imaplib`, run in worker threads by the session 
 shares with POP3 (`transport.session.MailSession`: connecting, timing, TLS and the
 translation of failures). Mailwright opens the socket and does the implicit-TLS
 handshake itself, so connecting, TLS and the greeting are timed and explained apart.
-This module adds what is IMAP's own: choosing a login mechanism, CAPABILITY, and the
-commands that read and change mail.
+This module adds what is IMAP's own: choosing a login mechanism (OAUTHBEARER or XOAUTH2
+for an OAuth2 key, see `transport.sasl`), CAPABILITY, and the commands that read and
+change mail.
 
 Credentials are sent with no audit event and no entry in imaplib's command log.
 """
@@ -61,6 +62,7 @@ IMAP = ProtocolInfo(name="IMAP", ssl_port=993, starttls_port=143, starttls_comma
 
 # Tried in this order. AUTHENTICATE PLAIN carries UTF-8 credentials in base64; the
 # LOGIN command only ASCII, and never when the server announces LOGINDISABLED.
+# An OAuth2 key uses AUTHENTICATE OAUTHBEARER or XOAUTH2 instead (transport.sasl).
 _MECHANISMS: tuple[str, ...] = ("AUTHENTICATE PLAIN", "LOGIN")
 
 # At most this many UIDs per command, so command lines stay short on any server.
