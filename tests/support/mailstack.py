@@ -300,6 +300,9 @@ class MailStack:
 
     The server certificate is valid for ``localhost``, ``mail.test`` and ``127.0.0.2``
     and signed by the CA in :attr:`ca_cert_path` / :attr:`ca_pem`.
+
+    ``oauth2_introspection_url`` (off by default) adds SASL XOAUTH2 and OAUTHBEARER,
+    checked by Dovecot's oauth2 passdb against that RFC 7662 introspection endpoint.
     """
 
     def __init__(

@@ -299,17 +299,13 @@ class SMTPConnection:
             raise self._auth_failed(
                 no_bearer_mechanism(ep, login, "AUTH " + " ".join(self.capabilities.auth))
             )
-        refreshed = False
-        while True:
-            try:
-                await self._bearer_attempt(login, mechanism, refreshed=refreshed)
-            except TokenRefusedError as exc:
-                if not exc.refresh_may_help:
-                    raise
-                login = await self._bearer(login, refresh=True)
-                refreshed = True
-                continue
-            break
+        try:
+            await self._bearer_attempt(login, mechanism, refreshed=False)
+        except TokenRefusedError as exc:
+            if not exc.refresh_may_help:
+                raise
+            login = await self._bearer(login, refresh=True)
+            await self._bearer_attempt(login, mechanism, refreshed=True)
         self.authenticated_as = login.username
         self.auth_mechanism = mechanism
 
