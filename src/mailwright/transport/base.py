@@ -39,6 +39,8 @@ class Login:
 
     With `tokens` set the key is an OAuth2 key: the transport logs in with an access token
     (SASL XOAUTH2 or OAUTHBEARER as `username`, or a bearer header), and `password` is empty.
+    SMTP, IMAP and POP3 fetch the token as they open (`transport.sasl.bearer_login`) and
+    carry it in a copy of the login as its `password`, so it is masked as a password is.
     """
 
     key_name: str

@@ -5,7 +5,7 @@ shares with IMAP (`transport.session.MailSession`: connecting, timing, TLS and t
 translation of failures). Mailwright opens the socket itself, sends credentials without
 an audit event, reads lines of any length a server sends (poplib stops at 2048
 bytes), and tells a server's `-ERR` answer (the connection stays usable) from a lost
-connection.
+connection. An OAuth2 key logs in with SASL OAUTHBEARER or XOAUTH2 (`transport.sasl`).
 
 POP3 deletions take effect only at QUIT: `close()` commits them; leaving an
 `async with` block with an exception sends RSET first, so a failed run deletes nothing.
@@ -14,6 +14,7 @@ POP3 deletions take effect only at QUIT: `close()` commits them; leaving an
 from __future__ import annotations
 
 import base64
+import binascii
 import poplib
 import re
 import socket
@@ -26,6 +27,13 @@ from mailwright.domain.smtp import Security
 from mailwright.errors import TargetAuthError, TargetConnectError, TargetError, ValidationError
 from mailwright.transport.base import Login, ProtocolInfo, ms
 from mailwright.transport.replies import quote_foreign, response_code, response_text
+from mailwright.transport.sasl import (
+    carries_credentials,
+    choose_bearer_mechanism,
+    dummy_response,
+    initial_response,
+    no_bearer_mechanism,
+)
 from mailwright.transport.session import (
     POP3_TRANSIENT_CODES,
     CredentialsOutcome,
@@ -44,7 +52,7 @@ POP3 = ProtocolInfo(name="POP3", ssl_port=995, starttls_port=110, starttls_comma
 # longer lines; poplib's own limit (2048) would fail on them.
 _MAX_LINE = 1024 * 1024
 
-_STEP_ORDER = ("connect", "tls", "capability", "starttls", "login", "logout")
+_STEP_ORDER = ("token", "connect", "tls", "capability", "starttls", "login", "logout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +242,12 @@ class POP3Connection(MailSession[POP3Endpoint]):
         try:
             self._refuse_clear_text_login(login)
             mechanism = self._choose_mechanism(login)
-            outcome = _send_credentials(client, login, mechanism)
+            outcome = _send_credentials(client, login, mechanism, ep)
         finally:
-            self.timings["login"] = ms(started)
-        failure = credentials_failure(ep, POP3, login, _strip_err(outcome))
+            self.timings["login"] = self.timings.get("login", 0.0) + ms(started)
+        failure = credentials_failure(
+            ep, POP3, login, _strip_err(outcome), mechanism=mechanism, refreshed=self.token_refreshed
+        )
         if failure is not None:
             if outcome.kind in ("timeout", "lost"):
                 self._close_socket()
@@ -245,8 +255,13 @@ class POP3Connection(MailSession[POP3Endpoint]):
         self.authenticated_as = login.username
         self.auth_mechanism = mechanism
 
+    def _relogin_blocking(self, login: Login) -> None:
+        self._login(self._require(), login)
+
     def _choose_mechanism(self, login: Login) -> str:
         ep = self.endpoint
+        if login.tokens is not None:
+            return self._choose_bearer_mechanism(login)
         if "PLAIN" in self.sasl_mechanisms:
             return "SASL PLAIN"
         if "USER" in self.capabilities or not self.capa_supported:
@@ -280,6 +295,25 @@ class POP3Connection(MailSession[POP3Endpoint]):
             ),
             "login",
         )
+
+    def _choose_bearer_mechanism(self, login: Login) -> str:
+        """SASL OAUTHBEARER or XOAUTH2 (RFC 5034 AUTH), for an OAuth2 key (see transport.sasl)."""
+        ep = self.endpoint
+        mechanism = choose_bearer_mechanism(self.sasl_mechanisms)
+        if mechanism is None:
+            offered = " ".join(self.sasl_mechanisms)
+            raise self._failed(no_bearer_mechanism(ep, login, f"SASL {offered}" if offered else ""), "login")
+        if not carries_credentials(mechanism, login.username, login.password.reveal()):
+            raise self._failed(
+                TargetAuthError(
+                    f"the username or access token of account key {login.key_name!r} holds a control "
+                    f"character, which {mechanism} cannot carry",
+                    target=ep.target_name,
+                    hint="check the key's username",
+                ),
+                "login",
+            )
+        return f"SASL {mechanism}"
 
     def _close_blocking(self, commit: bool) -> None:
         client = self._client
@@ -354,10 +388,31 @@ class POP3Connection(MailSession[POP3Endpoint]):
             client.command(command)
 
 
-def _send_credentials(client: _POP3, login: Login, mechanism: str) -> CredentialsOutcome:
+def _send_credentials(
+    client: _POP3, login: Login, mechanism: str, endpoint: POP3Endpoint
+) -> CredentialsOutcome:
     """Log in; the only frame that holds the revealed password. Never raises."""
+    error_json = b""
     try:
-        if mechanism == "SASL PLAIN":
+        if login.tokens is not None:
+            name = mechanism.removeprefix("SASL ")
+            # No initial response on the AUTH line: RFC 5034 limits that line to 255 octets.
+            reply = client.command(f"AUTH {name}")
+            if not _is_continuation(reply):
+                return CredentialsOutcome("refused", response_text(reply))
+            message = initial_response(
+                name,
+                username=login.username,
+                token=login.password.reveal(),
+                host=endpoint.host,
+                port=endpoint.port,
+            )
+            reply = client.secret_command(base64.b64encode(message))
+            if _is_continuation(reply):
+                # An error challenge (RFC 7628 3.2.2): base64 JSON; the dummy answer brings the -ERR.
+                error_json = _decode_challenge(reply[2:])
+                reply = client.secret_command(base64.b64encode(dummy_response(name)))
+        elif mechanism == "SASL PLAIN":
             token = f"\0{login.username}\0{login.password.reveal()}".encode()
             challenge = client.command("AUTH PLAIN")
             if not challenge.startswith(b"+ ") and challenge != b"+":
@@ -369,7 +424,7 @@ def _send_credentials(client: _POP3, login: Login, mechanism: str) -> Credential
         if not reply.startswith(b"+OK"):
             return CredentialsOutcome("refused", response_text(reply))
     except ServerRefusal as exc:
-        return CredentialsOutcome("refused", response_text(exc))
+        return CredentialsOutcome("refused", response_text(exc), challenge=error_json)
     except TimeoutError:
         return CredentialsOutcome("timeout")
     except (OSError, ProtocolFailure) as exc:
@@ -377,9 +432,22 @@ def _send_credentials(client: _POP3, login: Login, mechanism: str) -> Credential
     return CredentialsOutcome("ok")
 
 
+def _is_continuation(reply: bytes) -> bool:
+    return reply == b"+" or reply.startswith(b"+ ")
+
+
+def _decode_challenge(data: bytes) -> bytes:
+    try:
+        return base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
+
+
 def _strip_err(outcome: CredentialsOutcome) -> CredentialsOutcome:
     # "-ERR [AUTH] Authentication failed." -> "[AUTH] Authentication failed."
-    return CredentialsOutcome(outcome.kind, re.sub(r"^-ERR\s*", "", outcome.text))
+    return CredentialsOutcome(
+        outcome.kind, re.sub(r"^-ERR\s*", "", outcome.text), challenge=outcome.challenge
+    )
 
 
 def _number(number: int) -> int:

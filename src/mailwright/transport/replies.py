@@ -7,7 +7,8 @@ any of that:
 - `ReplyMask` hides the account key's own password in every form a server could
   echo it: as typed, as the IMAP LOGIN command quotes it, and in base64: alone
   (AUTH LOGIN), inside AUTH PLAIN's ``authzid NUL user NUL password`` with and without
-  the authorization identity, inside XOAUTH2's ``user=… ^Aauth=Bearer …^A^A``, and at
+  the authorization identity, inside XOAUTH2's ``user=… ^Aauth=Bearer …^A^A`` (an OAuth2
+  key's access token stands in the password's place: `transport.sasl`), and at
   each of the three alignments it can take inside any longer base64 run, so a
   combination not listed here is hidden too. A base64 run that carries the password
   is masked whole. The mask is built from the key itself, not from the process's
@@ -104,6 +105,14 @@ class ReplyMask:
 
     def __bool__(self) -> bool:
         return self._pattern is not None
+
+    def also(self, other: ReplyMask) -> ReplyMask:
+        """A mask hiding what this one and `other` hide (an OAuth2 key's token before and after a refresh)."""
+        if other._pattern is None or other._pattern is self._pattern:
+            return self
+        if self._pattern is None:
+            return other
+        return ReplyMask(re.compile(f"(?:{self._pattern.pattern})|(?:{other._pattern.pattern})"))
 
     def __call__(self, text: str) -> str:
         if self._pattern is None or not text:

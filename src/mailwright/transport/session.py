@@ -41,6 +41,7 @@ from mailwright.transport.base import (
 from mailwright.transport.outbound import open_socket_blocking
 from mailwright.transport.replies import NO_MASK, ReplyMask, quote_foreign, response_code
 from mailwright.transport.report import build_report, probe
+from mailwright.transport.sasl import BearerFailure, TokenRefusedError, bearer_login, token_refused
 from mailwright.transport.tls import (
     NO_TLS_WARNING,
     UNVERIFIED_WARNING,
@@ -82,6 +83,8 @@ class CredentialsOutcome:
 
     kind: Literal["ok", "refused", "timeout", "lost"]
     text: str = ""
+    # An OAuth2 login's error challenge (the server's JSON, decoded from base64), if one came.
+    challenge: bytes = b""
 
 
 class MailSession(Generic[E]):
@@ -105,6 +108,8 @@ class MailSession(Generic[E]):
         self.auth_mechanism: str | None = None
         # Hides the login's password in every error this session raises (replies.py).
         self.mask: ReplyMask = NO_MASK
+        # An OAuth2 key's first token was refused and a fresh one is being tried.
+        self.token_refreshed = False
         self._socket: socket.socket | None = None
         self._lock = asyncio.Lock()
 
@@ -127,20 +132,39 @@ class MailSession(Generic[E]):
     def _open_blocking(self, login: Login | None) -> None:
         raise NotImplementedError
 
+    def _relogin_blocking(self, login: Login) -> None:
+        """Log in again on the open connection (an OAuth2 key's fresh token after a refusal)."""
+        raise NotImplementedError
+
     def _close_blocking(self, commit: bool) -> None:
         raise NotImplementedError
 
     # --- opening and closing ----------------------------------------------------
 
     async def open(self, login: Login | None) -> None:
-        """Connect, negotiate TLS, log in; misconfigurations come back explained."""
+        """Connect, negotiate TLS, log in; misconfigurations come back explained.
+
+        An OAuth2 key's access token is fetched first (stage "token"): the session opens
+        in a worker thread, which cannot await the key. A token the server refuses as
+        invalid is refreshed once and tried once more on the same connection.
+        """
         if self._live_socket() is not None:
             raise TargetError(
                 f"already connected to {self.endpoint.address}", target=self.endpoint.target_name
             )
         self.mask = ReplyMask.of(login)
+        self.token_refreshed = False
         try:
-            await self._run(self._open_blocking, login)
+            if login is not None and login.tokens is not None:
+                login = await self._bearer(login)
+            try:
+                await self._run(self._open_blocking, login)
+            except TokenRefusedError as exc:
+                if login is None or not exc.refresh_may_help or self._live_socket() is None:
+                    raise
+                login = await self._bearer(login, refresh=True)
+                self.token_refreshed = True
+                await self._run(self._relogin_blocking, login)
         except TargetError as exc:
             explained = await explain_open_failure(
                 exc, endpoint=self.endpoint, protocol=self.protocol, peer_certificate=self._peer_certificate
@@ -149,6 +173,13 @@ class MailSession(Generic[E]):
             if explained is exc:
                 raise
             raise explained from exc
+
+    async def _bearer(self, login: Login, *, refresh: bool = False) -> Login:
+        """`login` with the key's access token as its password; the mask hides that token too."""
+        with timed_stage(self.timings, "token", failures=(), translate=_never):
+            resolved = await bearer_login(login, target=self.endpoint.target_name, refresh=refresh)
+        self.mask = self.mask.also(ReplyMask.of(resolved))
+        return resolved
 
     async def close(self, *, commit: bool = True) -> None:
         """Log out politely (bounded by a short timeout) and close the socket; never raises."""
@@ -302,6 +333,10 @@ def _shutdown(sock: socket.socket | None) -> None:
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+def _never(exc: Exception) -> TargetError:
+    raise AssertionError("no failures are translated") from exc
+
+
 def _finish_abandoned(done: asyncio.Future[Any], finish: Callable[[], None]) -> None:
     if not done.cancelled():
         done.exception()  # retrieved: the caller was cancelled and does not want it
@@ -374,13 +409,29 @@ def auth_refused(endpoint: MailEndpoint, protocol: ProtocolInfo, login: Login, t
 
 
 def credentials_failure(
-    endpoint: MailEndpoint, protocol: ProtocolInfo, login: Login, outcome: CredentialsOutcome
+    endpoint: MailEndpoint,
+    protocol: ProtocolInfo,
+    login: Login,
+    outcome: CredentialsOutcome,
+    *,
+    mechanism: str = "",
+    refreshed: bool = False,
 ) -> TargetError | None:
-    """The error for a login that did not succeed, or None if it did."""
+    """The error for a login that did not succeed, or None if it did.
+
+    For an OAuth2 key (`login.tokens` set, its token as the password) a refusal is a
+    `TokenRefusedError` with the server's JSON decoded; `refreshed` says the token was
+    already a fresh one.
+    """
     ep = endpoint
     if outcome.kind == "ok":
         return None
     if outcome.kind == "refused":
+        code = response_code(outcome.text)
+        transient = code in IMAP_TRANSIENT_CODES or code in POP3_TRANSIENT_CODES
+        if login.tokens is not None and not transient:
+            failure = BearerFailure.parse(outcome.challenge) if outcome.challenge else None
+            return token_refused(ep, login, mechanism, outcome.text, failure, refreshed=refreshed)
         return auth_refused(ep, protocol, login, outcome.text)
     if outcome.kind == "timeout":
         return TargetTimeoutError(

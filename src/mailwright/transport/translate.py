@@ -161,6 +161,8 @@ async def explain_open_failure(
     """`exc` with a diagnosis, when opening failed in a way one can look into: an untrusted
     certificate (whose is it, for which names?) or a silent port (does it expect implicit
     TLS?). `exc` itself when there is nothing to add."""
+    if exc.stage == "token":  # the OAuth2 key's token endpoint failed, not this server
+        return exc
     if isinstance(exc, CertificateUntrustedError):
         return explain_certificate(exc, endpoint=endpoint, certificate=await peer_certificate())
     if isinstance(exc, TargetTimeoutError):

@@ -4,8 +4,9 @@ Built on the standard library's `imaplib`, run in worker threads by the session 
 shares with POP3 (`transport.session.MailSession`: connecting, timing, TLS and the
 translation of failures). Mailwright opens the socket and does the implicit-TLS
 handshake itself, so connecting, TLS and the greeting are timed and explained apart.
-This module adds what is IMAP's own: choosing a login mechanism, CAPABILITY, and the
-commands that read and change mail.
+This module adds what is IMAP's own: choosing a login mechanism (OAUTHBEARER or XOAUTH2
+for an OAuth2 key, see `transport.sasl`), CAPABILITY, and the commands that read and
+change mail.
 
 Credentials are sent with no audit event and no entry in imaplib's command log.
 """
@@ -36,6 +37,13 @@ from mailwright.transport.imap.responses import (
     parse_search,
 )
 from mailwright.transport.replies import quote_foreign, response_code, response_text
+from mailwright.transport.sasl import (
+    carries_credentials,
+    choose_bearer_mechanism,
+    dummy_response,
+    initial_response,
+    no_bearer_mechanism,
+)
 from mailwright.transport.session import (
     IMAP_TRANSIENT_CODES,
     CredentialsOutcome,
@@ -54,12 +62,13 @@ IMAP = ProtocolInfo(name="IMAP", ssl_port=993, starttls_port=143, starttls_comma
 
 # Tried in this order. AUTHENTICATE PLAIN carries UTF-8 credentials in base64; the
 # LOGIN command only ASCII, and never when the server announces LOGINDISABLED.
+# An OAuth2 key uses AUTHENTICATE OAUTHBEARER or XOAUTH2 instead (transport.sasl).
 _MECHANISMS: tuple[str, ...] = ("AUTHENTICATE PLAIN", "LOGIN")
 
 # At most this many UIDs per command, so command lines stay short on any server.
 _UID_CHUNK = 500
 
-_STEP_ORDER = ("connect", "tls", "starttls", "login", "capability", "logout")
+_STEP_ORDER = ("token", "connect", "tls", "starttls", "login", "capability", "logout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +170,9 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
         if login is not None:
             self._login(client, login)
 
+    def _relogin_blocking(self, login: Login) -> None:
+        self._login(self._require(), login)
+
     def _starttls(self, client: _IMAP4) -> None:
         ep = self.endpoint
         if "STARTTLS" not in self.capabilities:
@@ -179,10 +191,12 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
         try:
             self._refuse_clear_text_login(login)
             mechanism = self._choose_mechanism(login)
-            outcome = _send_credentials(client, login, mechanism)
+            outcome = _send_credentials(client, login, mechanism, ep)
         finally:
-            self.timings["login"] = ms(started)
-        failure = credentials_failure(ep, IMAP, login, outcome)
+            self.timings["login"] = self.timings.get("login", 0.0) + ms(started)
+        failure = credentials_failure(
+            ep, IMAP, login, outcome, mechanism=mechanism, refreshed=self.token_refreshed
+        )
         if failure is not None:
             if outcome.kind in ("timeout", "lost"):
                 self._close_socket()
@@ -202,6 +216,8 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
     def _choose_mechanism(self, login: Login) -> str:
         ep = self.endpoint
         caps = self.capabilities
+        if login.tokens is not None:
+            return self._choose_bearer_mechanism(login)
         for mechanism in _MECHANISMS:
             if mechanism == "AUTHENTICATE PLAIN" and "AUTH=PLAIN" in caps:
                 return mechanism
@@ -218,6 +234,25 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
                     )
                 return mechanism
         raise self._failed(self._no_login_error(), "login")
+
+    def _choose_bearer_mechanism(self, login: Login) -> str:
+        """AUTHENTICATE OAUTHBEARER or XOAUTH2, for an OAuth2 key (see transport.sasl)."""
+        ep = self.endpoint
+        offered = sorted(c for c in self.capabilities if c.startswith("AUTH=") or c == "LOGINDISABLED")
+        mechanism = choose_bearer_mechanism(c[5:] for c in offered if c.startswith("AUTH="))
+        if mechanism is None:
+            raise self._failed(no_bearer_mechanism(ep, login, " ".join(offered)), "login")
+        if not carries_credentials(mechanism, login.username, login.password.reveal()):
+            raise self._failed(
+                TargetAuthError(
+                    f"the username or access token of account key {login.key_name!r} holds a control "
+                    f"character, which {mechanism} cannot carry",
+                    target=ep.target_name,
+                    hint="check the key's username",
+                ),
+                "login",
+            )
+        return f"AUTHENTICATE {mechanism}"
 
     def _no_login_error(self) -> TargetAuthError:
         ep = self.endpoint
@@ -432,11 +467,30 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
         return parse_list(self._expect_ok("list", "LIST", typ, list(data)))
 
 
-def _send_credentials(client: _IMAP4, login: Login, mechanism: str) -> CredentialsOutcome:
+def _send_credentials(
+    client: _IMAP4, login: Login, mechanism: str, endpoint: IMAPEndpoint
+) -> CredentialsOutcome:
     """Log in; the only frame that holds the revealed password. Never raises."""
     client.sensitive = True
+    challenges: list[bytes] = []
     try:
-        if mechanism == "AUTHENTICATE PLAIN":
+        if login.tokens is not None:
+            name = mechanism.removeprefix("AUTHENTICATE ")
+            first = initial_response(
+                name,
+                username=login.username,
+                token=login.password.reveal(),
+                host=endpoint.host,
+                port=endpoint.port,
+            )
+
+            def answer(challenge: bytes) -> bytes:
+                # The first (empty) challenge gets the token; an error challenge (JSON) the dummy.
+                challenges.append(challenge)
+                return first if len(challenges) == 1 else dummy_response(name)
+
+            client.authenticate(name, answer)
+        elif mechanism == "AUTHENTICATE PLAIN":
             token = f"\0{login.username}\0{login.password.reveal()}".encode()
             client.authenticate("PLAIN", lambda _challenge: token)
         else:
@@ -444,7 +498,7 @@ def _send_credentials(client: _IMAP4, login: Login, mechanism: str) -> Credentia
     except imaplib.IMAP4.abort as exc:
         return CredentialsOutcome("lost", response_text(exc))
     except imaplib.IMAP4.error as exc:
-        return CredentialsOutcome("refused", response_text(exc))
+        return CredentialsOutcome("refused", response_text(exc), challenge=b"".join(challenges[1:2]))
     except TimeoutError:
         return CredentialsOutcome("timeout")
     except OSError as exc:
