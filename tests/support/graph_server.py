@@ -27,22 +27,32 @@ JSON Graph received. It runs in a thread on 127.0.0.1 (plain http).
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
 import itertools
 import json
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 __all__ = ["ALL_ROLES", "GraphServer", "Recorded"]
 
 MAX_REQUEST = 4 * 1024 * 1024
 MAX_ATTACHMENT_POST = 3 * 1024 * 1024
 MAX_CHUNK = 4 * 1024 * 1024
-WELL_KNOWN = ("inbox", "drafts", "sentitems", "deleteditems", "archive", "junkemail")
+WELL_KNOWN = {
+    "inbox": "Inbox",
+    "drafts": "Drafts",
+    "sentitems": "Sent Items",
+    "deleteditems": "Deleted Items",
+    "archive": "Archive",
+    "junkemail": "Junk Email",
+}
 ALL_ROLES = frozenset({"User.Read.All", "Mail.Send", "Mail.Read", "Mail.ReadWrite"})
 
 Validator = Callable[[str], "set[str] | frozenset[str] | None"]
@@ -126,9 +136,49 @@ class GraphServer:
         uid = f"00000000-0000-0000-0000-{next(self._ids):012d}"
         self.users[upn.lower()] = {"id": uid, "userPrincipalName": upn, "mail": upn, "displayName": upn}
         self.folders[uid] = {
-            name: {"id": f"folder-{name}-{uid[-4:]}", "displayName": name, "messages": {}}
-            for name in WELL_KNOWN
+            name: {"id": f"folder-{name}-{uid[-4:]}", "displayName": shown, "parentId": None, "messages": {}}
+            for name, shown in WELL_KNOWN.items()
         }
+
+    def deliver(
+        self,
+        user: str,
+        raw: bytes,
+        *,
+        folder: str = "inbox",
+        received: datetime | None = None,
+        is_read: bool = False,
+    ) -> str:
+        """Put a message (RFC 5322 bytes) in `folder`, as mail arriving; returns its id."""
+        parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(raw)
+
+        def people(name: str) -> list[dict[str, Any]]:
+            header = parsed[name]
+            return [
+                {"emailAddress": {"name": a.display_name, "address": a.addr_spec}}
+                for a in getattr(header, "addresses", ())
+            ]
+
+        when = (received or datetime.now(UTC)).astimezone(UTC)
+        message_id = self._new_id()
+        message = {
+            "id": message_id,
+            "receivedDateTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "subject": str(parsed.get("Subject", "")),
+            "from": next(iter(people("From")), None),
+            "toRecipients": people("To"),
+            "ccRecipients": people("Cc"),
+            "isRead": is_read,
+            "isDraft": False,
+            "internetMessageId": str(parsed.get("Message-ID", "")),
+            "internetMessageHeaders": [{"name": k, "value": str(v)} for k, v in parsed.items()],
+            "flag": {"flagStatus": "notFlagged"},
+            "attachments": [],
+            "mime": raw,
+        }
+        with self._lock:
+            self.folder(user, folder)["messages"][message_id] = message
+        return message_id
 
     def throttle(self, times: int = 1, *, status: int = 429, retry_after: str | None = "2") -> None:
         """The next `times` calls answer `status` (429 or 503) with `Retry-After`."""
@@ -139,7 +189,13 @@ class GraphServer:
         return [r for r in self.requests if r.method == method and r.path.endswith(suffix)]
 
     def folder(self, user: str, name: str) -> dict[str, Any]:
-        return self.folders[self.users[user.lower()]["id"]][name]
+        """A folder by well-known name, id or display name."""
+        folders = self.folders[self.users[user.lower()]["id"]]
+        found = folders.get(name) or next(
+            (f for f in folders.values() if name in (f["id"], f["displayName"])), None
+        )
+        assert found is not None, f"no folder {name!r}"
+        return found
 
     # --- the API ------------------------------------------------------------------------
 
@@ -241,11 +297,48 @@ class GraphServer:
             return self._message(
                 method, user, folders, match.group(1), match.group(2) or "", data, body, roles
             )
-        match = re.fullmatch(r"/mailFolders/([^/]+)", rest)
+        if rest == "/mailFolders" or rest.endswith("/childFolders"):
+            parent = None
+            if rest != "/mailFolders":
+                parent = self._folder(
+                    folders, rest.removeprefix("/mailFolders/").removesuffix("/childFolders")
+                )["id"]
+            if method == "GET":
+                self._need(roles, "Mail.Read")
+                wanted = re.fullmatch(r"displayName eq '((?:[^']|'')*)'", query.get("$filter", ""))
+                found = [
+                    _folder_json(f)
+                    for f in folders.values()
+                    if f["parentId"] == parent
+                    and (wanted is None or f["displayName"] == wanted.group(1).replace("''", "'"))
+                ]
+                return 200, {"value": found}, {}
+            if method == "POST":
+                self._need(roles, "Mail.ReadWrite")
+                name = str((data or {}).get("displayName") or "")
+                if not name or any(
+                    f["parentId"] == parent and f["displayName"] == name for f in folders.values()
+                ):
+                    raise _Failure(
+                        409, "ErrorFolderExists", "A folder with the specified name already exists."
+                    )
+                new_id = self._new_id()
+                folder: dict[str, Any] = {
+                    "id": new_id,
+                    "displayName": name,
+                    "parentId": parent,
+                    "messages": {},
+                }
+                with self._lock:
+                    folders[new_id] = folder
+                return 201, _folder_json(folder), {}
+        match = re.fullmatch(r"/mailFolders/([^/]+)(/messages)?", rest)
         if match is not None and method == "GET":
             self._need(roles, "Mail.Read")
             folder = self._folder(folders, match.group(1))
-            return 200, {"id": folder["id"], "displayName": folder["displayName"]}, {}
+            if match.group(2) is None:
+                return 200, _folder_json(folder), {}
+            return 200, self._listing(folder, path, query), {}
         raise _Failure(400, "BadRequest", f"Resource not found for the segment '{rest}'.")
 
     def _folder(self, folders: dict[str, dict[str, Any]], ref: str) -> dict[str, Any]:
@@ -273,12 +366,24 @@ class GraphServer:
         body: bytes,
         roles: frozenset[str],
     ) -> tuple[int, Any, dict[str, str]]:
+        if method == "GET" and rest == "/$value":
+            self._need(roles, "Mail.Read")
+            _, message = self._find(folders, message_id)
+            return 200, bytes(message.get("mime") or b""), {"Content-Type": "message/rfc822"}
+        if method == "POST" and rest == "/move":
+            self._need(roles, "Mail.ReadWrite")
+            folder, message = self._find(folders, message_id)
+            destination = self._folder(folders, str((data or {}).get("destinationId") or ""))
+            with self._lock:
+                del folder["messages"][message_id]
+                destination["messages"][message_id] = message  # an immutable id survives the move
+            return 201, _public(message), {}
         if method == "PATCH" and rest == "":
             self._need(roles, "Mail.ReadWrite")
             _, message = self._find(folders, message_id)
             with self._lock:
                 message.update(data or {})
-            return 200, message, {}
+            return 200, _public(message), {}
         if method == "DELETE" and rest == "":
             self._need(roles, "Mail.ReadWrite")
             folder, _ = self._find(folders, message_id)
@@ -383,6 +488,41 @@ class GraphServer:
             )
         return 201, None, {"Location": f"{self.base_url}/v1.0/attachments/{session}"}
 
+    def _listing(self, folder: dict[str, Any], path: str, query: dict[str, str]) -> dict[str, Any]:
+        """`$filter` (isRead, receivedDateTime; "and"), `$orderby=receivedDateTime desc`, `$select`,
+        `$top` and `$skip`, with `@odata.nextLink` while more remain."""
+        messages = list(folder["messages"].values())
+        for condition in filter(None, re.split(r"\s+and\s+", query.get("$filter", ""))):
+            match = re.fullmatch(r"(isRead|receivedDateTime) (eq|ge|lt) (\S+)", condition.strip())
+            if match is None:
+                raise _Failure(
+                    400, "ErrorInvalidUrlQueryFilter", f"The filter {condition!r} is not supported."
+                )
+            name, op, value = match.groups()
+            if name == "isRead":
+                messages = [m for m in messages if m.get("isRead", False) == (value == "true")]
+            else:
+                when = value.replace("Z", "")
+                if op == "ge":
+                    messages = [m for m in messages if m["receivedDateTime"].replace("Z", "") >= when]
+                else:
+                    messages = [m for m in messages if m["receivedDateTime"].replace("Z", "") < when]
+        newest_first = query.get("$orderby", "").replace("%20", " ") == "receivedDateTime desc"
+        messages.sort(key=lambda m: (m["receivedDateTime"], m["id"]), reverse=newest_first)
+        top = int(query.get("$top", "10"))
+        skip = int(query.get("$skip", "0"))
+        page = messages[skip : skip + top]
+        fields = [f for f in query.get("$select", "").split(",") if f]
+        out: dict[str, Any] = {
+            "value": [
+                {k: v for k, v in _public(m).items() if not fields or k in fields or k == "id"} for m in page
+            ]
+        }
+        if skip + top < len(messages):
+            rest = {**query, "$skip": str(skip + top)}
+            out["@odata.nextLink"] = f"{self.base_url}/v1.0{path}?" + urlencode(rest, quote_via=quote)
+        return out
+
     @staticmethod
     def _check_recipients(message: dict[str, Any]) -> None:
         everyone = [
@@ -402,6 +542,20 @@ class GraphServer:
             yield attachment["name"], base64.b64decode(attachment["contentBytes"])
 
 
+def _public(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k not in ("mime", "attachments")}
+
+
+def _folder_json(folder: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": folder["id"],
+        "displayName": folder["displayName"],
+        "parentFolderId": folder["parentId"],
+        "totalItemCount": len(folder["messages"]),
+        "unreadItemCount": sum(not m.get("isRead") for m in folder["messages"].values()),
+    }
+
+
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "innerError": {"request-id": "stand-in"}}}
 
@@ -418,10 +572,13 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, data, extra = self.graph.handle(self.command, self.path, headers, body)
-        payload = b"" if data is None else json.dumps(data).encode()
+        if isinstance(data, bytes):
+            payload = data
+        else:
+            payload = b"" if data is None else json.dumps(data).encode()
+            if payload:
+                extra = {"Content-Type": "application/json", **extra}
         self.send_response(status)
-        if payload:
-            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         for name, value in extra.items():
             self.send_header(name, value)

@@ -12,14 +12,15 @@ module to build its options.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mailwright.domain.capabilities import RateLimits, SendReport
+from mailwright.domain.capabilities import FolderMailbox, RateLimits, SendReport
 from mailwright.domain.connection_test import ConnectionTestReport, report_from
 from mailwright.domain.hosts import ascii_host
 from mailwright.domain.validation import validate_model
@@ -132,6 +133,16 @@ class GraphSettings(BaseModel):
             "flag_label": "Do not keep a copy of sent messages in Sent Items",
             "flag_help": "do not keep a copy of each message sent in the mailbox's Sent Items",
             "off_flag": "save_to_sent_items",
+        },
+    )
+    polling_interval: float = Field(
+        default=30.0,
+        ge=5,
+        le=86_400,
+        description="seconds between polls of a mail trigger",
+        json_schema_extra={
+            "label": "Polling interval (seconds)",
+            "help": "How often a mail trigger checks this mailbox when IDLE is not available.",
         },
     )
     connect_timeout: float = Field(
@@ -249,6 +260,7 @@ def describe(settings: BaseModel, *, target_name: str, account_key: str | None) 
         ],
         details=[
             ("Sent Items", "a copy is kept" if graph.save_to_sent_items else "no copy kept"),
+            ("Polling interval", f"{graph.polling_interval:g} s"),
             ("Timeouts", f"connect {graph.connect_timeout:g} s, request {graph.command_timeout:g} s"),
         ],
         warnings=[]
@@ -301,6 +313,18 @@ def sender(settings: BaseModel, *, target_id: str, target_name: str, login: Logi
     return GraphSender(_settings(settings), target_name=target_name, login=login)
 
 
+@asynccontextmanager
+async def open_mailbox(
+    settings: BaseModel, *, target_name: str, login: Login | None
+) -> AsyncIterator[FolderMailbox]:
+    """The mailbox through Graph (transport/graph/mailbox.py), with its token checked first."""
+    from mailwright.transport.graph.mailbox import GraphMailbox
+
+    async with GraphMailbox(_settings(settings).endpoint(target_name), login) as mailbox:
+        await mailbox.open()
+        yield mailbox
+
+
 GRAPH_ENDPOINT = register_target_type(
     TargetType(
         name="graph",
@@ -312,6 +336,9 @@ GRAPH_ENDPOINT = register_target_type(
         run_test=run_test,
         describe=describe,
         sender=sender,
+        mailbox=open_mailbox,
+        mailbox_folders=True,
+        poll_seconds=lambda settings: _settings(settings).polling_interval,
         form_defaults={"cloud": Cloud.GLOBAL.value},
     )
 )

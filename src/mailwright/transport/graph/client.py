@@ -141,6 +141,7 @@ class GraphClient:
         login: Login | None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        prefer_immutable_ids: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.login = login
@@ -151,7 +152,9 @@ class GraphClient:
             verify=endpoint.verify,
             transport=transport,
             follow_redirects=False,
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json"}
+            # Ids that survive a move between folders (the mailbox's UIDs are made from them).
+            | ({"Prefer": 'IdType="ImmutableId"'} if prefer_immutable_ids else {}),
         )
         self._token: str | None = None
         self._checked_hosts: set[str] = set()
