@@ -7,16 +7,26 @@ and outputs as on an IMAP target, UIDs included.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from mailwright.activities.mailbox import imap_folder
 from mailwright.activities.read_email import ReadEmailInput, read_messages
+from mailwright.engine.triggers import TriggerManager
+from mailwright.engine.worker import Worker
 from mailwright.errors import ValidationError
 from mailwright.services.app import Services
+from mailwright.storage.tables import TriggerMessageRow
 from mailwright.transport.graph import mailbox as graph_mailbox
+from mailwright.transport.graph.client import GraphPermissionError
 from tests.integration.test_graph_send import MAILBOX
 from tests.integration.test_graph_target import graph_target, keyed
 from tests.support.graph_server import ALL_ROLES, GraphServer
@@ -168,8 +178,87 @@ async def test_unknown_folders_and_missing_permissions_say_what_to_do(
         await read_messages(mw.targets, "Contoso", ReadEmailInput(larger_than=10))
 
     graph_target(mw, graph, keyed, token="read-only", name="Reader")
-    from mailwright.transport.graph.client import GraphPermissionError
-
     with pytest.raises(GraphPermissionError, match=r"Mail\.ReadWrite") as caught:
         await read_messages(mw.targets, "Reader", ReadEmailInput(after="mark_read"))
     assert caught.value.hint is not None and "admin consent" in caught.value.hint
+
+
+async def test_the_mail_trigger_runs_once_per_message_across_a_restart(
+    mw: Services, graph: GraphServer, keyed: dict[str, str]
+) -> None:
+    graph_target(mw, graph, keyed, token="good")
+    workflow = mw.workflows.create(
+        json.dumps(
+            {
+                "name": "Graph invoices",
+                "target": "Contoso",
+                "triggers": [
+                    {
+                        "type": "email",
+                        "target": "Contoso",
+                        "folder": "INBOX",
+                        "conditions": {"all": [{"field": "subject", "op": "contains", "value": "Invoice"}]},
+                        "after_success": {"action": "move", "folder": "Processed"},
+                    }
+                ],
+                "steps": [
+                    {
+                        "id": "forward",
+                        "activity": "send_email",
+                        "with": {
+                            "from": MAILBOX,
+                            "to": ["accounts@example.org"],
+                            "subject": "Fwd: {{ trigger.message.subject }}",
+                            "body": "From {{ trigger.message.from }}",
+                        },
+                    }
+                ],
+            }
+        )
+    )
+
+    @contextlib.asynccontextmanager
+    async def running() -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        worker = Worker(Services(mw.settings.model_copy(update={"triggers": False})), poll_interval=0.2)
+        manager = TriggerManager(mw, reconcile_seconds=0.3, poll_seconds=0.3)
+        tasks = [asyncio.create_task(manager.run(stop)), asyncio.create_task(worker.run(stop))]
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=60)
+
+    def taken() -> list[tuple[str, str]]:
+        with mw.db.session() as session:
+            rows = session.scalars(select(TriggerMessageRow)).all()
+            return sorted((r.subject or "", r.status) for r in rows)
+
+    async def eventually(check: Any, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not await asyncio.to_thread(check):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {taken()}")
+            await asyncio.sleep(0.1)
+
+    now = datetime.now(UTC)
+    async with running():
+        await eventually(lambda: mw.triggers.list_all(workflow.id)[0].status == "polling", "a poll")
+        graph.deliver(MAILBOX, raw("Invoice 42"), received=now + timedelta(seconds=5))
+        graph.deliver(MAILBOX, raw("Lunch on Friday"), received=now + timedelta(seconds=6))
+        await eventually(lambda: ("Invoice 42", "succeeded") in taken(), "the first run")
+    async with running():  # a restart: the mark is kept, nothing is taken twice
+        graph.deliver(MAILBOX, raw("Invoice 43"), received=now + timedelta(seconds=7))
+        await eventually(lambda: ("Invoice 43", "succeeded") in taken(), "the run after the restart")
+        polls = len(graph.requests_to("GET", "/messages"))
+        # Three more looks at the folder: a message taken twice would show by then.
+        await eventually(lambda: len(graph.requests_to("GET", "/messages")) >= polls + 3, "more polls")
+    assert taken() == [
+        ("Invoice 42", "succeeded"),
+        ("Invoice 43", "succeeded"),
+        ("Lunch on Friday", "skipped"),
+    ]
+    forwarded = sorted(s["message"]["subject"] for s in graph.sent)
+    assert forwarded == ["Fwd: Invoice 42", "Fwd: Invoice 43"]
+    processed = graph.folder(MAILBOX, "Processed")["messages"].values()
+    assert sorted(m["subject"] for m in processed) == ["Invoice 42", "Invoice 43"]  # moved after success only
