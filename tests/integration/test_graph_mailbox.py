@@ -26,7 +26,7 @@ from mailwright.errors import ValidationError
 from mailwright.services.app import Services
 from mailwright.storage.tables import TriggerMessageRow
 from mailwright.transport.graph import mailbox as graph_mailbox
-from mailwright.transport.graph.client import GraphPermissionError
+from mailwright.transport.graph.client import GraphPermissionError, GraphSyncResetError
 from tests.integration.test_graph_send import MAILBOX
 from tests.integration.test_graph_target import graph_target, keyed
 from tests.support.graph_server import ALL_ROLES, GraphServer
@@ -262,3 +262,33 @@ async def test_the_mail_trigger_runs_once_per_message_across_a_restart(
     assert forwarded == ["Fwd: Invoice 42", "Fwd: Invoice 43"]
     processed = graph.folder(MAILBOX, "Processed")["messages"].values()
     assert sorted(m["subject"] for m in processed) == ["Invoice 42", "Invoice 43"]  # moved after success only
+
+
+async def test_delta_queries_give_arrivals_moves_in_and_removals(
+    mw: Services, graph: GraphServer, keyed: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graph_mailbox, "DELTA_PAGE", 2)
+    graph_target(mw, graph, keyed, token="good")
+    old = graph.deliver(MAILBOX, raw("Old report"), folder="archive", received=START - timedelta(days=30))
+    async with imap_folder(mw.targets, "Contoso", activity="trigger", folder="INBOX") as box:
+        assert isinstance(box, graph_mailbox.GraphMailbox)
+        baseline = await box.changes("INBOX")
+        assert len(baseline.added) == 5 and not baseline.removed and "$deltatoken=" in baseline.delta_link
+        assert len(graph.requests_to("GET", "/messages/delta")) == 3  # five messages, two a page
+        gone_uid, gone_id = baseline.added[0]
+
+        fresh = graph.deliver(MAILBOX, raw("Invoice 9"))
+        inbox = graph.folder(MAILBOX, "inbox")["messages"]
+        inbox[old] = graph.folder(MAILBOX, "archive")["messages"].pop(old)  # moved in by a mail client
+        await box.delete([gone_uid])
+        later = await box.changes("INBOX", baseline.delta_link)
+        assert sorted(i for _, i in later.added) == sorted([fresh, old]) and later.removed == [gone_id]
+        # The moved-in message arrived long ago: a mark by UID would miss it, the delta does not.
+        assert min(u for u, _ in later.added) < baseline.added[-1][0]
+        assert later.delta_link != baseline.delta_link
+
+        nothing = await box.changes("INBOX", later.delta_link)
+        assert nothing.added == [] and nothing.removed == []
+        graph.expire_delta_links()
+        with pytest.raises(GraphSyncResetError, match="sync state has expired"):
+            await box.changes("INBOX", nothing.delta_link)

@@ -106,6 +106,8 @@ class GraphServer:
         self._lock = threading.Lock()
         self._throttle: list[tuple[int, str | None]] = []
         self._uploads: dict[str, _Upload] = {}
+        self._delta_pages: dict[str, tuple[list[dict[str, Any]], frozenset[str]]] = {}
+        self._delta_tokens: dict[str, frozenset[str]] = {}
         self.users: dict[str, dict[str, Any]] = {}
         # user → folder well-known name or id → {"id", "displayName", "messages": {id: message}}
         self.folders: dict[str, dict[str, dict[str, Any]]] = {}
@@ -227,7 +229,7 @@ class GraphServer:
             if not path.startswith("/v1.0/"):
                 raise _Failure(404, "BadRequest", f"Resource not found for the segment '{path}'.")
             roles = self._roles(auth)
-            return self._route(method, path.removeprefix("/v1.0"), query, data, body, roles)
+            return self._route(method, path.removeprefix("/v1.0"), query, data, body, roles, headers)
         except _Failure as failure:
             return failure.status, _error(failure.code, failure.message), failure.headers
 
@@ -257,7 +259,14 @@ class GraphServer:
         return found
 
     def _route(
-        self, method: str, path: str, query: dict[str, str], data: Any, body: bytes, roles: frozenset[str]
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        data: Any,
+        body: bytes,
+        roles: frozenset[str],
+        headers: Mapping[str, str],
     ) -> tuple[int, Any, dict[str, str]]:
         match = re.fullmatch(r"/users/([^/]+)(/.*)?", path)
         if match is None:
@@ -332,6 +341,10 @@ class GraphServer:
                 with self._lock:
                     folders[new_id] = folder
                 return 201, _folder_json(folder), {}
+        match = re.fullmatch(r"/mailFolders/([^/]+)/messages/delta", rest)
+        if match is not None and method == "GET":
+            self._need(roles, "Mail.Read")
+            return 200, self._delta(self._folder(folders, match.group(1)), path, query, headers), {}
         match = re.fullmatch(r"/mailFolders/([^/]+)(/messages)?", rest)
         if match is not None and method == "GET":
             self._need(roles, "Mail.Read")
@@ -487,6 +500,49 @@ class GraphServer:
                 }
             )
         return 201, None, {"Location": f"{self.base_url}/v1.0/attachments/{session}"}
+
+    def _delta(
+        self, folder: dict[str, Any], path: str, query: dict[str, str], headers: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """A delta query: every message at first, then what arrived and left since the token.
+
+        `$deltatoken` names a snapshot of the folder's ids; pages (`Prefer: odata.maxpagesize`)
+        follow `$skiptoken`; the last page carries `@odata.deltaLink`. `expire_delta_links()`
+        makes every stored token answer 410 Gone (syncStateNotFound), as an old one does.
+        """
+        size_match = re.search(r"odata\.maxpagesize=(\d+)", headers.get("prefer", ""))
+        size = int(size_match.group(1)) if size_match else 10
+        base = f"{self.base_url}/v1.0{path}"
+        with self._lock:
+            if "$skiptoken" in query:
+                key, _, offset_text = query["$skiptoken"].partition(".")
+                changes, snapshot = self._delta_pages[key]
+                offset = int(offset_text)
+            else:
+                current = dict(folder["messages"])
+                if "$deltatoken" in query:
+                    before = self._delta_tokens.get(query["$deltatoken"])
+                    if before is None:
+                        raise _Failure(410, "SyncStateNotFound", "The sync state generation is not found.")
+                    added = [_public(m) for i, m in current.items() if i not in before]
+                    gone = [{"id": i, "@removed": {"reason": "deleted"}} for i in before if i not in current]
+                    changes = added + gone
+                else:
+                    changes = [_public(m) for m in current.values()]
+                snapshot = frozenset(current)
+                key = self._new_id()
+                self._delta_pages[key] = (changes, snapshot)
+                offset = 0
+            page = changes[offset : offset + size]
+            if offset + size < len(changes):
+                return {"value": page, "@odata.nextLink": f"{base}?$skiptoken={key}.{offset + size}"}
+            token = self._new_id()
+            self._delta_tokens[token] = snapshot
+            return {"value": page, "@odata.deltaLink": f"{base}?$deltatoken={token}"}
+
+    def expire_delta_links(self) -> None:
+        with self._lock:
+            self._delta_tokens.clear()
 
     def _listing(self, folder: dict[str, Any], path: str, query: dict[str, str]) -> dict[str, Any]:
         """`$filter` (isRead, receivedDateTime; "and"), `$orderby=receivedDateTime desc`, `$select`,

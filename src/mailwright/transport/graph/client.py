@@ -92,6 +92,12 @@ class GraphNotFoundError(TargetError):
     code = "graph_not_found"
 
 
+class GraphSyncResetError(TargetError):
+    """Graph answered 410 Gone to a delta link: the sync state expired; start again without it."""
+
+    code = "graph_sync_reset"
+
+
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> int | None:
     """`Retry-After` as whole seconds (it may be seconds or an HTTP date), bounded; None when absent."""
     if not value:
@@ -207,6 +213,7 @@ class GraphClient:
         action: str,
         json_body: Any = None,
         params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
         stage: str = "request",
         unknown_on_timeout: bool = False,
     ) -> httpx.Response:
@@ -223,7 +230,7 @@ class GraphClient:
             response = await self._send(
                 method,
                 path,
-                headers={"Authorization": f"Bearer {token}"},
+                headers={**(headers or {}), "Authorization": f"Bearer {token}"},
                 json_body=json_body,
                 params=params,
                 stage=stage,
@@ -344,6 +351,12 @@ class GraphClient:
                 target=ep.target_name,
                 hint="check the mailbox (its user principal name or object id) and that it is in the "
                 "key's tenant",
+            )
+        elif status == 410:
+            error = GraphSyncResetError(
+                f"Microsoft Graph: {action}: the stored sync state has expired ({said})",
+                target=ep.target_name,
+                hint="start again from a new delta query (a new baseline)",
             )
         elif status in _DEFERRED:
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))

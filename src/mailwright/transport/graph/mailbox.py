@@ -29,6 +29,7 @@ import hashlib
 import re
 import shlex
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
@@ -36,6 +37,8 @@ from urllib.parse import quote
 from mailwright.errors import TargetError, ValidationError
 from mailwright.transport.base import Login
 from mailwright.transport.graph.client import GraphClient, GraphEndpoint, GraphNotFoundError
+
+DELTA_PAGE = 50
 
 SECOND = 1_000_000
 PAGE = 100
@@ -167,6 +170,16 @@ def _field_text(message: dict[str, Any], where: str) -> str:
     return " ".join(
         _address_text(r) for r in [*(message.get("toRecipients") or []), *(message.get("ccRecipients") or [])]
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaChanges:
+    """What changed in a folder since a delta link: messages that arrived (UID, id), ids that left,
+    and the delta link to keep for the next look (where the IMAP trigger keeps its mark)."""
+
+    added: list[tuple[int, str]]
+    removed: list[str]
+    delta_link: str
 
 
 class GraphMailbox:
@@ -379,6 +392,45 @@ class GraphMailbox:
                     action="delete a message",
                 )
             self._ids.pop(uid, None)
+
+    async def changes(self, folder: str, delta_link: str | None = None) -> DeltaChanges:
+        """The folder's changes since `delta_link` (a delta query, paged through `@odata.nextLink`).
+
+        Without a link Graph lists every message there now: the baseline (a trigger takes
+        none of it unless asked to). A message moved into the folder counts as arrived,
+        as on IMAP (it gets a new UID there), which a mark by UID alone would miss. An
+        expired link raises `GraphSyncResetError`: start again without one.
+        """
+        found = await self._folder_or_fail(folder)
+        url: str | None = delta_link or (
+            self._messages_path(found) + "/delta?$select=id,receivedDateTime,subject,from,isRead"
+        )
+        added: list[tuple[int, str]] = []
+        removed: list[str] = []
+        while url:
+            response = await self.client.request(
+                "GET",
+                url,
+                permission="Mail.Read",
+                action=f"look for changes in folder {folder!r}",
+                headers={"Prefer": f"odata.maxpagesize={DELTA_PAGE}"},
+            )
+            page = response.json()
+            for item in page.get("value") or []:
+                if "@removed" in item:
+                    removed.append(str(item["id"]))
+                elif item.get("receivedDateTime"):
+                    uid = message_uid(str(item["id"]), str(item["receivedDateTime"]))
+                    self._ids[uid] = str(item["id"])
+                    added.append((uid, str(item["id"])))
+            final = page.get("@odata.deltaLink")
+            if final:
+                return DeltaChanges(added=sorted(added), removed=removed, delta_link=str(final))
+            link = page.get("@odata.nextLink")
+            url = str(link) if link else None
+        raise TargetError(
+            "Microsoft Graph ended a delta query without a delta link", target=self.endpoint.target_name
+        )
 
     async def idle(self, *, timeout: float) -> bool:
         """Graph has no IDLE (and `capabilities` does not offer it): the trigger polls."""
