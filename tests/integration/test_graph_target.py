@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
+import httpx
 import pytest
 import yaml
 
@@ -20,6 +21,7 @@ from mailwright.services.targets import TargetCreate
 from mailwright.storage.tables import AccountKeyRow
 from mailwright.transport.base import Login
 from tests.integration.test_graph_send import MAILBOX, StaticTokens
+from tests.support.apiserver import APIServer
 from tests.support.cli import CLI, assert_ok
 from tests.support.graph_server import ALL_ROLES, GraphServer
 
@@ -195,3 +197,67 @@ def test_the_cli_offers_the_graph_options_and_creates_a_target(cli: CLI, graph: 
     assert MAILBOX in shown and "US Government L5 (DoD)" in shown
     tested = cli("targets", "test", "Contoso")
     assert "no OAuth2 account key" in tested.output
+    updated = assert_ok(
+        cli("targets", "update", "Contoso", "--save-to-sent-items", "--cloud", "global", "--json")
+    ).json()
+    assert updated["save_to_sent_items"] is True and updated["cloud"] == "global"
+    assert updated["graph_url"] == graph.base_url  # kept
+
+
+def test_the_rest_api_creates_a_graph_target(api: httpx.Client, graph: GraphServer) -> None:
+    types = {t["name"]: t for t in api.get("/api/v1/target-types").json()}
+    assert types["graph"]["label"] == "Microsoft Graph Endpoint"
+    created = api.post(
+        "/api/v1/targets",
+        json={"display_name": "Contoso", "type": "graph", "mailbox": MAILBOX, "no_account_keys": True},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["cloud"] == "global" and created.json()["login_url"] is None
+    refused = api.post(
+        "/api/v1/targets",
+        json={
+            "display_name": "Plain",
+            "type": "graph",
+            "mailbox": MAILBOX,
+            "graph_url": "http://graph.example",
+        },
+    )
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "graph_url"
+
+
+def test_the_web_form_offers_and_saves_the_graph_fields(mw: Services, graph: GraphServer) -> None:
+    signed_in = mw.web_auth.open_session()
+    with (
+        APIServer(mw) as server,
+        httpx.Client(
+            base_url=server.base_url, headers={"Cookie": f"mw_session={signed_in.cookie}"}, timeout=30
+        ) as client,
+    ):
+        page = client.get("/targets/new").text
+        assert "Microsoft Graph Endpoint" in page
+        for name in ("mailbox", "cloud", "graph_url", "login_url", "skip_sent_items"):
+            assert f'id="f-{name}"' in page, name
+        assert "US Government L5 (DoD)" in page
+        created = client.post(
+            "/targets/new",
+            data={
+                "csrf_token": signed_in.session.csrf_token,
+                "target_type": "graph",
+                "display_name": "Contoso web",
+                "no_account_keys": "true",
+                "mailbox": MAILBOX,
+                "cloud": "usgov",
+                "graph_url": graph.base_url,
+                "skip_sent_items": "true",
+            },
+        )
+        assert created.status_code == 303, created.text
+        target = mw.targets.get("Contoso web")
+        assert (target.type, target.mailbox, target.cloud, target.save_to_sent_items) == (
+            "graph",
+            MAILBOX,
+            "usgov",
+            False,
+        )
+        detail = client.get(f"/targets/{target.id}").text
+        assert MAILBOX in detail and "US Government L4" in detail
