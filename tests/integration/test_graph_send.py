@@ -7,6 +7,7 @@ these tests are about what Graph receives and how its answers become our errors.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -264,3 +265,17 @@ def test_retry_after_takes_seconds_or_a_date() -> None:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+async def test_no_token_or_upload_url_reaches_the_logs(
+    graph: GraphServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    data, recipients = mime(attachments=[Attachment("big.bin", b"y" * (3 * 1024 * 1024 + 5), "")])
+    await send(graph, data, recipients, login("stale-token-123", "good"))
+    with pytest.raises(TargetAuthError) as caught:
+        await send(graph, data, recipients, login("stale-token-123", "revoked-token-456"))
+    shown = caplog.text + str(caught.value) + repr(caught.value.details())
+    assert "refreshing it once" in caplog.text
+    for secret in ("stale-token-123", "revoked-token-456", "good", "authtoken="):
+        assert secret not in shown, secret

@@ -32,6 +32,8 @@ from mailwright.transport.outbound import TargetPolicyError, outbound_policy
 from mailwright.transport.replies import quote_foreign, response_text
 
 log = logging.getLogger(__name__)
+# httpx logs each request's URL at INFO; an upload session's URL carries its own credential.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 PROTOCOL = "HTTPS"
 GRANT_HINT = (
