@@ -15,7 +15,8 @@ bring its own token handling, while our tokens come from the account key's
 
 Modules: `client` (requests, errors), `convert` (a prepared MIME message as Graph's
 message JSON), `send` (sendMail; large attachments through a draft and upload sessions),
-`report` (the connection test).
+`report` (the connection test), `mailbox` (the mailbox as IMAP's `FolderMailbox`, and
+delta queries for the trigger).
 """
 
 from __future__ import annotations
