@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from mailwright.errors import ValidationError
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyUpdate
@@ -65,8 +66,9 @@ def test_a_graph_key_needs_a_secret_or_a_certificate_and_says_how(cli: CLI) -> N
 
 def test_a_certificate_is_read_from_its_file_and_never_shown(cli: CLI, tmp_path: Path) -> None:
     pem = tmp_path / "app.pem"
-    body = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN-secret-part\n-----END PRIVATE KEY-----\n"
-    pem.write_text(body)
+    issued = trustme.CA().issue_cert("graph-app.contoso.example", key_type=trustme.KeyType.RSA)
+    body = issued.private_key_and_cert_chain_pem.bytes()
+    pem.write_bytes(body)
     created = assert_ok(
         cli(
             "account-keys", "create", "--type", "graph", "--name", "cert", "--tenant-id", "t",
@@ -75,7 +77,17 @@ def test_a_certificate_is_read_from_its_file_and_never_shown(cli: CLI, tmp_path:
     ).json()  # fmt: skip
     assert created["secrets"] == {"certificate": MASK}
     assert created["settings"]["cloud"] == "usgov"
-    assert b"secret-part" not in _stored(cli.home)
+    key_lines = body.decode().split("-----END PRIVATE KEY-----")[0].splitlines()[1:]
+    stored = _stored(cli.home)
+    assert all(line.encode() not in stored for line in key_lines if len(line) > 20)
+
+    no_key = tmp_path / "cert-only.pem"
+    no_key.write_bytes(issued.cert_chain_pems[0].bytes())
+    refused = cli(
+        "account-keys", "create", "--type", "graph", "--name", "bad", "--tenant-id", "t",
+        "--client-id", "c", "--certificate", str(no_key),
+    )  # fmt: skip
+    assert_error(refused, 2, "no private key")
 
 
 def test_another_types_option_is_refused_before_any_secret_is_read(cli: CLI) -> None:

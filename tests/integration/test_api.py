@@ -133,7 +133,7 @@ def test_targets_crud_with_preset_and_key_in_use(api: httpx.Client) -> None:
     types = api.get("/api/v1/target-types").json()
     smtp = next(t for t in types if t["name"] == "smtp")
     assert {p["key"] for p in smtp["presets"]} >= {"gmail", "outlook", "yahoo", "icloud", "fastmail", "zoho"}
-    assert {t["name"] for t in types} == {"smtp", "imap", "pop3"}
+    assert {t["name"] for t in types} == {"smtp", "imap", "pop3", "graph"}
     assert api.delete("/api/v1/targets/gmail").status_code == 204
     assert api.get("/api/v1/targets").json() == []
 

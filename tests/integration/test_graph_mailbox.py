@@ -28,10 +28,11 @@ from mailwright.storage.tables import TriggerMessageRow
 from mailwright.transport.graph import mailbox as graph_mailbox
 from mailwright.transport.graph.client import GraphPermissionError, GraphSyncResetError
 from tests.integration.test_graph_send import MAILBOX
-from tests.integration.test_graph_target import graph_target, keyed
-from tests.support.graph_server import ALL_ROLES, GraphServer
+from tests.integration.test_graph_target import graph_target
+from tests.support.graph_keys import GraphKeys, graph_oauth, keyed
+from tests.support.graph_server import GraphServer
 
-__all__ = ["keyed"]  # the fixture, used here by name
+__all__ = ["graph_oauth", "keyed"]  # the fixtures, used here by name
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -53,8 +54,8 @@ def raw(subject: str, sender: str = "Bob <bob@example.org>", body: str = "Hello"
 
 
 @pytest.fixture
-def graph() -> Iterator[GraphServer]:
-    with GraphServer(tokens={"good": ALL_ROLES, "read-only": {"Mail.Read"}}, users=[MAILBOX]) as server:
+def graph(keyed: GraphKeys) -> Iterator[GraphServer]:
+    with GraphServer(tokens=keyed.roles, users=[MAILBOX]) as server:
         for n in range(1, 6):
             server.deliver(
                 MAILBOX,
@@ -66,7 +67,7 @@ def graph() -> Iterator[GraphServer]:
 
 
 async def test_read_email_filters_orders_and_pages_like_imap(
-    mw: Services, graph: GraphServer, keyed: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    mw: Services, graph: GraphServer, keyed: GraphKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(graph_mailbox, "PAGE", 2)  # five messages: three pages
     graph_target(mw, graph, keyed, token="good")
@@ -99,7 +100,7 @@ async def test_read_email_filters_orders_and_pages_like_imap(
 
 
 async def test_read_email_marks_read_and_moves_to_a_new_folder(
-    mw: Services, graph: GraphServer, keyed: dict[str, str]
+    mw: Services, graph: GraphServer, keyed: GraphKeys
 ) -> None:
     graph_target(mw, graph, keyed, token="good")
     marked = await read_messages(mw.targets, "Contoso", ReadEmailInput(unseen=True, max=2, after="mark_read"))
@@ -118,7 +119,7 @@ async def test_read_email_marks_read_and_moves_to_a_new_folder(
 
 
 async def test_uids_from_one_step_move_mark_and_delete_in_another(
-    mw: Services, graph: GraphServer, keyed: dict[str, str]
+    mw: Services, graph: GraphServer, keyed: GraphKeys
 ) -> None:
     graph_target(mw, graph, keyed, token="good")
     read = await read_messages(mw.targets, "Contoso", ReadEmailInput(order="oldest"))
@@ -152,7 +153,7 @@ async def test_uids_from_one_step_move_mark_and_delete_in_another(
 
 
 async def test_new_mail_above_the_mark_is_found_as_the_trigger_looks_for_it(
-    mw: Services, graph: GraphServer, keyed: dict[str, str]
+    mw: Services, graph: GraphServer, keyed: GraphKeys
 ) -> None:
     graph_target(mw, graph, keyed, token="good")
     async with imap_folder(mw.targets, "Contoso", activity="trigger", folder="INBOX") as box:
@@ -169,7 +170,7 @@ async def test_new_mail_above_the_mark_is_found_as_the_trigger_looks_for_it(
 
 
 async def test_unknown_folders_and_missing_permissions_say_what_to_do(
-    mw: Services, graph: GraphServer, keyed: dict[str, str]
+    mw: Services, graph: GraphServer, keyed: GraphKeys
 ) -> None:
     graph_target(mw, graph, keyed, token="good")
     with pytest.raises(ValidationError, match="no folder 'Nowhere'"):
@@ -184,7 +185,7 @@ async def test_unknown_folders_and_missing_permissions_say_what_to_do(
 
 
 async def test_the_mail_trigger_runs_once_per_message_across_a_restart(
-    mw: Services, graph: GraphServer, keyed: dict[str, str]
+    mw: Services, graph: GraphServer, keyed: GraphKeys
 ) -> None:
     graph_target(mw, graph, keyed, token="good")
     workflow = mw.workflows.create(
@@ -265,7 +266,7 @@ async def test_the_mail_trigger_runs_once_per_message_across_a_restart(
 
 
 async def test_delta_queries_give_arrivals_moves_in_and_removals(
-    mw: Services, graph: GraphServer, keyed: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    mw: Services, graph: GraphServer, keyed: GraphKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(graph_mailbox, "DELTA_PAGE", 2)
     graph_target(mw, graph, keyed, token="good")

@@ -1,12 +1,13 @@
 """The Microsoft Graph Endpoint target through the services, a send_email step and the CLI.
 
-The OAuth2 Microsoft Graph key type is wired by the account-key work; here an Email
-Credentials key stands in, its Login given a static token source (`keyed` below), so
-that everything from the stored target to the JSON Graph receives is the real path.
+Each target logs in with a real OAuth2 Microsoft Graph Credentials key whose tokens come
+from the token stand-in (tests/support/graph_keys.py): everything from the stored key and
+target to the JSON Graph receives is the real path.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -14,51 +15,28 @@ import httpx
 import pytest
 import yaml
 
-from mailwright.secrets import Secret
-from mailwright.services.account_keys import AccountKeyCreate, AccountKeyService
 from mailwright.services.app import Services
 from mailwright.services.targets import TargetCreate
-from mailwright.storage.tables import AccountKeyRow
-from mailwright.transport.base import Login
-from tests.integration.test_graph_send import MAILBOX, StaticTokens
+from tests.integration.test_graph_send import MAILBOX
 from tests.support.apiserver import APIServer
 from tests.support.cli import CLI, assert_ok
+from tests.support.graph_keys import GraphKeys, graph_oauth, keyed
 from tests.support.graph_server import ALL_ROLES, GraphServer
+
+__all__ = ["graph_oauth", "keyed"]  # the fixtures, used here by name
 
 
 @pytest.fixture
-def graph() -> Iterator[GraphServer]:
-    with GraphServer(
-        tokens={"good": ALL_ROLES, "send-only": {"Mail.Send"}, "read-only": {"User.Read.All", "Mail.Read"}},
-        users=[MAILBOX],
-    ) as server:
+def graph(keyed: GraphKeys) -> Iterator[GraphServer]:
+    with GraphServer(tokens=keyed.roles, users=[MAILBOX]) as server:
         yield server
 
 
-@pytest.fixture
-def keyed(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Account keys whose Login carries a token source: {key name: the token it hands out}."""
-    tokens: dict[str, str] = {}
-    plain = AccountKeyService.login_for_row
-
-    def login_for_row(self: AccountKeyService, row: AccountKeyRow) -> Login:
-        login = plain(self, row)
-        if row.name not in tokens:
-            return login
-        return Login(
-            key_name=login.key_name, username="", password=Secret(""), tokens=StaticTokens(tokens[row.name])
-        )
-
-    monkeypatch.setattr(AccountKeyService, "login_for_row", login_for_row)
-    return tokens
-
-
 def graph_target(
-    mw: Services, server: GraphServer, keyed: dict[str, str], *, token: str, name: str = "Contoso"
+    mw: Services, server: GraphServer, keyed: GraphKeys, *, token: str, name: str = "Contoso"
 ) -> None:
     key = f"{name}-key"
-    keyed[key] = token
-    mw.account_keys.create(AccountKeyCreate(name=key, username=MAILBOX, password=Secret("unused")))
+    keyed[key] = token  # a real Graph key; its app's tokens get the roles of `token`
     mw.targets.create(
         TargetCreate.model_validate(
             {
@@ -74,7 +52,7 @@ def graph_target(
 
 
 async def test_a_send_email_step_sends_through_graph(
-    mw: Services, graph: GraphServer, keyed: dict[str, str]
+    mw: Services, graph: GraphServer, keyed: GraphKeys
 ) -> None:
     graph_target(mw, graph, keyed, token="good")
     document = {
@@ -113,7 +91,7 @@ async def test_a_send_email_step_sends_through_graph(
 
 
 async def test_a_throttled_step_is_deferred_not_failed(
-    mw: Services, graph: GraphServer, keyed: dict[str, str]
+    mw: Services, graph: GraphServer, keyed: GraphKeys
 ) -> None:
     graph_target(mw, graph, keyed, token="good")
     document = {
@@ -122,17 +100,24 @@ async def test_a_throttled_step_is_deferred_not_failed(
         "steps": [{"id": "s", "activity": "send_email", "with": {"from": MAILBOX, "to": ["b@example.org"]}}],
     }
     workflow = mw.workflows.create(yaml.safe_dump(document, sort_keys=False))
-    graph.throttle(status=429, retry_after="30")
+    graph.throttle(status=429, retry_after="2")
     run = mw.runs.start_workflow(workflow.id)
+    started = time.monotonic()
     status = await mw.executor(worker_id="t", lease=timedelta(seconds=5), with_files=False).execute(run.id)
-    # Deferred, not failed: the engine tried again and Graph took it. (The engine waits its own
-    # backoff; honouring the error's retry_after is the engine's to do.)
+    # Deferred, not failed: the engine tried again no sooner than Graph asked, and Graph took it.
     assert status == "succeeded" and len(graph.sent) == 1
     assert len(graph.requests_to("POST", "/sendMail")) == 2
+    assert time.monotonic() - started >= 2.0
+
+    graph.throttle(status=429, retry_after="30")  # longer than a worker waits holding the run
+    later = mw.runs.start_workflow(workflow.id)
+    status = await mw.executor(worker_id="t", lease=timedelta(seconds=5), with_files=False).execute(later.id)
+    assert status == "queued" and len(graph.sent) == 1  # released, to be taken again in 30 s
+    assert len(graph.requests_to("POST", "/sendMail")) == 3
 
 
 async def test_the_connection_test_reports_token_mailbox_and_permissions(
-    mw: Services, graph: GraphServer, keyed: dict[str, str]
+    mw: Services, graph: GraphServer, keyed: GraphKeys
 ) -> None:
     graph_target(mw, graph, keyed, token="good")
     report = await mw.targets.test("Contoso")
@@ -161,10 +146,9 @@ async def test_the_connection_test_reports_token_mailbox_and_permissions(
 
 
 async def test_a_mailbox_that_does_not_exist_fails_the_test(
-    mw: Services, graph: GraphServer, keyed: dict[str, str]
+    mw: Services, graph: GraphServer, keyed: GraphKeys
 ) -> None:
     keyed["k"] = "good"
-    mw.account_keys.create(AccountKeyCreate(name="k", username=MAILBOX, password=Secret("unused")))
     mw.targets.create(
         TargetCreate.model_validate(
             {"display_name": "Nobody", "type": "graph", "mailbox": "nobody@contoso.example",

@@ -134,7 +134,10 @@ def test_trigger_targets_must_exist_and_read_mail() -> None:
     doc = parse_document(document(target="Outbox"))
     problems = check_references(doc, activities={"send_email"}, targets={"Inbox"}, account_keys=set())
     assert problems == ["triggers[0].target: target 'Outbox' does not exist; known targets: Inbox"]
-    assert "needs an IMAP or POP3 Endpoint target" in trigger_problems(doc, {"Outbox": "smtp"})[0]
+    assert (
+        "needs an IMAP, POP3 or Microsoft Graph Endpoint target"
+        in trigger_problems(doc, {"Outbox": "smtp"})[0]
+    )
 
 
 def test_pop3_triggers_cannot_move_or_pick_folders() -> None:

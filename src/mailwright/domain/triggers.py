@@ -4,7 +4,7 @@ A trigger is written in the workflow document::
 
     triggers:
       - type: email
-        target: Support inbox          # an IMAP or POP3 Endpoint target, by display name
+        target: Support inbox          # an IMAP, POP3 or Microsoft Graph Endpoint target, by display name
         folder: INBOX
         conditions:
           all:

@@ -66,7 +66,7 @@ PAGE = 500  # steps read per query
 RATE_INLINE_WAIT = 120.0  # a batch may wait this long for a rate-limit slot in place
 # Stages of opening a connection: a connection or timeout failure there (after the retries) means
 # the server is unreachable, and every other message would fail the same way.
-OPENING = frozenset({"connect", "tls", "ehlo", "starttls", "auth"})
+OPENING = frozenset({"token", "connect", "tls", "ehlo", "starttls", "auth"})
 
 
 @dataclass

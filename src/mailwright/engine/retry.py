@@ -25,7 +25,10 @@ def is_transient(exc: BaseException) -> bool:
 def retry_wait(exc: BaseException, attempts: int, most: int) -> float | None:
     """Seconds before a failed attempt is tried again, or None when the step fails for good."""
     if is_transient(exc) and attempts < most:
-        return backoff(attempts)
+        # A server that said when to come back (Retry-After: Graph's 429 and 503) is not asked sooner.
+        asked = getattr(exc, "retry_after", None)
+        wait = backoff(attempts)
+        return max(wait, float(asked)) if isinstance(asked, int | float) and asked > 0 else wait
     return None
 
 

@@ -7,22 +7,15 @@ Graph target may override it (`TargetType.login_hints`).
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mailwright.keys.trust import checked_ca_file, verify_for
+from mailwright.oauth.presets import Cloud
 from mailwright.plugins import AccountKeyType, KeyMaterial, register_account_key_type
 from mailwright.secrets import Secret
 from mailwright.transport.base import Login
-
-
-class Cloud(StrEnum):
-    GLOBAL = "global"
-    USGOV = "usgov"
-    USGOV_DOD = "usgov-dod"
-    CHINA = "china"
 
 
 class GraphCredentials(BaseModel):
@@ -118,7 +111,7 @@ def _login(material: KeyMaterial) -> Login:
         login_url_of(settings, hints),
         None,  # {graph}/.default: the application permissions granted to the app
         material.token_store,
-        graph_url=str(hints.get("graph_url") or cloud.graph_url),
+        graph_url=cloud.graph_url,  # the scope is the cloud's Graph, wherever a target points
         verify=verify_for(settings),
     )
     return Login(key_name=material.name, username="", password=Secret(""), tokens=tokens)

@@ -10,9 +10,19 @@ deployments" pages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 CloudName = Literal["global", "usgov", "usgov-dod", "china"]
+
+
+class Cloud(StrEnum):
+    """Microsoft's national clouds, as a Graph target and a Graph key name them."""
+
+    GLOBAL = "global"
+    USGOV = "usgov"
+    USGOV_DOD = "usgov-dod"
+    CHINA = "china"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -25,6 +24,7 @@ from mailwright.domain.connection_test import ConnectionTestReport, report_from
 from mailwright.domain.hosts import ascii_host
 from mailwright.domain.validation import validate_model
 from mailwright.errors import ValidationError
+from mailwright.oauth.presets import MICROSOFT_CLOUDS, Cloud, microsoft_cloud
 from mailwright.plugins import Preset, TargetType, TargetView, register_target_type
 
 if TYPE_CHECKING:
@@ -35,26 +35,7 @@ PROTOCOL = "HTTPS"
 LABEL = "Microsoft Graph Endpoint"
 
 
-class Cloud(StrEnum):
-    GLOBAL = "global"
-    USGOV = "usgov"
-    USGOV_DOD = "usgov-dod"
-    CHINA = "china"
-
-
-# (Graph URL, login URL) of each national cloud, as Microsoft publishes them.
-CLOUD_URLS: dict[Cloud, tuple[str, str]] = {
-    Cloud.GLOBAL: ("https://graph.microsoft.com", "https://login.microsoftonline.com"),
-    Cloud.USGOV: ("https://graph.microsoft.us", "https://login.microsoftonline.us"),
-    Cloud.USGOV_DOD: ("https://dod-graph.microsoft.us", "https://login.microsoftonline.us"),
-    Cloud.CHINA: ("https://microsoftgraph.chinacloudapi.cn", "https://login.chinacloudapi.cn"),
-}
-CLOUD_LABELS: dict[str, Any] = {
-    Cloud.GLOBAL.value: "Global",
-    Cloud.USGOV.value: "US Government L4",
-    Cloud.USGOV_DOD.value: "US Government L5 (DoD)",
-    Cloud.CHINA.value: "China (operated by 21Vianet)",
-}
+CLOUD_LABELS: dict[str, Any] = {name: cloud.label for name, cloud in MICROSOFT_CLOUDS.items()}
 
 
 def _is_loopback(host: str) -> bool:
@@ -185,12 +166,12 @@ class GraphSettings(BaseModel):
     @property
     def graph_base(self) -> str:
         """The Graph URL calls go to: the override, else the national cloud's."""
-        return self.graph_url or CLOUD_URLS[self.cloud][0]
+        return self.graph_url or microsoft_cloud(self.cloud.value).graph_url
 
     @property
     def login_base(self) -> str:
         """The login URL tokens come from (`{login_base}/{tenant}/oauth2/v2.0/token`)."""
-        return self.login_url or CLOUD_URLS[self.cloud][1]
+        return self.login_url or microsoft_cloud(self.cloud.value).login_url
 
     def token_scope(self) -> str:
         """The scope the key's client-credentials token is asked for: `{graph}/.default`.
@@ -198,7 +179,7 @@ class GraphSettings(BaseModel):
         With a Graph URL override (a test stand-in) the scope stays the cloud's: the app
         registration's permissions are granted on Graph, not on the URL that serves it.
         """
-        return f"{CLOUD_URLS[self.cloud][0]}/.default"
+        return f"{microsoft_cloud(self.cloud.value).graph_url}/.default"
 
     def endpoint(self, target_name: str) -> GraphEndpoint:
         from mailwright.transport.graph.client import GraphEndpoint
@@ -340,5 +321,11 @@ GRAPH_ENDPOINT = register_target_type(
         mailbox_folders=True,
         poll_seconds=lambda settings: _settings(settings).polling_interval,
         form_defaults={"cloud": Cloud.GLOBAL.value},
+        # The key logs in to the target's cloud; at the target's login URL when it names one,
+        # else at the key's own, else at the cloud's.
+        login_hints=lambda settings: {
+            "login_url": _settings(settings).login_url,
+            "cloud": _settings(settings).cloud.value,
+        },
     )
 )

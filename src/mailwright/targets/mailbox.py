@@ -150,8 +150,7 @@ def mailbox_target_type(
         label=f"{protocol} Endpoint",
         protocol=protocol,
         settings_model=settings_model,
-        # OAuth2 (XOAUTH2) where the transport speaks it: IMAP; POP3 logs in with a password.
-        account_key_types=("email_credentials", "oauth2") if folders else ("email_credentials",),
+        account_key_types=("email_credentials", "oauth2"),
         settings_from_input=from_input,
         run_test=run_test,
         describe=describe,
