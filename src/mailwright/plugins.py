@@ -98,6 +98,9 @@ class TargetType:
     linked_values: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # What the type's account key needs from the target to log in (a Graph target's login URL).
     login_hints: Callable[[BaseModel], dict[str, Any]] | None = None
+    # The From a message gets when neither the request nor the key's sender names one
+    # (a Graph target sends as its mailbox); None: the key's username, if an address.
+    default_sender: Callable[[BaseModel], str | None] | None = None
 
     def preset(self, key: str) -> Preset:
         found = self.presets.get(key.lower())

@@ -272,7 +272,8 @@ class TargetService:
                 target=_public(row),
                 settings=settings,
                 login=self._keys.login_for_row(key_row, hints) if key_row is not None else None,
-                sender=key_row.sender if key_row is not None else None,
+                sender=(key_row.sender if key_row is not None else None)
+                or (kind.default_sender(settings) if kind.default_sender else None),
             )
             stamp = (row.updated_at, key_row.updated_at if key_row is not None else None)
             key_id = key_row.id if key_row is not None else None

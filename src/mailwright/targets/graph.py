@@ -323,6 +323,9 @@ GRAPH_ENDPOINT = register_target_type(
         form_defaults={"cloud": Cloud.GLOBAL.value},
         # The key logs in to the target's cloud; at the target's login URL when it names one,
         # else at the key's own, else at the cloud's.
+        default_sender=lambda settings: (
+            _settings(settings).mailbox if "@" in _settings(settings).mailbox else None
+        ),
         login_hints=lambda settings: {
             "login_url": _settings(settings).login_url,
             "cloud": _settings(settings).cloud.value,
