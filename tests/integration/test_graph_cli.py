@@ -63,8 +63,8 @@ def test_graph_through_the_cli(
     )  # fmt: skip
     created = assert_ok(
         cli(
-            "targets", "create", "--type", "graph", "--name", "Contoso mail", "--account-key", "contoso-graph",
-            "--mailbox", MAILBOX, "--graph-url", graph.base_url, "--login-url", oauth.base_url, "--json",
+            "targets", "create", "--type", "graph", "--name", "Contoso mail",
+            "--account-key", "contoso-graph", "--mailbox", MAILBOX, "--graph-url", graph.base_url, "--login-url", oauth.base_url, "--json",
         )
     ).json()  # fmt: skip
     assert (created["type_label"], created["mailbox"]) == ("Microsoft Graph Endpoint", MAILBOX)
@@ -125,7 +125,8 @@ def test_a_missing_permission_is_named_with_its_fix(
     assert_ok(
         cli(
             "account-keys", "create", "--type", "graph", "--name", "sender-only", "--tenant-id", "t",
-            "--client-id", "send-only-app", "--client-secret-env", "GRAPH_SECRET", "--ca-file", tls_files.ca_path,
+            "--client-id", "send-only-app", "--client-secret-env", "GRAPH_SECRET",
+            "--ca-file", tls_files.ca_path,
             env={"GRAPH_SECRET": APP_SECRET},
         )
     )  # fmt: skip
