@@ -64,7 +64,8 @@ def test_graph_through_the_cli(
     created = assert_ok(
         cli(
             "targets", "create", "--type", "graph", "--name", "Contoso mail",
-            "--account-key", "contoso-graph", "--mailbox", MAILBOX, "--graph-url", graph.base_url, "--login-url", oauth.base_url, "--json",
+            "--account-key", "contoso-graph", "--mailbox", MAILBOX, "--graph-url", graph.base_url,
+            "--login-url", oauth.base_url, "--json",
         )
     ).json()  # fmt: skip
     assert (created["type_label"], created["mailbox"]) == ("Microsoft Graph Endpoint", MAILBOX)
