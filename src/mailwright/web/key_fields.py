@@ -29,6 +29,11 @@ LABELS = {
     "certificate": "Certificate (PEM)",
     "login_url": "Login URL",
     "cloud": "National cloud",
+    "ca_file": "CA file (PEM path on the server)",
+    "token_endpoint": "Token endpoint",
+    "authorization_endpoint": "Authorization endpoint",
+    "device_authorization_endpoint": "Device-code endpoint",
+    "refresh_token": "Refresh token",
 }
 
 
