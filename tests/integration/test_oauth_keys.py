@@ -23,7 +23,7 @@ import pytest
 from mailwright.errors import TargetAuthError
 from mailwright.oauth.tokens import forget
 from mailwright.services.app import Services
-from tests.support.cli import CLI, MAILWRIGHT, assert_ok
+from tests.support.cli import CLI, MAILWRIGHT, assert_error, assert_ok
 from tests.support.oauth_server import OAuthClient, OAuthTestServer
 from tests.support.tlsfiles import TLSFiles
 
@@ -69,10 +69,13 @@ def test_a_graph_key_gets_tokens_by_client_credentials(
     cli.assert_not_stored(token)
 
 
-def _authorize(cli: CLI, name: str, verify: ssl.SSLContext) -> tuple[int, str, str]:
-    """`mailwright account-keys authorize NAME`, with the user's browser following the printed URL."""
+def _authorize(
+    cli: CLI, name: str, verify: ssl.SSLContext, *, device: OAuthTestServer | None = None
+) -> tuple[int, str, str]:
+    """`mailwright account-keys authorize NAME`, with the user following what it prints: the URL
+    in a browser, or (`device`) the code entered on another device."""
     proc = subprocess.Popen(
-        [str(MAILWRIGHT), "account-keys", "authorize", name],
+        [str(MAILWRIGHT), "account-keys", "authorize", name, *(["--device-code"] if device else [])],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli.env,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
@@ -88,10 +91,15 @@ def _authorize(cli: CLI, name: str, verify: ssl.SSLContext) -> tuple[int, str, s
     seen = ""
     while "http" not in seen:
         seen += lines.get(timeout=60)
-    url = re.search(r"https?://\S+", seen)
-    assert url, seen
-    answer = httpx.get(url.group(0), follow_redirects=True, timeout=30, verify=verify)
-    assert answer.status_code == 200, answer.text
+    if device is not None:
+        while "code" not in seen:
+            seen += lines.get(timeout=60)
+        device.approve_device(seen.strip().rstrip(".").rsplit(" ", 1)[-1])
+    else:
+        url = re.search(r"https?://\S+", seen)
+        assert url, seen
+        answer = httpx.get(url.group(0), follow_redirects=True, timeout=30, verify=verify)
+        assert answer.status_code == 200, answer.text
     proc.wait(timeout=120)
     reader.join(timeout=60)
     assert proc.stderr is not None
@@ -158,3 +166,36 @@ def test_a_revoked_grant_says_to_reauthorize(
     assert "re-authorize this key: mailwright account-keys authorize mail" in str(refused.value)
     assert server.token_requests["refresh_token"] == asked + 1  # asked once, not retried
     assert refresh not in str(refused.value)
+
+
+def test_an_xoauth2_key_is_authorized_with_a_device_code(
+    cli: CLI, mw: Services, server: OAuthTestServer, tls_files: TLSFiles
+) -> None:
+    assert_ok(
+        cli(
+            "account-keys", "create", "--type", "oauth2", "--name", "tv", "--username", "alice@example.org",
+            "--client-id", "mail-app", "--client-secret-env", "MW_SECRET",
+            "--token-endpoint", server.token_endpoint(),
+            "--device-authorization-endpoint", server.device_endpoint(),
+            "--scopes", "https://mail.example.org/IMAP offline_access", "--ca-file", tls_files.ca_path,
+            env={"MW_SECRET": OAUTH_SECRET},
+        )
+    )  # fmt: skip
+    code, out, err = _authorize(cli, "tv", tls_files.client_context(), device=server)
+    assert code == 0, out + err
+    assert "enter the code" in out
+    assert cli("account-keys", "show", "tv", "--json").json()["authorized"] is True
+    assert server.introspect(_access_token(mw, "tv"))["active"] is True
+    assert_ok(
+        cli(
+            "account-keys", "create", "--type", "oauth2", "--name", "web-only", "--username", "a@example.org",
+            "--client-id", "mail-app", "--token-endpoint", server.token_endpoint(),
+        )
+    )  # fmt: skip
+    refused = cli("account-keys", "authorize", "web-only", "--device-code")
+    assert_error(refused, 2, "no device-code endpoint")
+    email = cli("account-keys", "create", "--name", "pw", "--username", "a@example.org",
+                "--password-env", "P",
+                env={"P": "pw-1"})  # fmt: skip
+    assert_ok(email)
+    assert_error(cli("account-keys", "authorize", "pw"), 2, "needs no authorization")
