@@ -93,18 +93,32 @@ class Secret:
 
 
 class _Redactor:
-    """Remembers revealed secrets and scrubs them, and their base64 forms, from text."""
+    """Remembers revealed secrets and scrubs them, and their base64 forms, from text.
+
+    OAuth2 access tokens are revealed anew at every refresh (hourly, per key): a service
+    that runs for months would remember without end, so only the newest `KEPT` values are
+    kept (the oldest go first: tokens long expired, and a password revealed again at its
+    next use comes back to the front).
+    """
+
+    KEPT = 4096
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: set[str] = set()
+        self._values: dict[str, None] = {}  # insertion-ordered: the oldest first
         self._pattern: re.Pattern[str] | None = None
 
     def register(self, value: str) -> None:
-        if len(value) < 4 or value in self._values:
+        if len(value) < 4:
             return
         with self._lock:
-            self._values.add(value)
+            if value in self._values:
+                self._values.pop(value)
+                self._values[value] = None  # in use again: the newest
+                return
+            self._values[value] = None
+            while len(self._values) > self.KEPT:
+                del self._values[next(iter(self._values))]
             self._pattern = None
 
     def _compiled(self) -> re.Pattern[str] | None:
