@@ -26,6 +26,7 @@ from mailwright.domain.validation import validate_model
 from mailwright.errors import ValidationError
 from mailwright.oauth.presets import MICROSOFT_CLOUDS, Cloud, microsoft_cloud
 from mailwright.plugins import Preset, TargetType, TargetView, register_target_type
+from mailwright.targets import common_fields
 
 if TYPE_CHECKING:
     from mailwright.transport.base import Login
@@ -116,30 +117,9 @@ class GraphSettings(BaseModel):
             "off_flag": "save_to_sent_items",
         },
     )
-    polling_interval: float = Field(
-        default=30.0,
-        ge=5,
-        le=86_400,
-        description="seconds between polls of a mail trigger",
-        json_schema_extra={
-            "label": "Polling interval (seconds)",
-            "help": "How often a mail trigger checks this mailbox when IDLE is not available.",
-        },
-    )
-    connect_timeout: float = Field(
-        default=10.0,
-        gt=0,
-        le=300,
-        description="seconds to connect",
-        json_schema_extra={"label": "Connect timeout (seconds)", "group": "advanced", "shortcut": "timeout"},
-    )
-    command_timeout: float = Field(
-        default=60.0,
-        gt=0,
-        le=3600,
-        description="seconds for each request",
-        json_schema_extra={"label": "Command timeout (seconds)", "group": "advanced", "shortcut": "timeout"},
-    )
+    polling_interval: float = common_fields.polling_interval("How often a mail trigger checks this mailbox.")
+    connect_timeout: float = common_fields.connect_timeout()
+    command_timeout: float = common_fields.command_timeout("seconds for each request")
 
     @field_validator("mailbox")
     @classmethod

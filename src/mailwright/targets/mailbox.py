@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from mailwright.domain.capabilities import Mailbox
 from mailwright.domain.connection_test import ConnectionTestReport, report_from
@@ -18,6 +18,7 @@ from mailwright.domain.smtp import Security
 from mailwright.domain.validation import validate_model
 from mailwright.errors import ValidationError
 from mailwright.plugins import Preset, TargetType, TargetView
+from mailwright.targets import common_fields
 from mailwright.targets.preset_data import load_presets
 from mailwright.targets.server_settings import ServerSettings, server_view
 
@@ -28,15 +29,8 @@ if TYPE_CHECKING:
 class MailboxSettings(ServerSettings):
     """An IMAP or POP3 server: where it is, how TLS is done, how often a trigger polls."""
 
-    polling_interval: float = Field(
-        default=30.0,
-        ge=5,
-        le=86_400,
-        description="seconds between polls of a mail trigger",
-        json_schema_extra={
-            "label": "Polling interval (seconds)",
-            "help": "How often a mail trigger checks this mailbox when IDLE is not available.",
-        },
+    polling_interval: float = common_fields.polling_interval(
+        "How often a mail trigger checks this mailbox when IDLE is not available."
     )
 
     def endpoint_fields(self, target_name: str) -> dict[str, Any]:

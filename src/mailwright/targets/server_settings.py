@@ -10,6 +10,7 @@ from mailwright.domain.hosts import ascii_host
 from mailwright.domain.smtp import Security
 from mailwright.errors import ValidationError
 from mailwright.plugins import TargetView
+from mailwright.targets import common_fields
 
 
 class ServerSettings(BaseModel):
@@ -60,20 +61,8 @@ class ServerSettings(BaseModel):
             "off_flag": "enable_certificate_validation",
         },
     )
-    connect_timeout: float = Field(
-        default=10.0,
-        gt=0,
-        le=300,
-        description="seconds to connect and get the greeting",
-        json_schema_extra={"label": "Connect timeout (seconds)", "group": "advanced", "shortcut": "timeout"},
-    )
-    command_timeout: float = Field(
-        default=60.0,
-        gt=0,
-        le=3600,
-        description="seconds for each command",
-        json_schema_extra={"label": "Command timeout (seconds)", "group": "advanced", "shortcut": "timeout"},
-    )
+    connect_timeout: float = common_fields.connect_timeout("seconds to connect and get the greeting")
+    command_timeout: float = common_fields.command_timeout()
 
     @field_validator("server")
     @classmethod

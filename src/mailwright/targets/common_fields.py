@@ -1,0 +1,42 @@
+"""Settings that several target types have, declared once: the same bounds, labels and CLI shortcut.
+
+Each is a Pydantic `Field` for a type's settings model; the description may differ (what
+one "command" is differs by protocol), the rest is shared so that the merged CLI option
+(`--connect-timeout`, and `--timeout` for both) and the form field mean one thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+
+def connect_timeout(description: str = "seconds to connect") -> Any:
+    return Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description=description,
+        json_schema_extra={"label": "Connect timeout (seconds)", "group": "advanced", "shortcut": "timeout"},
+    )
+
+
+def command_timeout(description: str = "seconds for each command") -> Any:
+    return Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description=description,
+        json_schema_extra={"label": "Command timeout (seconds)", "group": "advanced", "shortcut": "timeout"},
+    )
+
+
+def polling_interval(help_text: str) -> Any:
+    return Field(
+        default=30.0,
+        ge=5,
+        le=86_400,
+        description="seconds between polls of a mail trigger",
+        json_schema_extra={"label": "Polling interval (seconds)", "help": help_text},
+    )
