@@ -330,7 +330,8 @@ def _print_report(report: ConnectionTestReport) -> None:
     if report.capabilities:
         typer.echo("Capabilities: " + capabilities_line(report.capabilities))
     if report.authenticated_as:
-        typer.echo(f"Authenticated as {report.authenticated_as}")
+        how = f" ({report.auth_mechanism})" if report.auth_mechanism else ""
+        typer.echo(f"Authenticated as {report.authenticated_as}{how}")
     for warning in report.warnings:
         typer.secho(f"warning: {warning}", fg="yellow", err=True)
     if report.ok:

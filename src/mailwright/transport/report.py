@@ -65,7 +65,7 @@ def build_report(
     """ok, steps [{name, ok, ms}] in `step_order`, greeting, capabilities (only once the
     server greeted), tls, authenticated_as, warnings, error (with its hint) and total_ms."""
     ep = connection.endpoint
-    failed = error.stage if error is not None else None
+    failed = _failed_stages(error)
     tls = connection.tls
     timings = connection.timings
     return {
@@ -77,7 +77,7 @@ def build_report(
         "protocol": protocol.name,
         "account_key": login.key_name if login else None,
         "steps": [
-            {"name": name, "ok": name != failed, "ms": timings[name]}
+            {"name": name, "ok": name not in failed, "ms": timings[name]}
             for name in step_order
             if name in timings
         ],
@@ -90,6 +90,17 @@ def build_report(
         "error": error.details() if error is not None else None,
         "total_ms": total_ms,
     }
+
+
+def _failed_stages(error: TargetError | None) -> set[str | None]:
+    """The stage the error was raised at, and those of the errors it was raised while handling:
+    a refresh that fails after the server refused the token fails the login too."""
+    failed: set[str | None] = set()
+    seen: BaseException | None = error
+    while isinstance(seen, TargetError) and len(failed) < 8:
+        failed.add(seen.stage)
+        seen = seen.__cause__ or seen.__context__
+    return failed
 
 
 __all__ = ["Probed", "build_report", "probe"]
