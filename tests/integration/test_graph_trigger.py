@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from mailwright.activities.mailbox import imap_folder
 from mailwright.engine.triggers import TriggerManager
 from mailwright.engine.worker import Worker
 from mailwright.services.app import Services
@@ -256,3 +257,46 @@ async def test_an_expired_delta_link_is_a_new_look_without_duplicates(
         "Fwd: Invoice 43",
         "Fwd: Invoice old",
     ]
+
+
+async def test_a_trigger_that_kept_a_uid_mark_goes_on_from_it(
+    mw: Services, graph: GraphServer, keyed: GraphKeys
+) -> None:
+    """A Graph trigger from before delta queries: what is above its UID mark is taken, once."""
+    graph_target(mw, graph, keyed, token="good")
+    mw.workflows.create(invoices({"action": "none"}))
+    async with imap_folder(mw.targets, "Contoso", activity="trigger", folder="INBOX") as box:
+        uidvalidity, _count = await box.select("INBOX")
+        mark = max(await box.search_uids("ALL"))  # Invoice 5: the newest when the mark was kept
+    with mw.db.session() as session:
+        (state,) = session.scalars(select(TriggerStateRow)).all()
+        state.uidvalidity, state.last_uid, state.baseline_at = uidvalidity, mark, datetime.now(UTC)
+    graph.deliver(MAILBOX, raw("Invoice 6"), received=START + timedelta(hours=1))  # while stopped
+    async with running(mw):
+        await eventually(mw, lambda: ("Invoice 6", "succeeded") in taken(mw), "the mail above the mark")
+        graph.deliver(MAILBOX, raw("Invoice 7"))
+        await eventually(mw, lambda: ("Invoice 7", "succeeded") in taken(mw), "new mail")
+        await more_looks(mw, graph)
+    assert cursor(mw) is not None
+    assert taken(mw) == [*BASELINE, ("Invoice 6", "succeeded"), ("Invoice 7", "succeeded")]
+    assert sorted(s["message"]["subject"] for s in graph.sent) == ["Fwd: Invoice 6", "Fwd: Invoice 7"]
+
+
+async def test_mail_seen_at_first_moved_out_and_back_in_is_taken(
+    mw: Services, graph: GraphServer, keyed: GraphKeys
+) -> None:
+    """As on IMAP, where it would come back with a new UID: mail moved in is new to the folder."""
+    graph_target(mw, graph, keyed, token="good")
+    workflow = mw.workflows.create(invoices({"action": "none"}))
+    async with running(mw):
+        await eventually(mw, lambda: mw.triggers.list_all(workflow.id)[0].status == "polling", "a look")
+        three = id_of(graph, "Invoice 3")
+        graph.folder(MAILBOX, "archive")["messages"][three] = graph.folder(MAILBOX, "inbox")["messages"].pop(
+            three
+        )
+        await eventually(mw, lambda: len(taken(mw)) == 4, "the move out")
+        move_in(graph, three)
+        await eventually(mw, lambda: ("Invoice 3", "succeeded") in taken(mw), "the move back in")
+        await more_looks(mw, graph)
+    assert taken(mw) == [*BASELINE[:4], ("Invoice 3", "succeeded")]
+    assert [s["message"]["subject"] for s in graph.sent] == ["Fwd: Invoice 3"]

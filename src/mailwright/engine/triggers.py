@@ -149,6 +149,10 @@ class TriggerStore(Protocol):
         self, plan: TriggerPlan, *, folder: str, uidvalidity: int, among: Iterable[str] | None = None
     ) -> set[str]: ...
 
+    def forget_skipped(
+        self, plan: TriggerPlan, *, folder: str, uidvalidity: int, keys: list[str]
+    ) -> None: ...
+
     def take(
         self,
         plan: TriggerPlan,
@@ -576,7 +580,7 @@ class Watcher:
                 last_uid=batch[-1][0],
             )
         # What is there and not taken is recorded as seen, so that a change to it later is not
-        # taken for new mail; the cursor is kept with the last of it, in one transaction.
+        # taken for new mail; once it leaves, it is forgotten: moved back in, it is new mail.
         skipped = [Mail(key=key, message={"uid": uid}, start=False) for uid, key in unseen if not wanted(uid)]
         for start in range(0, len(skipped), SKIPPED_PER_TRANSACTION):
             await asyncio.to_thread(
@@ -585,6 +589,14 @@ class Watcher:
                 folder=folder,
                 uidvalidity=uidvalidity,
                 mails=skipped[start : start + SKIPPED_PER_TRANSACTION],
+            )
+        if changes.removed:
+            await asyncio.to_thread(
+                self.triggers.forget_skipped,
+                self.plan,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                keys=changes.removed,
             )
         await asyncio.to_thread(
             self.triggers.take_many,

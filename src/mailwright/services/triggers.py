@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mailwright.domain.runs import FINISHED_RUN_STATUS_LIST
@@ -330,6 +330,24 @@ class TriggerService:
                 chunk = wanted[start : start + KEYS_PER_QUERY]
                 known.update(session.scalars(query.where(TriggerMessageRow.message_key.in_(chunk))).all())
             return known
+
+    def forget_skipped(self, plan: TriggerPlan, *, folder: str, uidvalidity: int, keys: list[str]) -> None:
+        """Forget mail recorded as skipped that left the folder: moved back in, it is new mail.
+
+        Mail that started a run stays recorded: it never starts a second one.
+        """
+        with self._db.session() as session:
+            for start in range(0, len(keys), KEYS_PER_QUERY):
+                session.execute(
+                    delete(TriggerMessageRow).where(
+                        TriggerMessageRow.workflow_id == plan.workflow_id,
+                        TriggerMessageRow.target_id == plan.target_id,
+                        TriggerMessageRow.folder == folder,
+                        TriggerMessageRow.uidvalidity == uidvalidity,
+                        TriggerMessageRow.status == "skipped",
+                        TriggerMessageRow.message_key.in_(keys[start : start + KEYS_PER_QUERY]),
+                    )
+                )
 
     def take(
         self,
