@@ -16,6 +16,9 @@ response shapes, status codes, error bodies `{"error": {"code", "message"}}`):
   `Content-Range`: 200 with `nextExpectedRanges`, 201 at the end), `POST
   .../messages/{id}/send` (202), `PATCH`/`DELETE .../messages/{id}`;
 - `GET .../mailFolders/{id or well-known name}`;
+- delta queries, `GET .../mailFolders/{id}/messages/delta`: as Graph, a message that
+  arrived, was moved in or was changed (its `changeKey`, new on each `PATCH`) since the
+  delta token comes in the same way, one that left as `@removed`;
 - `throttle(n, status=429, retry_after="2")`: the next n calls answer that status with
   `Retry-After`.
 
@@ -106,8 +109,8 @@ class GraphServer:
         self._lock = threading.Lock()
         self._throttle: list[tuple[int, str | None]] = []
         self._uploads: dict[str, _Upload] = {}
-        self._delta_pages: dict[str, tuple[list[dict[str, Any]], frozenset[str]]] = {}
-        self._delta_tokens: dict[str, frozenset[str]] = {}
+        self._delta_pages: dict[str, tuple[list[dict[str, Any]], dict[str, str]]] = {}
+        self._delta_tokens: dict[str, dict[str, str]] = {}  # token → {message id: changeKey}
         self.users: dict[str, dict[str, Any]] = {}
         # user → folder well-known name or id → {"id", "displayName", "messages": {id: message}}
         self.folders: dict[str, dict[str, dict[str, Any]]] = {}
@@ -175,6 +178,7 @@ class GraphServer:
             "internetMessageId": str(parsed.get("Message-ID", "")),
             "internetMessageHeaders": [{"name": k, "value": str(v)} for k, v in parsed.items()],
             "flag": {"flagStatus": "notFlagged"},
+            "changeKey": self._new_id(),
             "attachments": [],
             "mime": raw,
         }
@@ -396,6 +400,7 @@ class GraphServer:
             _, message = self._find(folders, message_id)
             with self._lock:
                 message.update(data or {})
+                message["changeKey"] = self._new_id()
             return 200, _public(message), {}
         if method == "DELETE" and rest == "":
             self._need(roles, "Mail.ReadWrite")
@@ -504,11 +509,12 @@ class GraphServer:
     def _delta(
         self, folder: dict[str, Any], path: str, query: dict[str, str], headers: Mapping[str, str]
     ) -> dict[str, Any]:
-        """A delta query: every message at first, then what arrived and left since the token.
+        """A delta query: every message at first, then what arrived, changed and left since the token.
 
-        `$deltatoken` names a snapshot of the folder's ids; pages (`Prefer: odata.maxpagesize`)
-        follow `$skiptoken`; the last page carries `@odata.deltaLink`. `expire_delta_links()`
-        makes every stored token answer 410 Gone (syncStateNotFound), as an old one does.
+        `$deltatoken` names a snapshot of the folder's ids and change keys; pages
+        (`Prefer: odata.maxpagesize`) follow `$skiptoken`; the last page carries
+        `@odata.deltaLink`. `expire_delta_links()` makes every stored token answer 410 Gone
+        (syncStateNotFound), as an old one does.
         """
         size_match = re.search(r"odata\.maxpagesize=(\d+)", headers.get("prefer", ""))
         size = int(size_match.group(1)) if size_match else 10
@@ -524,12 +530,14 @@ class GraphServer:
                     before = self._delta_tokens.get(query["$deltatoken"])
                     if before is None:
                         raise _Failure(410, "SyncStateNotFound", "The sync state generation is not found.")
-                    added = [_public(m) for i, m in current.items() if i not in before]
+                    changed = [
+                        _public(m) for i, m in current.items() if before.get(i) != str(m.get("changeKey"))
+                    ]
                     gone = [{"id": i, "@removed": {"reason": "deleted"}} for i in before if i not in current]
-                    changes = added + gone
+                    changes = changed + gone
                 else:
                     changes = [_public(m) for m in current.values()]
-                snapshot = frozenset(current)
+                snapshot = {i: str(m.get("changeKey")) for i, m in current.items()}
                 key = self._new_id()
                 self._delta_pages[key] = (changes, snapshot)
                 offset = 0

@@ -4,7 +4,9 @@ A target type offers its capabilities as factories (`TargetType.sender`,
 `TargetType.mailbox`); activities, the batch runner and the email trigger use only
 these protocols, never a type's settings or its transport. SMTP sends through its
 connection pool; IMAP offers a mailbox with folders and UIDs (`FolderMailbox`), POP3
-one drop of numbered messages (`MessageDrop`).
+one drop of numbered messages (`MessageDrop`). A `FolderMailbox` may also say what
+changed in a folder since a cursor (`ChangeFeed`, Microsoft Graph's delta queries): the
+email trigger then follows that instead of a UID high-water mark.
 
 Nothing here imports a protocol library: this module is read when the CLI builds
 its options.
@@ -15,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from mailwright.errors import TargetError
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +140,40 @@ class FolderMailbox(Protocol):
 
     async def idle(self, *, timeout: float) -> bool:
         """Wait for new mail (at most `timeout` seconds); True when the server said something."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FolderChanges:
+    """What changed in a folder since a cursor, and the cursor to keep for the next look.
+
+    `changed`: (UID, key) of each message now in the folder that arrived, was moved in or
+    was changed since the cursor (a delta does not tell these apart: the caller knows which
+    keys it has seen); the key is the message's stable id, kept across moves. `removed`:
+    the keys of messages that left. Without a cursor, `changed` is every message there now.
+    """
+
+    changed: list[tuple[int, str]]
+    removed: list[str]
+    cursor: str
+
+
+class ChangesExpiredError(TargetError):
+    """The cursor is too old for the server to answer from: look again without one."""
+
+    code = "changes_expired"
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """A `FolderMailbox` that can say what changed in a folder since a cursor (Graph's delta queries).
+
+    Optional: the email trigger follows the changes when a mailbox offers this, which also
+    sees mail moved into the folder with its old arrival time, else it keeps a UID mark.
+    """
+
+    async def changes(self, folder: str, cursor: str | None = None) -> FolderChanges:
+        """The changes since `cursor` (None: everything there now); `ChangesExpiredError` when it expired."""
         ...
 
 

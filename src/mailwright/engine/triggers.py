@@ -4,7 +4,11 @@ One watcher task per enabled trigger. An IMAP watcher selects the folder, takes 
 mail above the trigger's high-water mark (UIDs under the folder's UIDVALIDITY), then
 waits in IDLE when the server offers it (re-IDLEing well within the 29 minutes servers
 allow) or polls at the target's interval. A POP3 watcher polls and recognises mail by
-UIDL and Message-ID. Mail is fetched with BODY.PEEK, so it stays unread while its run
+UIDL and Message-ID. A mailbox that reports what changed in a folder since a cursor
+(`ChangeFeed`: Microsoft Graph's delta queries) is followed by that cursor instead of a
+UID mark, so mail moved into the folder is taken too, whatever its arrival time; the
+mail is known by its stable id, and what was there at the first look is recorded as
+skipped. Mail is fetched with BODY.PEEK, so it stays unread while its run
 works; the after-success action (mark read, move, delete) is applied once the run has
 succeeded, and never when it failed: then the mail stays where it was and is retried or
 reported, as the trigger says.
@@ -20,7 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +34,14 @@ from typing import Any, Literal, Protocol
 
 from mailwright.activities.context import Files, Targets
 from mailwright.activities.read_email import ReadEmailInput, message_output
-from mailwright.domain.capabilities import FolderMailbox, Mailbox, MessageDrop
+from mailwright.domain.capabilities import (
+    ChangeFeed,
+    ChangesExpiredError,
+    FolderChanges,
+    FolderMailbox,
+    Mailbox,
+    MessageDrop,
+)
 from mailwright.domain.runs import RunStatus
 from mailwright.domain.triggers import AfterSuccessAction, EmailTrigger, matches
 from mailwright.errors import MailwrightError, TargetError, ValidationError
@@ -43,6 +54,7 @@ IDLE_SECONDS = 25 * 60  # re-IDLE before the 29 minutes after which servers may 
 PENDING_CHECK_SECONDS = 1.0  # while runs are out, look for their outcomes this often
 MAX_PER_SCAN = 100  # mail taken per pass, so a flood does not hold the connection for long
 MAX_BACKOFF = 300.0
+SKIPPED_PER_TRANSACTION = 500  # mail recorded as seen (a baseline) per transaction
 POP3_FOLDER = "INBOX"
 DEFAULT_POLL_SECONDS = 30.0  # when the target's type does not say
 PURPOSE = "an email trigger"
@@ -75,6 +87,16 @@ class Mail:
     key: str
     message: dict[str, Any] | None
     start: bool = True
+
+
+@dataclass(frozen=True)
+class ChangePosition:
+    """Where a trigger on a mailbox that reports changes stands."""
+
+    uidvalidity: int | None  # the folder's, at the last look
+    cursor: str | None  # where the next look starts (None: no look yet since the baseline was reset)
+    last_uid: int | None  # the UID mark, kept from before the mailbox reported changes
+    baseline_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -121,7 +143,15 @@ class TriggerStore(Protocol):
 
     def mark_baseline(self, state_id: str) -> None: ...
 
-    def known_keys(self, plan: TriggerPlan, *, folder: str, uidvalidity: int) -> set[str]: ...
+    def change_position(self, state_id: str) -> ChangePosition: ...
+
+    def known_keys(
+        self, plan: TriggerPlan, *, folder: str, uidvalidity: int, among: Iterable[str] | None = None
+    ) -> set[str]: ...
+
+    def forget_skipped(
+        self, plan: TriggerPlan, *, folder: str, uidvalidity: int, keys: list[str]
+    ) -> None: ...
 
     def take(
         self,
@@ -142,6 +172,7 @@ class TriggerStore(Protocol):
         uidvalidity: int,
         mails: list[Mail],
         last_uid: int | None = None,
+        cursor: str | None = None,
     ) -> list[str]: ...
 
     def outcomes(self, plan: TriggerPlan) -> list[Outcome]: ...
@@ -292,7 +323,10 @@ class Watcher:
                 if self.has_folders:
                     async with resolved.mailbox(PURPOSE, folders=True) as mailbox:
                         assert isinstance(mailbox, FolderMailbox)
-                        await self._watch_imap(mailbox, poll)
+                        if isinstance(mailbox, ChangeFeed):
+                            await self._watch_changes(mailbox, mailbox, poll)
+                        else:
+                            await self._watch_imap(mailbox, poll)
                 else:
                     await self._watch_pop3(functools.partial(resolved.mailbox, PURPOSE, folders=False), poll)
             except asyncio.CancelledError:
@@ -464,6 +498,113 @@ class Watcher:
             retry,
             folder=self.plan.trigger.folder,
             message=self._message(retry.uid, raw),
+        )
+
+    # --- a mailbox that reports changes (Graph) ------------------------------------
+
+    async def _watch_changes(self, box: FolderMailbox, feed: ChangeFeed, poll: float) -> None:
+        uidvalidity, _count = await box.select(self.plan.trigger.folder)
+        while True:
+            await self._scan_changes(box, feed, uidvalidity)
+            pending = await self._outcomes_imap(box, uidvalidity)
+            self.backoff = 1.0
+            await self.report("polling")
+            await asyncio.sleep(PENDING_CHECK_SECONDS if pending else poll)
+
+    async def _look(self, feed: ChangeFeed, uidvalidity: int) -> tuple[FolderChanges, Callable[[int], bool]]:
+        """The folder's changes since the trigger's cursor, and which of the mail not seen before to take.
+
+        The mail not seen before is what arrived or was moved in since the cursor. The
+        first look is a baseline (all of it is taken only with include_existing); a
+        trigger that kept a UID mark before takes what is above it; a new UIDVALIDITY
+        (the folder was made again) starts from now on; an expired cursor is a new look at
+        the whole folder, where what the trigger has not seen is what came meanwhile.
+        """
+        folder = self.plan.trigger.folder
+        where = await asyncio.to_thread(self.triggers.change_position, self.plan.state_id)
+        same = where.uidvalidity == uidvalidity
+        if same and where.cursor is not None:
+            try:
+                return await feed.changes(folder, where.cursor), lambda _uid: True
+            except ChangesExpiredError as exc:
+                log.warning(
+                    "%s: %s; looking at the whole folder again: the mail not taken yet is taken, none twice",
+                    self._label(),
+                    describe(exc),
+                )
+                return await feed.changes(folder, None), lambda _uid: True
+        changes = await feed.changes(folder, None)
+        if where.uidvalidity is None and where.baseline_at is None:
+            include = self.plan.trigger.include_existing
+            return changes, lambda _uid: include
+        if same and where.last_uid is not None:
+            mark = where.last_uid
+            return changes, lambda uid: uid > mark
+        if where.uidvalidity is not None and not same:
+            log.warning(
+                "%s: folder %r has a new UIDVALIDITY (%s, was %s): it was made again; "
+                "taking only mail that arrives from now on",
+                self._label(),
+                folder,
+                uidvalidity,
+                where.uidvalidity,
+            )
+        return changes, lambda _uid: False
+
+    async def _scan_changes(self, box: FolderMailbox, feed: ChangeFeed, uidvalidity: int) -> None:
+        """Take the mail that arrived or was moved in since the last look, then keep the new cursor."""
+        folder = self.plan.trigger.folder
+        changes, wanted = await self._look(feed, uidvalidity)
+        known = await asyncio.to_thread(
+            self.triggers.known_keys,
+            self.plan,
+            folder=folder,
+            uidvalidity=uidvalidity,
+            among=[key for _, key in changes.changed],
+        )
+        # A change to mail seen before (read, flagged, taken, skipped) is not new mail.
+        unseen = [(uid, key) for uid, key in changes.changed if key not in known]
+        take = [(uid, key) for uid, key in unseen if wanted(uid)]
+        for start in range(0, len(take), MAX_PER_SCAN):
+            batch = take[start : start + MAX_PER_SCAN]
+            fetched = await box.fetch_rfc822([uid for uid, _ in batch])
+            mails = [
+                self._mail(key, self._message(uid, fetched[uid])) for uid, key in batch if uid in fetched
+            ]
+            await asyncio.to_thread(
+                self.triggers.take_many,
+                self.plan,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                mails=mails,
+                last_uid=batch[-1][0],
+            )
+        # What is there and not taken is recorded as seen, so that a change to it later is not
+        # taken for new mail; once it leaves, it is forgotten: moved back in, it is new mail.
+        skipped = [Mail(key=key, message={"uid": uid}, start=False) for uid, key in unseen if not wanted(uid)]
+        for start in range(0, len(skipped), SKIPPED_PER_TRANSACTION):
+            await asyncio.to_thread(
+                self.triggers.take_many,
+                self.plan,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                mails=skipped[start : start + SKIPPED_PER_TRANSACTION],
+            )
+        if changes.removed:
+            await asyncio.to_thread(
+                self.triggers.forget_skipped,
+                self.plan,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                keys=changes.removed,
+            )
+        await asyncio.to_thread(
+            self.triggers.take_many,
+            self.plan,
+            folder=folder,
+            uidvalidity=uidvalidity,
+            mails=[],
+            cursor=changes.cursor,
         )
 
     # --- POP3 -------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 Each mail a trigger takes is a `trigger_messages` row whose unique key is the
 workflow, the target, the folder, the folder's UIDVALIDITY and the UID (for POP3:
-the UIDL with the Message-ID). The row and the run it starts are written in one
-transaction, so restarts, reconnects and several workers watching the same folder
-can never start a second run for the same mail: the second insert fails.
+the UIDL with the Message-ID; on a mailbox that reports changes, Graph: the message's
+immutable id, and the mail there at the first look is recorded as skipped). The row
+and the run it starts are written in one transaction, so restarts, reconnects and
+several workers watching the same folder can never start a second run for the same
+mail: the second insert fails.
 
 The after-success action is applied by whoever first moves the row from
 ``started`` to ``acting`` (a conditional update), and only once the run succeeded.
@@ -13,16 +15,17 @@ The after-success action is applied by whoever first moves the row from
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mailwright.domain.runs import FINISHED_RUN_STATUS_LIST
 from mailwright.domain.workflows import WorkflowDocument
-from mailwright.engine.triggers import Mail, Outcome, Retry, TriggerPlan, TriggerStatus
+from mailwright.engine.triggers import ChangePosition, Mail, Outcome, Retry, TriggerPlan, TriggerStatus
 from mailwright.errors import NotFoundError
 from mailwright.services import audit
 from mailwright.services.common import find, workflow_states
@@ -44,6 +47,7 @@ FINISHED = FINISHED_RUN_STATUS_LIST
 # Watchers say they are alive every HEARTBEAT_SECONDS (engine/triggers.py); a state not
 # touched for this long has nobody watching it.
 PAUSED_AFTER = timedelta(seconds=120)
+KEYS_PER_QUERY = 500  # keys in one IN (…): well under SQLite's limit on a statement's parameters
 
 
 class TriggerPublic(BaseModel):
@@ -113,6 +117,7 @@ class TriggerService:
                 elif state.target_id != target_id or state.folder != trigger.folder:
                     # Another mailbox: its own starting point (taken mail stays recorded by its key).
                     state.uidvalidity, state.last_uid, state.baseline_at = None, None, None
+                    state.change_cursor = None
                 state.target_id, state.folder = target_id, trigger.folder
                 state.enabled = trigger.enabled
                 state.status = "starting" if trigger.enabled else "disabled"
@@ -259,6 +264,14 @@ class TriggerService:
                 return None, None, None
             return state.uidvalidity, state.last_uid, state.baseline_at
 
+    def change_position(self, state_id: str) -> ChangePosition:
+        """Where a trigger on a mailbox that reports changes stands (its cursor), and its UID mark."""
+        with self._db.session() as session:
+            state = session.get(TriggerStateRow, state_id)
+            if state is None:
+                return ChangePosition(None, None, None, None)
+            return ChangePosition(state.uidvalidity, state.change_cursor, state.last_uid, state.baseline_at)
+
     def advance(self, state_id: str, *, uidvalidity: int, last_uid: int, baseline: bool = False) -> None:
         """Move the high-water mark forward (never back: two watchers may race)."""
         with self._db.session() as session:
@@ -299,18 +312,42 @@ class TriggerService:
 
     # --- mail -------------------------------------------------------------------
 
-    def known_keys(self, plan: TriggerPlan, *, folder: str, uidvalidity: int) -> set[str]:
+    def known_keys(
+        self, plan: TriggerPlan, *, folder: str, uidvalidity: int, among: Iterable[str] | None = None
+    ) -> set[str]:
+        """The keys of the mail the workflow took or skipped in the folder (of `among`, when given)."""
+        query = select(TriggerMessageRow.message_key).where(
+            TriggerMessageRow.workflow_id == plan.workflow_id,
+            TriggerMessageRow.target_id == plan.target_id,
+            TriggerMessageRow.folder == folder,
+            TriggerMessageRow.uidvalidity == uidvalidity,
+        )
         with self._db.session() as session:
-            return set(
-                session.scalars(
-                    select(TriggerMessageRow.message_key).where(
+            if among is None:
+                return set(session.scalars(query).all())
+            wanted, known = list(among), set[str]()
+            for start in range(0, len(wanted), KEYS_PER_QUERY):
+                chunk = wanted[start : start + KEYS_PER_QUERY]
+                known.update(session.scalars(query.where(TriggerMessageRow.message_key.in_(chunk))).all())
+            return known
+
+    def forget_skipped(self, plan: TriggerPlan, *, folder: str, uidvalidity: int, keys: list[str]) -> None:
+        """Forget mail recorded as skipped that left the folder: moved back in, it is new mail.
+
+        Mail that started a run stays recorded: it never starts a second one.
+        """
+        with self._db.session() as session:
+            for start in range(0, len(keys), KEYS_PER_QUERY):
+                session.execute(
+                    delete(TriggerMessageRow).where(
                         TriggerMessageRow.workflow_id == plan.workflow_id,
                         TriggerMessageRow.target_id == plan.target_id,
                         TriggerMessageRow.folder == folder,
                         TriggerMessageRow.uidvalidity == uidvalidity,
+                        TriggerMessageRow.status == "skipped",
+                        TriggerMessageRow.message_key.in_(keys[start : start + KEYS_PER_QUERY]),
                     )
-                ).all()
-            )
+                )
 
     def take(
         self,
@@ -339,12 +376,14 @@ class TriggerService:
         uidvalidity: int,
         mails: list[Mail],
         last_uid: int | None = None,
+        cursor: str | None = None,
     ) -> list[str]:
         """Record mail and start a run for each one to `start`, in one transaction (one commit per batch).
 
         Each mail is inserted under a savepoint: one taken already (by this or another
         worker) is refused by the unique key and left out, the others go on. The
-        high-water mark moves to `last_uid` in the same transaction. Returns the run ids.
+        high-water mark moves to `last_uid` in the same transaction, and a mailbox's
+        change `cursor` (with the folder's UIDVALIDITY) is kept, when given. Returns the run ids.
         """
         started: list[tuple[str, str]] = []
         with self._db.session() as session:
@@ -367,6 +406,12 @@ class TriggerService:
             if state is not None:
                 if started:
                     state.last_message_at = utcnow()
+                if cursor is not None:
+                    if state.uidvalidity != uidvalidity:
+                        state.uidvalidity, state.last_uid = uidvalidity, None
+                    state.change_cursor = cursor
+                    state.baseline_at = state.baseline_at or utcnow()
+                    state.updated_at = utcnow()
                 if (
                     last_uid is not None
                     and state.uidvalidity == uidvalidity

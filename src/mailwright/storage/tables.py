@@ -239,7 +239,8 @@ class ScheduleStateRow(Base):
 
 
 class TriggerStateRow(Base):
-    """Where a workflow's email trigger stands: its folder's UIDVALIDITY and the last UID seen."""
+    """Where a workflow's email trigger stands: its folder's UIDVALIDITY and the last UID seen, or,
+    on a mailbox that reports changes (Graph), the cursor of its last look (a delta link)."""
 
     __tablename__ = "trigger_states"
 
@@ -253,6 +254,7 @@ class TriggerStateRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_uid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    change_cursor: Mapped[str | None] = mapped_column(Text, nullable=True)
     baseline_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_checked_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_message_at: Mapped[datetime | None] = mapped_column(nullable=True)

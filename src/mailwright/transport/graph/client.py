@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from mailwright.domain.capabilities import ChangesExpiredError
 from mailwright.errors import (
     TargetAuthError,
     TargetConnectError,
@@ -94,7 +95,7 @@ class GraphNotFoundError(TargetError):
     code = "graph_not_found"
 
 
-class GraphSyncResetError(TargetError):
+class GraphSyncResetError(ChangesExpiredError):
     """Graph answered 410 Gone to a delta link: the sync state expired; start again without it."""
 
     code = "graph_sync_reset"

@@ -29,11 +29,11 @@ import hashlib
 import re
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
 
+from mailwright.domain.capabilities import FolderChanges
 from mailwright.errors import TargetError, ValidationError
 from mailwright.transport.base import Login
 from mailwright.transport.graph.client import GraphClient, GraphEndpoint, GraphNotFoundError
@@ -170,16 +170,6 @@ def _field_text(message: dict[str, Any], where: str) -> str:
     return " ".join(
         _address_text(r) for r in [*(message.get("toRecipients") or []), *(message.get("ccRecipients") or [])]
     )
-
-
-@dataclass(frozen=True, slots=True)
-class DeltaChanges:
-    """What changed in a folder since a delta link: messages that arrived (UID, id), ids that left,
-    and the delta link to keep for the next look (where the IMAP trigger keeps its mark)."""
-
-    added: list[tuple[int, str]]
-    removed: list[str]
-    delta_link: str
 
 
 class GraphMailbox:
@@ -393,19 +383,21 @@ class GraphMailbox:
                 )
             self._ids.pop(uid, None)
 
-    async def changes(self, folder: str, delta_link: str | None = None) -> DeltaChanges:
-        """The folder's changes since `delta_link` (a delta query, paged through `@odata.nextLink`).
+    async def changes(self, folder: str, cursor: str | None = None) -> FolderChanges:
+        """The folder's changes since `cursor`, a delta link (a delta query, paged through `@odata.nextLink`).
 
-        Without a link Graph lists every message there now: the baseline (a trigger takes
-        none of it unless asked to). A message moved into the folder counts as arrived,
-        as on IMAP (it gets a new UID there), which a mark by UID alone would miss. An
-        expired link raises `GraphSyncResetError`: start again without one.
+        The `ChangeFeed` the email trigger follows. Without a link Graph lists every message
+        there now: the baseline. A message moved into the folder comes as a change, as on
+        IMAP (it gets a new UID there), which a mark by UID alone would miss; so does one
+        whose properties changed (read, flagged): Graph does not tell the two apart. The key
+        is the immutable id. An expired link raises `GraphSyncResetError` (a
+        `ChangesExpiredError`): start again without one.
         """
         found = await self._folder_or_fail(folder)
-        url: str | None = delta_link or (
+        url: str | None = cursor or (
             self._messages_path(found) + "/delta?$select=id,receivedDateTime,subject,from,isRead"
         )
-        added: list[tuple[int, str]] = []
+        changed: list[tuple[int, str]] = []
         removed: list[str] = []
         while url:
             response = await self.client.request(
@@ -422,10 +414,10 @@ class GraphMailbox:
                 elif item.get("receivedDateTime"):
                     uid = message_uid(str(item["id"]), str(item["receivedDateTime"]))
                     self._ids[uid] = str(item["id"])
-                    added.append((uid, str(item["id"])))
+                    changed.append((uid, str(item["id"])))
             final = page.get("@odata.deltaLink")
             if final:
-                return DeltaChanges(added=sorted(added), removed=removed, delta_link=str(final))
+                return FolderChanges(changed=sorted(changed), removed=removed, cursor=str(final))
             link = page.get("@odata.nextLink")
             url = str(link) if link else None
         raise TargetError(
