@@ -251,6 +251,11 @@ def list_keys(as_json: JsonOpt = False) -> None:
     )
 
 
+def _terse(label: str) -> str:
+    """The form's label as the CLI shows it: "Mailbox Password" is "Password" beside "Username"."""
+    return label.removeprefix("Mailbox ").removesuffix(" (PEM path on the server)")
+
+
 def _show(key: AccountKeyPublic) -> None:
     kind = account_key_type(key.type)
     lines: list[tuple[str, Any]] = [
@@ -260,8 +265,9 @@ def _show(key: AccountKeyPublic) -> None:
     ]
     if "username" in kind.fields_model.model_fields:
         lines.append(("Username", key.username))
-    for name in kind.fields_model.model_fields:
-        label = name.replace("_", " ").capitalize()
+    for name, info in kind.fields_model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        label = _terse(str(extra.get("label") or name.replace("_", " ").capitalize()))
         if name in kind.secret_fields():
             lines.append((label, key.secrets.get(name, "(not set)")))
         elif name in key.settings:

@@ -299,24 +299,29 @@ def capabilities_line(caps: dict[str, Any]) -> str:
     for key, value in caps.items():
         if key == "raw":
             continue
-        if isinstance(value, bool):
-            shown = "yes" if value else "no"
-        elif isinstance(value, list):
-            shown = " ".join(str(v) for v in value) or "none"
-        else:
-            shown = "none" if value is None else str(value)
-        parts.append(f"{key.upper()} {shown}")
+        parts.append(f"{key.upper()} {_shown(value)}")
     return ", ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value) or "none"
+    if isinstance(value, dict):  # Graph's permissions, its mailbox: "Mail.Send yes, Mail.Read no"
+        return "(" + ", ".join(f"{k} {_shown(v)}" for k, v in value.items()) + ")"
+    return "none" if value is None else str(value)
 
 
 def _print_report(report: ConnectionTestReport) -> None:
     key = f"account key {report.account_key!r}" if report.account_key else "no account key"
-    typer.echo(
-        f"Target {report.target!r}: {report.server}:{report.port} {report.protocol}, {report.security}, {key}"
-    )
+    # A server named by URL (Graph) carries its port already.
+    where = report.server if "://" in report.server else f"{report.server}:{report.port}"
+    typer.echo(f"Target {report.target!r}: {where} {report.protocol}, {report.security}, {key}")
+    width = max([9, *(len(step.name) for step in report.steps)])
     for step in report.steps:
         mark = "ok  " if step.ok else "FAIL"
-        typer.echo(f"  {mark} {step.name:<9} {step.ms:8.1f} ms")
+        typer.echo(f"  {mark} {step.name:<{width}} {step.ms:8.1f} ms")
     if report.greeting:
         typer.echo(f"Greeting: {report.greeting}")
     if report.tls:

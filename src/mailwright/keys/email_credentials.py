@@ -14,12 +14,19 @@ from mailwright.transport.base import Login
 class EmailCredentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: str = Field(min_length=1, max_length=320, description="mailbox username")
+    username: str = Field(
+        min_length=1,
+        max_length=320,
+        description="mailbox username",
+        json_schema_extra={"label": "Mailbox Username"},
+    )
     password: Secret = Field(
         description="mailbox password or app password (write-only)",
-        json_schema_extra={"secret": True, "minLength": 1},
+        json_schema_extra={"label": "Mailbox Password", "secret": True, "minLength": 1},
     )
-    sender: str | None = Field(default=None, description="default From address")
+    sender: str | None = Field(
+        default=None, description="default From address", json_schema_extra={"label": "Sender address"}
+    )
 
     @field_validator("username")
     @classmethod

@@ -22,27 +22,41 @@ class GraphCredentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tenant_id: str = Field(
-        min_length=1, max_length=200, description="Directory (tenant) ID, or the tenant's domain"
+        min_length=1,
+        max_length=200,
+        description="Directory (tenant) ID, or the tenant's domain",
+        json_schema_extra={"label": "Tenant ID"},
     )
-    client_id: str = Field(min_length=1, max_length=200, description="Application (client) ID")
+    client_id: str = Field(
+        min_length=1,
+        max_length=200,
+        description="Application (client) ID",
+        json_schema_extra={"label": "Client ID"},
+    )
     client_secret: Secret | None = Field(
         default=None,
         description="client secret ('Secret Key'; write-only); or give a certificate",
-        json_schema_extra={"secret": True},
+        json_schema_extra={"label": "Secret Key", "secret": True},
     )
     certificate: Secret | None = Field(
         default=None,
         description="PEM with the private key and its certificate (write-only); or give a client secret",
-        json_schema_extra={"secret": True, "file": True},
+        json_schema_extra={"label": "Certificate (PEM)", "secret": True, "file": True},
     )
-    cloud: Cloud = Field(default=Cloud.GLOBAL, description="national cloud: global, usgov, usgov-dod, china")
+    cloud: Cloud = Field(
+        default=Cloud.GLOBAL,
+        description="national cloud: global, usgov, usgov-dod, china",
+        json_schema_extra={"label": "National cloud"},
+    )
     ca_file: str | None = Field(
         default=None,
         description="PEM file of a CA to trust for the login endpoints (else the system store)",
+        json_schema_extra={"label": "CA file (PEM path on the server)"},
     )
     login_url: str | None = Field(
         default=None,
         description="login URL override (else the cloud's, e.g. https://login.microsoftonline.com)",
+        json_schema_extra={"label": "Login URL"},
     )
 
     @field_validator("tenant_id", "client_id")

@@ -50,33 +50,62 @@ class OAuth2Credentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     username: str = Field(
-        min_length=1, max_length=320, description="the mailbox to log in as (XOAUTH2's user)"
+        min_length=1,
+        max_length=320,
+        description="the mailbox to log in as (XOAUTH2's user)",
+        json_schema_extra={"label": "Mailbox Username"},
     )
-    provider: Provider = Field(default=Provider.CUSTOM, description="google, microsoft, or custom")
-    client_id: str = Field(min_length=1, max_length=500, description="OAuth2 client id")
+    provider: Provider = Field(
+        default=Provider.CUSTOM,
+        description="google, microsoft, or custom",
+        json_schema_extra={"label": "Provider"},
+    )
+    client_id: str = Field(
+        min_length=1, max_length=500, description="OAuth2 client id", json_schema_extra={"label": "Client ID"}
+    )
     client_secret: Secret | None = Field(
         default=None,
         description="OAuth2 client secret (write-only); none for a public client",
-        json_schema_extra={"secret": True},
+        json_schema_extra={"label": "Client secret", "secret": True},
     )
-    tenant: str = Field(default="common", max_length=200, description="Microsoft: tenant id or domain")
-    token_endpoint: str | None = Field(default=None, description="token URL (the provider's by default)")
+    tenant: str = Field(
+        default="common",
+        max_length=200,
+        description="Microsoft: tenant id or domain",
+        json_schema_extra={"label": "Tenant"},
+    )
+    token_endpoint: str | None = Field(
+        default=None,
+        description="token URL (the provider's by default)",
+        json_schema_extra={"label": "Token endpoint"},
+    )
     authorization_endpoint: str | None = Field(
-        default=None, description="authorization URL (the provider's by default)"
+        default=None,
+        description="authorization URL (the provider's by default)",
+        json_schema_extra={"label": "Authorization endpoint"},
     )
     device_authorization_endpoint: str | None = Field(
-        default=None, description="device-code URL, where the provider offers one"
+        default=None,
+        description="device-code URL, where the provider offers one",
+        json_schema_extra={"label": "Device-code endpoint"},
     )
-    scopes: str | None = Field(default=None, description="space-separated scopes (the provider's by default)")
+    scopes: str | None = Field(
+        default=None,
+        description="space-separated scopes (the provider's by default)",
+        json_schema_extra={"label": "Scopes"},
+    )
     ca_file: str | None = Field(
         default=None,
         description="PEM file of a CA to trust for the login endpoints (else the system store)",
+        json_schema_extra={"label": "CA file (PEM path on the server)"},
     )
-    sender: str | None = Field(default=None, description="default From address")
+    sender: str | None = Field(
+        default=None, description="default From address", json_schema_extra={"label": "Sender address"}
+    )
     refresh_token: Secret | None = Field(
         default=None,
         description="refresh token (write-only); `mailwright account-keys authorize NAME` obtains one",
-        json_schema_extra={"secret": True},
+        json_schema_extra={"label": "Refresh token", "secret": True},
     )
 
     @field_validator("username", "client_id", "tenant")

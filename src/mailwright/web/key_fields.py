@@ -18,24 +18,6 @@ from starlette.datastructures import FormData
 from mailwright.plugins import AccountKeyType, account_key_types, target_types
 from mailwright.secrets import Secret
 
-# Labels that read better than the field's name turned into words.
-LABELS = {
-    "username": "Mailbox Username",
-    "password": "Mailbox Password",
-    "sender": "Sender address",
-    "tenant_id": "Tenant ID",
-    "client_id": "Client ID",
-    "client_secret": "Secret Key",
-    "certificate": "Certificate (PEM)",
-    "login_url": "Login URL",
-    "cloud": "National cloud",
-    "ca_file": "CA file (PEM path on the server)",
-    "token_endpoint": "Token endpoint",
-    "authorization_endpoint": "Authorization endpoint",
-    "device_authorization_endpoint": "Device-code endpoint",
-    "refresh_token": "Refresh token",
-}
-
 
 @dataclass
 class KeyField:
@@ -75,7 +57,7 @@ def key_fields() -> list[KeyField]:
                 if choices
                 else "text"
             )
-            label = LABELS.get(name, name.replace("_", " ").capitalize())
+            label = str(extra.get("label") or name.replace("_", " ").capitalize())
             item = merged.setdefault(
                 name, KeyField(name, label, shape, info.description or "", choices=choices)
             )
@@ -112,6 +94,12 @@ def values_from(form: FormData, kind: AccountKeyType, *, updating: bool) -> dict
         if text or updating:
             out[name] = text
     return out
+
+
+def label_of(kind: AccountKeyType, name: str) -> str:
+    info = kind.fields_model.model_fields[name]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return str(extra.get("label") or name.replace("_", " ").capitalize())
 
 
 def secret_names() -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic,
 from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
 from mailwright.web.deps import ServicesDep
-from mailwright.web.key_fields import LABELS, key_fields, key_type_options, secret_names, values_from
+from mailwright.web.key_fields import key_fields, key_type_options, label_of, secret_names, values_from
 from mailwright.web.render import field_errors, redirect, render
 from mailwright.web.roles import AdminSession, ViewerSession
 from mailwright.web.session import check_csrf
@@ -27,7 +27,7 @@ def _create_model(form: FormData) -> AccountKeyCreate:
     kind = account_key_type(forms.text(form, "key_type") or "email_credentials")
     values = values_from(form, kind, updating=False)
     if kind.prompt_secret and kind.prompt_secret not in values:
-        label = LABELS.get(kind.prompt_secret, kind.prompt_secret).lower()
+        label = label_of(kind, kind.prompt_secret).lower()
         raise ValidationError(f"the {label} is required", field=kind.prompt_secret)
     return validate_model(
         AccountKeyCreate,
