@@ -20,7 +20,7 @@ from mailwright.services.targets import TargetCreate
 from tests.integration.test_graph_send import MAILBOX
 from tests.support.apiserver import APIServer
 from tests.support.cli import CLI, assert_ok
-from tests.support.graph_keys import GraphKeys, graph_oauth, keyed
+from tests.support.graph_keys import APP_SECRET, GraphKeys, graph_oauth, keyed
 from tests.support.graph_server import ALL_ROLES, GraphServer
 
 __all__ = ["graph_oauth", "keyed"]  # the fixtures, used here by name
@@ -246,3 +246,41 @@ def test_the_web_form_offers_and_saves_the_graph_fields(mw: Services, graph: Gra
         )
         detail = client.get(f"/targets/{target.id}").text
         assert MAILBOX in detail and "US Government L4" in detail
+
+
+def test_the_rest_api_creates_a_graph_key_and_target_tests_and_sends(
+    api: httpx.Client, graph: GraphServer, keyed: GraphKeys
+) -> None:
+    key = api.post(
+        "/api/v1/account-keys",
+        json={
+            "name": "contoso-api",
+            "type": "graph",
+            "tenant_id": "contoso-tenant",
+            "client_id": "good-app",
+            "client_secret": APP_SECRET,
+            "login_url": keyed.oauth.base_url,
+            "ca_file": str(keyed.tls_files.ca_path),
+        },
+    )
+    assert key.status_code == 201, key.text
+    assert APP_SECRET not in key.text
+    target = api.post(
+        "/api/v1/targets",
+        json={"display_name": "Contoso API", "type": "graph", "mailbox": MAILBOX, "graph_url": graph.base_url,
+              "account_key": "contoso-api"},
+    )  # fmt: skip
+    assert target.status_code == 201, target.text
+    tested = api.post("/api/v1/targets/Contoso API/test")
+    assert tested.status_code == 200 and tested.json()["ok"] is True, tested.text
+    sent = api.post(
+        "/api/v1/send-email",
+        json={"target": "Contoso API", "to": ["bob@example.org"], "subject": "From the API", "body": "Hello"},
+    )
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["status"] == "sent"
+    assert [s["message"]["subject"] if "message" in s else s["subject"] for s in graph.sent] == [
+        "From the API"
+    ]
+    for token in keyed.oauth.access_tokens():
+        assert token not in tested.text and token not in sent.text
