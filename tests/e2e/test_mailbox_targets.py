@@ -127,7 +127,7 @@ async def test_defaults_presets_and_refusals(mw: Services) -> None:
                 no_account_keys=True,
             )
         )
-    with pytest.raises(ValidationError, match="needs an SMTP Endpoint"):
+    with pytest.raises(ValidationError, match="needs an SMTP or Microsoft Graph Endpoint target"):
         await mw.sending.send(
             SendEmailRequest.model_validate(
                 {"target": "Gmail IMAP", "from": "a@example.org", "to": "b@example.org"}
