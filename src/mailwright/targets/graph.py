@@ -211,7 +211,7 @@ def describe(settings: BaseModel, *, target_name: str, account_key: str | None) 
     plain = urlsplit(graph.graph_base).scheme == "http"
     return TargetView(
         address=f"{graph.mailbox} @ {host}",
-        security="none" if plain else "ssl",
+        security="http" if plain else "https",  # TLS is the URL's scheme
         connection=[
             ("Mailbox", graph.mailbox),
             ("Protocol", PROTOCOL),

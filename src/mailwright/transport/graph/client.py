@@ -69,7 +69,7 @@ class GraphEndpoint:
 
     @property
     def security(self) -> str:
-        return "none" if urlsplit(self.graph_url).scheme == "http" else "ssl"
+        return "http" if urlsplit(self.graph_url).scheme == "http" else "https"
 
     def user_path(self, rest: str = "") -> str:
         """`/v1.0/users/{mailbox}{rest}`, the mailbox quoted as a path segment."""
