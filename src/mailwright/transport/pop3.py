@@ -19,13 +19,12 @@ import poplib
 import re
 import socket
 import ssl
-import time
 from dataclasses import dataclass
 from typing import IO, Any
 
 from mailwright.domain.smtp import Security
 from mailwright.errors import TargetAuthError, TargetConnectError, TargetError, ValidationError
-from mailwright.transport.base import Login, ProtocolInfo, ms
+from mailwright.transport.base import Login, ProtocolInfo
 from mailwright.transport.replies import quote_foreign, response_code, response_text
 from mailwright.transport.sasl import (
     carries_credentials,
@@ -39,7 +38,6 @@ from mailwright.transport.session import (
     CredentialsOutcome,
     MailEndpoint,
     MailSession,
-    credentials_failure,
     login_after_tls_hint,
     no_starttls_error,
 )
@@ -237,23 +235,11 @@ class POP3Connection(MailSession[POP3Endpoint]):
         self._capa(client)  # the list may change under TLS (USER, SASL PLAIN)
 
     def _login(self, client: _POP3, login: Login) -> None:
-        ep = self.endpoint
-        started = time.perf_counter()
-        try:
-            self._refuse_clear_text_login(login)
-            mechanism = self._choose_mechanism(login)
-            outcome = _send_credentials(client, login, mechanism, ep)
-        finally:
-            self.timings["login"] = self.timings.get("login", 0.0) + ms(started)
-        failure = credentials_failure(
-            ep, POP3, login, _strip_err(outcome), mechanism=mechanism, refreshed=self.token_refreshed
+        self._authenticate(
+            login,
+            lambda mechanism: _send_credentials(client, login, mechanism, self.endpoint),
+            seen=_strip_err,
         )
-        if failure is not None:
-            if outcome.kind in ("timeout", "lost"):
-                self._close_socket()
-            raise self._failed(failure, "login")
-        self.authenticated_as = login.username
-        self.auth_mechanism = mechanism
 
     def _relogin_blocking(self, login: Login) -> None:
         self._login(self._require(), login)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar, Generic, Literal, ParamSpec, TypeVar
@@ -36,6 +37,7 @@ from mailwright.transport.base import (
     ProtocolInfo,
     implicit_tls_hint,
     login_without_tls,
+    ms,
     timed_stage,
 )
 from mailwright.transport.outbound import open_socket_blocking
@@ -131,6 +133,42 @@ class MailSession(Generic[E]):
 
     def _open_blocking(self, login: Login | None) -> None:
         raise NotImplementedError
+
+    def _choose_mechanism(self, login: Login) -> str:
+        """The login mechanism to use with this server (raises when none will do)."""
+        raise NotImplementedError
+
+    def _authenticate(
+        self,
+        login: Login,
+        send: Callable[[str], CredentialsOutcome],
+        *,
+        seen: Callable[[CredentialsOutcome], CredentialsOutcome] = lambda outcome: outcome,
+    ) -> None:
+        """The login every mailbox protocol shares: refuse a clear-text one, choose the mechanism,
+        `send` the credentials (timed), and raise what a refusal means (`seen` adjusts the
+        outcome's text for the protocol first: POP3's "-ERR")."""
+        started = time.perf_counter()
+        try:
+            self._refuse_clear_text_login(login)
+            mechanism = self._choose_mechanism(login)
+            outcome = send(mechanism)
+        finally:
+            self.timings["login"] = self.timings.get("login", 0.0) + ms(started)
+        failure = credentials_failure(
+            self.endpoint,
+            self.protocol,
+            login,
+            seen(outcome),
+            mechanism=mechanism,
+            refreshed=self.token_refreshed,
+        )
+        if failure is not None:
+            if outcome.kind in ("timeout", "lost"):
+                self._close_socket()
+            raise self._failed(failure, "login")
+        self.authenticated_as = login.username
+        self.auth_mechanism = mechanism
 
     def _relogin_blocking(self, login: Login) -> None:
         """Log in again on the open connection (an OAuth2 key's fresh token after a refusal)."""

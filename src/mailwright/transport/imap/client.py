@@ -27,7 +27,7 @@ from typing import IO, Any, TypeVar
 from mailwright.domain.smtp import Security
 from mailwright.errors import TargetAuthError, TargetError, ValidationError
 from mailwright.secrets import redact
-from mailwright.transport.base import Login, ProtocolInfo, ms
+from mailwright.transport.base import Login, ProtocolInfo
 from mailwright.transport.imap.arguments import flag_list, quote_mailbox, quote_string, uid_set
 from mailwright.transport.imap.responses import (
     Folder,
@@ -49,7 +49,6 @@ from mailwright.transport.session import (
     CredentialsOutcome,
     MailEndpoint,
     MailSession,
-    credentials_failure,
     login_after_tls_hint,
     no_starttls_error,
 )
@@ -184,25 +183,11 @@ class IMAPConnection(MailSession[IMAPEndpoint]):
         self.capabilities = {*client.capabilities, "STARTTLS"}
 
     def _login(self, client: _IMAP4, login: Login) -> None:
-        ep = self.endpoint
         self.auth_capabilities = set(self.capabilities)
         client.untagged_responses.pop("CAPABILITY", None)
-        started = time.perf_counter()
-        try:
-            self._refuse_clear_text_login(login)
-            mechanism = self._choose_mechanism(login)
-            outcome = _send_credentials(client, login, mechanism, ep)
-        finally:
-            self.timings["login"] = self.timings.get("login", 0.0) + ms(started)
-        failure = credentials_failure(
-            ep, IMAP, login, outcome, mechanism=mechanism, refreshed=self.token_refreshed
+        self._authenticate(
+            login, lambda mechanism: _send_credentials(client, login, mechanism, self.endpoint)
         )
-        if failure is not None:
-            if outcome.kind in ("timeout", "lost"):
-                self._close_socket()
-            raise self._failed(failure, "login")
-        self.authenticated_as = login.username
-        self.auth_mechanism = mechanism
         with self._stage("capability"):
             # Servers list more after the login (MOVE, UIDPLUS…), most in the login's reply.
             announced = client.untagged_responses.pop("CAPABILITY", None)
