@@ -7,6 +7,7 @@ target to the JSON Graph receives is the real path.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -284,3 +285,36 @@ def test_the_rest_api_creates_a_graph_key_and_target_tests_and_sends(
     ]
     for token in keyed.oauth.access_tokens():
         assert token not in tested.text and token not in sent.text
+
+
+async def test_a_throttled_batch_waits_as_graph_asks_and_fails_nothing(
+    mw: Services, graph: GraphServer, keyed: GraphKeys
+) -> None:
+    graph_target(mw, graph, keyed, token="good")
+    messages = [
+        {"from": MAILBOX, "to": [f"r{n}@example.org"], "subject": f"m{n}", "body": "b"} for n in range(3)
+    ]
+    created = mw.batches.create(
+        ((f"line {n}", json.dumps(m)) for n, m in enumerate(messages, start=1)), target="Contoso"
+    )
+    graph.throttle(times=3, status=429, retry_after="1")  # short: waited in place, attempts kept
+    started = time.monotonic()
+    executor = mw.executor(worker_id="t", lease=timedelta(seconds=30), with_files=False)
+    assert await executor.execute(created.run_id) == "succeeded"
+    assert time.monotonic() - started >= 1.0 and len(graph.sent) == 3  # sent concurrently, each paused 1 s
+    assert len(graph.requests_to("POST", "/sendMail")) == 6
+    results = mw.batches.results(created.run_id)
+    assert all(r["status"] == "sent" for r in results), results
+
+    later = mw.batches.create(
+        ((f"line {n}", json.dumps(m)) for n, m in enumerate(messages, start=1)), target="Contoso"
+    )
+    graph.throttle(times=1, status=429, retry_after="600")  # long: the run is deferred, nothing failed
+    assert await executor.execute(later.run_id) == "queued"
+    steps = mw.batches.results(later.run_id)
+    assert [s["status"] for s in steps].count("failed") == 0
+    assert any(s["status"] == "deferred" and "asked to wait 600 s" in str(s) for s in steps), steps
+    statuses = [s["status"] for s in steps]
+    assert statuses.count("deferred") == 1  # the throttled one; the others were sent or wait their turn
+    run = mw.runs.get(later.run_id)
+    assert run.status == "queued" and len(graph.sent) == 3 + statuses.count("sent")

@@ -39,13 +39,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mailwright.domain.message import make_message_id
 from mailwright.domain.runs import RunStatus, SendState, StepStatus
 from mailwright.engine.ports import BatchSender, BatchSenders
-from mailwright.engine.retry import batch_retry_wait
+from mailwright.engine.retry import asked_wait, batch_retry_wait
 from mailwright.errors import (
     LeaseLostError,
     MailwrightError,
@@ -327,6 +327,9 @@ class BatchRunner:
             error = {**error_record(exc), "outcome": StepStatus.UNKNOWN.value}
             self._unknown(step, error, str(error["message"]))
             return False
+        asked = asked_wait(exc)
+        if asked is not None:
+            return await self._paused_by_target(step, exc, asked, marked=marked)
         wait = batch_retry_wait(exc, step.attempts, step.max_attempts)
         if wait is None:
             self._fail(step, exc)
@@ -337,6 +340,26 @@ class BatchRunner:
         if marked:  # undo the mark at once: after a crash now, the message is sent, not "unknown"
             self._writer.record_retrying(step)
         return await self._unless_halted(asyncio.sleep(wait))
+
+    async def _paused_by_target(self, step: BatchStep, exc: Exception, asked: float, *, marked: bool) -> bool:
+        """The target refused for now and said for how long (Graph's 429 with Retry-After).
+
+        Like a rate limit, this is no failure of the message: the try does not count against
+        its attempts. A short pause is waited in place; a longer one stops the batch and defers
+        the run until then, this message marked deferred.
+        """
+        step.attempts -= 1
+        if marked:  # undo the mark at once: the message was not accepted
+            self._writer.record_retrying(step)
+        reason = f"{_message(exc)}; the target asked to wait {asked:g} s"
+        if asked <= RATE_INLINE_WAIT:
+            step.notes.append(reason)
+            return await self._unless_halted(asyncio.sleep(asked))
+        until = datetime.now(UTC) + timedelta(seconds=asked)
+        self._writer.record_rate_limited(step, reason)
+        self.progress.deferred_until = until
+        self.progress.deferred_reason = reason
+        raise _Stop(RunStatus.QUEUED, until=until) from exc
 
     async def _throttle(self, step: BatchStep, sender: BatchSender[Any], message: Any) -> bool:
         """Wait for the target's rate-limit slot; False if the batch was stopped meanwhile."""

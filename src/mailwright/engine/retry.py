@@ -26,9 +26,17 @@ def retry_wait(exc: BaseException, attempts: int, most: int) -> float | None:
     """Seconds before a failed attempt is tried again, or None when the step fails for good."""
     if is_transient(exc) and attempts < most:
         # A server that said when to come back (Retry-After: Graph's 429 and 503) is not asked sooner.
-        asked = getattr(exc, "retry_after", None)
+        asked = asked_wait(exc)
         wait = backoff(attempts)
-        return max(wait, float(asked)) if isinstance(asked, int | float) and asked > 0 else wait
+        return wait if asked is None else max(wait, asked)
+    return None
+
+
+def asked_wait(exc: BaseException) -> float | None:
+    """The seconds a transient refusal asked us to wait (its Retry-After), or None."""
+    asked = getattr(exc, "retry_after", None)
+    if is_transient(exc) and isinstance(asked, int | float) and asked > 0:
+        return float(asked)
     return None
 
 
