@@ -40,6 +40,10 @@ def send_batch(
             help="messages in hand at once (default: 4 per connection of the target's pool, at least 16)",
         ),
     ] = None,
+    sender: Annotated[
+        str | None,
+        typer.Option("--from", metavar="ADDRESS", help="the From of every line that gives none"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Send many messages through a target. Exit 0 if all were sent, 1 if some were not, 2 on bad input."""
@@ -54,7 +58,12 @@ def send_batch(
     with _lines(file) as lines:
         try:
             created = svc.batches.create(
-                lines, target=target, account_key=account_key, concurrency=concurrency, source=_name(file)
+                lines,
+                target=target,
+                account_key=account_key,
+                concurrency=concurrency,
+                source=_name(file),
+                default_from=sender,
             )
         except BatchRefusedError as exc:
             _print_refusal(exc)

@@ -51,8 +51,25 @@ def create(
 
 
 @app.command("validate")
-def validate(file: Annotated[Path, typer.Argument(help="the workflow document, YAML or JSON")]) -> None:
+def validate(
+    file: Annotated[
+        Path | None, typer.Argument(help="the workflow document, YAML or JSON", show_default=False)
+    ] = None,
+    file_option: Annotated[
+        Path | None, typer.Option("--file", "-f", help="the document, as `workflows create` takes it")
+    ] = None,
+) -> None:
     """Check a document without storing it: exit 0 when it is valid, 2 with every problem otherwise."""
+    if file is not None and file_option is not None and file != file_option:
+        raise ValidationError(
+            "give the document once: as an argument or with --file", field="file",
+            hint="mailwright workflows validate --file alert.yaml",
+        )  # fmt: skip
+    file = file or file_option
+    if file is None:
+        raise ValidationError(
+            "no document given", field="file", hint="mailwright workflows validate --file alert.yaml"
+        )
     document = services().workflows.validate(_read(file), filename=file.name)
     typer.echo(f"valid: workflow {document.name!r}, {len(document.steps)} step(s)")
 

@@ -134,10 +134,12 @@ class BatchService:
         concurrency: int | None = None,
         source: str = "batch",
         idempotency: IdempotencyClaim | None = None,
+        default_from: str | None = None,
     ) -> BatchCreated:
         """Store a batch from (where, message) pairs: JSON text lines or parsed objects.
 
-        Blank text lines are skipped. Raises `BatchRefusedError` when any message is bad.
+        Blank text lines are skipped. `default_from` is the From of a message that names none.
+        Raises `BatchRefusedError` when any message is bad.
         With an `idempotency` claim whose key already started a batch, that batch is
         answered (`replayed`) and nothing is stored.
         """
@@ -158,7 +160,9 @@ class BatchService:
             return self._replayed(started.run_id)
         run_id = started.run_id
         try:
-            intake = self._store(run_id, messages, resolved=resolved, batch_key=account_key)
+            intake = self._store(
+                run_id, messages, resolved=resolved, batch_key=account_key, default_from=default_from
+            )
         except BaseException:
             self._discard(run_id)
             raise
@@ -225,6 +229,7 @@ class BatchService:
         *,
         resolved: ResolvedTarget,
         batch_key: str | None,
+        default_from: str | None = None,
     ) -> _Intake:
         intake = _Intake()
         renewed = time.monotonic()
@@ -240,14 +245,18 @@ class BatchService:
                     continue
                 intake.total += 1
                 try:
-                    fields, domain = self._check(raw, targets=targets, senders=senders, batch_key=batch_key)
+                    fields, domain = self._check(
+                        raw, targets=targets, senders=senders, batch_key=batch_key, default_from=default_from
+                    )
                 except MailwrightError as exc:
                     intake.refuse(where, exc.message)
                     continue
                 if intake.bad:
                     continue
-                # A line already is the JSON to store: it was parsed and every field checked.
-                inputs = JSONText(raw.strip()) if isinstance(raw, str) else fields
+                # A line already is the JSON to store: it was parsed and every field checked
+                # (unless it took the batch's From: then the fields it became are stored).
+                taken = default_from is not None and fields.get("from") is default_from
+                inputs = JSONText(raw.strip()) if isinstance(raw, str) and not taken else fields
                 step = _step_row(run_id, index=intake.total - 1, domain=domain)
                 intake.chunk.append(step)
                 intake.inputs.append((step[0], inputs))
@@ -275,12 +284,15 @@ class BatchService:
         targets: dict[tuple[str, str | None], ResolvedTarget],
         senders: dict[tuple[str, str | None], Address],
         batch_key: str | None,
+        default_from: str | None = None,
     ) -> tuple[dict[str, Any], str]:
         """The message's fields and its sender's domain if everything in it is valid.
 
         Raises a MailwrightError otherwise.
         """
         fields = _parse(raw)
+        if default_from is not None and not str(fields.get("from") or "").strip():
+            fields = {**fields, "from": default_from}
         try:
             request = BatchMessage.model_validate(fields)
         except pydantic.ValidationError as exc:

@@ -1,0 +1,59 @@
+"""Small things a daily CLI user trips on (issue "The web UI and CLI a daily user wants").
+
+`send-batch --from ADDRESS` gives every line without a sender one; `workflows validate`
+takes `--file/-f` as `workflows create` does, and the argument still.
+"""
+
+from __future__ import annotations
+
+import email
+import json
+from email import policy
+from pathlib import Path
+
+from tests.integration.conftest import Targets
+from tests.support.cli import CLI, assert_error, assert_ok
+from tests.support.smtpserver import SMTPServerFactory
+
+
+def test_send_batch_from_is_the_sender_of_lines_that_name_none(
+    cli: CLI, targets: Targets, smtp_server_factory: SMTPServerFactory, tmp_path: Path
+) -> None:
+    server = smtp_server_factory()
+    relay = targets.target(server, security="none")
+    lines = tmp_path / "messages.jsonl"
+    lines.write_text(
+        "\n".join(
+            json.dumps(m)
+            for m in (
+                {"to": ["a@example.org"], "subject": "one", "body": "1"},
+                {"to": ["b@example.org"], "subject": "two", "body": "2", "from": "Own <own@example.org>"},
+            )
+        )
+        + "\n"
+    )
+    without = cli("send-batch", "--target", relay.display_name, "--file", lines)
+    assert without.returncode == 2 and "From is required" in without.stderr  # no key to take it from
+    sent = assert_ok(
+        cli("send-batch", "--target", relay.display_name, "--file", lines, "--from", "Ops <ops@example.org>")
+    )
+    assert "2" in sent.output
+    received = server.wait_for(2)
+    senders = {
+        str(email.message_from_bytes(m.content, policy=policy.default)["Subject"]): m.mail_from
+        for m in received
+    }
+    assert senders == {"one": "ops@example.org", "two": "own@example.org"}
+
+
+def test_workflows_validate_takes_file_like_create(cli: CLI, tmp_path: Path) -> None:
+    document = tmp_path / "vars.yaml"
+    document.write_text(
+        "name: Vars\nsteps:\n  - id: v\n    activity: set_variables\n    with: {greeting: hello}\n"
+    )
+    for args in (["--file", document], ["-f", document], [document]):
+        assert "valid: workflow 'Vars'" in assert_ok(cli("workflows", "validate", *args)).stdout
+    assert_error(cli("workflows", "validate"), 2, "no document given")
+    other = tmp_path / "other.yaml"
+    other.write_text(document.read_text())
+    assert_error(cli("workflows", "validate", document, "--file", other), 2, "give the document once")
