@@ -34,7 +34,24 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     sandbox: bool = Field(default=True, description="start the capture SMTP server with serve")
     sandbox_port: int = Field(default=2525, ge=0, le=65535, description="port of the capture SMTP server")
-    broker: str = Field(default="embedded", description="task queue broker: embedded (in-process Taskiq)")
+    broker: str = Field(
+        default="embedded",
+        description="task queue broker: embedded (in-process Taskiq) or amqp://user:pw@host:5672/vhost "
+        "(Taskiq on RabbitMQ, for workers on many machines)",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:6379/0: rate limits and connection caps shared by all workers, and "
+        "send-with-wait woken across processes (default: per process)",
+    )
+    worker_pool: str | None = Field(
+        default=None,
+        description="the pool a worker serves: only targets naming this pool (--worker-pool) are its "
+        "(default: the targets that name no pool)",
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="a worker serves its /metrics on this port"
+    )
     worker_concurrency: int = Field(default=16, ge=1, le=1000, description="runs a worker executes at once")
     lease_seconds: float = Field(
         default=30.0, gt=0.5, le=3600, description="how long a worker holds a run without renewing it"
