@@ -17,3 +17,7 @@ def configure_logging(level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # Libraries that log every task or command at INFO: heard only with --log-level debug.
+    chatty = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    for name in ("taskiq", "aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(chatty)

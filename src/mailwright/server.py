@@ -15,6 +15,7 @@ from fastapi.responses import RedirectResponse
 
 from mailwright import __version__
 from mailwright.api import app as api
+from mailwright.engine.broker import Announcer, broker_kind, make_queue
 from mailwright.engine.worker import Worker
 from mailwright.sandbox import SANDBOX_DIRECTORY_NAME, SandboxStore
 from mailwright.services.app import Services
@@ -28,18 +29,42 @@ def _lifespan(
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # The embedded worker executes queued runs inside the server process.
+        # The embedded worker executes queued runs inside the server process; without it, the
+        # runs this process queues are announced to the workers elsewhere (RabbitMQ).
         stop = asyncio.Event()
         task = asyncio.create_task(Worker(services).run(stop)) if run_worker else None
+        announcer = None if run_worker else _announcer(services)
+        if announcer is not None:
+            await announcer.start()
+            services.runs.on_queued = announcer.notify
         try:
             yield
         finally:
             stop.set()
             if task is not None:
                 await task
+            if announcer is not None:
+                services.runs.on_queued = None
+                await announcer.stop()
             await services.aclose()
 
     return lifespan
+
+
+def _announcer(services: Services) -> Announcer | None:
+    """With RabbitMQ, the publisher of this process's runs; None with the embedded broker (workers
+    elsewhere find queued runs in the shared database by themselves)."""
+    settings = services.settings
+    if broker_kind(settings.broker) == "embedded":
+        return None
+
+    async def not_here(run_id: str) -> None:
+        raise RuntimeError("serve --no-worker executes no runs")
+
+    queue = make_queue(
+        settings.broker, execute=not_here, pool=None, concurrency=settings.worker_concurrency, consume=False
+    )
+    return Announcer(queue, services.ledger.pool_of)
 
 
 def create_app(

@@ -140,8 +140,27 @@ def retry(
         )
 
 
-def worker() -> None:
-    """Execute queued runs in this process until stopped (Ctrl-C or SIGTERM)."""
+def worker(
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            help="serve this worker pool: run the steps of targets with --worker-pool NAME, and only "
+            "those (MAILWRIGHT_WORKER_POOL; default: targets that name no pool)",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency", min=1, max=1000, help="runs executed at once (MAILWRIGHT_WORKER_CONCURRENCY)"
+        ),
+    ] = None,
+) -> None:
+    """Execute queued runs in this process until stopped (Ctrl-C or SIGTERM).
+
+    Start as many as you like, on any machine that reaches the database (and RabbitMQ, with
+    MAILWRIGHT_BROKER=amqp://...): they share the work; `mailwright workers list` shows them.
+    """
     import asyncio
     import signal
 
@@ -149,6 +168,10 @@ def worker() -> None:
     from mailwright.logs import configure_logging
 
     svc = services()
+    if pool is not None:
+        svc.settings.worker_pool = _pool_name(pool)
+    if concurrency is not None:
+        svc.settings.worker_concurrency = concurrency
     configure_logging(svc.settings.log_level)
 
     async def main() -> None:
@@ -159,3 +182,33 @@ def worker() -> None:
         await Worker(svc).run(stop)
 
     asyncio.run(main())
+
+
+def _pool_name(pool: str) -> str:
+    import re
+
+    from mailwright.targets.common_fields import POOL_PATTERN
+
+    if not re.fullmatch(POOL_PATTERN, pool):
+        raise typer.BadParameter(
+            f"{pool!r} is not a pool name: letters, digits, '.', '_' and '-', starting with a letter or "
+            "digit, at most 63 characters",
+            param_hint="--pool",
+        )
+    return pool
+
+
+def workers_list(json_output: JsonOpt = False) -> None:
+    """The workers running now: host, pool, runs in hand and last heartbeat."""
+    live = services().workers.live()
+    if json_output:
+        print_json([w.model_dump(mode="json") for w in live])
+        return
+    if not live:
+        typer.echo("No worker is running. Start one with `mailwright worker` (or `mailwright serve`).")
+        return
+    typer.echo(f"{'HOST':<24} {'PID':>7}  {'POOL':<16} {'RUNS':>9}  {'BROKER':<8} LAST HEARTBEAT")
+    for w in live:
+        runs = f"{w.runs_in_hand}/{w.concurrency}"
+        beat = w.heartbeat_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{w.host:<24} {w.pid:>7}  {w.pool or '(default)':<16} {runs:>9}  {w.broker:<8} {beat}")

@@ -56,6 +56,13 @@ def serve(
             help="an HTTPS reverse proxy is in front: cookies are Secure (MAILWRIGHT_BEHIND_HTTPS)",
         ),
     ] = False,
+    no_worker: Annotated[
+        bool,
+        typer.Option(
+            "--no-worker",
+            help="execute no runs here: `mailwright worker` processes do (on this or other machines)",
+        ),
+    ] = False,
 ) -> None:
     """Run the service: REST API at /api/v1, OpenAPI at /api/openapi.json."""
     # Imported here so that every other command starts without the web stack.
@@ -92,8 +99,13 @@ def serve(
         svc.targets.ensure_sandbox_target(name=SANDBOX_TARGET_NAME, port=capture.port)
         typer.echo(f"Sandbox: SMTP on 127.0.0.1:{capture.port} captures mail; see /sandbox")
     app = create_app(
-        svc, sandbox_store=store, sandbox_address=f"127.0.0.1:{capture.port}" if capture else None
+        svc,
+        sandbox_store=store,
+        sandbox_address=f"127.0.0.1:{capture.port}" if capture else None,
+        run_worker=not no_worker,
     )
+    if no_worker:
+        typer.echo("No worker here: runs are executed by `mailwright worker` processes.")
     config = uvicorn.Config(app, host=bind_host, port=bind_port, log_config=None, access_log=False)
     logging.getLogger(__name__).info("database %s", svc.db.engine.url.render_as_string(hide_password=True))
     try:

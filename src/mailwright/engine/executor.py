@@ -67,8 +67,10 @@ class Executor:
         batches: BatchSenders,
         worker_id: str,
         lease: timedelta = LEASE,
+        pool: str | None = None,
     ) -> None:
         self._ledger = ledger
+        self.pool = pool  # the worker pool it serves: it claims only that pool's runs
         self._contexts = contexts
         self._batches = batches
         self.worker_id = worker_id
@@ -83,7 +85,7 @@ class Executor:
 
     def claim(self, run_id: str) -> bool:
         """Take the run if it is due and nobody holds a live lease on it."""
-        return self._ledger.try_claim(run_id, owner=self.worker_id, duration=self.lease)
+        return self._ledger.try_claim(run_id, owner=self.worker_id, duration=self.lease, pool=self.pool)
 
     # --- running --------------------------------------------------------------
 
@@ -91,7 +93,7 @@ class Executor:
         """Run what is left of a run; returns its status, or None if another worker has it."""
         if run_id in self._leases:
             return None  # this executor runs it already: its writes are fenced by that lease
-        claim = await self._ledger.claim(run_id, owner=self.worker_id, duration=self.lease)
+        claim = await self._ledger.claim(run_id, owner=self.worker_id, duration=self.lease, pool=self.pool)
         if claim is None:
             return None
         lease = claim.lease

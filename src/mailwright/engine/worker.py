@@ -1,11 +1,23 @@
-"""The worker: finds due runs in the database and hands them to the task queue.
+"""The worker: executes runs it hears of, and finds in the database those nobody announced.
 
-The queue is Taskiq. The embedded default is its in-process broker, used inside
-`mailwright serve` and `mailwright worker`; the broker is chosen by
-configuration (`MAILWRIGHT_BROKER`), so a distributed one can be switched on
-without touching activities. Whatever the broker, a queue message only says
-"look at run X": the executor claims the run row with a lease, so a lost
-message is found again by the recovery scan and a duplicated one is a no-op.
+Runs reach a worker through the run queue (engine/broker.py): Taskiq's in-process
+broker by default, RabbitMQ for workers on many machines. Whatever the broker, a
+queue message only says "look at run X": the executor claims the run row with a
+lease, so a duplicated message is a no-op, and a lost one is found again here.
+
+- Embedded broker: each poll dispatches every due run of this worker's pool to
+  itself (new, retry due, or abandoned by a dead worker).
+- RabbitMQ: runs are announced when queued (by whichever process queued them).
+  Each poll the sweeper takes the due runs no announcement covered lately
+  (SWEEP_AFTER: a lost message, a worker killed after receiving one, a retry that
+  came due, a lease that expired) and announces them again, marking each so that
+  of many sweepers one announces it. A run's worst wait for a worker after its
+  owner was killed is its lease (MAILWRIGHT_LEASE_SECONDS) plus one poll.
+
+A worker serves one pool (`--pool NAME`, MAILWRIGHT_WORKER_POOL): it claims only
+the runs whose target names that pool, or, without a pool, the runs of targets
+that name none. It registers itself and beats every HEARTBEAT_SECONDS
+(services/workers.py) so that `mailwright workers list` shows it.
 """
 
 from __future__ import annotations
@@ -13,17 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any, Protocol
 
-from taskiq import AsyncBroker, InMemoryBroker
-
 from mailwright.config import Settings
 from mailwright.domain.runs import FINISHED_RUN_STATUSES
+from mailwright.engine.broker import broker_kind, make_queue
 from mailwright.engine.executor import Executor, worker_id
-from mailwright.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +43,35 @@ DRAIN_SECONDS = 60.0  # how long a stopping worker waits for the steps in flight
 CLEANUP_INTERVAL = 60.0  # seconds between looks for batches abandoned while being stored
 FILES_PRUNE_INTERVAL = 3600.0  # seconds between applications of MAILWRIGHT_FILES_KEEP_DAYS
 KEYS_PRUNE_INTERVAL = 3600.0  # seconds between deletions of expired idempotency keys
+SWEEP_AFTER = timedelta(seconds=10)  # a due run no hint announced for this long is announced again
+HEARTBEAT_SECONDS = 5.0
 
 
 # What the worker needs of the services (services/app.py's `Services` offers it).
 
 
-class _Waiters(Protocol):
-    def finished(self, run_id: str) -> None: ...
-
-
 class _Runs(Protocol):
     on_queued: Callable[[str], None] | None
 
-    @property
-    def waiters(self) -> _Waiters: ...
+    def finished(self, run_id: str) -> None: ...
 
-    def due(self, *, limit: int = 100) -> list[str]: ...
+
+class _Ledger(Protocol):
+    def due(self, *, limit: int = 100, pool: str | None = None) -> list[str]: ...
+
+    def unhinted(self, *, older_than: timedelta, limit: int = 500) -> list[tuple[str, str | None]]: ...
+
+    def pool_of(self, run_id: str) -> str | None: ...
+
+
+class _Workers(Protocol):
+    def register(
+        self, worker_id: str, *, pid: int, pool: str | None, concurrency: int, broker: str
+    ) -> None: ...
+
+    def heartbeat(self, worker_id: str, *, runs_in_hand: int) -> bool: ...
+
+    def leave(self, worker_id: str) -> None: ...
 
 
 class _Schedules(Protocol):
@@ -95,6 +119,10 @@ class WorkerServices(Protocol):
     @property
     def runs(self) -> _Runs: ...
     @property
+    def ledger(self) -> _Ledger: ...
+    @property
+    def workers(self) -> _Workers: ...
+    @property
     def schedules(self) -> _Schedules: ...
     @property
     def batches(self) -> _Batches: ...
@@ -104,35 +132,33 @@ class WorkerServices(Protocol):
     def file_service(self) -> _Files: ...
 
     def executor(
-        self, *, worker_id: str, lease: timedelta | None = None, with_files: bool = True
+        self,
+        *,
+        worker_id: str,
+        lease: timedelta | None = None,
+        with_files: bool = True,
+        pool: str | None = None,
     ) -> Executor: ...
 
     def mail_triggers(self) -> MailTriggers: ...
 
 
-def make_broker(kind: str) -> AsyncBroker:
-    if kind == "embedded":
-        # Many runs may wait on slow servers at once; each is a light coroutine.
-        return InMemoryBroker(max_async_tasks=64, propagate_exceptions=False)
-    raise ConfigError(
-        f"unknown broker {kind!r}",
-        hint="MAILWRIGHT_BROKER=embedded is the broker this version ships",
-    )
-
-
 class Worker:
     def __init__(self, services: WorkerServices, *, poll_interval: float = POLL_INTERVAL) -> None:
         self.services = services
+        settings = services.settings
         self.id = worker_id()
-        self.executor = services.executor(worker_id=self.id)
+        self.pool = settings.worker_pool
+        self.executor = services.executor(worker_id=self.id, pool=self.pool)
         self.poll_interval = poll_interval
-        self._broker = make_broker(services.settings.broker)
-
-        async def execute_run(run_id: str) -> str | None:
-            return await self._execute(run_id)
-
-        self._task = self._broker.register_task(execute_run, task_name="mailwright.execute_run")
-        self._slots = asyncio.Semaphore(services.settings.worker_concurrency)
+        self.queue = make_queue(
+            settings.broker,
+            execute=self._execute,
+            pool=self.pool,
+            concurrency=settings.worker_concurrency,
+            consume=True,
+        )
+        self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: set[str] = set()
@@ -141,6 +167,7 @@ class Worker:
         self._next_cleanup = 0.0  # when to look for batches whose storing process died
         self._next_files_prune = 0.0  # when to apply the file retention (if configured) again
         self._next_keys_prune = 0.0  # when to delete expired idempotency keys again
+        self._next_heartbeat = 0.0
 
     async def _execute(self, run_id: str) -> str | None:
         try:
@@ -149,7 +176,7 @@ class Worker:
             async with self._slots:
                 status = await self.executor.execute(run_id)
             if status in FINISHED_RUN_STATUSES:
-                self.services.runs.waiters.finished(run_id)
+                self.services.runs.finished(run_id)
             return status
         except Exception:
             # The run stays claimed until its lease expires, then another attempt takes it.
@@ -166,15 +193,28 @@ class Worker:
     def _dispatch_soon(self, run_id: str) -> None:
         if self._stop is not None and self._stop.is_set():
             return  # a stopping worker takes nothing new; the run stays queued in the database
-        task = asyncio.create_task(self.dispatch(run_id))
-        self._dispatching.add(task)
-        task.add_done_callback(self._dispatching.discard)
+        self._dispatching_add(asyncio.create_task(self.dispatch(run_id)))
 
-    async def dispatch(self, run_id: str) -> None:
+    async def dispatch(self, run_id: str, pool: str | None = None) -> None:
+        """Announce the run: to this process (embedded broker) or to its pool's queue (RabbitMQ)."""
+        if self.queue.distributed:
+            if pool is None and self.pool is not None:
+                pool = await asyncio.to_thread(self.services.ledger.pool_of, run_id)
+            if not await self.queue.hint(run_id, pool) and pool == self.pool:
+                await self._execute_here(run_id)  # RabbitMQ is away: this worker may take it itself
+            return
+        await self._execute_here(run_id)
+
+    async def _execute_here(self, run_id: str) -> None:
         if run_id in self._inflight:
             return
         self._inflight.add(run_id)
-        await self._task.kiq(run_id)
+        task = asyncio.create_task(self._execute(run_id))
+        self._dispatching_add(task)
+
+    def _dispatching_add(self, task: asyncio.Task[Any]) -> None:
+        self._dispatching.add(task)
+        task.add_done_callback(self._dispatching.discard)
 
     async def scan(self) -> int:
         """Fire due schedules, then dispatch every due run (new, retry due, or abandoned by a dead worker)."""
@@ -188,10 +228,40 @@ class Worker:
         if self.services.settings.files_keep_days is not None and time.monotonic() >= self._next_files_prune:
             self._next_files_prune = time.monotonic() + FILES_PRUNE_INTERVAL
             await self.prune_files()
-        due = await asyncio.to_thread(self.services.runs.due)
+        await self._heartbeat()
+        if self.queue.distributed:
+            return await self._sweep()
+        due = await asyncio.to_thread(self.services.ledger.due, pool=self.pool)
         for run_id in due:
-            await self.dispatch(run_id)
+            await self._execute_here(run_id)
         return len(due)
+
+    async def _sweep(self) -> int:
+        """Announce again the due runs no hint covered lately (lost, never sent, or due since)."""
+        stale = await asyncio.to_thread(self.services.ledger.unhinted, older_than=SWEEP_AFTER)
+        for run_id, pool in stale:
+            await self.dispatch(run_id, pool)
+        if stale:
+            log.info("sweeper: announced %d run(s) again that no queue message covered", len(stale))
+        return len(stale)
+
+    async def _heartbeat(self) -> None:
+        if time.monotonic() < self._next_heartbeat:
+            return
+        self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        workers = self.services.workers
+        if not await asyncio.to_thread(workers.heartbeat, self.id, runs_in_hand=len(self._inflight)):
+            await asyncio.to_thread(self._register)
+
+    def _register(self) -> None:
+        settings = self.services.settings
+        self.services.workers.register(
+            self.id,
+            pid=os.getpid(),
+            pool=self.pool,
+            concurrency=settings.worker_concurrency,
+            broker=broker_kind(settings.broker),
+        )
 
     def _prune_keys(self) -> None:
         try:
@@ -230,8 +300,9 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._stop = stop
         self.services.runs.on_queued = self.notify
-        await self._broker.startup()
-        log.info("worker %s started", self.id)
+        await self.queue.start()
+        await asyncio.to_thread(self._register)
+        log.info("worker %s started%s", self.id, f" in pool {self.pool!r}" if self.pool else "")
         triggers = self.services.mail_triggers() if self.services.settings.triggers else None
         watching = asyncio.create_task(triggers.run(stop)) if triggers is not None else None
         try:
@@ -251,8 +322,10 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watching
             self.services.runs.on_queued = None
+            await self.queue.stop()  # no new hints taken while the steps in flight finish
             await self._drain()
-            await self._broker.shutdown()
+            with contextlib.suppress(Exception):  # a database away: the row goes stale by itself
+                await asyncio.to_thread(self.services.workers.leave, self.id)
             log.info("worker %s stopped", self.id)
 
     async def _scan_through_errors(self) -> None:

@@ -104,6 +104,7 @@ class BatchLedger:
         document: dict[str, Any],
         target: str,
         account_key: str | None,
+        pool: str | None = None,
     ) -> str:
         """The batch's run row, `preparing`, in the caller's transaction; its id."""
         run = RunRow(
@@ -119,6 +120,7 @@ class BatchLedger:
             target=target,
             account_key=account_key,
             cancel_requested=False,
+            pool=pool,
         )
         session.add(run)
         session.flush()

@@ -19,10 +19,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, case, func, insert, null, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailwright.domain.runs import (
@@ -82,6 +82,8 @@ _CLAIM = (
         RunRow.status.in_(ACTIVE_RUN_STATUSES),
         or_(RunRow.not_before.is_(None), RunRow.not_before <= _NOW),
         or_(RunRow.lease_expires_at.is_(None), RunRow.lease_expires_at < _NOW),
+        # Only a worker of the run's pool may take it (its target is reachable from there alone).
+        func.coalesce(RunRow.pool, "") == bindparam("pool_key"),
     )
     .values(
         lease_owner=bindparam("owner"),
@@ -260,6 +262,15 @@ class ItemResult:
     error: dict[str, Any] | None
 
 
+def _due(now: datetime) -> tuple[Any, ...]:
+    """A run a worker should take at `now`: active, its wait over, and nobody's live lease on it."""
+    return (
+        RunRow.status.in_(ACTIVE_RUN_STATUSES),
+        or_(RunRow.not_before.is_(None), RunRow.not_before <= now),
+        or_(RunRow.lease_expires_at.is_(None), RunRow.lease_expires_at < now),
+    )
+
+
 class RunLedger:
     """Reads and writes the state of runs and steps; every write for a claimed run is fenced."""
 
@@ -281,6 +292,7 @@ class RunLedger:
         target: str | None,
         account_key: str | None,
         trigger: dict[str, Any] | None = None,
+        pool: str | None = None,
     ) -> tuple[RunRow, list[RunStepRow]]:
         """A queued run and its pending steps (id, activity, most attempts each), flushed.
 
@@ -296,6 +308,7 @@ class RunLedger:
             account_key=account_key,
             trigger=trigger,
             cancel_requested=False,
+            pool=pool,
         )
         session.add(run)
         rows = [
@@ -325,6 +338,7 @@ class RunLedger:
         activity: str,
         target: str | None,
         account_key: str | None,
+        pool: str | None = None,
     ) -> str:
         """A queued run of one pending step (the step's default attempts); its id.
 
@@ -343,6 +357,7 @@ class RunLedger:
                 "target": target,
                 "account_key": account_key,
                 "created_at": now,
+                "pool": pool,
             },
         )
         connection.execute(
@@ -353,19 +368,22 @@ class RunLedger:
 
     # --- claiming ----------------------------------------------------------------------------
 
-    def try_claim(self, run_id: str, *, owner: str, duration: timedelta) -> bool:
+    def try_claim(self, run_id: str, *, owner: str, duration: timedelta, pool: str | None = None) -> bool:
         """Take the run if it is due and nobody holds a live lease on it (no lease is kept)."""
         with self._db.session() as session:
-            return self._claim_row(session, run_id, owner=owner, duration=duration) is not None
+            return self._claim_row(session, run_id, owner=owner, duration=duration, pool=pool) is not None
 
-    async def claim(self, run_id: str, *, owner: str, duration: timedelta) -> Claim | None:
+    async def claim(
+        self, run_id: str, *, owner: str, duration: timedelta, pool: str | None = None
+    ) -> Claim | None:
         """Claim the run (a new lease epoch) and read what running it needs, in one transaction.
 
-        None if it is not due or another worker holds a live lease on it.
+        None if it is not due, another worker holds a live lease on it, or it belongs to
+        another worker pool than `pool`.
         """
         acquired_at = time.monotonic()  # before the lease's clock starts in the database
         row = await self._db.group.write(
-            lambda session: self._claim_row(session, run_id, owner=owner, duration=duration)
+            lambda session: self._claim_row(session, run_id, owner=owner, duration=duration, pool=pool)
         )
         if row is None:
             return None
@@ -390,9 +408,17 @@ class RunLedger:
         )
 
     @staticmethod
-    def _claim_row(session: Session, run_id: str, *, owner: str, duration: timedelta) -> Any:
+    def _claim_row(
+        session: Session, run_id: str, *, owner: str, duration: timedelta, pool: str | None
+    ) -> Any:
         now = utcnow()
-        params = {"run_id": run_id, "now": now, "owner": owner, "expires": now + duration}
+        params = {
+            "run_id": run_id,
+            "now": now,
+            "owner": owner,
+            "expires": now + duration,
+            "pool_key": pool or "",
+        }
         connection = session.connection()
         if not connection.execute(_CLAIM, params).rowcount:
             return None
@@ -646,21 +672,59 @@ class RunLedger:
 
     # --- what the services ask -----------------------------------------------------------------
 
-    def due(self, *, limit: int = 100) -> list[str]:
-        """Runs a worker should take now: queued and due, or running with an expired lease."""
+    def due(self, *, limit: int = 100, pool: str | None = None) -> list[str]:
+        """Runs a worker of `pool` should take now: queued and due, or running with an expired lease."""
         now = utcnow()
         with self._db.session() as session:
             query = (
                 select(RunRow.id)
-                .where(
-                    RunRow.status.in_(ACTIVE_RUN_STATUSES),
-                    (RunRow.not_before.is_(None)) | (RunRow.not_before <= now),
-                    (RunRow.lease_expires_at.is_(None)) | (RunRow.lease_expires_at < now),
-                )
+                .where(*_due(now), func.coalesce(RunRow.pool, "") == (pool or ""))
                 .order_by(RunRow.created_at)
                 .limit(limit)
             )
             return list(session.scalars(query).all())
+
+    def unhinted(self, *, older_than: timedelta, limit: int = 500) -> list[tuple[str, str | None]]:
+        """Due runs that no queue message announced in the last `older_than`, of every pool.
+
+        Each is marked hinted in the same statement that picks it, so of several sweepers
+        only one re-announces a run: (run id, pool) for those this caller took.
+        """
+        now = utcnow()
+        stale = now - older_than
+        with self._db.session() as session:
+            candidates = session.execute(
+                select(RunRow.id, RunRow.pool, RunRow.dispatched_at)
+                .where(
+                    *_due(now),
+                    or_(
+                        RunRow.dispatched_at.is_(None),
+                        RunRow.dispatched_at < stale,
+                        # hinted before it became due (a retry's wait): announce it again now
+                        and_(RunRow.not_before.is_not(None), RunRow.dispatched_at < RunRow.not_before),
+                    ),
+                )
+                .order_by(RunRow.created_at)
+                .limit(limit)
+            ).all()
+            taken: list[tuple[str, str | None]] = []
+            for run_id, pool, seen in candidates:
+                unchanged = RunRow.dispatched_at.is_(None) if seen is None else RunRow.dispatched_at == seen
+                mark = update(RunRow).where(RunRow.id == run_id, unchanged)
+                if session.execute(mark.values(dispatched_at=now)).rowcount:  # type: ignore[attr-defined]
+                    taken.append((run_id, pool))
+            return taken
+
+    def mark_hinted(self, run_ids: list[str]) -> None:
+        """The runs were just announced on the queue: the sweeper leaves them alone for a while."""
+        if not run_ids:
+            return
+        with self._db.session() as session:
+            session.execute(update(RunRow).where(RunRow.id.in_(run_ids)).values(dispatched_at=utcnow()))
+
+    def pool_of(self, run_id: str) -> str | None:
+        with self._db.engine.connect() as connection:
+            return connection.execute(select(RunRow.pool).where(RunRow.id == run_id)).scalar()
 
     def cancel(self, run_id: str) -> str:
         """Ask the run to stop; a run nobody executes is cancelled here and now. Its id."""

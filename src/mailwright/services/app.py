@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from mailwright.services.audit import AuditService
     from mailwright.services.batches import BatchService
     from mailwright.services.files import FileService
+    from mailwright.services.finishes import RedisFinishes
     from mailwright.services.idempotency import IdempotencyService
     from mailwright.services.runs import RunService
     from mailwright.services.schedules import ScheduleService
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from mailwright.services.triggers import TriggerService
     from mailwright.services.waiting import WaitService
     from mailwright.services.web_auth import WebAuthService
+    from mailwright.services.workers import WorkerService
     from mailwright.services.workflows import WorkflowService
     from mailwright.transport.pool import PoolRegistry
 
@@ -152,7 +154,28 @@ class Services:
     def runs(self) -> RunService:
         from mailwright.services.runs import RunService
 
-        return RunService(self.db, self.ledger)
+        runs = RunService(self.db, self.ledger)
+        if self.settings.redis_url:
+            finishes = self.finishes
+            runs.announce = finishes.announce
+            runs.waiters.on_register = lambda: finishes.listen(runs.waiters.finished)
+        return runs
+
+    @made_on_first_use
+    def finishes(self) -> RedisFinishes:
+        """Runs ended by a worker in one process wake the waiters of another (MAILWRIGHT_REDIS_URL)."""
+        from mailwright.services.finishes import RedisFinishes
+
+        if not self.settings.redis_url:
+            raise RuntimeError("finishes are announced through Redis: MAILWRIGHT_REDIS_URL is not set")
+        return RedisFinishes(self.settings.redis_url)
+
+    @made_on_first_use
+    def workers(self) -> WorkerService:
+        """The live workers, from their heartbeats (`mailwright workers list`)."""
+        from mailwright.services.workers import WorkerService
+
+        return WorkerService(self.db)
 
     @made_on_first_use
     def ledger(self) -> RunLedger:
@@ -201,7 +224,12 @@ class Services:
         return TriggerService(self.db, self.runs)
 
     def executor(
-        self, *, worker_id: str, lease: timedelta | None = None, with_files: bool = True
+        self,
+        *,
+        worker_id: str,
+        lease: timedelta | None = None,
+        with_files: bool = True,
+        pool: str | None = None,
     ) -> Executor:
         """An executor of runs wired to these services (its lease: the settings' unless given).
 
@@ -221,6 +249,7 @@ class Services:
             batches=_batch_sending(self.targets, files),
             worker_id=worker_id,
             lease=lease if lease is not None else timedelta(seconds=self.settings.lease_seconds),
+            pool=pool,
         )
 
     def mail_triggers(self) -> TriggerManager:
@@ -252,6 +281,8 @@ class Services:
         await self.pools.aclose()
 
     def close(self) -> None:
+        if "finishes" in self.__dict__:
+            self.finishes.close()
         self.db.dispose()
 
 

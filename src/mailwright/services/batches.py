@@ -220,6 +220,7 @@ class BatchService:
             },
             target=resolved.target.display_name,
             account_key=account_key,
+            pool=resolved.pool,
         )
 
     def _store(
@@ -305,6 +306,7 @@ class BatchService:
             reference = request.target or targets["", batch_key].target.id
             resolved = self._targets.resolve(reference, account_key=key)
             resolved.mail_sender("sending mail")
+            _same_pool(resolved, targets["", batch_key])
             targets[which] = resolved
         sender = sender_of(request, resolved, cache=senders)
         build_outgoing(request, sender, files=self._files)
@@ -555,3 +557,14 @@ def _concurrency(requested: int | None, resolved: ResolvedTarget) -> int:
     if connections > 0:
         return min(MAX_CONCURRENCY, max(DEFAULT_CONCURRENCY, 4 * connections))
     return DEFAULT_CONCURRENCY
+
+
+def _same_pool(resolved: ResolvedTarget, batch: ResolvedTarget) -> None:
+    """A batch runs in its target's worker pool: a message may not name a target of another pool."""
+    if resolved.pool != batch.pool:
+        raise ValidationError(
+            f"target {resolved.target.display_name!r} is in worker pool {resolved.pool or '(none)'!r}, "
+            f"but the batch's target {batch.target.display_name!r} is in {batch.pool or '(none)'!r}; "
+            "a batch runs in one pool",
+            hint="send the messages for each pool as a batch of its own",
+        )

@@ -181,8 +181,12 @@ class RunWaiters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        # Called at each registration: starts (once) listening for runs finished in other processes.
+        self.on_register: Callable[[], None] | None = None
 
     def register(self, run_id: str) -> asyncio.Future[None]:
+        if self.on_register is not None:
+            self.on_register()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -218,18 +222,51 @@ _SEND_OUTCOME = (
 
 
 SEND_EMAIL_RUN = "Send Email"
-_TARGET_EXISTS = select(TargetRow.id).where(
+_TARGET_EXISTS = select(TargetRow.id, TargetRow.settings).where(
     (TargetRow.name_key == bindparam("key")) | (TargetRow.id == bindparam("ref"))
 )
 
 
-def _check_target(session: Session, target: str | None) -> None:
-    """404 unless `target` names (in any case) or is the id of a target."""
+def _check_target(session: Session, target: str | None) -> str | None:
+    """404 unless `target` names (in any case) or is the id of a target; its worker pool."""
     if target is None:
-        return
+        return None
     found = session.connection().execute(_TARGET_EXISTS, {"key": name_key(target), "ref": target}).first()
     if found is None:
         raise NotFoundError(f"no target named {target!r}", hint="list them with `mailwright targets list`")
+    pool = (found.settings or {}).get("worker_pool")
+    return pool if isinstance(pool, str) and pool else None
+
+
+def _static_targets(document: WorkflowDocument) -> list[str]:
+    """The targets the steps name as plain text (an expression is known only when the step runs)."""
+    named = (step.with_.get("target") for step in document.steps)
+    return [name for name in named if isinstance(name, str) and name.strip() and "{{" not in name]
+
+
+def _run_pool(session: Session, document: WorkflowDocument, target: str | None) -> str | None:
+    """The one worker pool the run's targets need; a run executes on one worker, so not two."""
+    pools: dict[str, str] = {}
+    for name in [*([target] if target else []), *_static_targets(document)]:
+        pool = _check_target(session, name) if name == target else _pool_if_known(session, name)
+        if pool is not None:
+            pools.setdefault(pool, name)
+    if len(pools) > 1:
+        listed = ", ".join(f"{name!r} in pool {pool!r}" for pool, name in pools.items())
+        raise ValidationError(
+            f"this workflow's targets are in different worker pools ({listed}); a run executes on one worker",
+            hint="split the workflow so that each part uses the targets of one pool, or put the "
+            "targets in one pool (--worker-pool)",
+        )
+    return next(iter(pools), None)
+
+
+def _pool_if_known(session: Session, name: str) -> str | None:
+    """A step's target's pool; a name that is no target fails later, when the step runs, as before."""
+    try:
+        return _check_target(session, name)
+    except NotFoundError:
+        return None
 
 
 class RunService:
@@ -239,6 +276,8 @@ class RunService:
         # The worker in this process (if any) wants to hear of new runs at once.
         self.on_queued: Callable[[str], None] | None = None
         self.waiters = RunWaiters()
+        # Tells other processes that a run ended (Redis, when configured): their waiters wake.
+        self.announce: Callable[[str], None] | None = None
 
     def start_workflow(
         self,
@@ -305,6 +344,12 @@ class RunService:
     def notify(self, run_id: str) -> None:
         self._notify(run_id)
 
+    def finished(self, run_id: str) -> None:
+        """A worker of this process ended the run: wake its waiters here and, if told how, elsewhere."""
+        self.waiters.finished(run_id)
+        if self.announce is not None:
+            self.announce(run_id)
+
     def start_send_email(self, request: SendEmailRequest) -> RunPublic:
         """A one-step run: the message is on disk before the caller hears "accepted".
 
@@ -332,8 +377,8 @@ class RunService:
         # literal: the caller's text is sent as written, never read as a template. The executor
         # validates the document when it claims the run.
         step = {"id": "send", "activity": "send_email", "literal": True, "with": fields}
-        if not target_checked:
-            _check_target(session, request.target)
+        # `target_checked` or not, the target's pool is read: the run must go to a worker that may use it.
+        pool = _check_target(session, request.target)
         return self._ledger.add_one_step_run(
             session,
             name=SEND_EMAIL_RUN,
@@ -342,6 +387,7 @@ class RunService:
             activity="send_email",
             target=request.target,
             account_key=request.account_key,
+            pool=pool,
         )
 
     def _create(
@@ -356,7 +402,7 @@ class RunService:
         trigger: dict[str, Any] | None = None,
     ) -> tuple[RunRow, list[RunStepRow]]:
         """The run and its step rows, flushed (the caller's transaction commits them)."""
-        _check_target(session, target)
+        pool = _run_pool(session, document, target)
         return self._ledger.add_run(
             session,
             workflow_id=workflow_id,
@@ -367,6 +413,7 @@ class RunService:
             target=target,
             account_key=account_key,
             trigger=trigger,
+            pool=pool,
         )
 
     def _notify(self, run_id: str) -> None:

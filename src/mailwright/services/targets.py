@@ -76,6 +76,12 @@ class ResolvedTarget:
     def kind(self) -> TargetType:
         return target_type(self.target.type)
 
+    @property
+    def pool(self) -> str | None:
+        """The worker pool whose workers alone may use this target (None: workers without a pool)."""
+        pool = getattr(self.settings, "worker_pool", None)
+        return pool if isinstance(pool, str) and pool else None
+
     def mail_sender(self, purpose: str) -> MailSender:
         """The target's sender, or a clear error naming the types that can send."""
         factory = self.kind.sender

@@ -163,6 +163,8 @@ class RunRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     # The mail that started the run (an email trigger): {"message": ..., "target": ..., "folder": ...}.
     trigger: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The worker pool that may execute it (its target's `worker_pool`); None: any worker without one.
+    pool: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class RunStepRow(Base):
@@ -306,3 +308,19 @@ class AuditEntryRow(Base):
     object_id: Mapped[str] = mapped_column(String(36))
     object_name: Mapped[str] = mapped_column(String(300))
     fields: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class WorkerRow(Base):
+    """A running worker process, kept fresh by its heartbeat; a stale row is a dead worker."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column()
+    pool: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    concurrency: Mapped[int] = mapped_column()
+    broker: Mapped[str] = mapped_column(String(20))
+    runs_in_hand: Mapped[int] = mapped_column(default=0, server_default="0")
+    started_at: Mapped[datetime] = mapped_column()
+    heartbeat_at: Mapped[datetime] = mapped_column()

@@ -40,3 +40,23 @@ def polling_interval(help_text: str) -> Any:
         description="seconds between polls of a mail trigger",
         json_schema_extra={"label": "Polling interval (seconds)", "help": help_text},
     )
+
+
+POOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+def worker_pool() -> Any:
+    """The worker pool whose workers alone run this target's steps (an on-premises relay's network)."""
+    return Field(
+        default=None,
+        pattern=POOL_PATTERN,
+        description="only workers started with `--pool NAME` run this target's steps (default: any "
+        "worker started without a pool)",
+        json_schema_extra={
+            "label": "Worker pool",
+            "help": "For a server only some machines reach (an internal relay): only workers started "
+            "in this pool run its steps. Blank: any worker without a pool.",
+            "group": "advanced",
+            "blank_clears": True,
+        },
+    )
