@@ -3,6 +3,7 @@
 #   - Postfix + Dovecot (the end-to-end tests start private instances; the system
 #     daemons must NOT be left running),
 #   - PostgreSQL with a `mailwright` role and a `mailwright_test` database,
+#   - RabbitMQ and Redis (the scale-out tests start private instances),
 #   - Chromium for browser tests.
 # Idempotent and quick when everything is already present.
 set -Eeuo pipefail
@@ -168,6 +169,17 @@ else
     pg_psql -c "CREATE DATABASE mailwright_test OWNER mailwright" >/dev/null \
         || die "could not create database mailwright_test"
     log "created postgresql database mailwright_test"
+fi
+
+# --- RabbitMQ and Redis ----------------------------------------------------------------
+# The scale-out tests start private instances (their own ports and data directories), so
+# only the packages are needed; a system server already running is left alone.
+if pkg_installed rabbitmq-server && pkg_installed redis-server; then
+    log "rabbitmq-server and redis-server already installed"
+else
+    block_service_starts
+    apt_install rabbitmq-server redis-server
+    log "rabbitmq-server and redis-server installed"
 fi
 
 # --- Chromium -------------------------------------------------------------------------

@@ -23,6 +23,10 @@ def print_run(run: "RunPublic", *, state: str | None = None) -> None:
         mail = run.trigger
         where = f"{mail.get('target')} / {mail.get('folder')}, UID {mail.get('uid') or mail.get('uidl')}"
         typer.echo(f"  started by mail {mail.get('subject')!r} from {mail.get('from')} ({where})")
+    if run.pool:
+        typer.echo(f"  worker pool {run.pool}")
+    if run.waiting:
+        typer.echo(f"  {run.waiting}")
     if run.error:
         typer.echo(f"  error: {run.error.get('message')}")
     if run.step_counts:

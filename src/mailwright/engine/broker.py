@@ -43,6 +43,7 @@ QUEUE_PREFIX = "mailwright.runs"
 EXCHANGE = "mailwright"
 RECONNECT_MAX = 30.0  # seconds between attempts to reach RabbitMQ, at most
 STOP_SECONDS = 10.0  # how long a stopping consumer waits for Taskiq to let go
+PUBLISH_SECONDS = 10.0  # a publish (with its confirm) that takes longer is given up: the sweeper covers it
 
 Execute = Callable[[str], Awaitable[Any]]
 
@@ -183,10 +184,11 @@ class AmqpQueue:
 
     async def hint(self, run_id: str, pool: str | None) -> bool:
         try:
-            broker = await self._publisher(pool)
-            task = broker.find_task(TASK_NAME)
-            assert task is not None  # registered by _new_broker
-            await task.kiq(run_id)
+            async with asyncio.timeout(PUBLISH_SECONDS):
+                broker = await self._publisher(pool)
+                task = broker.find_task(TASK_NAME)
+                assert task is not None  # registered by _new_broker
+                await task.kiq(run_id)
             return True
         except Exception as exc:
             # The run is in the database: the sweeper announces it again once RabbitMQ is back.

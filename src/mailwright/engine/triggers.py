@@ -131,7 +131,7 @@ class Retry:
 class TriggerStore(Protocol):
     """The triggers' stored state and one-run-per-mail bookkeeping (services/triggers.py)."""
 
-    def plans(self) -> list[TriggerPlan]: ...
+    def plans(self, pool: str | None = None) -> list[TriggerPlan]: ...
 
     def heartbeat(self, state_ids: list[str]) -> None: ...
 
@@ -226,8 +226,10 @@ class TriggerManager:
         reconcile_seconds: float = RECONCILE_SECONDS,
         idle_seconds: float = IDLE_SECONDS,
         poll_seconds: float | None = None,
+        pool: str | None = None,
     ) -> None:
         self.services = services
+        self.pool = pool  # the worker pool this worker serves: only its targets' mailboxes are watched
         self.reconcile_seconds = reconcile_seconds
         self.idle_seconds = idle_seconds
         self.poll_seconds = poll_seconds  # overrides the targets' polling interval (tests)
@@ -251,7 +253,7 @@ class TriggerManager:
             await self.stop_all()
 
     async def reconcile(self) -> None:
-        plans = {p.state_id: p for p in await asyncio.to_thread(self.services.triggers.plans)}
+        plans = {p.state_id: p for p in await asyncio.to_thread(self.services.triggers.plans, self.pool)}
         for state_id, (watcher, task) in list(self._watchers.items()):
             plan = plans.get(state_id)
             # Disabled and enabled again between two looks: the state says "starting" again.

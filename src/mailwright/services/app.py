@@ -257,7 +257,7 @@ class Services:
         # Imported here: the trigger manager is built on these services.
         from mailwright.engine.triggers import TriggerManager
 
-        return TriggerManager(self)
+        return TriggerManager(self, pool=self.settings.worker_pool)
 
     def first_start_token(self) -> tuple[Path, str] | None:
         """On first start, a new admin token, written to a file only the owner can read.

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,14 +19,17 @@ from mailwright.errors import NotFoundError, ValidationError
 from mailwright.ledger import RunLedger
 from mailwright.services.common import find
 from mailwright.services.sending import SendEmailRequest
+from mailwright.services.workers import LIVE_SECONDS
 from mailwright.storage.db import Database
 from mailwright.storage.tables import (
     RunRow,
     RunStepRow,
     StepInputRow,
     TargetRow,
+    WorkerRow,
     WorkflowRow,
     name_key,
+    utcnow,
 )
 
 ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
@@ -82,6 +85,9 @@ class RunPublic(BaseModel):
     finished_at: datetime | None
     not_before: datetime | None
     trigger: dict[str, Any] | None = None  # the mail that started it: where from, uid, subject, sender
+    pool: str | None = None  # the worker pool that executes it (its target's --worker-pool)
+    # Why a queued run is not moving, e.g. "waiting for a worker in pool 'dmz'" (no live worker there).
+    waiting: str | None = None
     # Batches only: `steps` is the first page; GET /api/v1/runs/{id}/steps pages through the rest.
     steps_total: int | None = None
     step_counts: dict[str, int] | None = None
@@ -118,6 +124,22 @@ def _batch_inputs(session: Session, steps: list[RunStepRow]) -> dict[str, dict[s
     return {row.step_id: row.inputs for row in session.execute(query)}
 
 
+def _waiting(session: Session, run: RunRow) -> str | None:
+    """What a queued run of a worker pool waits for when no worker of that pool is alive."""
+    if run.pool is None or run.status != RunStatus.QUEUED:
+        return None
+    alive = utcnow() - timedelta(seconds=LIVE_SECONDS)
+    someone = session.execute(
+        select(WorkerRow.id).where(WorkerRow.pool == run.pool, WorkerRow.heartbeat_at >= alive).limit(1)
+    ).first()
+    if someone is not None:
+        return None
+    return (
+        f"waiting for a worker in pool {run.pool!r}: start one with `mailwright worker --pool {run.pool}` "
+        "where the target's server can be reached"
+    )
+
+
 def _public(
     run: RunRow, steps: list[RunStepRow], *, inputs: dict[str, dict[str, Any]] | None = None
 ) -> RunPublic:
@@ -136,6 +158,7 @@ def _public(
         finished_at=run.finished_at,
         not_before=run.not_before,
         trigger=trigger_summary(run.trigger),
+        pool=run.pool,
         steps=[
             StepPublic(
                 step=_step_label(s),
@@ -459,10 +482,13 @@ class RunService:
         if state is not None:
             query = query.where(step_state_filter(state))
         if run.document.get("kind") != "batch":
-            return _public(run, list(session.scalars(query).all()))
+            public = _public(run, list(session.scalars(query).all()))
+            public.waiting = _waiting(session, run)
+            return public
         # A batch may have 100,000 steps: the first page and the counts; the rest page by page.
         steps = list(session.scalars(query.limit(BATCH_STEPS_SHOWN)).all())
         public = _public(run, steps, inputs=_batch_inputs(session, steps))
+        public.waiting = _waiting(session, run)
         by_status = select(RunStepRow.status, func.count()).where(RunStepRow.run_id == run.id)
         counts = session.execute(by_status.group_by(RunStepRow.status)).all()
         public.step_counts = {status: int(n) for status, n in counts}

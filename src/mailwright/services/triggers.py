@@ -218,8 +218,12 @@ class TriggerService:
             workflow_id = row.id
         return next(t for t in self.list_all(workflow_id) if t.index == index)
 
-    def plans(self) -> list[TriggerPlan]:
-        """The enabled triggers whose target exists, for the watchers."""
+    def plans(self, pool: str | None = None) -> list[TriggerPlan]:
+        """The enabled triggers whose target exists and is in `pool`, for that pool's watchers.
+
+        A target in a worker pool may be reachable from that pool's machines alone (an internal
+        server), so only that pool's workers watch its mailbox.
+        """
         with self._db.session() as session:
             rows = session.execute(
                 select(TriggerStateRow, WorkflowRow, TargetRow)
@@ -230,7 +234,7 @@ class TriggerService:
             plans = []
             for state, workflow, target in rows:
                 document = WorkflowDocument.model_validate(workflow.document)
-                if state.position >= len(document.triggers):
+                if state.position >= len(document.triggers) or _pool(target) != pool:
                     continue
                 trigger = document.triggers[state.position]
                 fingerprint = "|".join(
@@ -615,3 +619,8 @@ class TriggerService:
                 }
                 for m in found
             ]
+
+
+def _pool(target: TargetRow) -> str | None:
+    pool = (target.settings or {}).get("worker_pool")
+    return pool if isinstance(pool, str) and pool else None
