@@ -49,8 +49,10 @@ class Cluster:
         )
         if database_url:
             self.env["MAILWRIGHT_DATABASE_URL"] = database_url
-        settings = {"home": home, "broker": broker, "lease_seconds": lease, "database_url": database_url}
-        self.services = Services(Settings(**settings))  # queues runs; executes none
+        # Queues runs; executes none.
+        self.services = Services(
+            Settings(home=home, broker=broker, lease_seconds=lease, database_url=database_url)
+        )
         self.workers: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
         self._loop: asyncio.AbstractEventLoop | None = None
