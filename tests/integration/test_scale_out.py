@@ -7,12 +7,10 @@ fsynced log says what arrived and how many times.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from mailwright.config import Settings
-from mailwright.engine.broker import Announcer, make_queue
 from mailwright.services.app import Services
 from mailwright.services.sending import SendEmailRequest
 from mailwright.services.targets import TargetCreate
+from tests.support.announcer import AnnouncerThread
 from tests.support.counting_smtp import CountingSMTPServer, FaultPlan
 from tests.support.rabbitmq import RabbitMQServer
 
@@ -55,23 +53,11 @@ class Cluster:
         )
         self.workers: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._announcer: Announcer | None = None
+        self._announcer: AnnouncerThread | None = None
 
     def announce(self) -> None:
         """From now on, announce each run queued here on RabbitMQ, as `serve --no-worker` does."""
-
-        async def not_here(run_id: str) -> None:
-            raise AssertionError("the test process executes no runs")
-
-        loop = asyncio.new_event_loop()
-        threading.Thread(target=loop.run_forever, name="announcer", daemon=True).start()
-        settings = self.services.settings
-        queue = make_queue(settings.broker, execute=not_here, pool=None, concurrency=8, consume=False)
-        announcer = Announcer(queue, self.services.ledger.pool_of)
-        asyncio.run_coroutine_threadsafe(announcer.start(), loop).result(timeout=60)
-        self.services.runs.on_queued = announcer.notify
-        self._loop, self._announcer = loop, announcer
+        self._announcer = AnnouncerThread(self.services).start()
 
     def worker(self, *args: str) -> subprocess.Popen[bytes]:
         log = self.home / f"worker{len(self.workers)}.log"
@@ -117,10 +103,8 @@ class Cluster:
             time.sleep(0.25)
 
     def close(self) -> None:
-        if self._loop is not None and self._announcer is not None:
-            self.services.runs.on_queued = None
-            asyncio.run_coroutine_threadsafe(self._announcer.stop(), self._loop).result(timeout=60)
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._announcer is not None:
+            self._announcer.stop()
         for process in self.workers:
             if process.poll() is None:
                 process.terminate()

@@ -18,6 +18,7 @@ from mailwright.api.limits import RequestLimits
 from mailwright.api.routes import router
 from mailwright.api.routes_audit import router as audit_router
 from mailwright.api.routes_batch import router as batch_router
+from mailwright.api.routes_workers import router as workers_router
 from mailwright.api.routes_workflows import router as workflow_router
 from mailwright.services.app import Services
 
@@ -32,6 +33,7 @@ def install(app: FastAPI, services: Services) -> None:
     app.include_router(batch_router)
     app.include_router(workflow_router)
     app.include_router(audit_router)
+    app.include_router(workers_router)
     # Added before the web's middleware, so that its security headers wrap the 401 and 413 too.
     app.add_middleware(
         RequestLimits,

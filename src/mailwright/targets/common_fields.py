@@ -7,9 +7,9 @@ one "command" is differs by protocol), the rest is shared so that the merged CLI
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 
 def connect_timeout(description: str = "seconds to connect") -> Any:
@@ -43,6 +43,14 @@ def polling_interval(help_text: str) -> Any:
 
 
 POOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+# A pool's name; blank (in an update: `--worker-pool ""`) takes the target out of its pool.
+PoolName = Annotated[str | None, BeforeValidator(_blank_is_none)]
 
 
 def worker_pool() -> Any:

@@ -120,7 +120,7 @@ class GraphSettings(BaseModel):
     polling_interval: float = common_fields.polling_interval("How often a mail trigger checks this mailbox.")
     connect_timeout: float = common_fields.connect_timeout()
     command_timeout: float = common_fields.command_timeout("seconds for each request")
-    worker_pool: str | None = common_fields.worker_pool()
+    worker_pool: common_fields.PoolName = common_fields.worker_pool()
 
     @field_validator("mailbox")
     @classmethod

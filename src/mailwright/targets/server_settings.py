@@ -63,7 +63,7 @@ class ServerSettings(BaseModel):
     )
     connect_timeout: float = common_fields.connect_timeout("seconds to connect and get the greeting")
     command_timeout: float = common_fields.command_timeout()
-    worker_pool: str | None = common_fields.worker_pool()
+    worker_pool: common_fields.PoolName = common_fields.worker_pool()
 
     @field_validator("server")
     @classmethod

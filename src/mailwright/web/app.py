@@ -21,6 +21,7 @@ from mailwright.web import (
     pages_send,
     pages_targets,
     pages_triggers,
+    pages_workers,
     pages_workflows,
 )
 from mailwright.web.render import render
@@ -95,6 +96,7 @@ def install(app: FastAPI, *, api_error: ErrorHandler) -> None:
         pages_sandbox,
         pages_workflows,
         pages_triggers,
+        pages_workers,
         pages_audit,
     )
     for module in routers:

@@ -28,6 +28,7 @@ NAV = [
     ("workflows", "Workflows", "/workflows"),
     ("runs", "Runs", "/runs"),
     ("triggers", "Triggers", "/triggers"),
+    ("workers", "Workers", "/workers"),
 ]
 AUDIT_NAV = ("audit", "Audit log", "/audit")  # admins only
 
