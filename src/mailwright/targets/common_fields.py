@@ -7,6 +7,7 @@ one "command" is differs by protocol), the rest is shared so that the merged CLI
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
@@ -45,19 +46,30 @@ def polling_interval(help_text: str) -> Any:
 POOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 
-def _blank_is_none(value: Any) -> Any:
-    return None if isinstance(value, str) and not value.strip() else value
+def _pool_name(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        return None
+    if isinstance(value, str) and not re.fullmatch(POOL_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a pool name: use letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit, at most 63 characters"
+        )
+    return value
 
 
 # A pool's name; blank (in an update: `--worker-pool ""`) takes the target out of its pool.
-PoolName = Annotated[str | None, BeforeValidator(_blank_is_none)]
+PoolName = Annotated[str | None, BeforeValidator(_pool_name)]
+
+
+def pool_row(pool: str | None) -> tuple[str, str]:
+    """The line a target's page shows for its worker pool."""
+    return ("Worker pool", f"{pool} (only workers started with --pool {pool})" if pool else "(any worker)")
 
 
 def worker_pool() -> Any:
     """The worker pool whose workers alone run this target's steps (an on-premises relay's network)."""
     return Field(
         default=None,
-        pattern=POOL_PATTERN,
         description="only workers started with `--pool NAME` run this target's steps (default: any "
         "worker started without a pool)",
         json_schema_extra={

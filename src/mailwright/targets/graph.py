@@ -224,6 +224,7 @@ def describe(settings: BaseModel, *, target_name: str, account_key: str | None) 
             ("Sent Items", "a copy is kept" if graph.save_to_sent_items else "no copy kept"),
             ("Polling interval", f"{graph.polling_interval:g} s"),
             ("Timeouts", f"connect {graph.connect_timeout:g} s, request {graph.command_timeout:g} s"),
+            common_fields.pool_row(graph.worker_pool),
         ],
         warnings=[]
         if account_key

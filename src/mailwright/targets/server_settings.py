@@ -143,6 +143,7 @@ def server_view(
             *(middle or []),
             ("Timeouts", f"{timing}, {timeouts}" if timeouts else timing),
             *(last or []),
+            common_fields.pool_row(settings.worker_pool),
         ],
         warnings=warnings,
         flags=["certificates not validated"] if settings.disable_certificate_validation else [],
