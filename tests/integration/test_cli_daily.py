@@ -57,3 +57,11 @@ def test_workflows_validate_takes_file_like_create(cli: CLI, tmp_path: Path) -> 
     other = tmp_path / "other.yaml"
     other.write_text(document.read_text())
     assert_error(cli("workflows", "validate", document, "--file", other), 2, "give the document once")
+
+
+def test_help_shows_flags_without_a_value(cli: CLI) -> None:
+    """`--json` is a flag: help must not read `--json <bool>` (users then type `--json true`)."""
+    for command in (["runs", "list"], ["targets", "list"], ["workers", "list"], ["send"], ["serve"]):
+        shown = assert_ok(cli(*command, "--help")).output
+        assert "<bool>" not in shown, command
+    assert "<int>" in assert_ok(cli("targets", "create", "--help")).output  # values still show their type

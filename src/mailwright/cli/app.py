@@ -8,7 +8,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from typer import _click
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from mailwright import __version__
 from mailwright.cli import audit, files, runs, sandbox, tokens, triggers, workflows
@@ -19,6 +19,17 @@ from mailwright.cli.secret_key import rotate as rotate_secret_key
 from mailwright.cli.send import send
 from mailwright.cli.serve import serve
 from mailwright.errors import MailwrightError
+
+_value_shown = TyperOption.display_type_rich
+
+
+def _flag_shows_no_value(self: TyperOption, ctx: _click.Context) -> str | None:
+    """A flag takes no value: Typer 0.29 labels `--json` `<bool>` in help, which reads as
+    `--json true` and sends users to type one. Only options that take a value show its type."""
+    return None if self.is_flag else _value_shown(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_shows_no_value  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="mailwright",
