@@ -1,16 +1,21 @@
 """Small things a daily CLI user trips on (issue "The web UI and CLI a daily user wants").
 
 `send-batch --from ADDRESS` gives every line without a sender one; `workflows validate`
-takes `--file/-f` as `workflows create` does, and the argument still.
+takes `--file/-f` as `workflows create` does, and the argument still; help shows flags as
+flags; `send` records a run, and `--no-wait` leaves it to a worker.
 """
 
 from __future__ import annotations
 
 import email
 import json
+import subprocess
+import sys
+import time
 from email import policy
 from pathlib import Path
 
+from mailwright.services.app import Services
 from tests.integration.conftest import Targets
 from tests.support.cli import CLI, assert_error, assert_ok
 from tests.support.smtpserver import SMTPServerFactory
@@ -65,3 +70,40 @@ def test_help_shows_flags_without_a_value(cli: CLI) -> None:
         shown = assert_ok(cli(*command, "--help")).output
         assert "<bool>" not in shown, command
     assert "<int>" in assert_ok(cli("targets", "create", "--help")).output  # values still show their type
+
+
+def test_send_records_a_run_and_no_wait_leaves_it_to_a_worker(
+    cli: CLI, mw: Services, targets: Targets, smtp_server_factory: SMTPServerFactory
+) -> None:
+    server = smtp_server_factory()
+    relay = targets.target(server, security="none")
+    common = ("--target", relay.display_name, "--from", "ops@example.org", "--to", "bob@example.net")
+    sent = assert_ok(cli("send", *common, "--subject", "waited", "--json"))
+    result = json.loads(sent.stdout)
+    assert result["status"] == "sent" and result["run_id"]
+    listed = assert_ok(cli("runs", "list", "--json")).stdout
+    assert result["run_id"] in listed  # `runs list` shows a CLI send like every other
+    assert mw.runs.get(result["run_id"]).status == "succeeded"
+
+    queued = assert_ok(cli("send", *common, "--subject", "later", "--no-wait"))
+    assert queued.stdout.startswith("queued: run ") and "no worker is running" in queued.stderr
+    run_id = queued.stdout.split()[2]
+    assert mw.runs.get(run_id).status == "queued" and len(server.messages) == 1  # nothing sent yet
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mailwright"), "worker"],
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while mw.runs.status(run_id) != "succeeded":
+            assert time.monotonic() < deadline, "the worker did not send the queued message"
+            time.sleep(0.1)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    subjects = [
+        email.message_from_bytes(m.content, policy=policy.default)["Subject"] for m in server.messages
+    ]
+    assert subjects == ["waited", "later"]

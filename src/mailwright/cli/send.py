@@ -2,17 +2,21 @@
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mailwright.cli.context import services
-from mailwright.cli.output import EXIT_FAILED, print_json
+from mailwright.cli.output import EXIT_FAILED, print_json, redact
 from mailwright.domain.importance import Importance
-from mailwright.errors import MailwrightError, TargetError, ValidationError
+from mailwright.errors import ValidationError
 
 if TYPE_CHECKING:
+    from mailwright.services.runs import RunPublic
     from mailwright.services.sending import AttachmentIn, SendResult
+
+INLINE_WAIT = 60.0  # seconds this command waits for a retry or a rate-limit slot before leaving it
+EXIT_LATER = 75  # EX_TEMPFAIL: stored and queued, not sent yet
 
 
 def _read_text(path: str, *, field: str) -> str:
@@ -84,14 +88,28 @@ def send(
         bool,
         typer.Option("--continue-if-one-address-valid", help="send when at least one recipient is accepted"),
     ] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="queue it and return at once (printing the run id); a worker (`mailwright serve` or "
+            "`mailwright worker`) sends it",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Send an email through a target and show each recipient's outcome. Exit 1 if it failed."""
+    """Send an email through a target and show each recipient's outcome. Exit 1 if it failed.
+
+    The message is stored as a run first (`mailwright runs list` shows it), then sent from
+    this process, retries included; with --no-wait a worker sends it. A retry or rate-limit
+    slot more than a minute away is left to the workers: the command says so and exits 75.
+    """
     if body_file == "-" and html_file == "-":
         raise ValidationError("only one of --body-file and --html-file can read stdin", field="body")
     import asyncio
 
     from mailwright.services.sending import SendEmailRequest
+    from mailwright.services.waiting import answer_for
 
     request = SendEmailRequest(
         target=target,
@@ -111,16 +129,60 @@ def send(
         continue_if_one_address_valid=continue_if_one_address_valid,
         account_key=account_key,
     )
-    try:
-        result = asyncio.run(services().sending.send(request))
-    except MailwrightError as exc:
-        if as_json and isinstance(exc, TargetError):
-            print_json({"status": "failed", "error": exc.details()})
-        raise
-    if as_json:
-        print_json(result)
+    svc = services()
+    started = svc.waiting.start_send_email(request, key=None, scope="cli")
+    if no_wait:
+        _print_queued(started.run_id, as_json=as_json, workers=bool(svc.workers.live()))
+        return
+    asyncio.run(svc.waiting.run_inline(started.run_id, longest_wait=INLINE_WAIT))
+    answer = answer_for(svc.runs.send_outcome(started.run_id), replayed=False)
+    if answer.result is not None and as_json:
+        print_json(answer.result)
+    elif answer.result is not None:
+        _print_result(answer.result)
+    elif answer.error is not None:
+        _print_failure(answer.run_id, answer.error, as_json=as_json)
+        raise typer.Exit(EXIT_FAILED)
     else:
-        _print_result(result)
+        _print_later(svc.runs.get(answer.run_id), as_json=as_json)
+        raise typer.Exit(EXIT_LATER)
+
+
+def _print_queued(run_id: str, *, as_json: bool, workers: bool) -> None:
+    if as_json:
+        print_json({"status": "queued", "run_id": run_id})
+        return
+    typer.echo(f"queued: run {run_id} (`mailwright runs show {run_id}` follows it)")
+    if not workers:
+        typer.secho(
+            "note: no worker is running now; it is sent once `mailwright serve` or `mailwright worker` runs",
+            fg="yellow",
+            err=True,
+        )
+
+
+def _print_failure(run_id: str, error: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print_json({"status": "failed", "run_id": run_id, "error": error})
+        return
+    typer.echo(f"error: {redact(str(error.get('message') or 'the send failed'))}", err=True)
+    if error.get("hint"):
+        typer.echo(f"hint: {redact(str(error['hint']))}", err=True)
+    typer.echo(f"run {run_id} failed: `mailwright runs show {run_id}` has every attempt")
+
+
+def _print_later(run: "RunPublic", *, as_json: bool) -> None:
+    """A retry or a rate-limit slot further away than INLINE_WAIT: the workers take it from here."""
+    if as_json:
+        print_json({"status": run.status, "run_id": run.id, "not_before": run.not_before})
+        return
+    when = f" at {run.not_before:%Y-%m-%d %H:%M:%S} UTC" if run.not_before else ""
+    last = next((step.error for step in reversed(run.steps) if step.error), None)
+    why = f" ({last.get('message')})" if last else ""
+    typer.echo(
+        f"not sent yet{why}: run {run.id} is tried again{when} by a worker (`mailwright serve` or "
+        f"`mailwright worker`); `mailwright runs show {run.id}` follows it"
+    )
 
 
 def _print_result(result: "SendResult") -> None:

@@ -159,12 +159,18 @@ class WaitService:
 
         return self._make_executor(worker_id())
 
-    async def run_inline(self, run_id: str) -> RunPublic:
+    async def run_inline(self, run_id: str, *, longest_wait: float | None = None) -> RunPublic:
         """Execute a run in this process and return it finished.
 
         A retry due later is waited for here, as a worker would; a run another worker
         holds is tried again now and then until it is finished (or free to take).
+        `longest_wait`: a retry (or rate-limit deferral) due later than that many seconds
+        is left to the workers, and the run is returned unfinished. A run of a worker pool
+        is executed by that pool's workers (its target may be reachable from there alone):
+        it is followed until finished.
         """
+        if self._runs.get(run_id).pool is not None:
+            return await self.follow(run_id)
         executor = self.inline_executor()
         while True:
             status = await executor.execute(run_id)
@@ -174,4 +180,7 @@ class WaitService:
             if status is None:
                 await asyncio.sleep(ELSEWHERE_SECONDS)  # another worker holds it: wait for it to finish
             elif run.not_before is not None:
-                await asyncio.sleep(max(0.05, (run.not_before - datetime.now(UTC)).total_seconds()))
+                wait = (run.not_before - datetime.now(UTC)).total_seconds()
+                if longest_wait is not None and wait > longest_wait:
+                    return run
+                await asyncio.sleep(max(0.05, wait))
