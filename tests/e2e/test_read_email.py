@@ -287,3 +287,60 @@ async def _open_with_stale_uidvalidity(mw: Services, target: str) -> None:
 
     async with imap_folder(mw.targets, target, activity="mark_email", folder="INBOX", uidvalidity=1):
         pass
+
+
+def test_cli_read_on_a_pop3_target_retrieves_without_deleting(mailstack: MailStack, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    services = Services(Settings(home=home))
+    address, password = _mailbox(services, mailstack)
+    services.targets.create(
+        TargetCreate.model_validate(
+            {
+                "display_name": f"POP3 {address}",
+                "type": "pop3",
+                "server": mailstack.host,
+                "port": mailstack.pop3s_port,
+                "ca_file": str(mailstack.ca_cert_path),
+                "account_key": address,
+            }
+        )
+    )
+    services.close()
+    for subject in ("Disk full", "Weekly report", "Disk ok"):
+        _deliver(mailstack, address, subject)
+    mailstack.wait_for_messages(address, password, 3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILWRIGHT_")}
+    env["MAILWRIGHT_HOME"] = str(home)
+    cli = str(Path(sys.executable).parent / "mailwright")
+
+    def read(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [cli, "read", "--target", f"POP3 {address}", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
+    newest = read("--max", "2", "--json")
+    assert newest.returncode == 0, newest.stderr
+    data = json.loads(newest.stdout)
+    assert data["matched"] == 3 and [m["subject"] for m in data["messages"]] == ["Disk ok", "Weekly report"]
+    assert all(m["uidl"] for m in data["messages"])
+    disk = json.loads(read("--subject", "disk", "--json").stdout)
+    assert sorted(m["subject"] for m in disk["messages"]) == ["Disk full", "Disk ok"]
+    table = read()
+    assert table.returncode == 0 and "3 of 3 matching message(s) on the POP3 server" in table.stdout
+    unseen = read("--unseen")
+    assert unseen.returncode == 2 and "POP3 mailbox keeps no read/unread flags" in unseen.stderr
+    assert "hint:" in unseen.stderr
+    moved = read("--after", "move", "--move-to", "Done")
+    assert moved.returncode == 2 and "can only keep or delete" in moved.stderr
+    # Nothing was removed by reading; --after delete removes what was read, at the end of the session.
+    assert len(mailstack.fetch_messages(address, password)) == 3
+    deleted = json.loads(read("--subject", "report", "--after", "delete", "--json").stdout)
+    assert [m["subject"] for m in deleted["messages"]] == ["Weekly report"]
+    left = json.loads(read("--json").stdout)
+    assert sorted(m["subject"] for m in left["messages"]) == ["Disk full", "Disk ok"]
+    assert password not in newest.stdout + newest.stderr

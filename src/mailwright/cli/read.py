@@ -1,4 +1,4 @@
-"""`mailwright read`: a one-off read of an IMAP Endpoint target's folder."""
+"""`mailwright read`: a one-off read of a mailbox target: an IMAP (or Graph) folder, or a POP3 drop."""
 
 from pathlib import Path, PurePath
 from typing import Annotated, Any
@@ -11,14 +11,19 @@ from mailwright.errors import ValidationError
 
 
 def read(
-    target: Annotated[str, typer.Option("--target", help="IMAP Endpoint target (display name or id)")],
-    folder: Annotated[str, typer.Option("--folder", help="the folder to read")] = "INBOX",
+    target: Annotated[
+        str, typer.Option("--target", help="IMAP, POP3 or Graph Endpoint target (display name or id)")
+    ],
+    folder: Annotated[str, typer.Option("--folder", help="the folder to read (IMAP, Graph)")] = "INBOX",
     unseen: Annotated[bool, typer.Option("--unseen", help="only messages not yet read")] = False,
     sender: Annotated[str | None, typer.Option("--from", help="sender contains")] = None,
     subject: Annotated[str | None, typer.Option("--subject", help="subject contains")] = None,
     max_count: Annotated[int, typer.Option("--max", help="at most this many, newest first")] = 20,
     after: Annotated[
-        str, typer.Option("--after", help="nothing (default), mark_read, move or delete")
+        str,
+        typer.Option(
+            "--after", help="nothing (default), mark_read, move or delete (POP3: nothing or delete)"
+        ),
     ] = "nothing",
     move_to: Annotated[str | None, typer.Option("--move-to", help="the folder for --after move")] = None,
     save_attachments: Annotated[
@@ -27,9 +32,14 @@ def read(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (bodies and headers included)")] = False,
 ) -> None:
-    """Read messages without marking them read (unless --after says otherwise)."""
+    """Read messages without marking them read or removing them (unless --after says otherwise).
+
+    On a POP3 target the newest messages are retrieved and left on the server; --unseen,
+    --folder and --after mark_read/move need IMAP (POP3 has no flags or folders).
+    """
     import asyncio
 
+    from mailwright.activities.drop_read import read_drop
     from mailwright.activities.read_email import ReadEmailInput, read_messages
     from mailwright.domain.validation import validate_model
 
@@ -49,15 +59,17 @@ def read(
     svc = services()
     # Saved attachments come back inline and go to the directory, not to the file store.
     files = None if save_attachments is not None else svc.files
-    result = asyncio.run(read_messages(svc.targets, target, inputs, files=files))
+    reader = read_messages if svc.targets.resolve(target).has_folders() else read_drop
+    result = asyncio.run(reader(svc.targets, target, inputs, files=files))
     if save_attachments is not None:
         _save(result["messages"], save_attachments)
     if as_json:
         print_json(result)
         return
-    typer.echo(f"{result['count']} of {result['matched']} matching message(s) in {result['folder']!r}")
+    where = f"in {result['folder']!r}" if result["uidvalidity"] is not None else "on the POP3 server"
+    typer.echo(f"{result['count']} of {result['matched']} matching message(s) {where}")
     print_table(
-        ["UID", "DATE", "FROM", "SUBJECT", "ATTACHMENTS"],
+        ["UID" if result["uidvalidity"] is not None else "NUMBER", "DATE", "FROM", "SUBJECT", "ATTACHMENTS"],
         [
             [m["uid"], m["date"] or "", m["from"] or "", m["subject"], m["attachments_count"]]
             for m in result["messages"]
