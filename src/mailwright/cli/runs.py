@@ -140,16 +140,38 @@ def retry(
         )
 
 
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="serve Prometheus metrics at http://HOST:PORT/metrics, 0: any free port "
+            "(MAILWRIGHT_METRICS_PORT; default: none)",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="address the metrics listen on; they need no token")
+    ] = "127.0.0.1",
+) -> None:
     """Execute queued runs in this process until stopped (Ctrl-C or SIGTERM)."""
     import asyncio
     import signal
 
+    from mailwright.cli import worker_metrics
     from mailwright.engine.worker import Worker
     from mailwright.logs import configure_logging
 
     svc = services()
     configure_logging(svc.settings.log_level)
+    port = metrics_port if metrics_port is not None else svc.settings.metrics_port
+    if port is not None:
+        exporter = worker_metrics.start(svc, host=metrics_host, port=port)
+        typer.echo(f"Metrics on http://{metrics_host}:{exporter.server_port}/metrics")
+        warning = worker_metrics.open_warning(metrics_host)
+        if warning is not None:
+            typer.echo(warning, err=True)
 
     async def main() -> None:
         stop = asyncio.Event()
