@@ -8,6 +8,7 @@ a rate-limit deferral, runs by status, the queue depth with no worker, a lease t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -209,20 +210,23 @@ def test_queue_depth_without_a_worker_then_a_worker_in_multiprocess_mode(
     worker_env: dict[str, str],
     workers: list[subprocess.Popen[str]],
 ) -> None:
-    server = smtp_server_factory()
+    server = smtp_server_factory(faults=Faults(refuse_recipients={"r5@example.net": (550, "5.1.1 no")}))
     target = targets.target(server, security="none", display_name="Worker Target")
     token = mw.tokens.create("prometheus", role=Role.VIEWER).token
     send = SendEmailRequest.model_validate(request("Worker Target"))
     runs = [mw.runs.start_send_email(send) for _ in range(4)]
+    # And a batch of six, one of them to a recipient the server refuses.
+    batch = [(f"line {i}", json.dumps(request("", to=[f"r{i}@example.net"]))) for i in range(1, 7)]
+    mw.batches.create(batch, target="Worker Target")
     # A worker that claimed one and died: its lease runs out in a few seconds.
     assert RunLedger(mw.db).try_claim(runs[0].id, owner="dead-worker", duration=timedelta(seconds=3))
 
     # No worker anywhere: the queue is what the database says.
     with APIServer(mw, app=create_app(mw, run_worker=False)) as api:
         found = scrape(f"{api.base_url}/metrics", token)
-    assert value(found, "mailwright_runs", status="queued") == 3
+    assert value(found, "mailwright_runs", status="queued") == 4
     assert value(found, "mailwright_runs", status="running") == 1
-    assert value(found, "mailwright_queue_depth") == 3  # the claimed one is not due while its lease holds
+    assert value(found, "mailwright_queue_depth") == 4  # the claimed one is not due while its lease holds
 
     # A worker with its own metrics port (from MAILWRIGHT_METRICS_PORT), in multiprocess mode.
     shared = tmp_path / "prometheus"
@@ -230,7 +234,7 @@ def test_queue_depth_without_a_worker_then_a_worker_in_multiprocess_mode(
     port = free_port()
     env = {**worker_env, "MAILWRIGHT_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(shared)}
     workers.append(start_worker(env))
-    server.wait_for(4, timeout=SETTLE_SECONDS)
+    server.wait_for(9, timeout=SETTLE_SECONDS)
     url = f"http://127.0.0.1:{port}/metrics"
 
     def scrape_worker() -> Samples:
@@ -243,14 +247,18 @@ def test_queue_depth_without_a_worker_then_a_worker_in_multiprocess_mode(
         scrape_worker,
         lambda f: (
             value(f, "mailwright_runs_finished_total", status="succeeded") == 4
+            and value(f, "mailwright_runs_finished_total", status="failed") == 1
             and value(f, "mailwright_queue_depth") == 0
             and value(f, "mailwright_runs", status="running") == 0
         ),
     )
-    assert value(found, "mailwright_send_steps_total", target=target.display_name, outcome="sent") == 4
-    assert value(found, "mailwright_send_seconds_count", target=target.display_name) == 4
+    steps = "mailwright_send_steps_total"
+    assert value(found, steps, target=target.display_name, outcome="sent") == 4 + 5
+    assert value(found, steps, target=target.display_name, outcome="failed") == 1  # r5, in the batch
+    assert value(found, "mailwright_send_seconds_count", target=target.display_name) == 9
     assert value(found, "mailwright_lease_takeovers_total") == 1  # the dead worker's run
     assert value(found, "mailwright_runs_finished_total", status="succeeded") == 4
+    assert value(found, "mailwright_runs_finished_total", status="failed") == 1  # the batch
     assert value(found, "mailwright_queue_depth") == 0
     assert value(found, "mailwright_runs", status="queued") == 0
     # Multiprocess mode: the figures come from the files every process of the host writes.
