@@ -165,13 +165,7 @@ def worker(
 
     svc = services()
     configure_logging(svc.settings.log_level)
-    port = metrics_port if metrics_port is not None else svc.settings.metrics_port
-    if port is not None:
-        exporter = worker_metrics.start(svc, host=metrics_host, port=port)
-        typer.echo(f"Metrics on http://{metrics_host}:{exporter.server_port}/metrics")
-        warning = worker_metrics.open_warning(metrics_host)
-        if warning is not None:
-            typer.echo(warning, err=True)
+    exporter = worker_metrics.serve_if_asked(svc, port=metrics_port, host=metrics_host)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -181,3 +175,5 @@ def worker(
         await Worker(svc).run(stop)
 
     asyncio.run(main())
+    if exporter is not None:
+        exporter.shutdown()

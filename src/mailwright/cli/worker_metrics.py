@@ -19,8 +19,23 @@ if TYPE_CHECKING:
 
     from mailwright.services.app import Services
 
-DEFAULT_HOST = "127.0.0.1"
 PORT_OPTION = "--metrics-port (or MAILWRIGHT_METRICS_PORT)"
+
+
+def serve_if_asked(services: Services, *, port: int | None, host: str) -> WSGIServer | None:
+    """Serve the metrics when a port is given (`--metrics-port`, else MAILWRIGHT_METRICS_PORT)."""
+    import typer
+
+    if port is None:
+        port = services.settings.metrics_port
+    if port is None:
+        return None
+    server = start(services, host=host, port=port)
+    typer.echo(f"Metrics on http://{host}:{server.server_port}/metrics")
+    warning = open_warning(host)
+    if warning is not None:
+        typer.echo(warning, err=True)
+    return server
 
 
 def start(services: Services, *, host: str, port: int) -> WSGIServer:
