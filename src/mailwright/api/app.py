@@ -13,7 +13,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from mailwright.api import errors, openapi
+from mailwright.api import errors, metrics, openapi
 from mailwright.api.limits import RequestLimits
 from mailwright.api.routes import router
 from mailwright.api.routes_audit import router as audit_router
@@ -27,13 +27,14 @@ error_handler = errors.mailwright_error
 
 
 def install(app: FastAPI, services: Services) -> None:
-    """The routes under /api/, with their error answers and the request limits (token, size)."""
+    """The routes under /api/ (and /metrics), with their error answers and the request limits."""
     errors.install(app)
     app.include_router(router)
     app.include_router(batch_router)
     app.include_router(workflow_router)
     app.include_router(audit_router)
     app.include_router(workers_router)
+    metrics.install(app, services)  # GET /metrics, outside /api/ where Prometheus looks
     # Added before the web's middleware, so that its security headers wrap the 401 and 413 too.
     app.add_middleware(
         RequestLimits,

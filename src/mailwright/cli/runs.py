@@ -159,6 +159,19 @@ def worker(
             "--concurrency", min=1, max=1000, help="runs executed at once (MAILWRIGHT_WORKER_CONCURRENCY)"
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="serve Prometheus metrics at http://HOST:PORT/metrics, 0: any free port "
+            "(MAILWRIGHT_METRICS_PORT; default: none)",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="address the metrics listen on; they need no token")
+    ] = "127.0.0.1",
 ) -> None:
     """Execute queued runs in this process until stopped (Ctrl-C or SIGTERM).
 
@@ -168,6 +181,7 @@ def worker(
     import asyncio
     import signal
 
+    from mailwright.cli import worker_metrics
     from mailwright.engine.worker import Worker
     from mailwright.logs import configure_logging
 
@@ -177,6 +191,7 @@ def worker(
     if concurrency is not None:
         svc.settings.worker_concurrency = concurrency
     configure_logging(svc.settings.log_level)
+    exporter = worker_metrics.serve_if_asked(svc, port=metrics_port, host=metrics_host)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -186,6 +201,8 @@ def worker(
         await Worker(svc).run(stop)
 
     asyncio.run(main())
+    if exporter is not None:
+        exporter.shutdown()
 
 
 def _pool_name(pool: str) -> str:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mailwright import metrics
 from mailwright.domain.message import make_message_id
 from mailwright.domain.runs import RunStatus, SendState, StepStatus
 from mailwright.engine.ports import BatchSender, BatchSenders
@@ -142,6 +143,7 @@ class BatchRunner:
         self._stop: _Stop | None = None
         self._sender: BatchSender[Any] | None = None
         self._concurrency = 16
+        self._target = ""  # the batch's target as the run names it: its messages' default
         self._room = asyncio.Event()  # the queue has room for more messages
         self.progress = BatchProgress(total=0)
 
@@ -190,6 +192,7 @@ class BatchRunner:
         plan = self._ledger.batches.plan(self._run_id, default_concurrency=self._concurrency)
         self._sender = self._senders.for_batch(target=plan.target, account_key=plan.account_key)
         self._concurrency = plan.concurrency
+        self._target = plan.target
         total = sum(plan.counts.values())
         open_steps = sum(plan.counts.get(status, 0) for status in OPEN_BATCH_STEPS)
         self.progress = BatchProgress(total=total, done_before=total - open_steps)
@@ -313,6 +316,7 @@ class BatchRunner:
                     return
                 continue
             self._writer.record_sent(step, output)
+            metrics.sent(output)
             if output["status"] == "sent":
                 self.progress.sent += 1
             else:
@@ -357,6 +361,7 @@ class BatchRunner:
             return await self._unless_halted(asyncio.sleep(asked))
         until = datetime.now(UTC) + timedelta(seconds=asked)
         self._writer.record_rate_limited(step, reason)
+        self._count(step, metrics.SendOutcome.DEFERRED, exc, rate_limited=True)
         self.progress.deferred_until = until
         self.progress.deferred_reason = reason
         raise _Stop(RunStatus.QUEUED, until=until) from exc
@@ -368,6 +373,7 @@ class BatchRunner:
             return True if slot is None else await self._unless_halted(slot)
         except RateLimitedError as exc:
             self._writer.record_rate_limited(step, exc.message)
+            self._count(step, metrics.SendOutcome.DEFERRED, exc, rate_limited=True)
             self.progress.deferred_until = exc.until
             self.progress.deferred_reason = exc.message
             raise _Stop(RunStatus.QUEUED, until=exc.until) from exc
@@ -376,10 +382,24 @@ class BatchRunner:
         """The message may or may not have been delivered: recorded so, and not sent again."""
         self._writer.record_unknown(step, run_id=self._run_id, error=error, why=why)
         self.progress.unknown += 1
+        metrics.send_step(metrics.SendOutcome.UNKNOWN, target=error.get("target") or self._target_of(step))
 
     def _fail(self, step: BatchStep, exc: BaseException) -> None:
         self._writer.record_failed(step, exc)
         self.progress.failed += 1
+        self._count(step, metrics.SendOutcome.FAILED, exc)
+
+    def _count(
+        self, step: BatchStep, outcome: metrics.SendOutcome, exc: BaseException, *, rate_limited: bool = False
+    ) -> None:
+        target = metrics.target_label(exc, self._target_of(step))
+        metrics.send_step(outcome, target=target)
+        if rate_limited:
+            metrics.rate_limit_deferred(target=target)
+
+    def _target_of(self, step: BatchStep) -> str:
+        """The target a message names (or the batch's): its metrics label when an error names none."""
+        return str(step.inputs.get("target") or self._target)
 
     # --- the end ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mailwright import metrics
 from mailwright.domain.expressions import evaluate_condition_async, render_value_async
 from mailwright.domain.runs import RunStatus, StepStatus
 from mailwright.domain.validation import validate_model
@@ -34,7 +35,7 @@ from mailwright.engine import retry
 from mailwright.engine.batch import BatchProgress, BatchRunner
 from mailwright.engine.ports import ActivityContexts, BatchSenders
 from mailwright.errors import LeaseLostError, MailwrightError, RateLimitedError, StepValueError
-from mailwright.ledger import Attempt, Claim, Lease, RunLedger
+from mailwright.ledger import Attempt, Claim, FailedAttempt, Lease, RunLedger
 from mailwright.ledger.outcomes import may_have_arrived
 from mailwright.plugins import activity
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=30)
 BATCH_KIND = "batch"  # a run document of this kind is a batch of messages, one step each
+SEND_ACTIVITY = "send_email"  # its steps are counted in the send metrics, by target
 STEP_DONE = frozenset(
     {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED, StepStatus.UNKNOWN}
 )
@@ -269,18 +271,22 @@ class Executor:
         )
         if not isinstance(started, Attempt):  # finished by an earlier execution: succeeded, or unknown
             if started == StepStatus.UNKNOWN and index is None:
+                if step.activity == SEND_ACTIVITY:
+                    metrics.send_step(metrics.SendOutcome.UNKNOWN, target=target)
                 return await self._settle(lease, position, context, step, StepStatus.UNKNOWN)
             return started
         chosen = _ChosenMessageId(started.message_id)
+        where = target  # the target the step names: its metrics label when the error names none
         try:
             if problem is not None:
                 raise problem
             assert inputs is not None
+            where = await self._render_name(step.target, context) or target
             ctx = self._contexts.context(
                 run_id=run_id,
                 claim_epoch=lease.epoch,
                 step=label,
-                target=await self._render_name(step.target, context) or target,
+                target=where,
                 account_key=await self._render_name(step.account_key, context) or key,
                 message_id=started.message_id,
                 remember_message_id=chosen.remember,
@@ -293,8 +299,18 @@ class Executor:
             if not isinstance(exc, MailwrightError | TimeoutError):
                 log.exception("run %s step %s: unexpected error", run_id, label)
             return await self._failed_attempt(
-                lease, position, index, started.row_id, step, context, exc, message_id=chosen.value
+                lease,
+                position,
+                index,
+                started.row_id,
+                step,
+                context,
+                exc,
+                message_id=chosen.value,
+                target=where,
             )
+        if step.activity == SEND_ACTIVITY:
+            metrics.sent(output)
         if index is None:  # one write: the attempt's row is the step's row
             return await self._settle(
                 lease, position, context, step, StepStatus.SUCCEEDED, output=output, sent=True, closes=closes
@@ -327,6 +343,7 @@ class Executor:
         exc: BaseException,
         *,
         message_id: str | None,
+        target: str | None,
     ) -> Outcome:
         if isinstance(exc, RateLimitedError):
             return await self._throttled(lease, row_id, exc)
@@ -338,6 +355,8 @@ class Executor:
             may_have_arrived=may_have_arrived(exc),
             retry_wait=retry.retry_wait,
         )
+        if step.activity == SEND_ACTIVITY:
+            _count_failure(failed, exc, target=target)
         if failed.wait is None:
             if index is None:
                 return await self._settle(lease, position, context, step, failed.status, error=failed.error)
@@ -351,6 +370,8 @@ class Executor:
 
     async def _throttled(self, lease: Lease, row_id: str, exc: RateLimitedError) -> Outcome:
         """Held back by the target's rate limit: not an attempt and not a failure; the run waits."""
+        metrics.rate_limit_deferred(target=exc.target)
+        metrics.send_step(metrics.SendOutcome.DEFERRED, target=exc.target)
         await self._ledger.hold_for_rate_limit(lease, row_id=row_id, note=exc.message)
         await self._ledger.defer(lease, wait=max(0.0, (exc.until - datetime.now(UTC)).total_seconds()))
         return StepStatus.DEFERRED
@@ -373,6 +394,19 @@ class Executor:
             lease, position=position, status=status, output=output, error=error, sent=sent, closes=closes
         )
         return CLOSED if closes and status == StepStatus.SUCCEEDED else status
+
+
+def _count_failure(failed: FailedAttempt, exc: BaseException, *, target: str | None) -> None:
+    """A send step's failed attempt in the metrics, when it ends the step or defers the run
+    (a retry waited for in place is neither)."""
+    if failed.wait is None:
+        unknown = failed.status == StepStatus.UNKNOWN
+        outcome = metrics.SendOutcome.UNKNOWN if unknown else metrics.SendOutcome.FAILED
+    elif failed.wait > retry.INLINE_WAIT:
+        outcome = metrics.SendOutcome.DEFERRED
+    else:
+        return
+    metrics.send_step(outcome, target=metrics.target_label(exc, target))
 
 
 class _ChosenMessageId:

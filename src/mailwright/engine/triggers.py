@@ -32,6 +32,7 @@ from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from typing import Any, Literal, Protocol
 
+from mailwright import metrics
 from mailwright.activities.context import Files, Targets
 from mailwright.activities.read_email import ReadEmailInput, message_output
 from mailwright.domain.capabilities import (
@@ -336,9 +337,15 @@ class Watcher:
             except Exception as exc:
                 reason = describe(exc)
                 log.warning("%s: %s; trying again in %.0f s", self._label(), reason, self.backoff)
+                metrics.trigger_failed(workflow=self.plan.workflow_name, trigger=self.plan.position)
                 await self.report("errored", reason)
             await asyncio.sleep(self.backoff)
             self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+
+    def _checked(self) -> None:
+        """A look at the mailbox went through: counted, and the backoff starts over."""
+        self.backoff = 1.0
+        metrics.trigger_checked(workflow=self.plan.workflow_name, trigger=self.plan.position)
 
     def _message(self, uid: int, raw: bytes) -> dict[str, Any]:
         output = message_output(uid, raw, self.read_input, files=self.manager.services.files)
@@ -354,7 +361,7 @@ class Watcher:
             uidvalidity, _count = await imap.select(folder)
             more = await self._scan_imap(imap, uidvalidity)
             pending = await self._outcomes_imap(imap, uidvalidity)
-            self.backoff = 1.0
+            self._checked()
             if more:
                 continue  # a flood: take the next batch at once
             status: TriggerStatus = "idle" if use_idle else "polling"
@@ -509,7 +516,7 @@ class Watcher:
         while True:
             await self._scan_changes(box, feed, uidvalidity)
             pending = await self._outcomes_imap(box, uidvalidity)
-            self.backoff = 1.0
+            self._checked()
             await self.report("polling")
             await asyncio.sleep(PENDING_CHECK_SECONDS if pending else poll)
 
@@ -621,7 +628,7 @@ class Watcher:
             # Deletions take effect at QUIT, so the mail counts as handled only after it.
             for row_id in settled:
                 await asyncio.to_thread(self.triggers.settle, row_id, "succeeded")
-            self.backoff = 1.0
+            self._checked()
             await self.report("polling")
             pending = await asyncio.to_thread(self.triggers.pending, self.plan)
             await asyncio.sleep(PENDING_CHECK_SECONDS if pending else poll)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from sqlalchemy import and_, bindparam, case, func, insert, null, or_, select, update
 from sqlalchemy.orm import Session
 
+from mailwright import metrics
 from mailwright.domain.runs import (
     OPEN_STEP_STATUSES,
     RunStatus,
@@ -94,6 +95,8 @@ _CLAIM = (
     )
     .execution_options(synchronize_session=False)  # no row is loaded before it
 )
+# Who held the run before a claim: a claim of a running run with a holder takes over an expired lease.
+_HELD_BY = select(RunRow.status, RunRow.lease_owner).where(RunRow.id == bindparam("run_id"))
 _CLAIMED_RUN = select(
     RunRow.document,
     RunRow.inputs,
@@ -371,7 +374,10 @@ class RunLedger:
     def try_claim(self, run_id: str, *, owner: str, duration: timedelta, pool: str | None = None) -> bool:
         """Take the run if it is due and nobody holds a live lease on it (no lease is kept)."""
         with self._db.session() as session:
-            return self._claim_row(session, run_id, owner=owner, duration=duration, pool=pool) is not None
+            row = self._claim_row(session, run_id, owner=owner, duration=duration, pool=pool)
+        if row is not None and row[2]:
+            metrics.lease_taken_over()  # counted once committed: a write may be applied twice
+        return row is not None
 
     async def claim(
         self, run_id: str, *, owner: str, duration: timedelta, pool: str | None = None
@@ -387,7 +393,9 @@ class RunLedger:
         )
         if row is None:
             return None
-        run, steps = row
+        run, steps, took_over = row
+        if took_over:
+            metrics.lease_taken_over()
         lease = Lease(
             self._db,
             run_id=run_id,
@@ -420,12 +428,14 @@ class RunLedger:
             "pool_key": pool or "",
         }
         connection = session.connection()
+        held = connection.execute(_HELD_BY, {"run_id": run_id}).first()
         if not connection.execute(_CLAIM, params).rowcount:
             return None
         run = connection.execute(_CLAIMED_RUN, {"run_id": run_id}).one()
         # Nobody else changes the steps while the lease is ours: read once, here.
         steps = connection.execute(_CLAIMED_STEPS, {"run_id": run_id}).all()
-        return run, steps
+        took_over = held is not None and held.status == RunStatus.RUNNING and held.lease_owner is not None
+        return run, steps, took_over
 
     async def _write(self, lease: Lease, apply: Callable[[Session], T]) -> T:
         """Apply a write of the run's state, fenced by its lease, in the next group commit."""
@@ -631,7 +641,10 @@ class RunLedger:
                 session.connection().execute(_SUCCEED, {"run_id": lease.run_id, "now": utcnow()})
             return {"status": status, "output": row.output, "error": row.error}
 
-        return await self._write(lease, apply)
+        settled = await self._write(lease, apply)
+        if closing:
+            metrics.run_finished(RunStatus.SUCCEEDED)
+        return settled
 
     # --- the run as a whole -------------------------------------------------------------------
 
@@ -669,6 +682,7 @@ class RunLedger:
                 )
 
         await self._write(lease, apply)
+        metrics.run_finished(status)
 
     # --- what the services ask -----------------------------------------------------------------
 
@@ -758,7 +772,10 @@ class RunLedger:
                     .values(status=StepStatus.CANCELLED, updated_at=utcnow())
                     .execution_options(synchronize_session=False)
                 )
-            return run.id
+            cancelled, found = bool(taken.rowcount), run.id  # type: ignore[attr-defined]
+        if cancelled:  # counted once committed
+            metrics.run_finished(RunStatus.CANCELLED)
+        return found
 
     def retry(self, run_id: str, *, include_unknown: bool = False) -> str:
         """Queue a failed or cancelled run again; steps that succeeded are not run twice. Its id.

@@ -10,13 +10,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import and_, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from mailwright.domain.runs import FINISHED_RUN_STATUS_LIST, RunStatus, SendState, StepStatus
 from mailwright.domain.workflows import WorkflowDocument, coerce_inputs
 from mailwright.errors import NotFoundError, ValidationError
 from mailwright.ledger import RunLedger
+from mailwright.metrics import RunGauges
 from mailwright.services.common import find
 from mailwright.services.sending import SendEmailRequest
 from mailwright.services.workers import LIVE_SECONDS
@@ -42,6 +43,30 @@ SEND_STATES = (
     SendState.SENDING,
     SendState.SENT,
 )  # filterable besides the statuses: a message being sent, or sent
+_NOW = bindparam("now", type_=RunRow.not_before.type)
+# The unfinished runs by status, and how many of them are due and not claimed (as the ledger's
+# `due` finds them). The index ix_runs_status (status, not_before) confines it to the unfinished
+# runs: it costs what the queue holds, not the history.
+_GAUGES = (
+    select(
+        RunRow.status,
+        func.count(),
+        func.sum(
+            case(
+                (
+                    and_(
+                        or_(RunRow.not_before.is_(None), RunRow.not_before <= _NOW),
+                        or_(RunRow.lease_expires_at.is_(None), RunRow.lease_expires_at < _NOW),
+                    ),
+                    1,
+                ),
+                else_=0,
+            )
+        ),
+    )
+    .where(RunRow.status.in_(ACTIVE))
+    .group_by(RunRow.status)
+)
 
 
 class StepPublic(BaseModel):
@@ -528,3 +553,14 @@ class RunService:
         result = self.get(self._ledger.retry(run_id, include_unknown=include_unknown))
         self._notify(result.id)
         return result
+
+    def gauges(self) -> RunGauges:
+        """The runs queued and running, and the queue depth: what `/metrics` reads at each scrape."""
+        with self._db.session() as session:
+            rows = session.execute(_GAUGES, {"now": utcnow()}).all()
+        by_status = {status.value: 0 for status in ACTIVE}
+        due = 0
+        for status, count, due_here in rows:
+            by_status[str(status)] = int(count)
+            due += int(due_here or 0)
+        return RunGauges(by_status=by_status, due=due)

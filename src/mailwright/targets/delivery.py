@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from mailwright import metrics
 from mailwright.domain.capabilities import MailSender
 from mailwright.domain.message import OutgoingMessage, build_mime, make_message_id
 from mailwright.errors import TargetError
@@ -43,6 +44,7 @@ async def deliver_output(
     message_id = message_id or make_message_id(message.sender.ascii_domain)
     date = datetime.now(UTC).replace(microsecond=0)  # what Date shows; equal within a second
     data = build_mime(message, message_id=message_id, date=date, smtputf8=utf8)
+    sending = time.perf_counter()
     report = await sender.send(
         sender=message.sender.envelope(),
         recipients=[(a.envelope(), a.needs_smtputf8) for a in message.recipients()],
@@ -51,6 +53,7 @@ async def deliver_output(
         continue_if_one_address_valid=continue_if_one_address_valid,
         before_data=before_data,
     )
+    metrics.send_seconds(time.perf_counter() - sending, target=target_name)
     timings = dict(report.timings)
     timings["total"] = round((time.perf_counter() - started) * 1000, 2)
     recipients = report.recipients
