@@ -19,5 +19,5 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).propagate = True
     # Libraries that log every task or command at INFO: heard only with --log-level debug.
     chatty = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
-    for name in ("taskiq", "aio_pika", "aiormq"):
+    for name in ("taskiq", "aio_pika", "aiormq", "mail.log"):  # mail.log: aiosmtpd, every SMTP command
         logging.getLogger(name).setLevel(chatty)

@@ -6,6 +6,7 @@ import typer
 
 from mailwright.cli.context import services
 from mailwright.cli.output import print_json, print_table
+from mailwright.cli.serve import LogLevel
 from mailwright.domain.runs import RunStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -172,6 +173,10 @@ def worker(
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", help="address the metrics listen on; they need no token")
     ] = "127.0.0.1",
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option("--log-level", case_sensitive=False, help="how much to log (MAILWRIGHT_LOG_LEVEL)"),
+    ] = None,
 ) -> None:
     """Execute queued runs in this process until stopped (Ctrl-C or SIGTERM).
 
@@ -190,6 +195,8 @@ def worker(
         svc.settings.worker_pool = _pool_name(pool)
     if concurrency is not None:
         svc.settings.worker_concurrency = concurrency
+    if log_level is not None:
+        svc.settings.log_level = log_level.value
     configure_logging(svc.settings.log_level)
     exporter = worker_metrics.serve_if_asked(svc, port=metrics_port, host=metrics_host)
 

@@ -1,10 +1,18 @@
 """`mailwright serve`: the API (and later the web UI) on the embedded defaults."""
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 from mailwright.cli.context import services
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 def is_loopback(host: str) -> bool:
@@ -63,6 +71,15 @@ def serve(
             help="execute no runs here: `mailwright worker` processes do (on this or other machines)",
         ),
     ] = False,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--log-level",
+            case_sensitive=False,
+            help="how much to log (MAILWRIGHT_LOG_LEVEL, default info); debug also shows every SMTP "
+            "command the sandbox receives",
+        ),
+    ] = None,
 ) -> None:
     """Run the service: REST API at /api/v1, OpenAPI at /api/openapi.json."""
     # Imported here so that every other command starts without the web stack.
@@ -78,6 +95,8 @@ def serve(
     settings = svc.settings
     if behind_https:
         settings.behind_https = True
+    if log_level is not None:
+        settings.log_level = log_level.value
     configure_logging(settings.log_level)
     first = svc.first_start_token()
     if first is not None:  # the token itself stays out of stdout (journald, container logs)
