@@ -3,18 +3,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: run test lint typecheck unit system-deps clean
 
-$(STAMP): pyproject.toml
+# What running needs, and nothing more (no test tools, no browser driver).
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+# ...and what the tests need on top.
+$(STAMP): $(RUN_STAMP) pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # Starts the service on its embedded defaults (SQLite in MAILWRIGHT_HOME, in-process worker).
-run: $(STAMP)
-	$(BIN)/mailwright serve
+# Ctrl-C stops it in order (exit 0).
+run: $(RUN_STAMP)
+	@$(BIN)/mailwright serve
 
 # Installs what the tests need (Debian packages included), then lint, types, layers and the whole suite.
 test: system-deps $(STAMP)

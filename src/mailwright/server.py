@@ -95,6 +95,11 @@ def create_app(
     def home() -> RedirectResponse:
         return RedirectResponse("/targets")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> RedirectResponse:
+        # Browsers ask for it on pages that name none (JSON answers, the API docs).
+        return RedirectResponse("/static/favicon.svg", status_code=301)
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}

@@ -129,6 +129,10 @@ def serve(
     logging.getLogger(__name__).info("database %s", svc.db.engine.url.render_as_string(hide_password=True))
     try:
         uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        # uvicorn raises the Ctrl-C again once it has shut down in order: a normal stop, exit 0
+        # (`make run` would otherwise end with "Error 130").
+        pass
     finally:
         if capture is not None:
             capture.stop()
