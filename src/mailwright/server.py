@@ -15,6 +15,7 @@ from fastapi.responses import RedirectResponse
 
 from mailwright import __version__
 from mailwright.api import app as api
+from mailwright.api import docs as api_docs
 from mailwright.engine.broker import Announcer, broker_kind, make_queue
 from mailwright.engine.worker import Worker
 from mailwright.sandbox import SANDBOX_DIRECTORY_NAME, SandboxStore
@@ -81,7 +82,7 @@ def create_app(
         version=__version__,
         description="Email automation: targets, account keys, Send Email, workflows and runs.",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # served with local files by api/docs.py
         redoc_url=None,
     )
     app.state.services = services
@@ -90,6 +91,7 @@ def create_app(
     api.install(app, services)
     web.install(app, api_error=api.error_handler)
     api.describe(app)
+    api_docs.install(app)
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
