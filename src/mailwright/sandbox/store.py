@@ -4,6 +4,13 @@ Files are written atomically (temporary file, then ``os.replace``), the ``.eml``
 before the ``.json``: a message exists once its ``.json`` does.  The directory is
 the only state, so several processes (the server, the CLI) can share it; writers
 within one process are serialised by a lock.
+
+Capturing must keep up with a test suite's bursts (hundreds of messages a second), so
+an add does not scan the directory: the writer keeps an index of the messages (id and
+size) and trusts it while the directory's modification time is the one its own last
+change left. Another process's change (`sandbox clear`, a delete from the CLI) moves
+that time, and the next add reads the directory again. Leftovers of a crash are swept
+at most once a minute.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ _RAW = ".eml"
 _META = ".json"
 _TEMP_PREFIX = ".tmp-"
 _ORPHAN_AGE = 600.0  # seconds before a half-written message is swept away
+_SWEEP_EVERY = 60.0  # seconds between looks for such leftovers
 _FORMAT = 1
 _LIST_HINT = "run `mailwright sandbox list` to see the captured messages"
 
@@ -133,6 +141,11 @@ class SandboxStore:
         self.max_bytes = max_bytes
         self._lock = threading.RLock()
         self._last_micros = 0
+        # id -> raw size, oldest first, as this writer last saw the directory (see the module's
+        # docstring); None: not read yet. `_seen` is the directory's mtime after that look.
+        self._index: dict[str, int] | None = None
+        self._seen: int | None = None
+        self._next_sweep = 0.0
 
     def __repr__(self) -> str:
         return f"<SandboxStore {str(self.directory)!r}>"
@@ -176,11 +189,16 @@ class SandboxStore:
                 subject=parse_subject(data),
             )
             meta = {"format": _FORMAT, **summary.as_dict()}
+            index = self._current_index()
             self._write(self._path(message_id, _RAW), data)
             self._write(self._path(message_id, _META), json.dumps(meta, ensure_ascii=False).encode())
-            self._evict(keep=message_id)
-            self._sweep_orphans()
-        log.info("sandbox captured %s (%d bytes) from %s", message_id, len(data), peer)
+            index[message_id] = len(data)
+            self._evict(index, keep=message_id)
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + _SWEEP_EVERY
+                self._sweep_orphans()
+            self._seen = self._mtime()
+        log.debug("sandbox captured %s (%d bytes) from %s", message_id, len(data), peer)
         return summary
 
     def delete(self, message_id: str) -> None:
@@ -280,7 +298,7 @@ class SandboxStore:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
+                os.fdatasync(handle.fileno())  # the bytes; the rename makes the name
             os.replace(temp, path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
@@ -318,19 +336,29 @@ class SandboxStore:
                     continue
         return sorted(entries, key=lambda e: e.id)
 
-    def _evict(self, *, keep: str) -> None:
-        entries = self._entries()
-        count = len(entries)
-        total = sum(e.size for e in entries)
-        for entry in entries:
-            if count <= self.max_messages and total <= self.max_bytes:
+    def _mtime(self) -> int | None:
+        try:
+            return os.stat(self.directory).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def _current_index(self) -> dict[str, int]:
+        """The messages on disk, oldest first: the kept index, or read again if another process
+        changed the directory since this writer's last change."""
+        if self._index is None or self._mtime() != self._seen:
+            self._index = {entry.id: entry.size for entry in self._entries()}
+        return self._index
+
+    def _evict(self, index: dict[str, int], *, keep: str) -> None:
+        total = sum(index.values())
+        for message_id in list(index):
+            if len(index) <= self.max_messages and total <= self.max_bytes:
                 break
-            if entry.id == keep:
+            if message_id == keep:
                 continue
-            self._remove(entry.id)
-            count -= 1
-            total -= entry.size
-            log.info("sandbox evicted %s to stay within its limits", entry.id)
+            self._remove(message_id)
+            total -= index.pop(message_id)
+            log.debug("sandbox evicted %s to stay within its limits", message_id)
 
     def _sweep_orphans(self, *, max_age: float = _ORPHAN_AGE) -> None:
         """Remove temporary files and raw files without metadata left by a crash."""
