@@ -106,7 +106,7 @@ class Services:
     def targets(self) -> TargetService:
         from mailwright.services.targets import TargetService
 
-        return TargetService(self.db, self.account_keys)
+        return TargetService(self.db, self.account_keys, redis_url=self.settings.redis_url)
 
     @made_on_first_use
     def sending(self) -> SendService:
@@ -252,6 +252,8 @@ class Services:
         await self.pools.aclose()
 
     def close(self) -> None:
+        if "targets" in self.__dict__:  # made: its shared limits hold a Redis link
+            self.targets.close()
         self.db.dispose()
 
 
