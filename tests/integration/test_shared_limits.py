@@ -12,12 +12,15 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,16 @@ import pytest
 import redis
 
 from mailwright.config import Settings
+from mailwright.domain.capabilities import RateLimits
+from mailwright.domain.smtp import Security
+from mailwright.errors import RateLimitedError, TargetError
 from mailwright.secrets import generate_key
 from mailwright.services.app import Services
+from mailwright.services.shared_limits import SharedRateLimiter, windows_of
 from mailwright.services.targets import TargetCreate
-from mailwright.transport.redis_limits import RedisLink
+from mailwright.transport.pool import PoolLimits, SMTPPool, shared_pools
+from mailwright.transport.redis_limits import RateWindows, RedisLink
+from mailwright.transport.smtp import SMTPEndpoint
 from tests.support.counting_smtp import LINE_LIMIT, CountingSMTPServer, FaultPlan
 from tests.support.redis_server import SHARED_URL, RedisServer, answers, settled, unique_prefix
 
@@ -248,3 +257,130 @@ def test_redis_restarted_mid_run_loses_nothing(tmp_path: Path, pg_url: str) -> N
         finally:
             made.close()
             private.stop()
+
+
+# --- the pool's hook, in one process, with slots counted in memory ------------------------
+
+
+class MemorySlots:
+    """`ConnectionSlots` in memory: counts what the pool holds, and the most it held at once."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, int] = {}
+        self.peak = 0
+        self.released = 0
+
+    async def acquire(self, *, key: str, limit: int) -> MemorySlot:
+        while self.held.get(key, 0) >= limit:
+            await asyncio.sleep(0.01)
+        self.held[key] = self.held.get(key, 0) + 1
+        self.peak = max(self.peak, self.held[key])
+        return MemorySlot(self, key)
+
+
+class MemorySlot:
+    def __init__(self, owner: MemorySlots, key: str) -> None:
+        self.owner, self.key, self.done = owner, key, False
+
+    def release(self) -> None:
+        if not self.done:
+            self.done = True
+            self.owner.held[self.key] -= 1
+            self.owner.released += 1
+
+
+def pool_with(slots: MemorySlots, port: int, **limits: Any) -> SMTPPool:
+    return SMTPPool(
+        endpoint=SMTPEndpoint(
+            target_name="capped",
+            host="127.0.0.1",
+            port=port,
+            security=Security.NONE,
+            ssl_context=ssl.create_default_context(),
+            starttls_required=False,
+            command_timeout=5.0,
+        ),
+        login=None,
+        limits=PoolLimits(**limits),
+        slots=slots,
+        slots_key="target-1",
+    )
+
+
+async def deliver(pool: SMTPPool, number: int) -> None:
+    await pool.deliver(
+        sender="ops@example.org",
+        recipients=[(f"user{number}@example.net", False)],
+        data=f"Subject: capped {number}\r\n\r\nhi\r\n".encode(),
+        smtputf8=False,
+        continue_if_one_address_valid=False,
+    )
+
+
+async def test_a_pool_holds_one_slot_per_connection_and_gives_each_back(tmp_path: Path) -> None:
+    slots = MemorySlots()
+    with ConnectionCountingServer(tmp_path / "smtp", faults=FaultPlan(reply_delay=0.01)) as server:
+        pool = pool_with(
+            slots, server.port, max_connections=3, idle_timeout=0.3, max_messages_per_connection=5
+        )
+        await asyncio.gather(*(deliver(pool, n) for n in range(40)))
+        assert slots.peak <= 3 and server.peak <= 3
+        await asyncio.sleep(1.0)  # idle connections close, and give their slots back
+        assert slots.held["target-1"] == 0 and slots.released == pool.opened
+        await deliver(pool, 99)
+        await pool.aclose()
+        assert slots.held["target-1"] == 0
+    # A connection that cannot open gives its slot back at once (the message fails with the reason).
+    refused = pool_with(slots, _free_port(), max_connections=2)
+    with pytest.raises(TargetError):
+        await deliver(refused, 1)
+    assert slots.held["target-1"] == 0
+    await refused.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_no_slot_is_taken_while_the_pool_waits_for_a_connection(redis_url: str) -> None:
+    """A message slotted while its worker has no connection would arrive late, bunched: it waits instead."""
+    link = RedisLink.connect(redis_url, prefix=unique_prefix())
+    settled(link)
+    slots = MemorySlots()
+    slots.held["target-1"] = 1  # another worker holds the only connection
+    registry = shared_pools()
+    registry.set_connection_slots(slots)
+    limiter = SharedRateLimiter(MemoryDays(), RateWindows(link))
+    limits = RateLimits(per_second=50)
+    try:
+        pool = registry.pool(
+            target_id="target-1",
+            identity="test",
+            endpoint=lambda: pool_with(slots, _free_port()).endpoint,
+            login=None,
+            limits=PoolLimits(max_connections=1),
+        )
+        await limiter.acquire(key="target-1", limits=limits, target="Capped", max_wait=5)
+        first = asyncio.create_task(deliver(pool, 1))  # waits for the connection slot
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        with pytest.raises(RateLimitedError) as deferred:
+            await limiter.acquire(key="target-1", limits=limits, target="Capped", max_wait=0.5)
+        assert 0.4 < time.monotonic() - started < 3
+        assert "connections are all in use by other workers" in deferred.value.message
+        (second,) = windows_of(limits)
+        assert link.client.zcard(RateWindows(link).key("target-1", second)) == 1  # only the first
+        first.cancel()
+    finally:
+        registry.set_connection_slots(None)
+        await registry.aclose()
+        link.client.delete(*link.client.keys(f"{link.prefix}*"))
+        link.close()
+
+
+@dataclass
+class MemoryDays:
+    def take(self, *, key: str, day: date, limit: int) -> bool:
+        return True

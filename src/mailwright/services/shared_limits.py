@@ -12,29 +12,38 @@ The windows (the guarantee, and why this shape)
 Each window is a sliding-window log: the admission times of the last N messages, in
 a sorted set per target and window. A message is admitted at the first moment that
 keeps at most N admissions in any interval of the window's length, never before the
-newest admission (so slots are handed out in order). That is exact (not an
-approximation like fixed buckets), and it is the guarantee of the per-process limiter.
+newest admission (slots are handed out in order). That is exact, not an approximation
+like fixed buckets, and it is what the per-process limiter promises.
 
 The guarantee the user cares about is at the server: "at most N messages arrive in
 any one-second window". A message arrives some time after its slot (a wake-up, the
 pool, a round trip), and that time varies; two admissions a full window apart can
 arrive less than a window apart. So each window is enforced over its length plus a
-`guard` (0.1 s by default): arrivals keep the guarantee as long as the delay from
-slot to arrival varies by less than the guard. The per-second window is also *spaced*:
-admissions at least (1 s + guard) / N apart (a GCRA with a burst of one, which is the
-only burst for which GCRA keeps "N in any window"). A burst of N admitted at once
-would reach the server as a queue drained over a few connections, and its drain
-time would count against the guard; spaced, only each message's own jitter does.
-The per-minute window is not spaced: a target limited per minute (and not per
-second) still sends its first messages at once, as it does without Redis.
+`guard` (0.1 s): arrivals keep the guarantee while the delay from slot to arrival
+varies by less than the guard. The per-second window is also *spaced*: admissions at
+least (1 s + guard) / N apart, a GCRA with a burst of one (the only burst for which
+GCRA keeps "N in any window"). A burst of N admitted at once would reach the server as
+a queue drained over a few connections, its drain time counted against the guard;
+spaced, only each message's own jitter is. The per-minute window is not spaced: a
+target limited per minute (and not per second) still sends its first messages at
+once, as without Redis. The price: N per second becomes N per 1.1 s (20/s: 18.2/s).
 
-The cost of the guard: N per second becomes N per 1.1 s (20/s: 18.2/s); N per minute
-becomes N per 60.1 s.
+Two things would make a message late by more than the guard, and are bounded here:
+- waiting for a connection after its slot (the target's pool at its cap over all
+  workers): a slot is taken only when this process's pool can send at once (a live
+  connection with room, `ROOM_PER_CONNECTION` each); with none, one message at a time
+  takes a slot and opens one. So at most one late message per worker left without a
+  connection, which can add that one message to a window;
+- a Redis restarted empty: it forgets the slots handed out, so slots are handed out
+  at most `HORIZON` (1 s) ahead (a caller further back asks again later), and after the
+  loss nothing is admitted for `HORIZON` + 1.5 s: the old slots are past when new ones
+  start. The per-minute log is lost with it (a per-minute limit may be exceeded once,
+  in the minute of the restart); run Redis with `appendonly yes` to keep it.
 
 Redis lost mid-run: a take is retried with backoff (0.1 s doubling to 5 s); a caller
-that may wait (a batch: 120 s) waits; past its `max_wait` it gets `RateLimitedError`
-with a time to come back, so the executor defers the run; no message fails. The
-warning names Redis's host and port, never the URL's password.
+that may wait (a batch: 120 s, a workflow step: 5 s) waits; past its `max_wait` it gets
+`RateLimitedError` with a time to come back, so the executor defers the run; no message
+fails. The warning names Redis's host and port, never the URL's password.
 """
 
 from __future__ import annotations
@@ -137,7 +146,7 @@ class SharedRateLimiter(RateLimiter):
         attempt = 0
         while True:
             if not await self._room_by(key, deadline):
-                raise self._window_error(limits, target=target, wait=max(1.0, max_wait))
+                raise self._no_connection(target=target, retry=max(5.0, max_wait))
             left = max(0.0, deadline - time.monotonic())
             try:
                 wait = await asyncio.to_thread(
@@ -194,6 +203,19 @@ class SharedRateLimiter(RateLimiter):
             return False
         self._cold[where] = time.monotonic()
         return True
+
+    def _no_connection(self, *, target: str, retry: float) -> RateLimitedError:
+        until = self._clock.now() + timedelta(seconds=retry)
+        reason = (
+            f"target {target!r} has shared rate limits, and its connections are all in use by other workers"
+        )
+        return RateLimitedError(
+            f"{reason}; deferred until {until:%Y-%m-%d %H:%M:%S} UTC",
+            reason=reason,
+            until=until,
+            target=target,
+            hint="raise the target's max_connections if its server allows more",
+        )
 
     def _unavailable(self, *, target: str, error: RedisUnavailableError, retry: float) -> RateLimitedError:
         until = self._clock.now() + timedelta(seconds=retry)

@@ -29,7 +29,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from mailwright.domain.smtp import Capabilities
 from mailwright.errors import TargetConnectError, TargetError
@@ -97,6 +97,7 @@ class SMTPPool:
         self._slots = slots  # the cap over all workers (None: this pool's own count only)
         self._slots_key = slots_key or endpoint.address
         self._held: dict[int, ConnectionSlot] = {}  # id(session) -> the slot its connection holds
+        self._slot_waiters: set[asyncio.Task[Any]] = set()  # workers waiting for a slot
 
     # --- the senders' side -----------------------------------------------------------
 
@@ -271,7 +272,7 @@ class SMTPPool:
         try:
             if self._slots is not None:
                 # Before connecting, so that the server never sees more than the cap over all workers.
-                slot = await self._slots.acquire(key=self._slots_key, limit=self.limits.max_connections)
+                slot = await self._slot()
             await connection.open(self.login)
             session = Session(connection)
         except Exception as exc:
@@ -298,6 +299,18 @@ class SMTPPool:
         if self._probe is not None and not self._probe.done():
             self._probe.set_result(session.capabilities)
         return session
+
+    async def _slot(self) -> ConnectionSlot:
+        """A slot of the cap over all workers; closing the pool stops the wait at once."""
+        assert self._slots is not None
+        task = asyncio.current_task()
+        if task is not None:
+            self._slot_waiters.add(task)
+        try:
+            return await self._slots.acquire(key=self._slots_key, limit=self.limits.max_connections)
+        finally:
+            if task is not None:
+                self._slot_waiters.discard(task)
 
     def _open_failed(self, exc: Exception, jobs: list[Job]) -> None:
         for job in jobs:
@@ -348,6 +361,8 @@ class SMTPPool:
         if self._probe is not None and not self._probe.done():
             self._probe.set_exception(self._closed_error())
             self._probe.exception()
+        for waiting in list(self._slot_waiters):
+            waiting.cancel()  # no connection yet: nothing to finish
         tasks = [*self._workers, *self._closing]
         if not tasks:
             return
