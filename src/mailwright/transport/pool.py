@@ -372,6 +372,11 @@ class SMTPPool:
         if pending:
             await asyncio.wait(pending, timeout=1.0)
 
+    def load(self) -> tuple[int, int, int]:
+        """(live connections, messages waiting for one, connections being opened or probed)."""
+        probing = self._probe is not None and not self._probe.done()
+        return self._live, len(self._queue), self._opening + probing
+
     def stats(self) -> dict[str, int]:
         return {
             "connections": self._running,
@@ -462,9 +467,7 @@ class PoolRegistry:
         entry = self._pools.get((id(asyncio.get_running_loop()), target_id))
         if entry is None or entry[0]() is not asyncio.get_running_loop() or entry[1].closed:
             return None
-        pool = entry[1]
-        probing = pool._probe is not None and not pool._probe.done()
-        return pool._live, len(pool._queue), pool._opening + probing
+        return entry[1].load()
 
     def pools(self) -> list[SMTPPool]:
         """The pools of the running event loop."""

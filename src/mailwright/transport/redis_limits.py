@@ -16,7 +16,16 @@ loads it again when Redis answers NOSCRIPT, as after a restart), on Redis's own
 clock (`TIME`), so the workers' clocks need not agree.
 
 Keys are `<prefix>rate:<target id>:<window>` and `<prefix>conn:<target id>` (prefix
-`mailwright:`); every key carries a TTL, so a target that stops sending leaves nothing.
+`mailwright:`), each with a TTL, so a target that stops sending leaves nothing; the
+restart floors `rate:floor` and `conn:floor` expire too. Two small keys have none:
+`rate:epoch` and `conn:epoch`, which say that this Redis still holds the keys (a Redis
+restarted empty has lost them, and the scripts then pause new slots; see below).
+
+Bounds: a worker killed with SIGKILL holds its connection slots until they expire,
+at most `SLOT_TTL` (15 s) after its last refresh (every 5 s). A rate slot is handed out
+at most `HORIZON` (1 s) ahead. After Redis lost its keys: no rate slot for 2.5 s (the
+slots handed out before are past), no connection slot for 6 s (every live holder has
+re-added its own).
 
 Errors: a URL that does not parse or a Redis that does not answer at start is a
 `ConfigError` naming MAILWRIGHT_REDIS_URL; later, a lost Redis is a
