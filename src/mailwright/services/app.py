@@ -108,7 +108,7 @@ class Services:
     def targets(self) -> TargetService:
         from mailwright.services.targets import TargetService
 
-        return TargetService(self.db, self.account_keys)
+        return TargetService(self.db, self.account_keys, redis_url=self.settings.redis_url)
 
     @made_on_first_use
     def sending(self) -> SendService:
@@ -283,6 +283,8 @@ class Services:
     def close(self) -> None:
         if "finishes" in self.__dict__:
             self.finishes.close()
+        if "targets" in self.__dict__:  # made: its shared limits hold a Redis link
+            self.targets.close()
         self.db.dispose()
 
 

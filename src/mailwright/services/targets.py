@@ -23,7 +23,8 @@ from mailwright.plugins import (
 from mailwright.services import audit
 from mailwright.services.account_keys import NAME_SCHEMA, AccountKeyService
 from mailwright.services.common import clean_name, find
-from mailwright.services.ratelimit import limiter_for
+from mailwright.services.ratelimit import RateLimiter
+from mailwright.services.shared_limits import limits_for
 from mailwright.services.target_public import TargetPublic, public_target
 from mailwright.storage.db import Database
 from mailwright.storage.tables import AccountKeyRow, AppSettingRow, TargetRow, WorkflowRow, name_key, utcnow
@@ -141,13 +142,22 @@ _STAMP = (
 
 
 class TargetService:
-    def __init__(self, db: Database, account_keys: AccountKeyService) -> None:
+    def __init__(
+        self, db: Database, account_keys: AccountKeyService, *, redis_url: str | None = None
+    ) -> None:
         self._db = db
         self._keys = account_keys
-        # One limiter per process: every run sending through a target shares its budget.
-        self.rate_limits = limiter_for(db)
+        # One limiter per process: every run sending through a target shares its budget; with
+        # Redis (MAILWRIGHT_REDIS_URL) every worker shares it, and the connection cap too.
+        self.rate_limits: RateLimiter
+        self.rate_limits, self._shared = limits_for(db, redis_url=redis_url)
         # (ref, account key ref) -> the last resolution and the rows' stamp it was made from.
         self._resolved: dict[tuple[str, str | None], _Resolved] = {}
+
+    def close(self) -> None:
+        """Let go of Redis (the shared limits), if they were made."""
+        if self._shared is not None:
+            self._shared.close()
 
     def create(self, data: TargetCreate) -> TargetPublic:
         kind = target_type(data.type)

@@ -6,6 +6,7 @@ the CLI reads this module to build its options and must not load a protocol stac
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import ipaddress
@@ -321,6 +322,15 @@ class SMTPSender:
         self.where = settings.server
         self.rate_limits = RateLimits.of(settings)
         self.connections = settings.max_connections
+        if settings.rate_per_second or settings.rate_per_minute:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                # Made now in the loop, so a shared rate limiter sees whether the pool can send
+                # before it hands out a slot (services/shared_limits.py); no connection opens yet.
+                self._found = pool()
 
     @property
     def _pool(self) -> SMTPPool:

@@ -14,6 +14,11 @@ reuse after a few idle seconds. A message whose body was never written when its
 connection failed (dropped, or 421) is sent again, once, on a fresh connection;
 one whose body was written is never resent here: its outcome is reported as
 unknown and the durable caller decides.
+
+With workers on several machines, `max_connections` is also a cap over all of
+them: the registry is given `ConnectionSlots` (Redis, from the services), and each
+connection holds one of the target's slots from before it connects until it is
+closed. At the cap a pool waits for a slot; its messages wait, nothing fails.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from mailwright.domain.smtp import Capabilities
 from mailwright.errors import TargetConnectError, TargetError
@@ -34,6 +40,20 @@ from mailwright.transport.smtp import Delivery, Login, SMTPConnection, SMTPEndpo
 CHECK_AFTER = 5.0
 CHECK_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 5.0
+
+
+class ConnectionSlot(Protocol):
+    def release(self) -> None:
+        """Give the slot back (without blocking; idempotent)."""
+        ...
+
+
+class ConnectionSlots(Protocol):
+    """A cap on a target's connections shared with other processes (injected: no services here)."""
+
+    async def acquire(self, *, key: str, limit: int) -> ConnectionSlot:
+        """One of `limit` slots of target `key`; waits while all are held, never fails for that."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +74,8 @@ class SMTPPool:
         login: Login | None,
         limits: PoolLimits,
         identity: Hashable = None,
+        slots: ConnectionSlots | None = None,
+        slots_key: str = "",
     ) -> None:
         self.endpoint = endpoint
         self.login = login
@@ -72,6 +94,10 @@ class SMTPPool:
         self._healthy = False  # an open succeeded since the last one failed
         self._capabilities: Capabilities | None = None
         self._probe: asyncio.Future[Capabilities] | None = None
+        self._slots = slots  # the cap over all workers (None: this pool's own count only)
+        self._slots_key = slots_key or endpoint.address
+        self._held: dict[int, ConnectionSlot] = {}  # id(session) -> the slot its connection holds
+        self._slot_waiters: set[asyncio.Task[Any]] = set()  # workers waiting for a slot
 
     # --- the senders' side -----------------------------------------------------------
 
@@ -213,11 +239,15 @@ class SMTPPool:
             if session is not None:
                 self._live -= 1
                 session.close_now()
+                self._let_go(session)
             raise
         self._running -= 1
         if session is not None:
             self._live -= 1
-            await session.quit(CLOSE_TIMEOUT)
+            try:
+                await session.quit(CLOSE_TIMEOUT)
+            finally:
+                self._let_go(session)
         self._grow()
 
     async def _ready(self, session: Session, jobs: list[Job]) -> Session | None:
@@ -237,12 +267,18 @@ class SMTPPool:
         """A new connection; if it cannot open, the messages that needed it fail with the reason."""
         if not counted:
             self._opening += 1
+        slot: ConnectionSlot | None = None
         connection = SMTPConnection(self.endpoint)
         try:
+            if self._slots is not None:
+                # Before connecting, so that the server never sees more than the cap over all workers.
+                slot = await self._slot()
             await connection.open(self.login)
             session = Session(connection)
         except Exception as exc:
             await connection.close()
+            if slot is not None:
+                slot.release()
             self._opening -= 1
             self._healthy = False
             self._open_failed(exc, jobs)
@@ -250,7 +286,11 @@ class SMTPPool:
         except asyncio.CancelledError:
             self._opening -= 1
             connection.abort()
+            if slot is not None:
+                slot.release()
             raise
+        if slot is not None:
+            self._held[id(session)] = slot
         self._opening -= 1
         self._live += 1
         self.opened += 1
@@ -259,6 +299,18 @@ class SMTPPool:
         if self._probe is not None and not self._probe.done():
             self._probe.set_result(session.capabilities)
         return session
+
+    async def _slot(self) -> ConnectionSlot:
+        """A slot of the cap over all workers; closing the pool stops the wait at once."""
+        assert self._slots is not None
+        task = asyncio.current_task()
+        if task is not None:
+            self._slot_waiters.add(task)
+        try:
+            return await self._slots.acquire(key=self._slots_key, limit=self.limits.max_connections)
+        finally:
+            if task is not None:
+                self._slot_waiters.discard(task)
 
     def _open_failed(self, exc: Exception, jobs: list[Job]) -> None:
         for job in jobs:
@@ -277,10 +329,18 @@ class SMTPPool:
         self._live -= 1
         if not session.usable:
             session.abort()
+            self._let_go(session)
             return
         task = asyncio.get_running_loop().create_task(session.quit(CLOSE_TIMEOUT))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        task.add_done_callback(lambda _task: self._let_go(session))
+
+    def _let_go(self, session: Session) -> None:
+        """The connection is closed: its slot of the cap over all workers goes back."""
+        slot = self._held.pop(id(session), None)
+        if slot is not None:
+            slot.release()
 
     def _closed_error(self) -> TargetError:
         return TargetConnectError(
@@ -301,6 +361,8 @@ class SMTPPool:
         if self._probe is not None and not self._probe.done():
             self._probe.set_exception(self._closed_error())
             self._probe.exception()
+        for waiting in list(self._slot_waiters):
+            waiting.cancel()  # no connection yet: nothing to finish
         tasks = [*self._workers, *self._closing]
         if not tasks:
             return
@@ -309,6 +371,11 @@ class SMTPPool:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=1.0)
+
+    def load(self) -> tuple[int, int, int]:
+        """(live connections, messages waiting for one, connections being opened or probed)."""
+        probing = self._probe is not None and not self._probe.done()
+        return self._live, len(self._queue), self._opening + probing
 
     def stats(self) -> dict[str, int]:
         return {
@@ -347,6 +414,11 @@ class PoolRegistry:
     def __init__(self) -> None:
         self._pools: dict[tuple[int, str], tuple[weakref.ref[asyncio.AbstractEventLoop], SMTPPool]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._slots: ConnectionSlots | None = None
+
+    def set_connection_slots(self, slots: ConnectionSlots | None) -> None:
+        """The cap over all workers for pools made from now on (set by the services; None: per process)."""
+        self._slots = slots
 
     def pool(
         self,
@@ -367,7 +439,14 @@ class PoolRegistry:
                 return pool
             self._close_later(pool)
         self._forget_dead_loops()
-        pool = SMTPPool(endpoint=endpoint(), login=login, limits=limits, identity=identity)
+        pool = SMTPPool(
+            endpoint=endpoint(),
+            login=login,
+            limits=limits,
+            identity=identity,
+            slots=self._slots,
+            slots_key=target_id,
+        )
         self._pools[key] = (weakref.ref(loop), pool)
         return pool
 
@@ -381,6 +460,14 @@ class PoolRegistry:
             loop = ref()
             if loop is None or loop.is_closed():
                 del self._pools[key]
+
+    def load(self, target_id: str) -> tuple[int, int, int] | None:
+        """The target's pool in this loop: (live connections, messages waiting for one, connections
+        being opened, a capability probe included); None: no pool."""
+        entry = self._pools.get((id(asyncio.get_running_loop()), target_id))
+        if entry is None or entry[0]() is not asyncio.get_running_loop() or entry[1].closed:
+            return None
+        return entry[1].load()
 
     def pools(self) -> list[SMTPPool]:
         """The pools of the running event loop."""
@@ -407,4 +494,4 @@ def shared_pools() -> PoolRegistry:
     return _shared
 
 
-__all__ = ["PoolLimits", "PoolRegistry", "SMTPPool", "shared_pools"]
+__all__ = ["ConnectionSlot", "ConnectionSlots", "PoolLimits", "PoolRegistry", "SMTPPool", "shared_pools"]
