@@ -161,7 +161,7 @@ class BatchRunner:
         ranges = self._ledger.batches.ranges
         while (halt := self._halted()) is None:
             # Counted before the claim: a range let go in between is claimed below, not missed.
-            others = await asyncio.to_thread(ranges.held, self._run_id)
+            others = await asyncio.to_thread(ranges.unfinished, self._run_id)
             try:
                 held = await ranges.claim_as_coordinator(self._lease, duration=duration)
             except LeaseLostError:

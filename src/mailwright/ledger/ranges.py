@@ -53,7 +53,6 @@ CLOSED_RANGE = "closed"  # the run ended
 _R = BatchRangeRow
 _NOW = bindparam("now", type_=_R.lease_expires_at.type)
 _FREE = or_(_R.lease_owner.is_(None), _R.lease_expires_at < _NOW)
-_HELD = and_(_R.lease_owner.is_not(None), _R.lease_expires_at >= _NOW)
 _DUE = or_(_R.not_before.is_(None), _R.not_before <= _NOW)
 # The run may be helped: running under a live lease (a coordinator), not asked to cancel.
 _HELPABLE_RUN = and_(
@@ -124,15 +123,20 @@ _LET_GO = (
     .execution_options(synchronize_session=False)
 )
 _OF_RUN = _R.run_id == bindparam("of_run")
+# The run's range rows that no other transaction has locked (SKIP LOCKED, as the claims): a row
+# locked by a worker frozen inside a transaction (SIGSTOP, a VM pause) is left as it is, and
+# never waited for, which would hold every write queued behind this one in the group commit.
+_UNLOCKED = select(_R.range_no).where(_OF_RUN).with_for_update(skip_locked=True)
 # Close what nobody holds live; the epoch bump fences out a holder whose lease expired.
 _SEAL = (
     update(_R)
-    .where(_OF_RUN, _R.status != CLOSED_RANGE, _FREE)
+    .where(_OF_RUN, _R.range_no.in_(bindparam("unlocked", expanding=True)), _R.status != CLOSED_RANGE, _FREE)
     .values(status=CLOSED_RANGE, lease_owner=None, lease_expires_at=None, lease_epoch=_R.lease_epoch + 1)
     .execution_options(synchronize_session=False)
 )
 _UNSEALED = select(func.count()).select_from(_R).where(_OF_RUN, _R.status != CLOSED_RANGE)
-_HELD_BY_ANYONE = select(func.count()).select_from(_R).where(_OF_RUN, _R.status == OPEN_RANGE, _HELD)
+_OPEN_COUNT = select(func.count()).select_from(_R).where(_OF_RUN, _R.status == OPEN_RANGE)
+_FREE_COUNT = select(func.count()).select_from(_R).where(_OF_RUN, _R.status == OPEN_RANGE, _FREE)
 _BUCKET = (RunStepRow.item_index // bindparam("size", type_=Integer)).label("bucket")
 _OPEN_BUCKETS = (
     select(_BUCKET)
@@ -176,7 +180,12 @@ class RangeLedger:
             found = connection.execute(_OPEN_BUCKETS, {"of_run": run_id, "size": RANGE_SIZE}).scalars()
             buckets = {int(b) for b in found if b is not None}
             existing = set(connection.execute(select(_R.range_no).where(_R.run_id == run_id)).scalars())
-            free = and_(_R.run_id == run_id, or_(_R.lease_owner.is_(None), _R.lease_expires_at < now))
+            unlocked = list(connection.execute(_UNLOCKED, {"of_run": run_id}).scalars())
+            free = and_(
+                _R.run_id == run_id,
+                _R.range_no.in_(unlocked),
+                or_(_R.lease_owner.is_(None), _R.lease_expires_at < now),
+            )
             # The run is due now, so are its ranges; one with nothing open left is done.
             connection.execute(
                 update(_R)
@@ -191,11 +200,7 @@ class RangeLedger:
             missing = sorted(buckets - existing)
             if missing:
                 connection.execute(insert(_R), [_new_range(run_id, number, now) for number in missing])
-            return int(
-                connection.execute(
-                    select(func.count()).select_from(_R).where(free, _R.status == OPEN_RANGE)
-                ).scalar_one()
-            )
+            return int(connection.execute(_FREE_COUNT, {"of_run": run_id, "now": now}).scalar_one())
 
         return await self._db.group.write(apply, fence=run_lease.fence_in)
 
@@ -205,10 +210,12 @@ class RangeLedger:
             run_lease.run_id, owner=run_lease.owner, duration=duration, helper=False, fence=run_lease
         )
 
-    def held(self, run_id: str) -> int:
-        """How many of the run's open ranges are held by a live lease."""
+    def unfinished(self, run_id: str) -> int:
+        """How many of the run's ranges are open: held by a worker, or free to claim (a free one
+        the coordinator cannot claim is locked by a worker frozen inside a transaction, whose
+        transaction the database ends: storage/db.py)."""
         with self._db.engine.connect() as connection:
-            return int(connection.execute(_HELD_BY_ANYONE, {"of_run": run_id, "now": utcnow()}).scalar_one())
+            return int(connection.execute(_OPEN_COUNT, {"of_run": run_id}).scalar_one())
 
     async def seal(self, run_lease: Lease) -> bool:
         """Close the run's ranges before it ends; False while another worker holds one live.
@@ -219,7 +226,8 @@ class RangeLedger:
 
         def apply(session: Session) -> bool:
             connection = session.connection()
-            params = {"of_run": run_id, "now": utcnow()}
+            params: dict[str, Any] = {"of_run": run_id, "now": utcnow()}
+            params["unlocked"] = list(connection.execute(_UNLOCKED, params).scalars())
             connection.execute(_SEAL, params)
             if connection.execute(_UNSEALED, params).scalar_one():
                 return False
