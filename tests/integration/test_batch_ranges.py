@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from mailwright.engine.ports import BatchSender
 from mailwright.ledger import ranges as ranges_module
 from mailwright.services.app import ActivityContexts, Services
 from mailwright.services.batches import BatchSending
-from mailwright.services.targets import TargetCreate
+from mailwright.services.targets import TargetCreate, TargetUpdate
 from mailwright.storage.tables import BatchRangeRow, RunStepRow
 from tests.support.counting_smtp import CountingSMTPServer, FaultPlan
 
@@ -214,7 +215,8 @@ async def test_a_worker_finds_nothing_to_help_with_in_a_run_that_is_no_batch_or_
 
 HELPER = """
 import asyncio, sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 
 from mailwright.config import Settings
@@ -320,3 +322,36 @@ async def test_helpers_honour_a_cancel_and_the_coordinator_waits_for_them(
     assert set(counting.log.counts()) == sent
     assert {r.status for r in ranges(mw, run_id)} == {"closed"}
     assert await helper.help(run_id) == 0  # a cancelled run is helped no more
+
+
+# --- rate limits -----------------------------------------------------------------------------------
+
+
+async def test_a_helper_held_back_by_a_rate_limit_leaves_the_deferral_to_the_coordinator(
+    mw: Services, counting: CountingSMTPServer
+) -> None:
+    budget = 600  # messages per day: spent inside the third range
+    run_id = store_batch(mw, counting)
+    mw.targets.update("Counting", TargetUpdate(rate_per_day=budget))
+    coordinator, coordinator_sent = worker(mw, "coordinator")
+    helper, helper_sent = worker(mw, "helper")
+    helping: list[asyncio.Task[Any]] = []
+    coordinator.on_ranges_open = lambda hinted_run, _: helping.append(
+        asyncio.get_running_loop().create_task(helper.execute(hinted_run))
+    )
+    assert await asyncio.wait_for(coordinator.execute(run_id), WAIT) == "queued"  # deferred, not failed
+    assert helping and await asyncio.wait_for(helping[0], WAIT) is None
+    assert helper_sent.delivered > 0 and coordinator_sent.delivered + helper_sent.delivered == budget
+    assert counting.log.total() == budget and counting.log.duplicates() == {}
+    run = mw.runs.get(run_id)
+    assert run.status == "queued" and run.not_before is not None
+    tomorrow = datetime.combine(datetime.now(UTC).date() + timedelta(days=1), dt_time(0, 0), UTC)
+    assert abs((run.not_before - tomorrow).total_seconds()) < 1  # when the day's budget is new
+    counts = run.step_counts
+    assert counts["succeeded"] == budget and "failed" not in counts
+    assert counts.get("deferred", 0) >= 1 and sum(counts.values()) == COUNT
+    held_back = [r for r in steps(mw, run_id) if r.status == "deferred"]
+    assert all(any("per day" in note for note in r.notes) for r in held_back)
+    # Nobody holds a range, and none is offered to helpers while the run waits for tomorrow.
+    assert all(r.lease_owner is None for r in ranges(mw, run_id))
+    assert mw.runs.with_free_ranges() == [] and await helper.help(run_id) == 0

@@ -29,6 +29,7 @@ expires).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -133,6 +134,13 @@ _SEAL = (
     .where(_OF_RUN, _R.range_no.in_(bindparam("unlocked", expanding=True)), _R.status != CLOSED_RANGE, _FREE)
     .values(status=CLOSED_RANGE, lease_owner=None, lease_expires_at=None, lease_epoch=_R.lease_epoch + 1)
     .execution_options(synchronize_session=False)
+)
+# A helper's claim would find a range (checked again by the claim itself).
+_HELPABLE = (
+    select(_R.range_no)
+    .join(RunRow, RunRow.id == _R.run_id)
+    .where(_OF_RUN, _R.status == OPEN_RANGE, _FREE, _DUE, _HELPABLE_RUN)
+    .limit(1)
 )
 _UNSEALED = select(func.count()).select_from(_R).where(_OF_RUN, _R.status != CLOSED_RANGE)
 _OPEN_COUNT = select(func.count()).select_from(_R).where(_OF_RUN, _R.status == OPEN_RANGE)
@@ -242,7 +250,16 @@ class RangeLedger:
     async def claim(self, run_id: str, *, owner: str, duration: timedelta) -> BatchRange | None:
         """A due open range of a batch that another worker coordinates (see the module's docstring);
         None if there is none (or the run is no batch, or not running, or asked to cancel)."""
+        # Read first, without a lock: most runs handed to a worker that cannot claim them are no
+        # batch, and the claim is a write (on SQLite, the database's one write lock).
+        if not await asyncio.to_thread(self._claimable, run_id):
+            return None
         return await self._claim(run_id, owner=owner, duration=duration, helper=True, fence=None)
+
+    def _claimable(self, run_id: str) -> bool:
+        with self._db.engine.connect() as connection:
+            found = connection.execute(_HELPABLE, {"of_run": run_id, "now": utcnow()}).first()
+        return found is not None
 
     async def let_go(self, held: BatchRange, *, done: bool, not_before: datetime | None = None) -> bool:
         """Release the range: `done` (sent through), or open for another worker (from `not_before`).
