@@ -348,7 +348,7 @@ async def test_a_helper_held_back_by_a_rate_limit_leaves_the_deferral_to_the_coo
     tomorrow = datetime.combine(datetime.now(UTC).date() + timedelta(days=1), dt_time(0, 0), UTC)
     assert abs((run.not_before - tomorrow).total_seconds()) < 1  # when the day's budget is new
     counts = run.step_counts
-    assert counts["succeeded"] == budget and "failed" not in counts
+    assert counts is not None and counts["succeeded"] == budget and "failed" not in counts
     assert counts.get("deferred", 0) >= 1 and sum(counts.values()) == COUNT
     held_back = [r for r in steps(mw, run_id) if r.status == "deferred"]
     assert all(any("per day" in note for note in r.notes) for r in held_back)
