@@ -27,7 +27,6 @@ deferral), and stops when its worker stops. It never writes the run's own state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -77,8 +76,6 @@ async def send_range(
         stop = await runner.run()
     finally:
         keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
     await _let_go(ledger, held, stop)
     return stop
 
