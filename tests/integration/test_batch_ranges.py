@@ -250,11 +250,14 @@ def sending_in(mw: Services, run_id: str, held: BatchRangeRow) -> int:
 
 
 async def test_a_helper_killed_mid_range_is_taken_over_and_nothing_is_sent_twice(
-    mw: Services, tmp_path: Path, counting: CountingSMTPServer
+    services: Services, tmp_path: Path, counting: CountingSMTPServer
 ) -> None:
+    mw = services
     run_id = store_batch(mw, counting)
     coordinator, _ = worker(mw, "coordinator", lease=2.0)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILWRIGHT_")}
+    if mw.settings.database_url:
+        env["MAILWRIGHT_DATABASE_URL"] = mw.settings.database_url
     started: list[subprocess.Popen[bytes]] = []
     log = (tmp_path / "helper.log").open("wb")
 
