@@ -172,7 +172,8 @@ class BatchRunner:
                 return BatchStop(RunStatus.CANCELLED)
             if not others:
                 return None
-            await asyncio.to_thread(self._count_others)
+            if self._on_progress is not None:  # someone draws it: count what the others did
+                await asyncio.to_thread(self._count_others)
             await self._pause()
         return halt
 
