@@ -411,7 +411,8 @@ def matrix(tmp_path: Path, backend: str, postgres_database: Callable[[], str]) -
 
 def holds_a_transaction(m: Matrix) -> bool:
     """Whether a process holds a write transaction on the runs: SQLite's write lock, or on
-    PostgreSQL an open transaction that updated a run (the lease fence locks its row)."""
+    PostgreSQL an open transaction that updated a run or a batch's range (the lease fence
+    locks its row: a batch's step writes are fenced by the range's lease, ledger/ranges.py)."""
     if m.database_url is None:
         probe = sqlite3.connect(m.home / "mailwright.db", timeout=0, isolation_level=None)
         try:
@@ -430,7 +431,8 @@ def holds_a_transaction(m: Matrix) -> bool:
                 sa.text(
                     "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
                     "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
-                    "AND a.xact_start IS NOT NULL AND l.relation = 'runs'::regclass "
+                    "AND a.xact_start IS NOT NULL "
+                    "AND l.relation IN ('runs'::regclass, 'batch_ranges'::regclass) "
                     "AND l.mode = 'RowExclusiveLock'"
                 )
             ).scalar_one()

@@ -1,22 +1,26 @@
-"""Executing a batch run: many messages, one step each, sent concurrently, recorded in groups.
+"""Sending a range of a batch run: many messages, one step each, sent concurrently, recorded in groups.
 
-The steps are streamed from the database in pages (never all at once) into a
-small queue that `concurrency` sender tasks drain; each calls `deliver()` with
-its own Message-ID. Recording is grouped, so the database is never the
-bottleneck: the ledger's `StepWriter` (ledger/batch.py) collects step updates and
-writes each group in one transaction. The engine writes no state itself: the
-ledger does, and what it sends with comes from a `BatchSender` (engine/ports.py).
+A batch's messages are sent in ranges (ledger/ranges.py), by the worker that
+coordinates the run and by any other that helps (engine/batch_ranges.py); this
+module sends one range. Its open steps are streamed from the database in pages
+(never all at once) into a small queue that `concurrency` sender tasks drain;
+each calls `deliver()` with its own Message-ID. Recording is grouped, so the
+database is never the bottleneck: the ledger's `StepWriter` (ledger/batch.py)
+collects step updates and writes each group in one transaction. The engine writes
+no state itself: the ledger does, and what it sends with comes from a
+`BatchSender` (engine/ports.py).
 
 Durability follows the single-send path (engine/executor.py): a message's
 Message-ID is fixed when the batch is stored, and just before its DATA is
 written (the connection pool's before-DATA hook) its step is durably `sending`.
 The marks of all connections are grouped into one transaction by the writer,
 so a mark costs a sender the wait for a shared commit, not one of its own.
-Every transaction of the writer is fenced by the run's lease (ledger/lease.py):
+Every transaction of the writer is fenced by the range's lease (ledger/lease.py):
 a worker that lost the lease gets `LeaseLostError` from its next mark and stops
-at once, having sent nothing that was not marked, and writes nothing more.
+at once, having sent nothing that was not marked, and writes nothing more. The
+coordinator also stops when it loses the run's lease.
 
-A step found `sending` when the batch is (re)started was being sent when an
+A step found `sending` when a range is (re)started was being sent when an
 earlier execution stopped: its outcome is unknown, so it is recorded as
 `unknown` and not sent again (`runs retry --include-unknown` does that). The same
 holds for a message whose connection dropped, or whose reply timed out, after
@@ -26,7 +30,7 @@ unusable: authentication, TLS, or no connection at all. Those stop the batch.
 
 Rate limits: each message takes a slot from the process-wide limiter of its
 target. A slot within `RATE_INLINE_WAIT` is waited for; further away (a per-day
-budget spent) the batch stops taking messages, the one held back is marked
+budget spent) the range stops taking messages, the one held back is marked
 "deferred" with a note saying until when, and the run is deferred to then;
 nothing is failed.
 """
@@ -37,7 +41,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,7 +49,7 @@ from typing import Any
 from mailwright import metrics
 from mailwright.domain.message import make_message_id
 from mailwright.domain.runs import RunStatus, SendState, StepStatus
-from mailwright.engine.ports import BatchSender, BatchSenders
+from mailwright.engine.ports import BatchSender
 from mailwright.engine.retry import asked_wait, batch_retry_wait
 from mailwright.errors import (
     LeaseLostError,
@@ -56,8 +60,7 @@ from mailwright.errors import (
     TargetTimeoutError,
     TargetTLSError,
 )
-from mailwright.ledger import BatchStep, Lease, RunLedger
-from mailwright.ledger.batch import OPEN_BATCH_STEPS
+from mailwright.ledger import BatchRange, BatchStep, Lease, RunLedger
 from mailwright.ledger.outcomes import CRASH_WHY, error_record, may_have_arrived, unknown_error
 
 log = logging.getLogger(__name__)
@@ -108,8 +111,10 @@ class BatchProgress:
         return (self.total - self.done) / rate if rate > 0 else None
 
 
-class _Stop(Exception):
-    """Ends the batch early: `status` is what the run becomes (RUNNING: the lease was lost)."""
+class BatchStop(Exception):
+    """Ends sending early: `status` is what the run becomes (RUNNING: a lease was lost).
+
+    `until`: a rate limit (or the target) asked to wait until then (QUEUED)."""
 
     def __init__(
         self, status: RunStatus, *, error: dict[str, Any] | None = None, until: datetime | None = None
@@ -120,39 +125,42 @@ class _Stop(Exception):
         self.until = until
 
 
-class BatchRunner:
-    """One execution of a claimed batch run: the executor holds its lease (`lease`), and renews it."""
+class RangeRunner:
+    """Sends the open messages of one range of a batch (ledger/ranges.py), whose lease this worker
+    holds (`held.lease`, renewed by the caller): every step write is fenced by it.
+
+    `also_held`: another lease whose loss stops the sending too (the coordinator's run lease).
+    `progress` is counted into (one object for all the ranges an execution sends).
+    """
 
     def __init__(
         self,
         ledger: RunLedger,
-        lease: Lease,
+        held: BatchRange,
         *,
-        senders: BatchSenders,
+        sender: BatchSender[Any],
+        concurrency: int,
         stopping: asyncio.Event,
-        on_progress: Callable[[BatchProgress], None] | None = None,
+        progress: BatchProgress,
+        target: str = "",
+        also_held: Lease | None = None,
     ) -> None:
         self._ledger = ledger
-        self._run_id = lease.run_id
-        self._lease = lease
-        self._senders = senders
+        self._run_id = held.lease.run_id
+        self._target = target  # the batch's target as the run names it: its messages' default
+        self._range = held
+        self._leases = [held.lease] if also_held is None else [held.lease, also_held]
+        self._sender = sender
+        self._concurrency = concurrency
         self._stopping = stopping  # the worker is stopping: the run is given back
-        self._on_progress = on_progress
-        self._writer = ledger.batches.writer(lease)
+        self._writer = ledger.batches.writer(held.lease)
         self._queue: asyncio.Queue[BatchStep | None] = asyncio.Queue()
-        self._stop: _Stop | None = None
-        self._sender: BatchSender[Any] | None = None
-        self._concurrency = 16
-        self._target = ""  # the batch's target as the run names it: its messages' default
+        self._stop: BatchStop | None = None
         self._room = asyncio.Event()  # the queue has room for more messages
-        self.progress = BatchProgress(total=0)
+        self.progress = progress
 
-    # --- the whole run ----------------------------------------------------------------
-
-    async def run(self) -> RunStatus:
-        await asyncio.to_thread(self._load_run)
-        if self._on_progress is not None:
-            self._on_progress(self.progress)
+    async def run(self) -> BatchStop | None:
+        """Send the range through; what stopped it early, or None when every message is done."""
         self._writer.start()
         senders = [asyncio.create_task(self._sending()) for _ in range(self._concurrency)]
         try:
@@ -167,35 +175,13 @@ class BatchRunner:
                 self._queue.put_nowait(None)
             await asyncio.gather(*senders, return_exceptions=True)
             await self._close_writer()
-        log.info(
-            "batch %s: %d sent, %d partial, %d failed, %d unknown in %.1f s (%.0f msg/s; %d transactions)",
-            self._run_id,
-            self.progress.sent,
-            self.progress.partial,
-            self.progress.failed,
-            self.progress.unknown,
-            self.progress.elapsed,
-            self.progress.rate,
-            self._writer.transactions,
-        )
-        status = await self._settle()
-        self.progress.finished = True
-        return status
+        return self._stop
 
     async def _close_writer(self) -> None:
         try:
             await self._writer.close()
         except LeaseLostError:
-            self._stop = _Stop(RunStatus.RUNNING)  # what was not written is the new owner's to find
-
-    def _load_run(self) -> None:
-        plan = self._ledger.batches.plan(self._run_id, default_concurrency=self._concurrency)
-        self._sender = self._senders.for_batch(target=plan.target, account_key=plan.account_key)
-        self._concurrency = plan.concurrency
-        self._target = plan.target
-        total = sum(plan.counts.values())
-        open_steps = sum(plan.counts.get(status, 0) for status in OPEN_BATCH_STEPS)
-        self.progress = BatchProgress(total=total, done_before=total - open_steps)
+            self._stop = BatchStop(RunStatus.RUNNING)  # what was not written is the new owner's to find
 
     async def _feed(self) -> None:
         """Page through the open steps in message order and hand them to the senders.
@@ -204,7 +190,7 @@ class BatchRunner:
         hold, so a stop (cancel, shutdown, lost lease) is noticed before a sender
         hands its message to the connection pool.
         """
-        reading = asyncio.create_task(asyncio.to_thread(self._page, -1))
+        reading = asyncio.create_task(asyncio.to_thread(self._page, self._range.first_index - 1))
         try:
             await self._feed_pages(reading)
         finally:
@@ -229,7 +215,7 @@ class BatchRunner:
                 self._queue.put_nowait(step)
 
     def _page(self, after: int) -> list[BatchStep]:
-        return self._ledger.batches.page(self._run_id, after=after, limit=PAGE)
+        return self._ledger.batches.page(self._run_id, after=after, before=self._range.end_index, limit=PAGE)
 
     def _drain_queue(self) -> None:
         while not self._queue.empty():
@@ -237,25 +223,23 @@ class BatchRunner:
 
     async def _should_stop(self) -> bool:
         if not self._told_to_halt() and await asyncio.to_thread(self._ledger.cancel_requested, self._run_id):
-            self._stop = _Stop(RunStatus.CANCELLED)
+            self._stop = BatchStop(RunStatus.CANCELLED)
         return self._stop is not None
 
     def _told_to_halt(self) -> bool:
         """The part of `_should_stop` that needs no database: checked for every message."""
         if self._stop is None:
-            if self._lease.is_lost:
-                self._stop = _Stop(RunStatus.RUNNING)
+            if any(lease.is_lost for lease in self._leases):
+                self._stop = BatchStop(RunStatus.RUNNING)
             elif self._stopping.is_set():
-                self._stop = _Stop(RunStatus.QUEUED)
+                self._stop = BatchStop(RunStatus.QUEUED)
         return self._stop is not None
 
     async def _unless_halted(self, work: Awaitable[Any]) -> bool:
         """Wait for `work` (a rate-limit slot can be minutes away) unless the batch is stopped."""
         task = asyncio.ensure_future(work)
-        halts = [
-            asyncio.ensure_future(self._stopping.wait()),
-            asyncio.ensure_future(self._lease.lost.wait()),
-        ]
+        halts = [asyncio.ensure_future(self._stopping.wait())]
+        halts += [asyncio.ensure_future(lease.lost.wait()) for lease in self._leases]
         try:
             await asyncio.wait([task, *halts], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -278,7 +262,7 @@ class BatchRunner:
                 return
             try:
                 await self._send(step)
-            except _Stop as stop:
+            except BatchStop as stop:
                 if self._stop is None:
                     self._stop = stop
             except LeaseLostError:
@@ -292,7 +276,6 @@ class BatchRunner:
             self._unknown(step, unknown_error(self._run_id, CRASH_WHY), CRASH_WHY)
             return
         sender = self._sender
-        assert sender is not None
         try:
             message = sender.prepare(step.inputs)
         except MailwrightError as exc:
@@ -338,7 +321,7 @@ class BatchRunner:
         if wait is None:
             self._fail(step, exc)
             if _target_unusable(exc):
-                raise _Stop(RunStatus.FAILED, error=error_record(exc)) from exc
+                raise BatchStop(RunStatus.FAILED, error=error_record(exc)) from exc
             return False
         step.notes.append(f"attempt {step.attempts} failed ({_message(exc)}); retrying in {wait:.1f} s")
         if marked:  # undo the mark at once: after a crash now, the message is sent, not "unknown"
@@ -364,7 +347,7 @@ class BatchRunner:
         self._count(step, metrics.SendOutcome.DEFERRED, exc, rate_limited=True)
         self.progress.deferred_until = until
         self.progress.deferred_reason = reason
-        raise _Stop(RunStatus.QUEUED, until=until) from exc
+        raise BatchStop(RunStatus.QUEUED, until=until) from exc
 
     async def _throttle(self, step: BatchStep, sender: BatchSender[Any], message: Any) -> bool:
         """Wait for the target's rate-limit slot; False if the batch was stopped meanwhile."""
@@ -376,7 +359,7 @@ class BatchRunner:
             self._count(step, metrics.SendOutcome.DEFERRED, exc, rate_limited=True)
             self.progress.deferred_until = exc.until
             self.progress.deferred_reason = exc.message
-            raise _Stop(RunStatus.QUEUED, until=exc.until) from exc
+            raise BatchStop(RunStatus.QUEUED, until=exc.until) from exc
 
     def _unknown(self, step: BatchStep, error: dict[str, Any], why: str) -> None:
         """The message may or may not have been delivered: recorded so, and not sent again."""
@@ -400,43 +383,6 @@ class BatchRunner:
     def _target_of(self, step: BatchStep) -> str:
         """The target a message names (or the batch's): its metrics label when an error names none."""
         return str(step.inputs.get("target") or self._target)
-
-    # --- the end ------------------------------------------------------------------------
-
-    async def _settle(self) -> RunStatus:
-        try:
-            return await self._settle_run()
-        except LeaseLostError:
-            return RunStatus.RUNNING
-
-    async def _settle_run(self) -> RunStatus:
-        stop = self._stop
-        if stop is not None and stop.status == RunStatus.RUNNING:
-            return RunStatus.RUNNING  # the lease was lost: whoever has it now carries on from the rows
-        if stop is not None and stop.status == RunStatus.QUEUED:
-            if stop.until is None:
-                await self._ledger.release(self._lease)
-            else:  # deferred by a rate limit
-                wait = max(0.0, (stop.until - datetime.now(UTC)).total_seconds())
-                await self._ledger.defer(self._lease, wait=wait)
-            return RunStatus.QUEUED
-        if stop is not None:  # cancelled, or failed (the target is unusable)
-            return await self._finish(stop.status, stop.error, close_steps=True)
-        counts = await asyncio.to_thread(self._ledger.batches.counts, self._run_id)
-        if any(counts.get(s, 0) for s in OPEN_BATCH_STEPS):
-            # Steps still open (e.g. a stop raced the last page): leave the run for the next pass.
-            await self._ledger.release(self._lease)
-            return RunStatus.QUEUED
-        error = batch_error(self._run_id, counts)
-        return await self._finish(RunStatus.FAILED if error else RunStatus.SUCCEEDED, error)
-
-    async def _finish(
-        self, status: RunStatus, error: dict[str, Any] | None, *, close_steps: bool = False
-    ) -> RunStatus:
-        """The run's end; `close_steps`: its messages not sent are skipped (or cancelled) with it."""
-        await self._ledger.finish(self._lease, status, error, close_steps=close_steps)
-        log.info("run %s %s", self._run_id, status)
-        return status
 
 
 def batch_error(run_id: str, counts: dict[str, int]) -> dict[str, Any] | None:

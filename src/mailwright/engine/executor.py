@@ -32,7 +32,8 @@ from mailwright.domain.runs import RunStatus, StepStatus
 from mailwright.domain.validation import validate_model
 from mailwright.domain.workflows import Step, WorkflowDocument
 from mailwright.engine import retry
-from mailwright.engine.batch import BatchProgress, BatchRunner
+from mailwright.engine.batch import BatchProgress
+from mailwright.engine.batch_ranges import BatchRunner, RangeHelper, RangesOpen
 from mailwright.engine.ports import ActivityContexts, BatchSenders
 from mailwright.errors import LeaseLostError, MailwrightError, RateLimitedError, StepValueError
 from mailwright.ledger import Attempt, Claim, FailedAttempt, Lease, RunLedger
@@ -81,6 +82,9 @@ class Executor:
         self.stopping = asyncio.Event()
         # Told the live progress of each batch this executor runs (the CLI draws its bar from it).
         self.on_batch_progress: Callable[[BatchProgress], None] | None = None
+        # Told (run id, how many) when this executor starts coordinating a batch with more than one
+        # open range: the worker hints that many runs to other workers, which then help with them.
+        self.on_ranges_open: RangesOpen | None = None
         self._leases: dict[str, Lease] = {}  # the runs this executor holds now
 
     # --- claiming -------------------------------------------------------------
@@ -92,11 +96,17 @@ class Executor:
     # --- running --------------------------------------------------------------
 
     async def execute(self, run_id: str) -> RunStatus | None:
-        """Run what is left of a run; returns its status, or None if another worker has it."""
+        """Run what is left of a run; returns its status, or None if another worker has it.
+
+        When another worker has it and it is a batch with free ranges, this executor helps: it
+        sends those ranges (engine/batch_ranges.py) before returning None; the run's status is
+        its coordinator's to report.
+        """
         if run_id in self._leases:
             return None  # this executor runs it already: its writes are fenced by that lease
         claim = await self._ledger.claim(run_id, owner=self.worker_id, duration=self.lease, pool=self.pool)
         if claim is None:
+            await self.help(run_id)
             return None
         lease = claim.lease
         self._leases[run_id] = lease
@@ -110,6 +120,19 @@ class Executor:
             keeper.cancel()
             del self._leases[run_id]
 
+    async def help(self, run_id: str) -> int:
+        """Send the free ranges of a batch run that another worker coordinates; how many ranges
+        this executor sent through (0: none free, or the run is no batch, or not running)."""
+        helper = RangeHelper(
+            self._ledger,
+            run_id,
+            owner=self.worker_id,
+            duration=self.lease,
+            senders=self._batches,
+            stopping=self.stopping,
+        )
+        return await helper.run()
+
     async def _execute_claimed(self, claim: Claim) -> RunStatus:
         lease = claim.lease
         if claim.document.get("kind") == BATCH_KIND:
@@ -119,6 +142,7 @@ class Executor:
                 senders=self._batches,
                 stopping=self.stopping,
                 on_progress=self.on_batch_progress,
+                on_ranges_open=self.on_ranges_open,
             )
             return await runner.run()
         run_id = lease.run_id

@@ -3,8 +3,9 @@
 A batch's step is one message: stored `pending` with its Message-ID, marked
 `sending` just before its DATA (grouped with other messages' marks), and given
 its result. `StepWriter` collects these writes and commits each group in one
-transaction that starts with the lease's fence (ledger/lease.py): once the
-lease is lost nothing more is written and every mark raises `LeaseLostError`.
+transaction that starts with the lease's fence (ledger/lease.py; the lease of
+the range the steps are in, ledger/ranges.py): once the lease is lost nothing
+more is written and every mark raises `LeaseLostError`.
 The hot writes (marks and results) go through the prebuilt statements of
 storage/batch_steps.py; rarer ones (a failure, a deferral) through Core.
 """
@@ -26,6 +27,7 @@ from mailwright.domain.runs import RunStatus, SendState, StepStatus
 from mailwright.errors import LeaseLostError
 from mailwright.ledger.lease import Lease
 from mailwright.ledger.outcomes import error_record, rate_limit_notes, unknown_note
+from mailwright.ledger.ranges import RangeLedger
 from mailwright.storage.batch_steps import OPEN, batch_steps
 from mailwright.storage.db import Database
 from mailwright.storage.group import BLIP_WAITS, is_blip
@@ -93,6 +95,7 @@ class BatchLedger:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.ranges = RangeLedger(db)  # the ranges its messages are sent in, by any worker
 
     # --- storing a batch ----------------------------------------------------------------------
 
@@ -180,13 +183,15 @@ class BatchLedger:
 
     # --- executing a batch --------------------------------------------------------------------
 
-    def plan(self, run_id: str, *, default_concurrency: int) -> BatchPlan:
+    def plan(self, run_id: str, *, default_concurrency: int, counts: bool = True) -> BatchPlan:
+        """What executing the batch starts from (`counts`: with its step counts, else none)."""
         with self._db.session() as session:
             run = session.get(RunRow, run_id)
             assert run is not None
             target, key = run.target or "", run.account_key
             concurrency = int(run.document.get("concurrency") or default_concurrency)
-        return BatchPlan(target=target, account_key=key, concurrency=concurrency, counts=self.counts(run_id))
+        counted = self.counts(run_id) if counts else {}
+        return BatchPlan(target=target, account_key=key, concurrency=concurrency, counts=counted)
 
     def counts(self, run_id: str) -> dict[str, int]:
         """How many of the run's steps are in each status."""
@@ -198,11 +203,12 @@ class BatchLedger:
             ).all()
         return {status: int(n) for status, n in rows}
 
-    def page(self, run_id: str, *, after: int, limit: int) -> list[BatchStep]:
-        """Open steps in message order, after the message `after` (-1: from the first)."""
+    def page(self, run_id: str, *, after: int, before: int, limit: int) -> list[BatchStep]:
+        """Open steps in message order, after the message `after` (-1: from the first) and before
+        the message `before` (the end of a range)."""
         steps = batch_steps(self._db.engine.dialect)
         with self._db.engine.connect() as connection:
-            rows = steps.page.rows(connection, (run_id, after, limit))
+            rows = steps.page.rows(connection, (run_id, after, before, limit))
         return [
             BatchStep(
                 id=id_,
@@ -226,8 +232,9 @@ class StepWriter:
 
     `mark_sending` returns once the mark is committed (a sender waits for it
     before DATA); the `record_*` methods return at once and their rows join the
-    next transaction. Every transaction is fenced by the run's lease: once it is
-    lost, nothing more is written, and every mark raises `LeaseLostError`.
+    next transaction. Every transaction is fenced by the lease it is given (the
+    range's the steps belong to, ledger/ranges.py): once it is lost, nothing more
+    is written, and every mark raises `LeaseLostError`.
     """
 
     def __init__(self, db: Database, lease: Lease) -> None:

@@ -64,7 +64,7 @@ class BatchSteps:
         self.page = BulkSelect(
             dialect,
             f"SELECT {selected} FROM run_steps s LEFT JOIN step_inputs i ON i.step_id = s.id "  # noqa: S608
-            "WHERE s.run_id = ? AND s.position = 0 AND s.item_index > ? "
+            "WHERE s.run_id = ? AND s.position = 0 AND s.item_index > ? AND s.item_index < ? "
             f"AND s.status IN ({_OPEN_SQL}) "
             "ORDER BY s.item_index LIMIT ?",
             columns_of(table, PAGE_COLUMNS),

@@ -192,6 +192,33 @@ class RunStepRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class BatchRangeRow(Base):
+    """A span of a batch's messages (item indexes `first_index` to `end_index`, exclusive) that one
+    worker sends at a time, under a lease of its own: a batch is spread over every worker that can
+    take a range, not only over the one that claimed the run (ledger/ranges.py).
+
+    `status`: open (messages may remain), done (its holder sent it through), closed (the run ended).
+    `not_before`: a helper that was held back (a rate limit) leaves the range to the run's
+    coordinator until then. `lease_epoch` only ever grows: it fences the holder's writes as the
+    run's epoch fences the run's.
+    """
+
+    __tablename__ = "batch_ranges"
+
+    run_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    range_no: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    first_index: Mapped[int] = mapped_column()
+    end_index: Mapped[int] = mapped_column()
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    lease_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
+    not_before: Mapped[datetime | None] = mapped_column(nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class IdempotencyKeyRow(Base):
     """A client's Idempotency-Key: a retried request with the same key and body gets the same run."""
 
