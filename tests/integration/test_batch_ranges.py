@@ -174,7 +174,7 @@ async def test_three_workers_share_a_batch_and_each_message_arrives_once(
     run_id = store_batch(mw, counting)
     coordinator, coordinator_sent = worker(mw, "coordinator")
     helpers = [worker(mw, f"helper-{n}") for n in (1, 2)]
-    hinted: list[tuple[str, int, list[str]]] = []
+    hinted: list[tuple[str, int, list[tuple[str, str | None]]]] = []
     helping: list[asyncio.Task[Any]] = []
 
     def hint(hinted_run: str, open_ranges: int) -> None:
@@ -187,7 +187,7 @@ async def test_three_workers_share_a_batch_and_each_message_arrives_once(
     status = await asyncio.wait_for(coordinator.execute(run_id), WAIT)
     assert await asyncio.wait_for(asyncio.gather(*helping), WAIT) == [None, None]  # not theirs to report
     assert status == "succeeded"
-    assert hinted == [(run_id, COUNT // RANGE, [run_id])]
+    assert hinted == [(run_id, COUNT // RANGE, [(run_id, None)])]
     assert counting.log.wait_for_total(COUNT, timeout=WAIT) == COUNT
     assert assert_once_or_unknown(mw, run_id, counting) == []
     shares = [coordinator_sent.delivered, *(sent.delivered for _, sent in helpers)]

@@ -177,11 +177,14 @@ def _print_later(run: "RunPublic", *, as_json: bool) -> None:
         print_json({"status": run.status, "run_id": run.id, "not_before": run.not_before})
         return
     when = f" at {run.not_before:%Y-%m-%d %H:%M:%S} UTC" if run.not_before else ""
-    last = next((step.error for step in reversed(run.steps) if step.error), None)
-    why = f" ({last.get('message')})" if last else ""
+    step = run.steps[-1] if run.steps else None
+    reason = (step.error or {}).get("message") if step is not None and step.error else None
+    reason = reason or (step.notes[-1] if step is not None and step.notes else None)
+    why = f" ({reason})" if reason else ""
     typer.echo(
         f"not sent yet{why}: run {run.id} is tried again{when} by a worker (`mailwright serve` or "
-        f"`mailwright worker`); `mailwright runs show {run.id}` follows it"
+        f"`mailwright worker`); `mailwright runs show {run.id}` follows it",
+        err=True,
     )
 
 

@@ -122,7 +122,10 @@ class Executor:
 
     async def help(self, run_id: str) -> int:
         """Send the free ranges of a batch run that another worker coordinates; how many ranges
-        this executor sent through (0: none free, or the run is no batch, or not running)."""
+        this executor sent through (0: none free, or the run is no batch, or not running, or it
+        belongs to another worker pool)."""
+        if await asyncio.to_thread(self._ledger.pool_of, run_id) != self.pool:
+            return 0  # its target may be reachable from that pool's machines alone
         helper = RangeHelper(
             self._ledger,
             run_id,

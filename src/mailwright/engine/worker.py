@@ -45,6 +45,7 @@ FILES_PRUNE_INTERVAL = 3600.0  # seconds between applications of MAILWRIGHT_FILE
 KEYS_PRUNE_INTERVAL = 3600.0  # seconds between deletions of expired idempotency keys
 SWEEP_AFTER = timedelta(seconds=10)  # a due run no hint announced for this long is announced again
 HEARTBEAT_SECONDS = 5.0
+RANGES_POLL = 2.0  # seconds between looks for batches whose free ranges this worker could send
 
 
 # What the worker needs of the services (services/app.py's `Services` offers it).
@@ -54,6 +55,8 @@ class _Runs(Protocol):
     on_queued: Callable[[str], None] | None
 
     def finished(self, run_id: str) -> None: ...
+
+    def with_free_ranges(self, *, limit: int = 100) -> list[tuple[str, str | None]]: ...
 
 
 class _Ledger(Protocol):
@@ -143,6 +146,13 @@ class WorkerServices(Protocol):
     def mail_triggers(self) -> MailTriggers: ...
 
 
+class _Unknown:
+    """The pool of a run that was not read yet."""
+
+
+UNKNOWN = _Unknown()
+
+
 class Worker:
     def __init__(self, services: WorkerServices, *, poll_interval: float = POLL_INTERVAL) -> None:
         self.services = services
@@ -150,6 +160,7 @@ class Worker:
         self.id = worker_id()
         self.pool = settings.worker_pool
         self.executor = services.executor(worker_id=self.id, pool=self.pool)
+        self.executor.on_ranges_open = self._ranges_open
         self.poll_interval = poll_interval
         self.queue = make_queue(
             settings.broker,
@@ -168,6 +179,7 @@ class Worker:
         self._next_files_prune = 0.0  # when to apply the file retention (if configured) again
         self._next_keys_prune = 0.0  # when to delete expired idempotency keys again
         self._next_heartbeat = 0.0
+        self._next_ranges_sweep = 0.0  # when to look again for batches other workers could help
 
     async def _execute(self, run_id: str) -> str | None:
         try:
@@ -195,15 +207,26 @@ class Worker:
             return  # a stopping worker takes nothing new; the run stays queued in the database
         self._dispatching_add(asyncio.create_task(self.dispatch(run_id)))
 
-    async def dispatch(self, run_id: str, pool: str | None = None) -> None:
+    async def dispatch(self, run_id: str, pool: str | _Unknown | None = UNKNOWN) -> None:
         """Announce the run: to this process (embedded broker) or to its pool's queue (RabbitMQ)."""
         if self.queue.distributed:
-            if pool is None and self.pool is not None:
+            if isinstance(pool, _Unknown):
                 pool = await asyncio.to_thread(self.services.ledger.pool_of, run_id)
             if not await self.queue.hint(run_id, pool) and pool == self.pool:
                 await self._execute_here(run_id)  # RabbitMQ is away: this worker may take it itself
             return
         await self._execute_here(run_id)
+
+    def _ranges_open(self, run_id: str, open_ranges: int) -> None:
+        """A batch this worker coordinates has free ranges: announce it to that many other workers.
+
+        Called on the event loop by the coordinator; the announcements go out as tasks. With the
+        embedded broker there is no other worker to tell (other processes find it by polling).
+        """
+        if not self.queue.distributed:
+            return
+        for _ in range(max(0, open_ranges - 1)):  # the coordinator takes one itself
+            self._dispatching_add(asyncio.create_task(self.queue.hint(run_id, self.pool)))
 
     async def _execute_here(self, run_id: str) -> None:
         if run_id in self._inflight:
@@ -229,12 +252,27 @@ class Worker:
             self._next_files_prune = time.monotonic() + FILES_PRUNE_INTERVAL
             await self.prune_files()
         await self._heartbeat()
+        helped = await self._batches_to_help()
         if self.queue.distributed:
-            return await self._sweep()
+            return await self._sweep() + helped
         due = await asyncio.to_thread(self.services.ledger.due, pool=self.pool)
         for run_id in due:
             await self._execute_here(run_id)
-        return len(due)
+        return len(due) + helped
+
+    async def _batches_to_help(self) -> int:
+        """Every RANGES_POLL, the batches of this worker's pool that have free ranges: this worker
+        helps send them. Hints (on_ranges_open) bring helpers sooner, but a worker busy with its
+        own batch may take the hints meant for others (RabbitMQ hands them to whoever asks), and
+        a worker started later never saw them: looking here spreads every batch regardless."""
+        if time.monotonic() < self._next_ranges_sweep:
+            return 0
+        self._next_ranges_sweep = time.monotonic() + RANGES_POLL
+        found = await asyncio.to_thread(self.services.runs.with_free_ranges)
+        mine = [run_id for run_id, pool in found if pool == self.pool]
+        for run_id in mine:
+            await self._execute_here(run_id)  # a run this worker coordinates or helps already: no-op
+        return len(mine)
 
     async def _sweep(self) -> int:
         """Announce again the due runs no hint covered lately (lost, never sent, or due since)."""

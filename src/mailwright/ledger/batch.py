@@ -93,9 +93,9 @@ def new_step(
 class BatchLedger:
     """A batch run's life: stored (`preparing`) then queued; read and written while it executes."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, range_size: int | None = None) -> None:
         self._db = db
-        self.ranges = RangeLedger(db)  # the ranges its messages are sent in, by any worker
+        self.ranges = RangeLedger(db, size=range_size)  # the ranges its messages are sent in, by any worker
 
     # --- storing a batch ----------------------------------------------------------------------
 

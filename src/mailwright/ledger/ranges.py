@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Integer, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from mailwright.domain.runs import RunStatus, SendState, StepStatus
@@ -172,8 +172,11 @@ class BatchRange:
 class RangeLedger:
     """The ranges of batch runs: made, claimed, let go and sealed (see the module's docstring)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, size: int | None = None) -> None:
         self._db = db
+        # Messages per range for runs cut from now on (MAILWRIGHT_BATCH_RANGE_SIZE); a run cut
+        # before keeps its own size.
+        self._size = size or RANGE_SIZE
 
     # --- the coordinator ------------------------------------------------------------------------
 
@@ -185,7 +188,8 @@ class RangeLedger:
         def apply(session: Session) -> int:
             connection = session.connection()
             now = utcnow()
-            found = connection.execute(_OPEN_BUCKETS, {"of_run": run_id, "size": RANGE_SIZE}).scalars()
+            size = self._size_of(connection, run_id)
+            found = connection.execute(_OPEN_BUCKETS, {"of_run": run_id, "size": size}).scalars()
             buckets = {int(b) for b in found if b is not None}
             existing = set(connection.execute(select(_R.range_no).where(_R.run_id == run_id)).scalars())
             unlocked = list(connection.execute(_UNLOCKED, {"of_run": run_id}).scalars())
@@ -207,10 +211,17 @@ class RangeLedger:
             )
             missing = sorted(buckets - existing)
             if missing:
-                connection.execute(insert(_R), [_new_range(run_id, number, now) for number in missing])
+                connection.execute(insert(_R), [_new_range(run_id, n, size, now) for n in missing])
             return int(connection.execute(_FREE_COUNT, {"of_run": run_id, "now": now}).scalar_one())
 
         return await self._db.group.write(apply, fence=run_lease.fence_in)
+
+    def _size_of(self, connection: Connection, run_id: str) -> int:
+        """The run's range size: the one its ranges were cut with, else this ledger's."""
+        cut = connection.execute(
+            select(_R.end_index - _R.first_index).where(_R.run_id == run_id).limit(1)
+        ).scalar()
+        return int(cut) if cut else self._size
 
     async def claim_as_coordinator(self, run_lease: Lease, *, duration: timedelta) -> BatchRange | None:
         """The next open range not held by a live lease (due or not), under the run's lease."""
@@ -280,19 +291,21 @@ class RangeLedger:
         written = await self._db.group.write(lambda s: s.connection().execute(_LET_GO, params).rowcount)
         return bool(written)
 
-    def runs_with_free_ranges(self, *, limit: int = 100) -> list[str]:
+    def runs_with_free_ranges(self, *, limit: int = 100) -> list[tuple[str, str | None]]:
         """Batch runs that another worker could help now: running under a live lease, not asked to
-        cancel, with a due open range nobody holds live (oldest runs first)."""
+        cancel, with a due open range nobody holds live (oldest runs first); with each, its
+        worker pool (only that pool's workers may help)."""
         query = (
-            select(_R.run_id)
+            select(_R.run_id, RunRow.pool)
             .join(RunRow, RunRow.id == _R.run_id)
             .where(_R.status == OPEN_RANGE, _FREE, _DUE, _HELPABLE_RUN)
-            .group_by(_R.run_id, RunRow.created_at)
+            .group_by(_R.run_id, RunRow.pool, RunRow.created_at)
             .order_by(RunRow.created_at)
             .limit(limit)
         )
         with self._db.engine.connect() as connection:
-            return list(connection.execute(query, {"now": utcnow()}).scalars())
+            rows = connection.execute(query, {"now": utcnow()}).all()
+        return [(run_id, pool) for run_id, pool in rows]
 
     async def _claim(
         self, run_id: str, *, owner: str, duration: timedelta, helper: bool, fence: Lease | None
@@ -321,12 +334,12 @@ class RangeLedger:
         )
 
 
-def _new_range(run_id: str, number: int, now: datetime) -> dict[str, Any]:
+def _new_range(run_id: str, number: int, size: int, now: datetime) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "range_no": number,
-        "first_index": number * RANGE_SIZE,
-        "end_index": (number + 1) * RANGE_SIZE,
+        "first_index": number * size,
+        "end_index": (number + 1) * size,
         "status": OPEN_RANGE,
         "lease_epoch": 0,
         "updated_at": now,

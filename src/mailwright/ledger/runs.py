@@ -277,9 +277,9 @@ def _due(now: datetime) -> tuple[Any, ...]:
 class RunLedger:
     """Reads and writes the state of runs and steps; every write for a claimed run is fenced."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, range_size: int | None = None) -> None:
         self._db = db
-        self.batches = BatchLedger(db)
+        self.batches = BatchLedger(db, range_size=range_size)
 
     # --- new runs (in the caller's transaction, which commits them) --------------------------
 

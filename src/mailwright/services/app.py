@@ -182,7 +182,7 @@ class Services:
         """The one writer of runs' and steps' state."""
         from mailwright.ledger import RunLedger
 
-        return RunLedger(self.db)
+        return RunLedger(self.db, range_size=self.settings.batch_range_size)
 
     @made_on_first_use
     def idempotency(self) -> IdempotencyService:

@@ -539,10 +539,11 @@ class RunService:
         """Runs a worker should take now: queued and due, or running with an expired lease."""
         return self._ledger.due(limit=limit)
 
-    def with_free_ranges(self, *, limit: int = 100) -> list[str]:
+    def with_free_ranges(self, *, limit: int = 100) -> list[tuple[str, str | None]]:
         """Batch runs that other workers can help with now (ledger/ranges.py): a coordinator holds
         the run, and a range of its messages is free. Hint them, as `due` runs are, so that
-        more workers send them; an executor handed such a run sends its free ranges."""
+        more workers send them; an executor handed such a run sends its free ranges. With each,
+        its worker pool."""
         return self._ledger.batches.ranges.runs_with_free_ranges(limit=limit)
 
     def cancel(self, run_id: str) -> RunPublic:
