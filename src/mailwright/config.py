@@ -53,11 +53,11 @@ class Settings(BaseSettings):
         default=None, ge=0, le=65535, description="a worker serves its /metrics on this port"
     )
     worker_concurrency: int = Field(default=16, ge=1, le=1000, description="runs a worker executes at once")
-    batch_range_size: int = Field(
-        default=1000,
+    batch_range_size: int | None = Field(
+        default=None,
         ge=10,
         le=1_000_000,
-        description="messages per range of a batch: the share one worker takes at a time",
+        description="messages per range of a batch: the share one worker takes at a time (default 1000)",
     )
     lease_seconds: float = Field(
         default=30.0, gt=0.5, le=3600, description="how long a worker holds a run without renewing it"

@@ -176,7 +176,7 @@ class RangeLedger:
         self._db = db
         # Messages per range for runs cut from now on (MAILWRIGHT_BATCH_RANGE_SIZE); a run cut
         # before keeps its own size.
-        self._size = size or RANGE_SIZE
+        self._size = size
 
     # --- the coordinator ------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class RangeLedger:
         cut = connection.execute(
             select(_R.end_index - _R.first_index).where(_R.run_id == run_id).limit(1)
         ).scalar()
-        return int(cut) if cut else self._size
+        return int(cut) if cut else (self._size or RANGE_SIZE)
 
     async def claim_as_coordinator(self, run_lease: Lease, *, duration: timedelta) -> BatchRange | None:
         """The next open range not held by a live lease (due or not), under the run's lease."""
