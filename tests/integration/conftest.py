@@ -21,6 +21,7 @@ from mailwright.services.target_public import TargetPublic
 from mailwright.services.targets import TargetCreate
 from tests.support.apiserver import APIServer
 from tests.support.cli import CLI
+from tests.support.redis_server import SHARED_URL, RedisServer, answers
 from tests.support.smtpserver import SMTPTestServer
 from tests.support.tlsfiles import TLSFiles
 
@@ -125,3 +126,13 @@ def pg_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Redis on 127.0.0.1:6379 if it answers, else a private one for this module."""
+    if answers(SHARED_URL):
+        yield SHARED_URL
+        return
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url

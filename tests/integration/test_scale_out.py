@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -16,12 +17,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mailwright.config import Settings
 from mailwright.services.app import Services
 from mailwright.services.sending import SendEmailRequest
 from mailwright.services.targets import TargetCreate
+from tests.security.serveproc import ServeProcess
 from tests.support.announcer import AnnouncerThread
 from tests.support.counting_smtp import CountingSMTPServer, FaultPlan
 from tests.support.rabbitmq import RabbitMQServer
@@ -264,3 +267,31 @@ def test_rabbitmq_restarted_mid_run_loses_nothing(
         assert statuses == Counter({"succeeded": 300}), cluster.log_text()
         assert counting.log.total() == 300 and not counting.log.duplicates()
         assert all(w.poll() is None for w in cluster.workers), "a worker died with the broker"
+
+
+def test_send_with_wait_on_a_host_without_worker_is_woken_through_redis(
+    cluster_factory: Callable[..., Cluster], counting: CountingSMTPServer, pg_url: str, redis_url: str
+) -> None:
+    """`serve --no-worker` queues (announcing on RabbitMQ); a worker elsewhere sends; Redis wakes
+    the waiting request: faster than the 0.25 s look at the run's row the wait falls back on."""
+    cluster = cluster_factory(database_url=pg_url)
+    cluster.env["MAILWRIGHT_REDIS_URL"] = redis_url
+    cluster.relay("Relay", counting.port)
+    token = cluster.services.tokens.create("tests").token
+    cluster.worker()
+    _wait(lambda: len(cluster.services.workers.live()) == 1, "the worker")
+    env = {k: v for k, v in cluster.env.items() if k.startswith("MAILWRIGHT_") and k != "MAILWRIGHT_HOME"}
+    with ServeProcess(cluster.home, "--no-worker", "--no-sandbox", env=env) as serve:
+        headers = {"Authorization": f"Bearer {token}"}
+        message = {"target": "Relay", "from": "ops@example.org", "to": ["bob@example.net"], "subject": "w"}
+        took = []
+        with httpx.Client(base_url=serve.base_url, headers=headers, timeout=60) as client:
+            for _ in range(15):
+                started = time.perf_counter()
+                answer = client.post("/api/v1/send-email", json=message)
+                took.append(time.perf_counter() - started)
+                assert answer.status_code == 200 and answer.json()["status"] == "sent", answer.text
+    median = statistics.median(took[1:])  # the first opens the connections
+    print(f"\nsend with wait across processes: median {median * 1000:.1f} ms over {len(took) - 1}")
+    assert median < 0.2, f"not woken by Redis: median {median:.3f} s"
+    assert counting.log.total() == 15 and not counting.log.duplicates()

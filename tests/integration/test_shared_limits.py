@@ -39,7 +39,7 @@ from mailwright.transport.pool import PoolLimits, SMTPPool, shared_pools
 from mailwright.transport.redis_limits import RateWindows, RedisLink
 from mailwright.transport.smtp import SMTPEndpoint
 from tests.support.counting_smtp import LINE_LIMIT, CountingSMTPServer, FaultPlan
-from tests.support.redis_server import SHARED_URL, RedisServer, answers, settled, unique_prefix
+from tests.support.redis_server import RedisServer, settled, unique_prefix
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_TIMEOUT = 240.0  # generous: 2 CPUs are shared with other test sessions
@@ -69,16 +69,6 @@ class ConnectionCountingServer(CountingSMTPServer):
                     self.open_now -= 1
 
         return await asyncio.start_server(handle, sock=sock, limit=LINE_LIMIT, backlog=1024)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The Redis on 127.0.0.1:6379 if it answers, else a private one for this module."""
-    if answers(SHARED_URL):
-        yield SHARED_URL
-        return
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
 
 
 class Cluster:
