@@ -35,8 +35,8 @@ from mailwright.secrets import generate_key
 from mailwright.services.app import Services
 from mailwright.services.shared_limits import SharedRateLimiter, windows_of
 from mailwright.services.targets import TargetCreate
-from mailwright.transport.pool import PoolLimits, SMTPPool, shared_pools
-from mailwright.transport.redis_limits import RateWindows, RedisLink
+from mailwright.transport.pool import ConnectionSlots, PoolLimits, SMTPPool, shared_pools
+from mailwright.transport.redis_limits import RateWindows, RedisConnectionSlots, RedisLink
 from mailwright.transport.smtp import SMTPEndpoint
 from tests.support.counting_smtp import LINE_LIMIT, CountingSMTPServer, FaultPlan
 from tests.support.redis_server import RedisServer, settled, unique_prefix
@@ -267,6 +267,9 @@ class MemorySlots:
         self.peak = max(self.peak, self.held[key])
         return MemorySlot(self, key)
 
+    async def wanted(self, *, key: str) -> bool:
+        return False  # one process: nobody else waits
+
 
 class MemorySlot:
     def __init__(self, owner: MemorySlots, key: str) -> None:
@@ -279,7 +282,7 @@ class MemorySlot:
             self.owner.released += 1
 
 
-def pool_with(slots: MemorySlots, port: int, **limits: Any) -> SMTPPool:
+def pool_with(slots: ConnectionSlots, port: int, **limits: Any) -> SMTPPool:
     return SMTPPool(
         endpoint=SMTPEndpoint(
             target_name="capped",
@@ -374,3 +377,27 @@ async def test_no_slot_is_taken_while_the_pool_waits_for_a_connection(redis_url:
 class MemoryDays:
     def take(self, *, key: str, day: date, limit: int) -> bool:
         return True
+
+
+async def test_idle_connections_give_their_slots_to_a_worker_that_waits(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Worker A's pool keeps its two connections idle (30 s idle timeout) and holds the whole cap;
+    worker B asks for one: A's idle connections close and B sends within seconds, not 30."""
+    prefix = unique_prefix()
+    first = RedisConnectionSlots(RedisLink.connect(redis_url, prefix=prefix))
+    second = RedisConnectionSlots(RedisLink.connect(redis_url, prefix=prefix))
+    settled(first._link)
+    with ConnectionCountingServer(tmp_path / "smtp") as server:
+        busy = pool_with(first, server.port, max_connections=2, idle_timeout=30.0)
+        await asyncio.gather(*(deliver(busy, n) for n in range(8)))
+        assert first.held() == {first.key("target-1"): 2}  # both connections idle, both slots held
+        late = pool_with(second, server.port, max_connections=2, idle_timeout=30.0)
+        started = time.monotonic()
+        await asyncio.wait_for(deliver(late, 99), timeout=15)
+        assert time.monotonic() - started < 5, "the idle connections kept their slots"
+        assert server.peak <= 2
+        await busy.aclose()
+        await late.aclose()
+    first.close()
+    second.close()

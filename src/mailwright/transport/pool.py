@@ -36,6 +36,8 @@ from mailwright.errors import TargetConnectError, TargetError
 from mailwright.transport.pipeline import Job, Session
 from mailwright.transport.smtp import Delivery, Login, SMTPConnection, SMTPEndpoint
 
+# With a cap shared over workers: how often an idle connection looks whether others wait for a slot.
+YIELD_CHECK = 0.5
 # Reuse after this much idle time only once NOOP has shown the connection is alive.
 CHECK_AFTER = 5.0
 CHECK_TIMEOUT = 5.0
@@ -53,6 +55,10 @@ class ConnectionSlots(Protocol):
 
     async def acquire(self, *, key: str, limit: int) -> ConnectionSlot:
         """One of `limit` slots of target `key`; waits while all are held, never fails for that."""
+        ...
+
+    async def wanted(self, *, key: str) -> bool:
+        """Whether a process waits for a slot of target `key` now: idle connections give theirs up."""
         ...
 
 
@@ -189,6 +195,8 @@ class SMTPPool:
         self._idle.append(waiter)
         timer = loop.call_later(self.limits.idle_timeout, _resolve, waiter, None)
         try:
+            if self._slots is not None:
+                return await self._idle_unless_wanted(waiter)
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and (handed := waiter.result()) is not None:
@@ -198,6 +206,18 @@ class SMTPPool:
             timer.cancel()
             if waiter in self._idle:  # a handed-over waiter was already taken off
                 self._idle.remove(waiter)
+
+    async def _idle_unless_wanted(self, waiter: asyncio.Future[Job | None]) -> Job | None:
+        """Idle, but not on a slot another worker waits for: the cap is over all workers, and a
+        pool that keeps its idle connections would hold the others back until `idle_timeout`."""
+        assert self._slots is not None
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=YIELD_CHECK)
+            if done:
+                return waiter.result()
+            if await self._slots.wanted(key=self._slots_key):
+                _resolve(waiter, None)  # this connection closes and gives its slot back
+                return waiter.result()
 
     async def _work(self) -> None:
         session: Session | None = None

@@ -36,6 +36,7 @@ or shown with its password: only `redis://host:port/db`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
@@ -63,6 +64,8 @@ SOCKET_TIMEOUT = 2.0  # a Redis that takes longer is treated as lost (and waited
 SLOT_TTL = 15.0
 SLOT_REFRESH = SLOT_TTL / 3
 SLOT_POLL = (0.02, 0.25)  # a pool at the cap looks again after a random wait in this range (seconds)
+WANTED_MS = 1500  # a waiter's "I want a slot" lasts this long unless said again (milliseconds)
+WANTED_CACHE = 0.25  # seconds a pool trusts its last look at whether a slot is wanted
 BACKOFF = (0.1, 5.0)  # Redis lost: first and longest wait between attempts
 
 T = TypeVar("T")
@@ -410,6 +413,7 @@ class RedisConnectionSlots:
         self._floor = f"{link.prefix}conn:floor"
         self._refresh = link.client.register_script(_REFRESH)
         self._held: dict[str, set[str]] = {}  # key -> tokens held by this process
+        self._wanted_seen: dict[str, tuple[float, bool]] = {}  # key -> (when looked, waited for)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -438,11 +442,41 @@ class RedisConnectionSlots:
             attempt = 0
             if got:
                 break
+            await asyncio.to_thread(self._want, redis_key)
             await asyncio.sleep(random.uniform(*SLOT_POLL))
         with self._lock:
             self._held.setdefault(redis_key, set()).add(token)
             self._start_refresher()
         return RedisConnectionSlot(self, redis_key, token)
+
+    def _want(self, redis_key: str) -> None:
+        """Say that a slot is waited for: idle connections of other workers close and give theirs."""
+        with contextlib.suppress(RedisUnavailableError):
+            self._link.call(
+                "asking for a connection slot",
+                lambda: self._link.client.set(f"{redis_key}:wanted", "1", px=WANTED_MS),
+            )
+
+    async def wanted(self, *, key: str) -> bool:
+        """Whether another worker waits for one of the target's slots (looked up at most every
+        WANTED_CACHE seconds per target: every idle connection of a pool asks)."""
+        redis_key = self.key(key)
+        now = time.monotonic()
+        seen = self._wanted_seen.get(redis_key)
+        if seen is not None and now - seen[0] < WANTED_CACHE:
+            return seen[1]
+        try:
+            found = bool(
+                await asyncio.to_thread(
+                    self._link.call,
+                    "looking for waiting workers",
+                    lambda: self._link.client.exists(f"{redis_key}:wanted"),
+                )
+            )
+        except RedisUnavailableError:
+            found = False
+        self._wanted_seen[redis_key] = (now, found)
+        return found
 
     def held(self) -> dict[str, int]:
         with self._lock:
