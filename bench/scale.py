@@ -25,8 +25,10 @@ answer, else private instances started here (tests/support). PostgreSQL: the ser
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -166,12 +169,71 @@ def measure(work: Path, sink: Sink, env: dict[str, str], workers: int, count: in
         setup.close()
 
 
+def wait_latency(work: Path, sink: Sink, env: dict[str, str], requests: int) -> tuple[float, float]:
+    """Median and p95 (ms) of `POST /api/v1/send-email` with wait on a `serve --no-worker` host,
+    its run executed by one worker process elsewhere."""
+    setup = SetUp(work, sink, env, 1)
+    port = _free_port()
+    token = setup.services.tokens.create("bench").token
+    serve_env = {k: v for k, v in setup.env.items() if k != "MAILWRIGHT_LOG_LEVEL"}
+    server = subprocess.Popen(
+        [MAILWRIGHT, "serve", "--no-worker", "--no-sandbox", "--port", str(port), "--log-level", "warning"],
+        env=serve_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_healthy(base)
+        message = {"target": "Sink", "from": "bench@example.org", "to": ["r@example.net"], "subject": "wait"}
+        took: list[float] = []
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+            for _ in range(requests + 5):  # the first five warm the connections up
+                started = time.perf_counter()
+                answer = client.post("/api/v1/send-email", json=message)
+                took.append((time.perf_counter() - started) * 1000)
+                if answer.status_code != 200 or answer.json().get("status") != "sent":
+                    raise RuntimeError(f"send-email answered {answer.status_code}: {answer.text[:300]}")
+        measured = sorted(took[5:])
+        return statistics.median(measured), measured[int(len(measured) * 0.95) - 1]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        setup.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(base: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("serve --no-worker did not start")
+
+
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--workers", default="1,2,4", help="worker processes to try, comma-separated")
+    parser.add_argument("--requests", type=int, default=200, help="send-with-wait requests to time")
+    parser.add_argument("--wait-only", action="store_true", help="only the send-with-wait latency")
     args = parser.parse_args()
+    if not args.wait_only:
+        batches(args)
+    latency(args)
+
+
+def batches(args: argparse.Namespace) -> None:
+    """The batch curve: embedded, then 1, 2, 4... worker processes, for each sink."""
     counts = [int(n) for n in args.workers.split(",")]
     rows: list[tuple[str, str, float]] = []
     with ExitStack() as stack:
@@ -200,6 +262,29 @@ def main() -> None:
             if name == sink_name:
                 print(f"| {name} | {setup} | {rate:,.0f} | {rate / base:.2f}× |")
     print("(the embedded worker finds a batch at its next poll: up to 1 s of its time is that wait)")
+
+
+def latency(args: argparse.Namespace) -> None:
+    """Send with wait across processes, woken through Redis or not."""
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mw-wait-")))
+        broker = stack.enter_context(amqp_url(work))
+        redis = stack.enter_context(redis_url(work))
+        (loopback, *_) = stack.enter_context(sinks())
+        print(
+            f"\nPOST /api/v1/send-email with wait on `serve --no-worker`, one worker elsewhere, "
+            f"{args.requests} requests:"
+        )
+        for label, with_redis in (
+            ("woken through Redis", True),
+            ("without Redis (the run's row read every 0.25 s)", False),
+        ):
+            with fresh_database() as database:
+                env = {"MAILWRIGHT_DATABASE_URL": database, "MAILWRIGHT_BROKER": broker}
+                if with_redis:
+                    env["MAILWRIGHT_REDIS_URL"] = redis
+                median, p95 = wait_latency(work, loopback, env, args.requests)
+            print(f"  {label}: median {median:.1f} ms, p95 {p95:.1f} ms", flush=True)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ class RunQueue(Protocol):
         """Announce the run to `pool`'s workers; False if the announcement could not be made."""
         ...
 
-    async def stop(self) -> None: ...
+    async def stop(self, *, wait: float = STOP_SECONDS) -> None:
+        """Take no more hints; wait up to `wait` seconds for the runs taken from the queue to end."""
+        ...
 
 
 def queue_name(pool: str | None) -> str:
@@ -126,7 +128,7 @@ class EmbeddedQueue:
         await self._task.kiq(run_id)
         return True
 
-    async def stop(self) -> None:
+    async def stop(self, *, wait: float = STOP_SECONDS) -> None:
         await self._broker.shutdown()
 
 
@@ -195,11 +197,11 @@ class AmqpQueue:
             self._warn(f"could not publish run {run_id} to RabbitMQ ({type(exc).__name__}: {exc})")
             return False
 
-    async def stop(self) -> None:
+    async def stop(self, *, wait: float = STOP_SECONDS) -> None:
         self._stop.set()
         if self._consuming is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._consuming, timeout=STOP_SECONDS)
+                await asyncio.wait_for(asyncio.shield(self._consuming), timeout=wait)
             if not self._consuming.done():
                 self._consuming.cancel()
         for broker in self._publishers.values():

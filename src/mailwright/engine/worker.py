@@ -172,7 +172,10 @@ class Worker:
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inflight: set[str] = set()
+        self._inflight: set[str] = set()  # dispatched here and not ended: not dispatched twice
+        # Executing now, however they came (this process, or a hint from RabbitMQ): run id -> how
+        # many executions (a coordinator's and its helpers' of one batch).
+        self._in_hand: dict[str, int] = {}
         self._stop: asyncio.Event | None = None
         self._dispatching: set[asyncio.Task[None]] = set()
         self._next_cleanup = 0.0  # when to look for batches whose storing process died
@@ -182,6 +185,7 @@ class Worker:
         self._next_ranges_sweep = 0.0  # when to look again for batches other workers could help
 
     async def _execute(self, run_id: str) -> str | None:
+        self._in_hand[run_id] = self._in_hand.get(run_id, 0) + 1
         try:
             # Claim only when a slot is free, so other workers can take the rest, and so
             # that a crash leaves at most `concurrency` sends with an unknown outcome.
@@ -196,6 +200,9 @@ class Worker:
             return None
         finally:
             self._inflight.discard(run_id)
+            left = self._in_hand.pop(run_id) - 1
+            if left:
+                self._in_hand[run_id] = left
 
     def notify(self, run_id: str) -> None:
         """Thread-safe: a run was queued in this process; dispatch it now, without a scan."""
@@ -288,7 +295,7 @@ class Worker:
             return
         self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
         workers = self.services.workers
-        if not await asyncio.to_thread(workers.heartbeat, self.id, runs_in_hand=len(self._inflight)):
+        if not await asyncio.to_thread(workers.heartbeat, self.id, runs_in_hand=len(self._in_hand)):
             await asyncio.to_thread(self._register)
 
     def _register(self) -> None:
@@ -360,7 +367,8 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watching
             self.services.runs.on_queued = None
-            await self.queue.stop()  # no new hints taken while the steps in flight finish
+            self.executor.stopping.set()  # runs in hand are given back between steps
+            await self.queue.stop(wait=DRAIN_SECONDS)  # no new hints; Taskiq waits for those in hand
             await self._drain()
             with contextlib.suppress(Exception):  # a database away: the row goes stale by itself
                 await asyncio.to_thread(self.services.workers.leave, self.id)
@@ -386,7 +394,8 @@ class Worker:
         """A graceful stop: let the steps in flight finish, then release their runs."""
         self.executor.stopping.set()
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
-        while self._inflight and asyncio.get_running_loop().time() < deadline:
+        while (self._inflight or self._in_hand) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        if self._inflight:
-            log.warning("stopping with %d run(s) still busy; their leases will expire", len(self._inflight))
+        if self._inflight or self._in_hand:
+            busy = len(self._inflight | set(self._in_hand))
+            log.warning("stopping with %d run(s) still busy; their leases will expire", busy)
