@@ -350,7 +350,13 @@ class RecipientsRefusedError(TargetError):
         self.transient = transient
 
     def details(self) -> dict[str, Any]:
-        return {**super().details(), "recipients": self.recipients}
+        out = {**super().details(), "recipients": self.recipients}
+        # The first refusal's reply code, where the others' errors keep theirs (the dashboard
+        # counts failures by it).
+        codes = [r["code"] for r in self.recipients if r.get("status") == "refused" and r.get("code")]
+        if codes:
+            out["smtp_code"] = codes[0]
+        return out
 
 
 class LeaseLostError(MailwrightError):

@@ -93,10 +93,6 @@ def create_app(
     api.describe(app)
     api_docs.install(app)
 
-    @app.get("/", include_in_schema=False)
-    def home() -> RedirectResponse:
-        return RedirectResponse("/targets")
-
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> RedirectResponse:
         # Browsers ask for it on pages that name none (JSON answers, the API docs).

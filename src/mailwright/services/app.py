@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from mailwright.services.runs import RunService
     from mailwright.services.schedules import ScheduleService
     from mailwright.services.sending import SendService
+    from mailwright.services.stats import StatsService
     from mailwright.services.targets import TargetService
     from mailwright.services.tokens import TokenService
     from mailwright.services.triggers import TriggerService
@@ -176,6 +177,13 @@ class Services:
         from mailwright.services.workers import WorkerService
 
         return WorkerService(self.db)
+
+    @made_on_first_use
+    def stats(self) -> StatsService:
+        """The dashboard's figures: sends per hour and day, failure reasons, triggers' health."""
+        from mailwright.services.stats import StatsService
+
+        return StatsService(self.db)
 
     @made_on_first_use
     def ledger(self) -> RunLedger:

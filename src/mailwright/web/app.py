@@ -17,6 +17,7 @@ from mailwright.web import (
     pages_account_keys,
     pages_audit,
     pages_auth,
+    pages_dashboard,
     pages_sandbox,
     pages_send,
     pages_targets,
@@ -98,6 +99,7 @@ def install(app: FastAPI, *, api_error: ErrorHandler) -> None:
         pages_triggers,
         pages_workers,
         pages_audit,
+        pages_dashboard,
     )
     for module in routers:
         app.include_router(module.router)

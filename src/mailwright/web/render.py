@@ -21,6 +21,7 @@ templates = Jinja2Templates(directory=str(resources.files("mailwright.web").join
 templates.env.globals["version"] = __version__
 
 NAV = [
+    ("dashboard", "Dashboard", "/"),
     ("targets", "Targets", "/targets"),
     ("account_keys", "Account Keys", "/account-keys"),
     ("send", "Send Email", "/send"),
