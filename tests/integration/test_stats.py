@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import delete, insert, select
 
 from mailwright.config import Settings
 from mailwright.engine import retry as retry_module
@@ -18,6 +18,7 @@ from mailwright.engine.executor import Executor
 from mailwright.services.app import Services
 from mailwright.services.stats import NO_TARGET, Span
 from mailwright.storage.tables import (
+    DeliveryHourRow,
     RunRow,
     RunStepRow,
     TriggerMessageRow,
@@ -162,6 +163,23 @@ def test_counts_per_hour_and_day_per_target_and_reasons(stats_services: Services
     ]
     limited = mw.stats.rate_limited(since=now - timedelta(hours=24))
     assert [(r.target, r.held, r.waiting) for r in limited] == [(NO_TARGET, 1, 0), ("Relay A", 1, 1)]
+
+
+def test_closed_hours_are_counted_once_and_kept(stats_services: Services) -> None:
+    mw = stats_services
+    now = utcnow()
+    run_id = add_run(mw, "Relay B", [{"status": "succeeded", "at": hour(now, 3)}] * 3)
+    assert mw.stats.delivery(Span.HOURS, now=now).total().totals == (3, 0, 0)
+    with mw.db.session() as session:
+        stored = session.scalars(select(DeliveryHourRow)).all()
+        assert [(r.target, r.sent) for r in stored] == [("Relay B", 3)]
+        session.execute(delete(RunRow).where(RunRow.id == run_id))  # the run is gone; its hour stays
+    add_run(mw, "Relay B", [{"status": "failed", "at": hour(now, 0), "error": {"code": "timeout"}}])
+    again = mw.stats.delivery(Span.HOURS, now=now)
+    assert again.targets["Relay B"].totals == (3, 1, 0) and again.targets["Relay B"].failed[-1] == 1
+    assert mw.stats.count_closed_hours(now) == mw.stats.count_closed_hours(now)  # nothing left to count
+    [reason] = mw.stats.failure_reasons(since=now - timedelta(hours=2), now=now)
+    assert (reason.error_code, reason.smtp_code, reason.count) == ("timeout", None, 1)
 
 
 def test_trigger_health_names_the_workflow_its_state_and_failed_mails(stats_services: Services) -> None:

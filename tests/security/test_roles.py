@@ -30,8 +30,8 @@ from tests.support.apiserver import APIServer
 from tests.support.cli import CLI
 
 ROLES = (Role.ADMIN, Role.OPERATOR, Role.VIEWER)
-# Pages anyone may open: signing in and out, and the redirect to /targets.
-OPEN_PAGES = {"/login", "/setup", "/logout", "/", "/healthz"}
+# Pages anyone may open: signing in and out, and the health check (the dashboard, at "/", is a viewer's).
+OPEN_PAGES = {"/login", "/setup", "/logout", "/healthz"}
 
 
 @pytest.fixture(scope="module")

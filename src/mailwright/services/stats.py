@@ -1,24 +1,30 @@
 """The dashboard's figures: messages sent, failed and deferred over time, per target.
 
-Every figure is one aggregated query (`GROUP BY`), never a walk over the steps in Python,
-so a database of a million steps answers in a fraction of a second (bench/dashboard.py).
 A send step is counted in the hour (or day) of its last change (`updated_at`):
 
 - sent: the step succeeded;
 - failed: it failed, or its outcome is unknown (it may or may not have arrived);
-- deferred: it waits now for a retry or a rate-limit slot, or it needed more than one
-  attempt before it ended (so a message can be both deferred and sent);
+- deferred: it waits for a retry or a rate-limit slot, or it needed more than one attempt
+  before it ended (so a message can be both deferred and sent);
 - rate-limited: held back by its target's rate limit at least once (its notes say so).
 
+Each hour is counted once, a few minutes after it ends, into `delivery_hours` and
+`delivery_failures` (one aggregated query over that hour's range of an index); a chart
+reads those rows and counts only the steps changed since from `run_steps`. So a
+database of a million steps answers in milliseconds (bench/dashboard.py); the first look
+after an upgrade counts the last 30 days once. A step changed again after its hour was
+counted (deferred, then sent) counts in both hours, as what happened in each.
+
 A step's target is its run's target (a batch, a single Send Email, or a workflow run given
-one); other workflow runs are shown as "(workflow)".
+one) as the run names it (a name in any case, or the target's id), shown as the target's
+display name; other workflow runs are shown as "(workflow)".
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
@@ -26,24 +32,30 @@ from pydantic import BaseModel
 from sqlalchemy import (
     ColumnElement,
     Integer,
-    Select,
     String,
     Text,
     and_,
     case,
     cast,
+    delete,
     func,
     literal,
     or_,
     select,
+    update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import coalesce
 
-from mailwright.domain.runs import StepStatus
+from mailwright.domain.runs import FINISHED_RUN_STATUSES, StepStatus
+from mailwright.errors import NotFoundError
 from mailwright.ledger.outcomes import RATE_LIMIT_NOTE
 from mailwright.storage.db import Database
 from mailwright.storage.tables import (
+    AppSettingRow,
+    DeliveryFailureRow,
+    DeliveryHourRow,
     RunRow,
     RunStepRow,
     TargetRow,
@@ -59,6 +71,9 @@ NO_TARGET: Final = "(workflow)"
 FAILED_STATUSES: Final = (StepStatus.FAILED, StepStatus.UNKNOWN)
 TOP_REASONS: Final = 10
 TIMELINE_BUCKETS: Final = 60  # at most this many bars in a run's timeline
+SETTLE: Final = timedelta(minutes=5)  # an hour is counted this long after it ended
+KEEP: Final = timedelta(days=31)  # counted hours are kept this long
+COUNTED_THROUGH: Final = "stats.counted_through"  # app_settings: the end of the last counted hour
 TIMELINE_STEPS: Final = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
 
 
@@ -148,9 +163,14 @@ class RunTimeline(BaseModel):
     """A run's send steps by when they last changed, in buckets of `seconds`."""
 
     run_id: str
+    status: str = ""
     seconds: int
     starts: list[datetime]
     counts: Counts
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_RUN_STATUSES
 
 
 @dataclass(frozen=True)
@@ -173,6 +193,50 @@ class _Window:
         return [start.strftime("%Y-%m-%d %H")[: self.span.key_length] for start in self.starts]
 
 
+@dataclass(frozen=True)
+class _Hour:
+    """One hour's counts for one target, as its runs name it ("" for none)."""
+
+    target: str
+    hour: datetime
+    sent: int
+    failed: int
+    deferred: int
+
+
+@dataclass(frozen=True)
+class _Failures:
+    target: str
+    hour: datetime
+    code: str
+    smtp_code: int  # 0: no SMTP reply
+    count: int
+    example: str
+
+
+@dataclass(frozen=True)
+class _Figures:
+    hours: list[_Hour]
+    failures: list[_Failures]
+    names: dict[str, str]  # a target's id and name key → its display name
+
+    def shown(self, raw: str) -> str:
+        if not raw:
+            return NO_TARGET
+        return self.names.get(raw, self.names.get(name_key(raw), raw))
+
+    def wanted(self, target: str | None) -> Callable[[str], bool]:
+        """Whether a name as runs write it is `target` (any name when None)."""
+        if target is None:
+            return lambda _raw: True
+        display = self.shown(target).casefold()
+        return lambda raw: self.shown(raw).casefold() == display
+
+
+class _Taken(Exception):
+    """Another process counts these hours now."""
+
+
 class StatsService:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -180,10 +244,11 @@ class StatsService:
 
     def dashboard(self, *, target: str | None = None) -> Dashboard:
         now = utcnow()
+        figures = self._figures(since=now - timedelta(days=30), now=now)  # before the days' first
         return Dashboard(
-            hourly=self.delivery(Span.HOURS, target=target, now=now),
-            daily=self.delivery(Span.DAYS, target=target, now=now),
-            reasons=self.failure_reasons(since=now - timedelta(days=30), target=target),
+            hourly=_series(_Window.ending(Span.HOURS, now), figures, target),
+            daily=_series(_Window.ending(Span.DAYS, now), figures, target),
+            reasons=_reasons(figures, now - timedelta(days=30), target),
             rate_limited=self.rate_limited(since=now - timedelta(hours=24), target=target),
             triggers=[] if target else self.trigger_health(now=now),
         )
@@ -193,60 +258,109 @@ class StatsService:
     def delivery(
         self, span: Span, *, target: str | None = None, now: datetime | None = None
     ) -> DeliverySeries:
-        window = _Window.ending(span, now or utcnow())
+        now = now or utcnow()
+        window = _Window.ending(span, now)
+        return _series(window, self._figures(since=window.first, now=now), target)
+
+    def failure_reasons(
+        self, *, since: datetime, target: str | None = None, now: datetime | None = None
+    ) -> list[FailureReason]:
+        now = now or utcnow()
+        return _reasons(self._figures(since=since, now=now), since, target)
+
+    def _figures(self, *, since: datetime, now: datetime) -> _Figures:
+        """Counted hours from `since` (floored to the hour), and the steps changed after them."""
+        through = self.count_closed_hours(now)
+        first = _floor_hour(since)
         with self._db.session() as session:
+            hours = _stored_hours(session, first, through)
+            failures = _stored_failures(session, first, through)
+            live = max(first, through)
+            hours += self._count_hours(session, live, None)
+            failures += self._count_failures(session, live, None)
             names = self._target_names(session)
-            rows = session.execute(self._delivery_query(window, _raw_names(names, target))).all()
-        keys = window.keys()
-        index = {key: i for i, key in enumerate(keys)}
-        targets: dict[str, Counts] = {}
-        for raw, key, sent, failed, deferred in rows:
-            if key in index:
-                counts = targets.setdefault(_shown(names, raw), _zeros(len(keys)))
-                at = index[key]
-                counts.sent[at] += int(sent)
-                counts.failed[at] += int(failed)
-                counts.deferred[at] += int(deferred)
-        return DeliverySeries(span=span, starts=window.starts, targets=dict(sorted(targets.items())))
+        return _Figures(hours=hours, failures=failures, names=names)
 
-    def _target_names(self, session: Session) -> dict[str, str]:
-        """Each name a run was given for its target (a name in any case, or the target's id) →
-        the target's display name; names of deleted targets stay as they were written."""
-        known = session.execute(select(TargetRow.id, TargetRow.name_key, TargetRow.display_name)).all()
-        by_ref = {ref: display for id_, key, display in known for ref in (id_, key)}
-        written = session.scalars(select(RunRow.target).distinct()).all()
-        written_as = {raw: by_ref.get(name_key(raw), by_ref.get(raw, raw)) for raw in written if raw}
-        return {**by_ref, **written_as}  # the targets' ids and names too, to be asked for by either
+    def count_closed_hours(self, now: datetime | None = None) -> datetime:
+        """Count the hours that ended (SETTLE ago) and were not counted yet; the end of the last."""
+        end = _floor_hour((now or utcnow()) - SETTLE)
+        through = self._counted_through()
+        if through is not None and through >= end:
+            return through
+        begin = end - KEEP if through is None else max(through, end - KEEP)
+        try:
+            with self._db.session() as session:
+                self._claim(session, through, end)
+                session.add_all(_hour_row(h) for h in self._count_hours(session, begin, end))
+                session.add_all(_failure_row(f) for f in self._count_failures(session, begin, end))
+                session.execute(delete(DeliveryHourRow).where(DeliveryHourRow.hour < end - KEEP))
+                session.execute(delete(DeliveryFailureRow).where(DeliveryFailureRow.hour < end - KEEP))
+        except (_Taken, IntegrityError):
+            return self._counted_through() or end
+        return end
 
-    def _delivery_query(self, window: _Window, targets: list[str] | None) -> Select[Any]:
-        """Counted per run and bucket over the index alone, then summed per name of target."""
-        step = RunStepRow
-        bucket = self._bucket_key(step.updated_at, window.span).label("bucket")
-        per_run = (
-            select(
-                step.run_id,
-                bucket,
-                _count_when(step.status == StepStatus.SUCCEEDED).label("sent"),
-                _count_when(step.status.in_(FAILED_STATUSES)).label("failed"),
-                _count_when(_was_deferred()).label("deferred"),
-            )
-            .where(step.activity == SEND_ACTIVITY, step.updated_at >= window.first)
-            .group_by(step.run_id, bucket)
+    def _counted_through(self) -> datetime | None:
+        with self._db.session() as session:
+            value = session.get(AppSettingRow, COUNTED_THROUGH)
+            return None if value is None else datetime.fromisoformat(value.value)
+
+    def _claim(self, session: Session, through: datetime | None, end: datetime) -> None:
+        """Move the mark from `through` to `end`, or raise _Taken if another process moved it."""
+        if through is None:
+            session.add(AppSettingRow(key=COUNTED_THROUGH, value=end.isoformat()))
+            session.flush()  # a second process's row conflicts: IntegrityError
+            return
+        moved = session.execute(
+            update(AppSettingRow)
+            .where(AppSettingRow.key == COUNTED_THROUGH, AppSettingRow.value == through.isoformat())
+            .values(value=end.isoformat(), updated_at=utcnow())
         )
-        if targets is not None:
-            per_run = per_run.where(step.run_id.in_(select(RunRow.id).where(RunRow.target.in_(targets))))
-        runs = per_run.subquery()
-        return (
+        if getattr(moved, "rowcount", 0) != 1:
+            raise _Taken
+
+    def _count_hours(self, session: Session, begin: datetime, end: datetime | None) -> list[_Hour]:
+        step = RunStepRow
+        bucket = self._bucket_key(step.updated_at, Span.HOURS)
+        query = (
             select(
                 RunRow.target,
-                runs.c.bucket,
-                func.sum(runs.c.sent),
-                func.sum(runs.c.failed),
-                func.sum(runs.c.deferred),
+                bucket,
+                _count_when(step.status == StepStatus.SUCCEEDED),
+                _count_when(step.status.in_(FAILED_STATUSES)),
+                _count_when(_was_deferred()),
             )
-            .select_from(runs.join(RunRow, RunRow.id == runs.c.run_id))
-            .group_by(RunRow.target, runs.c.bucket)
+            .select_from(step)
+            .join(RunRow, RunRow.id == step.run_id)
+            .where(*_sends_between(begin, end))
+            .group_by(RunRow.target, bucket)
         )
+        return [
+            _Hour(target or "", _parse_hour(key), int(s), int(f), int(d))
+            for target, key, s, f, d in session.execute(query)
+        ]
+
+    def _count_failures(self, session: Session, begin: datetime, end: datetime | None) -> list[_Failures]:
+        step = RunStepRow
+        bucket = self._bucket_key(step.updated_at, Span.HOURS)
+        code = coalesce(step.error["code"].as_string(), literal("unknown"))
+        smtp = coalesce(step.error["smtp_code"].as_integer(), literal(0))
+        query = (
+            select(
+                RunRow.target, bucket, code, smtp, func.count(), func.max(step.error["message"].as_string())
+            )
+            .select_from(step)
+            .join(RunRow, RunRow.id == step.run_id)
+            .where(*_sends_between(begin, end), step.status.in_(FAILED_STATUSES))
+            .group_by(RunRow.target, bucket, code, smtp)
+        )
+        return [
+            _Failures(target or "", _parse_hour(key), str(c), int(sc), int(n), m or "")
+            for target, key, c, sc, n, m in session.execute(query)
+        ]
+
+    def _target_names(self, session: Session) -> dict[str, str]:
+        known = session.execute(select(TargetRow.id, TargetRow.name_key, TargetRow.display_name)).all()
+        return {ref: display for id_, key, display in known for ref in (id_, key)}
 
     def _bucket_key(self, column: Any, span: Span) -> ColumnElement[str]:
         """ "YYYY-MM-DD HH" (hours) or "YYYY-MM-DD" (days) of a UTC timestamp, on either database."""
@@ -256,30 +370,7 @@ class StatsService:
         # SQLite keeps timestamps as "YYYY-MM-DD HH:MM:SS.ffffff" text in UTC.
         return func.substr(cast(column, String), 1, span.key_length)
 
-    # --- why sends failed, and rate limits -------------------------------------------------------
-
-    def failure_reasons(self, *, since: datetime, target: str | None = None) -> list[FailureReason]:
-        step = RunStepRow
-        code = coalesce(step.error["code"].as_string(), literal("unknown")).label("code")
-        smtp = step.error["smtp_code"].as_integer().label("smtp")
-        query = (
-            select(code, smtp, func.count().label("n"), func.max(step.error["message"].as_string()))
-            .where(step.activity == SEND_ACTIVITY, step.updated_at >= since, step.status.in_(FAILED_STATUSES))
-            .group_by(code, smtp)
-            .order_by(func.count().desc(), code)
-            .limit(TOP_REASONS)
-        )
-        with self._db.session() as session:
-            raws = _raw_names(self._target_names(session), target)
-            if raws is not None:
-                query = query.where(step.run_id.in_(select(RunRow.id).where(RunRow.target.in_(raws))))
-            rows = session.execute(query).all()
-        return [
-            FailureReason(
-                error_code=str(c), smtp_code=None if s is None else int(s), count=int(n), example=m or ""
-            )
-            for c, s, n, m in rows
-        ]
+    # --- rate limits ------------------------------------------------------------------------------
 
     def rate_limited(self, *, since: datetime, target: str | None = None) -> list[RateLimited]:
         step = RunStepRow
@@ -288,21 +379,20 @@ class StatsService:
             select(RunRow.target, func.count(), _count_when(step.status == StepStatus.DEFERRED))
             .select_from(step)
             .join(RunRow, RunRow.id == step.run_id)
-            .where(step.activity == SEND_ACTIVITY, step.updated_at >= since, noted)
+            .where(*_sends_between(since, None), noted)
             .group_by(RunRow.target)
         )
         with self._db.session() as session:
-            names = self._target_names(session)
-            raws = _raw_names(names, target)
-            if raws is not None:
-                query = query.where(RunRow.target.in_(raws))
+            figures = _Figures(hours=[], failures=[], names=self._target_names(session))
             rows = session.execute(query).all()
+        wanted = figures.wanted(target)
         merged: dict[str, RateLimited] = {}
         for raw, held, waiting in rows:
-            name = _shown(names, raw)
-            entry = merged.setdefault(name, RateLimited(target=name, held=0, waiting=0))
-            entry.held += int(held)
-            entry.waiting += int(waiting)
+            if wanted(raw or ""):
+                name = figures.shown(raw or "")
+                entry = merged.setdefault(name, RateLimited(target=name, held=0, waiting=0))
+                entry.held += int(held)
+                entry.waiting += int(waiting)
         return [merged[name] for name in sorted(merged)]
 
     # --- email triggers -------------------------------------------------------------------------
@@ -338,11 +428,14 @@ class StatsService:
         step = RunStepRow
         mine = and_(step.run_id == run_id, step.activity == SEND_ACTIVITY)
         with self._db.session() as session:
+            status = session.scalar(select(RunRow.status).where(RunRow.id == run_id))
+            if status is None:
+                raise NotFoundError(f"no run with id {run_id!r}", hint="find it on the Runs page")
             first, last = session.execute(
                 select(func.min(step.updated_at), func.max(step.updated_at)).where(mine)
             ).one()
             if first is None:
-                return RunTimeline(run_id=run_id, seconds=1, starts=[], counts=_zeros(0))
+                return RunTimeline(run_id=run_id, status=status, seconds=1, starts=[], counts=_zeros(0))
             seconds = _timeline_step(last - first)
             origin = int(first.timestamp()) // seconds * seconds
             slot = self._slot(step.updated_at, origin, seconds)
@@ -357,7 +450,8 @@ class StatsService:
                 .group_by(slot)
             )
             rows = session.execute(query).all()
-        return _timeline(run_id, seconds, datetime.fromtimestamp(origin, first.tzinfo), rows)
+        timeline = _timeline(run_id, seconds, datetime.fromtimestamp(origin, first.tzinfo), rows)
+        return timeline.model_copy(update={"status": status})
 
     def _slot(self, column: Any, origin: int, seconds: int) -> ColumnElement[int]:
         """Which bucket of `seconds` from `origin` (a Unix time) a timestamp falls in."""
@@ -366,25 +460,94 @@ class StatsService:
         return (cast(func.strftime("%s", column), Integer) - origin) // seconds
 
 
+def _message() -> ColumnElement[str]:
+    message: ColumnElement[str] = RunStepRow.error["message"].as_string()
+    return message
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _parse_hour(key: str) -> datetime:
+    return datetime.strptime(key, "%Y-%m-%d %H").replace(tzinfo=UTC)
+
+
+def _sends_between(begin: datetime, end: datetime | None) -> list[ColumnElement[bool]]:
+    step = RunStepRow
+    bounds = [step.updated_at >= begin, step.activity == SEND_ACTIVITY]
+    return bounds if end is None else [*bounds, step.updated_at < end]
+
+
+def _stored_hours(session: Session, first: datetime, through: datetime) -> list[_Hour]:
+    t = DeliveryHourRow
+    query = select(t.target, t.hour, t.sent, t.failed, t.deferred).where(t.hour >= first, t.hour < through)
+    return [_Hour(*row) for row in session.execute(query)]
+
+
+def _stored_failures(session: Session, first: datetime, through: datetime) -> list[_Failures]:
+    """The counted hours' failures, summed over the hours (dated `first`: reasons need no hour)."""
+    t = DeliveryFailureRow
+    query = (
+        select(t.target, t.code, t.smtp_code, func.sum(t.count), func.max(t.example))
+        .where(t.hour >= first, t.hour < through)
+        .group_by(t.target, t.code, t.smtp_code)
+    )
+    return [
+        _Failures(target, first, code, smtp, int(n), m or "")
+        for target, code, smtp, n, m in session.execute(query)
+    ]
+
+
+def _hour_row(hour: _Hour) -> DeliveryHourRow:
+    return DeliveryHourRow(
+        hour=hour.hour, target=hour.target, sent=hour.sent, failed=hour.failed, deferred=hour.deferred
+    )
+
+
+def _failure_row(f: _Failures) -> DeliveryFailureRow:
+    return DeliveryFailureRow(
+        hour=f.hour, target=f.target, code=f.code, smtp_code=f.smtp_code, count=f.count, example=f.example
+    )
+
+
+def _series(window: _Window, figures: _Figures, target: str | None) -> DeliverySeries:
+    keys = window.keys()
+    index = {key: i for i, key in enumerate(keys)}
+    wanted = figures.wanted(target)
+    targets: dict[str, Counts] = {}
+    for hour in figures.hours:
+        at = index.get(hour.hour.strftime("%Y-%m-%d %H")[: window.span.key_length])
+        if at is not None and wanted(hour.target):
+            counts = targets.setdefault(figures.shown(hour.target), _zeros(len(keys)))
+            counts.sent[at] += hour.sent
+            counts.failed[at] += hour.failed
+            counts.deferred[at] += hour.deferred
+    return DeliverySeries(span=window.span, starts=window.starts, targets=dict(sorted(targets.items())))
+
+
+def _reasons(figures: _Figures, since: datetime, target: str | None) -> list[FailureReason]:
+    first = _floor_hour(since)
+    wanted = figures.wanted(target)
+    merged: dict[tuple[str, int], FailureReason] = {}
+    for f in figures.failures:
+        if f.hour >= first and wanted(f.target):
+            smtp = f.smtp_code or None
+            reason = merged.setdefault(
+                (f.code, f.smtp_code), FailureReason(error_code=f.code, smtp_code=smtp, count=0, example="")
+            )
+            reason.count += f.count
+            reason.example = max(reason.example, f.example)
+    ranked = sorted(merged.values(), key=lambda r: (-r.count, r.error_code, r.smtp_code or 0))
+    return ranked[:TOP_REASONS]
+
+
 def _count_when(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.sum(case((condition, 1), else_=0))
 
 
 def _was_deferred() -> ColumnElement[bool]:
     return or_(RunStepRow.status == StepStatus.DEFERRED, RunStepRow.attempts > 1)
-
-
-def _raw_names(names: dict[str, str], target: str | None) -> list[str] | None:
-    """The names runs were given for `target` (None: every target; [] when it has no runs)."""
-    if target is None:
-        return None
-    display = names.get(target, target)
-    wanted = {display.casefold(), target.casefold()}
-    return [raw for raw, shown in names.items() if shown.casefold() in wanted]
-
-
-def _shown(names: dict[str, str], raw: str | None) -> str:
-    return names.get(raw, raw) if raw else NO_TARGET
 
 
 def _zeros(length: int) -> Counts:

@@ -351,3 +351,29 @@ class WorkerRow(Base):
     runs_in_hand: Mapped[int] = mapped_column(default=0, server_default="0")
     started_at: Mapped[datetime] = mapped_column()
     heartbeat_at: Mapped[datetime] = mapped_column()
+
+
+class DeliveryHourRow(Base):
+    """Send steps of one hour and one target (as the runs name it; "" for none), counted once the
+    hour is over (services/stats.py), so the dashboard never counts a month of steps again."""
+
+    __tablename__ = "delivery_hours"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    target: Mapped[str] = mapped_column(String(200), primary_key=True)
+    sent: Mapped[int] = mapped_column()
+    failed: Mapped[int] = mapped_column()
+    deferred: Mapped[int] = mapped_column()
+
+
+class DeliveryFailureRow(Base):
+    """Failed send steps of one hour and target by error class (`code`) and SMTP reply code (0: none)."""
+
+    __tablename__ = "delivery_failures"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    target: Mapped[str] = mapped_column(String(200), primary_key=True)
+    code: Mapped[str] = mapped_column(String(100), primary_key=True)
+    smtp_code: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column()
+    example: Mapped[str] = mapped_column(Text, default="")

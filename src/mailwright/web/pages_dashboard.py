@@ -49,7 +49,6 @@ def target_chart(ref: str, services: ServicesDep, _session: ViewerSession) -> JS
 @router.get("/charts/runs/{run_id}")
 def run_chart(run_id: str, services: ServicesDep, _session: ViewerSession) -> JSONResponse:
     """A run's send steps over time (a batch's timeline)."""
-    services.runs.get(run_id)  # a run that does not exist is a 404 page, as everywhere
     return JSONResponse(timeline_json(services.stats.run_timeline(run_id)))
 
 
@@ -77,6 +76,7 @@ def timeline_json(timeline: RunTimeline) -> dict[str, Any]:
     fmt = "%H:%M:%S" if timeline.seconds < 3600 else "%m-%d %H:%M"
     return {
         "run_id": timeline.run_id,
+        "finished": timeline.finished,
         "seconds": timeline.seconds,
         "labels": [start.strftime(fmt) for start in timeline.starts],
         "total": timeline.counts.model_dump(),

@@ -92,7 +92,7 @@
     summary(group, data);
     group.dataset.chartLoaded = "true";
     const every = Number(group.dataset.chartRefresh || 0);
-    if (every > 0) setTimeout(function () { drawFetched(group); }, every * 1000);
+    if (every > 0 && !data.finished) setTimeout(function () { drawFetched(group); }, every * 1000);
   }
 
   function start() {
