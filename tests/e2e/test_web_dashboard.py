@@ -12,6 +12,9 @@ from tests.support.webapp import WebApp, first_login, nav, shot
 
 SENT = 12
 REFUSED = 2
+WIDER_THAN_390 = """() => [...document.querySelectorAll('main *')]
+    .filter(e => e.getBoundingClientRect().right > 391).slice(0, 8)
+    .map(e => `${e.tagName}.${e.className}#${e.id} ${Math.round(e.getBoundingClientRect().right)}`)"""
 
 
 def batch(web: WebApp, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -83,6 +86,12 @@ def test_dashboard_shows_the_sends_failures_and_charts(page: Page, web: WebApp) 
     page.get_by_label("Show").select_option(SANDBOX_TARGET_NAME)
     assert chart_sum(page, hourly, 0) == SENT
     shot(page, "dashboard")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the tables scroll in their box
+    page.wait_for_timeout(200)
+    wide = page.evaluate(WIDER_THAN_390)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
+    shot(page, "dashboard-390")
+    page.set_viewport_size({"width": 1280, "height": 860})
 
     # A target's page: its own chart.
     target = web.services.targets.get(SANDBOX_TARGET_NAME)
