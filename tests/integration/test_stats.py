@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 
 from mailwright.config import Settings
 from mailwright.engine import retry as retry_module
 from mailwright.engine.executor import Executor
 from mailwright.services.app import Services
-from mailwright.services.stats import NO_TARGET, Span
+from mailwright.services.stats import NO_TARGET, Span, StatsService
 from mailwright.storage.tables import (
     DeliveryHourRow,
     RunRow,
@@ -180,6 +181,19 @@ def test_closed_hours_are_counted_once_and_kept(stats_services: Services) -> Non
     assert mw.stats.count_closed_hours(now) == mw.stats.count_closed_hours(now)  # nothing left to count
     [reason] = mw.stats.failure_reasons(since=now - timedelta(hours=2), now=now)
     assert (reason.error_code, reason.smtp_code, reason.count) == ("timeout", None, 1)
+
+
+def test_processes_counting_at_once_count_each_hour_once(stats_services: Services) -> None:
+    mw = stats_services
+    now = utcnow()
+    add_run(mw, "Relay C", [{"status": "succeeded", "at": hour(now, back)} for back in range(2, 40)])
+    services = [StatsService(mw.db) for _ in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ends = list(pool.map(lambda stats: stats.count_closed_hours(now), services))
+    assert len(set(ends)) == 1
+    with mw.db.session() as session:
+        assert session.scalar(select(func.sum(DeliveryHourRow.sent))) == 38
+    assert mw.stats.delivery(Span.DAYS, now=now).total().totals == (38, 0, 0)
 
 
 def test_trigger_health_names_the_workflow_its_state_and_failed_mails(stats_services: Services) -> None:
