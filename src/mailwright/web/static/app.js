@@ -246,3 +246,41 @@ document.addEventListener("DOMContentLoaded", () => {
   setupAddNew();
   setupTokenLogin();
 });
+
+// === W4 small screens ===
+// The Main menu folds away on narrow screens (CSS decides when): a button with aria-expanded
+// opens it, Escape closes it and gives the focus back to the button.
+function setupMenu() {
+  const nav = document.querySelector("nav.sidebar");
+  const button = nav && nav.querySelector(".menu-toggle");
+  if (!button) return;
+  const show = (open) => {
+    nav.classList.toggle("open", open);
+    button.setAttribute("aria-expanded", String(open));
+  };
+  nav.classList.add("collapsible");
+  show(false);
+  button.addEventListener("click", () => show(!nav.classList.contains("open")));
+  nav.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && nav.classList.contains("open")) {
+      show(false);
+      button.focus();
+    }
+  });
+}
+
+// A table or preformatted text that scrolls sideways (narrow screens) takes the keyboard focus,
+// so it can be scrolled with the arrow keys.
+function markScrollBoxes() {
+  document.querySelectorAll("main table, main pre").forEach((box) => {
+    if (box.scrollWidth > box.clientWidth) box.tabIndex = 0;
+    else box.removeAttribute("tabindex");
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setupMenu();
+  markScrollBoxes();
+  window.addEventListener("resize", markScrollBoxes);
+  document.addEventListener("toggle", markScrollBoxes, true); // a <details> opened
+});
