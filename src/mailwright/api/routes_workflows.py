@@ -62,9 +62,12 @@ class StartIn(BaseModel):
 
 
 def _text(document: str | dict[str, Any]) -> str:
+    """The document's text: as sent, or a JSON object written out readably (its keys in order)."""
     import json
 
-    return document if isinstance(document, str) else json.dumps(document)
+    if isinstance(document, str):
+        return document
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
 @router.get("/workflows", dependencies=[viewer("listing workflows")], tags=["workflows"])
@@ -111,8 +114,14 @@ def get_workflow(ref: Ref, services: ServicesDep) -> WorkflowPublic:
     responses=errors(404, 422),
 )
 def export_workflow(
-    ref: Ref, services: ServicesDep, format: Literal["yaml", "json"] = "yaml"
+    ref: Ref,
+    services: ServicesDep,
+    format: Annotated[
+        Literal["yaml", "json"] | None,
+        Query(description="rewrite in this format; left out, the document comes as it was written"),
+    ] = None,
 ) -> ExportedWorkflow:
+    """The document as its author wrote it: comments, key order and layout kept."""
     return services.workflows.export(ref, format)
 
 
