@@ -31,7 +31,7 @@ from tests.support.cli import CLI
 
 ROLES = (Role.ADMIN, Role.OPERATOR, Role.VIEWER)
 # Pages anyone may open: signing in and out, and the redirect to /targets.
-OPEN_PAGES = {"/login", "/setup", "/logout", "/", "/healthz"}
+OPEN_PAGES = {"/login", "/setup", "/logout", "/", "/healthz", "/favicon.ico"}  # the icon: as /static
 
 
 @pytest.fixture(scope="module")
