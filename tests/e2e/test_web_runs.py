@@ -42,7 +42,7 @@ def test_batch_of_1000_to_the_sandbox_totals_pages_and_search(page: Page, web: W
     page.goto(f"/runs/{created.run_id}")
     # Polled while it runs; the page reloads itself once the run has ended.
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=60_000)
-    expect(page.get_by_role("region", name="Progress")).to_contain_text("1,000 of 1,000 messages done")
+    expect(page.get_by_role("region", name="Progress")).to_contain_text("1,000 of 1,000 messages done (100%)")
     expect(page.locator("#run-progress-bar")).to_have_count(0)  # the bar is for a run going on
     totals = page.get_by_role("navigation", name="Filter steps by state")
     expect(totals).to_contain_text("all 1,000")
@@ -118,7 +118,7 @@ def test_running_batch_shows_live_progress_then_failed_first(
         timeout=20_000,
     )
     region = page.get_by_role("region", name="Progress")
-    expect(region).to_contain_text(re.compile(r"of 250 messages done"))
+    expect(region).to_contain_text(re.compile(r"of 250 messages done \(\d{1,3}%\)"))
     shot(page, "run-batch-running")
     expect(page.locator("#run-status")).not_to_have_text(re.compile("queued|running"), timeout=60_000)
     totals = page.get_by_role("navigation", name="Filter steps by state")

@@ -312,6 +312,8 @@ function showStepTotals(base, counts, total) {
 function showProgress(section, data) {
   section.querySelector("[data-progress-done]").textContent = data.done.toLocaleString("en-US");
   section.querySelector("[data-progress-total]").textContent = data.total.toLocaleString("en-US");
+  const percent = data.total ? Math.floor((100 * data.done) / data.total) : 0;
+  section.querySelector("[data-progress-percent]").textContent = String(percent);
   const bar = document.getElementById("run-progress-bar");
   if (bar) {
     bar.max = Math.max(data.total, 1);
