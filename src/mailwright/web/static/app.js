@@ -300,6 +300,16 @@ function stepFilterLink(base, name, count) {
 function showStepTotals(base, counts, total) {
   const nav = document.getElementById("step-filter");
   if (!nav) return;
+  // The same statuses as shown: only the numbers change (a focused link keeps its focus).
+  const shown = [...nav.querySelectorAll("[data-count]")].map((span) => span.dataset.count);
+  const names = ["all", ...Object.keys(counts)];
+  if (shown.join(" ") === names.join(" ")) {
+    nav.querySelectorAll("[data-count]").forEach((span) => {
+      const count = span.dataset.count === "all" ? total : counts[span.dataset.count];
+      span.textContent = count.toLocaleString("en-US");
+    });
+    return;
+  }
   const links = [stepFilterLink(base, "all", total)];
   for (const [name, count] of Object.entries(counts)) links.push(stepFilterLink(base, name, count));
   nav.replaceChildren();
