@@ -216,3 +216,23 @@ def test_run_pages_at_phone_width_scroll_only_inside_their_tables(page: Page, we
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"{address} is {width} px wide at 390"
     shot(page, "runs-list-390")
+
+
+def test_a_one_message_run_page_follows_its_status_without_a_reload(page: Page, web: WebApp) -> None:
+    with SMTPTestServer(faults=Faults(delay={"data": 2.0})) as slow:
+        web.services.targets.create(
+            TargetCreate(
+                display_name="Slow", server="127.0.0.1", port=slow.port, security="none", no_account_keys=True
+            )
+        )
+        first_login(page, web)
+        run_id = web.services.runs.start_send_email(
+            SendEmailRequest.model_validate(
+                {"target": "Slow", "from": "a@example.org", "to": ["b@example.net"], "subject": "slow"}
+            )
+        ).id
+        page.goto(f"/runs/{run_id}")
+        expect(page.locator("#run-status")).to_have_text(re.compile("queued|running"))
+        # No reload by the test: the page polls its progress and reloads itself once the run ended.
+        expect(page.locator("#run-status")).to_have_text("succeeded", timeout=15_000)
+        expect(page.get_by_role("region", name="Step send")).to_contain_text("succeeded")

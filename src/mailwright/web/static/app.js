@@ -319,11 +319,17 @@ function showStepTotals(base, counts, total) {
   });
 }
 
+function setText(root, selector, text) {
+  const element = root.querySelector(selector);
+  if (element) element.textContent = text;
+}
+
+// A batch's page shows the numbers; a workflow run's page only follows its status.
 function showProgress(section, data) {
-  section.querySelector("[data-progress-done]").textContent = data.done.toLocaleString("en-US");
-  section.querySelector("[data-progress-total]").textContent = data.total.toLocaleString("en-US");
+  setText(section, "[data-progress-done]", data.done.toLocaleString("en-US"));
+  setText(section, "[data-progress-total]", data.total.toLocaleString("en-US"));
   const percent = data.total ? Math.floor((100 * data.done) / data.total) : 0;
-  section.querySelector("[data-progress-percent]").textContent = String(percent);
+  setText(section, "[data-progress-percent]", String(percent));
   const bar = document.getElementById("run-progress-bar");
   if (bar) {
     bar.max = Math.max(data.total, 1);
