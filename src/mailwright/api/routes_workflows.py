@@ -18,6 +18,7 @@ from mailwright.api.params import (
     Index,
     Limit,
     NameFilter,
+    Offset,
     Ref,
     RunId,
     refuse_nul,
@@ -274,11 +275,25 @@ RunStatus = Annotated[
 ]
 
 
+TargetFilter = Annotated[
+    str | None,
+    Query(description="only the runs of this target (its name)", min_length=1, max_length=200),
+]
+
+
 @router.get("/runs", dependencies=[viewer("listing runs")], tags=["runs"], responses=errors(422))
 def list_runs(
-    services: ServicesDep, status: RunStatus = None, workflow: NameFilter = None, limit: Limit = 50
+    services: ServicesDep,
+    status: RunStatus = None,
+    workflow: NameFilter = None,
+    target: TargetFilter = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> list[RunPublic]:
-    return services.runs.list_runs(limit=limit, status=status, workflow=workflow)
+    """Runs newest first, optionally of one status, workflow and target; `offset` pages on."""
+    return services.runs.list_runs(
+        limit=limit, status=status, workflow=workflow, target=target, offset=offset
+    )
 
 
 @router.get(

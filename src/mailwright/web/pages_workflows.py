@@ -1,15 +1,13 @@
-"""Workflows and Runs pages: upload or edit a document, start it with a generated form, follow runs."""
+"""Workflows pages: upload or edit a document, start it with a generated form (runs: pages_runs.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from mailwright.domain.runs import RunStatus
 from mailwright.errors import MailwrightError
 from mailwright.services.app import Services
 from mailwright.services.workflows import WorkflowPublic
@@ -217,59 +215,3 @@ async def delete_workflow(
 ) -> Response:
     workflow = services.workflows.get(ref)
     return await delete_confirmed(request, session, _deletable(workflow), services.workflows.delete)
-
-
-@router.get("/runs")
-def list_runs(request: Request, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
-    return render(
-        request, "runs/list.html", session=session, section="runs", runs=services.runs.list_runs(limit=100)
-    )
-
-
-@router.get("/runs/{run_id}")
-def show_run(
-    request: Request, run_id: str, services: ServicesDep, session: ViewerSession, state: str = ""
-) -> HTMLResponse:
-    shown = state.strip() or None
-    run = services.runs.get(run_id, state=shown)
-    # Counts of every step by status (a batch's come with it; a workflow's are counted here).
-    counts = run.step_counts
-    if counts is None:
-        every = run if shown is None else services.runs.get(run_id)
-        counts = dict(Counter(s.status for s in every.steps))
-    return render(
-        request,
-        "runs/detail.html",
-        session=session,
-        section="runs",
-        run=run,
-        state=shown,
-        counts=counts,
-    )
-
-
-@router.post("/runs/{run_id}/cancel")
-async def cancel_run(
-    request: Request, run_id: str, services: ServicesDep, session: OperatorSession
-) -> Response:
-    form = await request.form()
-    check_csrf(session, forms.optional(form, "csrf_token"))
-    run = services.runs.cancel(run_id)
-    return redirect(
-        f"/runs/{run.id}",
-        flash="Cancelled." if run.status == RunStatus.CANCELLED else "Cancellation requested.",
-    )
-
-
-@router.post("/runs/{run_id}/retry")
-async def retry_run(
-    request: Request, run_id: str, services: ServicesDep, session: OperatorSession
-) -> Response:
-    form = await request.form()
-    check_csrf(session, forms.optional(form, "csrf_token"))
-    include_unknown = forms.optional(form, "include_unknown") == "true"
-    run = services.runs.retry(run_id, include_unknown=include_unknown)
-    flash = "Queued again; steps that succeeded are not repeated."
-    if include_unknown:
-        flash += " Messages whose outcome was unknown are sent again, with their Message-ID."
-    return redirect(f"/runs/{run.id}", flash=flash)

@@ -284,3 +284,121 @@ document.addEventListener("DOMContentLoaded", () => {
   window.addEventListener("resize", markScrollBoxes);
   document.addEventListener("toggle", markScrollBoxes, true); // a <details> opened
 });
+
+// --- W1 runs: relative times kept current; a running batch's progress and totals, polled ---------
+
+function relativeTime(moment, now) {
+  const seconds = Math.round((now - moment) / 1000);
+  const size = Math.abs(seconds);
+  if (size < 5) return "just now";
+  const units = [[86400, "day"], [3600, "h"], [60, "min"], [1, "s"]];
+  for (const [unit, name] of units) {
+    if (size >= unit) {
+      const count = Math.floor(size / unit);
+      const label = `${count} ${name}${name === "day" && count !== 1 ? "s" : ""}`;
+      return seconds > 0 ? `${label} ago` : `in ${label}`;
+    }
+  }
+  return "just now";
+}
+
+function refreshRelativeTimes() {
+  const now = Date.now();
+  document.querySelectorAll("time[data-relative]").forEach((time) => {
+    time.textContent = relativeTime(Date.parse(time.dateTime), now);
+  });
+}
+
+const RUN_BADGES = { succeeded: "badge ok", failed: "badge bad", unknown: "badge warn" };
+
+function stepFilterLink(base, name, count) {
+  const link = document.createElement("a");
+  const search = new URLSearchParams(window.location.search).get("q");
+  const query = new URLSearchParams();
+  if (name !== "all") query.set("state", name);
+  if (search) query.set("q", search);
+  link.href = query.toString() ? `${base}?${query}` : base;
+  const current = new URLSearchParams(window.location.search).get("state") || "all";
+  if (current === name) link.setAttribute("aria-current", "page");
+  if (name !== "all") {
+    const badge = document.createElement("span");
+    badge.className = RUN_BADGES[name] || "badge";
+    badge.textContent = name;
+    link.append(badge, " ");
+  } else {
+    link.append("all ");
+  }
+  const number = document.createElement("span");
+  number.dataset.count = name;
+  number.textContent = count.toLocaleString("en-US");
+  link.append(number);
+  return link;
+}
+
+function showStepTotals(base, counts, total) {
+  const nav = document.getElementById("step-filter");
+  if (!nav) return;
+  // The same statuses as shown: only the numbers change (a focused link keeps its focus).
+  const shown = [...nav.querySelectorAll("[data-count]")].map((span) => span.dataset.count);
+  const names = ["all", ...Object.keys(counts)];
+  if (shown.join(" ") === names.join(" ")) {
+    nav.querySelectorAll("[data-count]").forEach((span) => {
+      const count = span.dataset.count === "all" ? total : counts[span.dataset.count];
+      span.textContent = count.toLocaleString("en-US");
+    });
+    return;
+  }
+  const links = [stepFilterLink(base, "all", total)];
+  for (const [name, count] of Object.entries(counts)) links.push(stepFilterLink(base, name, count));
+  nav.replaceChildren();
+  links.forEach((link, n) => {
+    if (n > 0) nav.append(" · ");
+    nav.append(link);
+  });
+}
+
+function setText(root, selector, text) {
+  const element = root.querySelector(selector);
+  if (element) element.textContent = text;
+}
+
+// A batch's page shows the numbers; a workflow run's page only follows its status.
+function showProgress(section, data) {
+  setText(section, "[data-progress-done]", data.done.toLocaleString("en-US"));
+  setText(section, "[data-progress-total]", data.total.toLocaleString("en-US"));
+  const percent = data.total ? Math.floor((100 * data.done) / data.total) : 0;
+  setText(section, "[data-progress-percent]", String(percent));
+  const bar = document.getElementById("run-progress-bar");
+  if (bar) {
+    bar.max = Math.max(data.total, 1);
+    bar.value = data.done;
+    bar.textContent = `${data.done} of ${data.total}`;
+  }
+  const status = document.getElementById("run-status");
+  if (status) status.textContent = data.status;
+  showStepTotals(window.location.pathname, data.counts, data.total);
+}
+
+async function pollRunProgress(section) {
+  const active = ["queued", "running", "preparing"];
+  try {
+    const response = await fetch(section.dataset.progressUrl, { credentials: "same-origin" });
+    if (response.ok) {
+      const data = await response.json();
+      showProgress(section, data);
+      if (!active.includes(data.status)) {
+        window.location.reload(); // finished: the steps, totals and actions as they ended
+        return;
+      }
+    }
+  } catch (error) {
+    // A dropped connection: try again at the next tick.
+  }
+  window.setTimeout(() => pollRunProgress(section), 1000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  if (document.querySelector("time[data-relative]")) window.setInterval(refreshRelativeTimes, 30000);
+  const section = document.getElementById("run-progress");
+  if (section && "running" in section.dataset) window.setTimeout(() => pollRunProgress(section), 1000);
+});
