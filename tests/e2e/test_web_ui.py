@@ -74,10 +74,9 @@ def test_new_target_with_add_new_key_and_send_through_the_sandbox(page: Page, we
     page.get_by_label("To", exact=True).fill("alice@example.test, bob@example.test")
     page.get_by_label("BCC").fill("audit@example.test")
     page.get_by_label("Subject").fill("Hello from the sandbox ✓")
-    page.get_by_label("Message").fill(
+    page.get_by_label("HTML", exact=True).fill(
         "<p>Hi <b>there</b><script>document.title='pwned'</script><img src='http://example.com/t.png'></p>"
     )
-    page.get_by_label("Send as HTML").check()
     page.get_by_label("Attachments").set_input_files(
         files=[FilePayload(name="notes.txt", mimeType="text/plain", buffer=b"attached notes\n")]
     )
@@ -212,7 +211,7 @@ def test_target_at_postfix_test_connection_and_send_with_attachment(
     page.locator("#main").get_by_role("link", name="Send Email").click()
     page.get_by_label("To", exact=True).fill(address)
     page.get_by_label("Subject").fill("Report with attachment")
-    page.get_by_label("Message").fill("Please find the report attached.")
+    page.get_by_label("Text", exact=True).fill("Please find the report attached.")
     page.get_by_label("Attachments").set_input_files(
         files=[FilePayload(name="report.pdf", mimeType="application/pdf", buffer=b"%PDF-1.7 web ui")]
     )
