@@ -339,18 +339,25 @@ function applyLinked(field, value) {
 function suggestLinked(name, value, other, wanted) {
   const field = document.getElementById(`f-${other}`);
   if (!field) return;
-  const label = (id) => (document.querySelector(`label[for="f-${id}"]`) || {}).textContent || id;
+  const label = (id) => ((document.querySelector(`label[for="f-${id}"]`) || {}).textContent || id)
+    .replace(/\*\s*$/, "").trim();
   const wantedText = optionText(field, wanted);
   if (field.value === wanted) {
+    // Already so: no suggestion left (the note saying the page set it stays for this value).
     const note = document.getElementById(`suggest-${other}`);
-    if (note) note.hidden = true;
+    if (note && note.dataset.key !== `${value.trim()}|${wanted}|${wanted}`) note.hidden = true;
     return;
   }
-  const why = `${label(name).trim()} ${value.trim()} is usually used with ${wantedText}.`;
+  const why = `${label(name)} ${value.trim()} is usually used with ${wantedText}.`;
+  const shown = document.getElementById(`suggest-${other}`);
+  const key = `${value.trim()}|${wanted}|${field.value}`;
+  if (shown && !shown.hidden && shown.dataset.key === key) return; // a repeated change event: keep it
   const note = suggestionNote(field);
+  note.dataset.key = key;
   if (field.dataset.chosen !== "true") {
     applyLinked(field, wanted);
-    note.textContent = `${label(other).trim()} set to ${wantedText}: ${why} Choose another if your server differs.`;
+    note.dataset.key = `${value.trim()}|${wanted}|${wanted}`;
+    note.textContent = `${label(other)} set to ${wantedText}: ${why} Choose another if your server differs.`;
     note.hidden = false;
     return;
   }
