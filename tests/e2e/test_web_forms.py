@@ -212,7 +212,7 @@ def test_send_email_with_every_part_and_a_reload_sends_nothing_more(page: Page, 
     html = message.get_body(preferencelist=("html",))
     assert body is not None and "Plain words" in body.get_content()
     assert html is not None and "<b>words</b>" in html.get_content()
-    names = sorted(part.get_filename() for part in message.iter_attachments())
+    names = sorted(part.get_filename() or "" for part in message.iter_attachments())
     assert names == ["one.txt", "two.csv"]
 
     with page.expect_response(lambda r: r.url == page.url) as reloaded:
