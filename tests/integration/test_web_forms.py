@@ -159,3 +159,18 @@ def test_the_cannot_resolve_hint_mentions_dns_and_network_access() -> None:
     ep = cast(Endpoint, SimpleNamespace(host="smtp.nowhere.invalid", port=587, target_name="Relay"))
     error = network_failure(ep, SMTP_INFO, socket.gaierror(-2, "Name or service not known"), during=None)
     assert error.hint is not None and "DNS" in error.hint and "network access" in error.hint
+
+
+def test_a_duplicate_workflow_is_explained_without_cli_options(web: Browserless) -> None:
+    assert web.post("/targets/new", **SMTP).status_code == 303
+    document = (
+        "name: Nightly\ntarget: Relay\nsteps:\n  - id: s\n    activity: send_email\n"
+        "    with: {from: a@example.org, to: [b@example.org], subject: Hi, body: Hi}\n"
+    )
+    first = web.post("/workflows/new", document=document)
+    assert first.status_code == 303, html.unescape(first.text)[-2000:]
+    again = web.post("/workflows/new", document=document)
+    assert again.status_code == 422
+    text = html.unescape(again.text)
+    assert "A workflow named 'Nightly' already exists" in text
+    assert "--replace" not in text and "(--" not in text
