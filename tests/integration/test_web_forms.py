@@ -113,7 +113,7 @@ def test_the_send_form_shows_every_error_at_once(web: Browserless, mw: Services)
     )
     assert response.status_code == 422
     links = summary_links(response)
-    assert {"f-to", "f-reply_to", "f-importance"} <= set(links), links
+    assert {"f-to", "f-reply_to", "f-importance", "f-headers"} <= set(links), links
     assert "Importance must be one of" in links["f-importance"]
 
 

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.datastructures import FormData
 
 from mailwright.domain.addresses import parse_address, parse_address_list
+from mailwright.domain.send_request import custom_headers
 from mailwright.domain.validation import validate_model
 from mailwright.errors import IdempotencyKeyReusedError, MailwrightError
 from mailwright.services.idempotency import HEADER, WEB_SEND_SCOPE
@@ -109,8 +110,8 @@ def _header_lines(form: FormData) -> list[str]:
     return [line.strip() for line in forms.text(form, "headers").splitlines() if line.strip()]
 
 
-def _check_addresses(form: FormData) -> FormErrors:
-    """The address fields, each checked on its own, so that every bad one is reported at once."""
+def _check_fields(form: FormData) -> FormErrors:
+    """The addresses and headers, each field checked on its own, so that every bad one is reported at once."""
     errors = FormErrors(LABELS)
     for name in ("to", "cc", "bcc", "reply_to"):
         with errors.check():
@@ -118,6 +119,8 @@ def _check_addresses(form: FormData) -> FormErrors:
     if forms.text(form, "from"):
         with errors.check():
             parse_address(forms.text(form, "from"), field="from")
+    with errors.check():
+        custom_headers(_header_lines(form))
     if not any(forms.text(form, name) for name in ("to", "cc", "bcc")):
         errors.put("to", "give at least one recipient in To, CC or BCC")
     return errors
@@ -147,7 +150,7 @@ async def send(request: Request, services: ServicesDep, session: OperatorSession
     check_csrf(session, forms.optional(form, "csrf_token"))
     context: dict[str, Any] = {"targets": services.targets.list_all(), "values": forms.values(form)}
     key = forms.optional(form, KEY_FIELD)  # None: a form rendered before keys existed
-    errors = _check_addresses(form)
+    errors = _check_fields(form)
     try:
         with errors.check():
             request_model = validate_model(SendEmailRequest, _request_data(form, await _attachments(form)))
