@@ -24,8 +24,10 @@ $(STAMP): $(RUN_STAMP) pyproject.toml
 run: $(RUN_STAMP)
 	@$(BIN)/mailwright serve
 
-# Installs what the tests need (Debian packages included), then lint, types, layers and the whole suite.
+# Installs what the tests need (Debian packages included; axe-core from npm, pinned by its lock
+# file, for the accessibility checks), then lint, types, layers and the whole suite.
 test: system-deps $(STAMP)
+	npm ci --prefix tests/axe --no-audit --no-fund
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -4,7 +4,7 @@
 #     daemons must NOT be left running),
 #   - PostgreSQL with a `mailwright` role and a `mailwright_test` database,
 #   - RabbitMQ and Redis (the scale-out tests start private instances),
-#   - Chromium for browser tests.
+#   - Chromium for browser tests, Node.js and npm for their accessibility checks (axe-core).
 # Idempotent and quick when everything is already present.
 set -Eeuo pipefail
 
@@ -189,6 +189,16 @@ else
     apt_install chromium
     [[ -x /usr/bin/chromium ]] || die "chromium installed but /usr/bin/chromium is missing"
     log "chromium installed"
+fi
+
+# --- Node.js and npm ----------------------------------------------------------------------
+# Only for `npm ci --prefix tests/axe` (axe-core, injected into pages by the browser tests).
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    log "node $(node --version) and npm already installed"
+else
+    apt_install nodejs npm
+    command -v npm >/dev/null 2>&1 || die "nodejs and npm installed but npm is missing"
+    log "nodejs and npm installed"
 fi
 
 log "done"

@@ -42,10 +42,35 @@ class ConfigError(MailwrightError):
     code = "config_error"
 
 
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One problem of one input field: `message` is a sentence, or, when `predicate`, what
+    follows the field's name ("must be 65535 or less"), so each face names the field its way."""
+
+    field: str
+    message: str
+    predicate: bool = False
+
+
 class ValidationError(MailwrightError):
-    """Bad input from a user: 422 in the API, exit 2 in the CLI."""
+    """Bad input from a user: 422 in the API, exit 2 in the CLI.
+
+    `field_problems`: every problem found at once, by field, when there were several (the web
+    forms show each beside its field); the message sums them up.
+    """
 
     code = "validation_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        field: str | None = None,
+        field_problems: tuple[FieldProblem, ...] = (),
+    ) -> None:
+        super().__init__(message, hint=hint, field=field)
+        self.field_problems = field_problems
 
 
 class StepValueError(MailwrightError):

@@ -90,7 +90,7 @@ def create_app(
     app.state.sandbox_address = sandbox_address
     api.install(app, services)
     web.install(app, api_error=api.error_handler)
-    api.describe(app)
+    api.describe(app, page_error=web.http_error_page)
     api_docs.install(app)
 
     @app.get("/favicon.ico", include_in_schema=False)

@@ -306,9 +306,9 @@ def test_cli_read_on_a_pop3_target_retrieves_without_deleting(mailstack: MailSta
         )
     )
     services.close()
-    for subject in ("Disk full", "Weekly report", "Disk ok"):
+    for count, subject in enumerate(("Disk full", "Weekly report", "Disk ok"), start=1):
         _deliver(mailstack, address, subject)
-    mailstack.wait_for_messages(address, password, 3)
+        mailstack.wait_for_messages(address, password, count)  # in this order in the drop
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILWRIGHT_")}
     env["MAILWRIGHT_HOME"] = str(home)
     cli = str(Path(sys.executable).parent / "mailwright")

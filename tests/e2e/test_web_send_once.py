@@ -22,7 +22,7 @@ def _fill(page: Page, web: WebApp, subject: str) -> None:
     page.get_by_label("From", exact=True).fill("Robot <robot@example.test>")
     page.get_by_label("To", exact=True).fill("alice@example.test")
     page.get_by_label("Subject").fill(subject)
-    page.get_by_label("Message").fill("Sent once, whatever happens next.")
+    page.get_by_label("Text", exact=True).fill("Sent once, whatever happens next.")
 
 
 def _send(page: Page) -> int:

@@ -69,7 +69,7 @@ def test_new_target_form_offers_a_plugin_type_and_sends_through_it(
     page.get_by_label("From", exact=True).fill("robot@example.test")
     page.get_by_label("To", exact=True).fill("alice@example.test")
     page.get_by_label("Subject").fill("Recorded from the web")
-    page.get_by_label("Message").fill("Hello")
+    page.get_by_label("Text", exact=True).fill("Hello")
     page.get_by_role("button", name="Send", exact=True).click()
     expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]{36}$"))
     expect(page.get_by_role("status")).to_contain_text("Sent: Message-ID")

@@ -74,10 +74,9 @@ def test_new_target_with_add_new_key_and_send_through_the_sandbox(page: Page, we
     page.get_by_label("To", exact=True).fill("alice@example.test, bob@example.test")
     page.get_by_label("BCC").fill("audit@example.test")
     page.get_by_label("Subject").fill("Hello from the sandbox ✓")
-    page.get_by_label("Message").fill(
+    page.get_by_label("HTML", exact=True).fill(
         "<p>Hi <b>there</b><script>document.title='pwned'</script><img src='http://example.com/t.png'></p>"
     )
-    page.get_by_label("Send as HTML").check()
     page.get_by_label("Attachments").set_input_files(
         files=[FilePayload(name="notes.txt", mimeType="text/plain", buffer=b"attached notes\n")]
     )
@@ -212,7 +211,7 @@ def test_target_at_postfix_test_connection_and_send_with_attachment(
     page.locator("#main").get_by_role("link", name="Send Email").click()
     page.get_by_label("To", exact=True).fill(address)
     page.get_by_label("Subject").fill("Report with attachment")
-    page.get_by_label("Message").fill("Please find the report attached.")
+    page.get_by_label("Text", exact=True).fill("Please find the report attached.")
     page.get_by_label("Attachments").set_input_files(
         files=[FilePayload(name="report.pdf", mimeType="application/pdf", buffer=b"%PDF-1.7 web ui")]
     )
@@ -341,9 +340,9 @@ def test_target_sending_limits_preset_edit_clear_and_errors(page: Page, web: Web
     # Out-of-range values come back next to their field, naming it; nothing is saved.
     page.get_by_role("link", name="Edit").click()
     for name, value, error_id, text in (
-        ("Max connections", "0", "e-max_connections", "greater than or equal to 1"),
-        ("Max connections", "999", "e-max_connections", "less than or equal to 256"),
-        ("Rate per day", "-5", "e-rate_per_day", "greater than or equal to 0"),
+        ("Max connections", "0", "e-max_connections", "must be 1 or more"),
+        ("Max connections", "999", "e-max_connections", "must be 256 or less"),
+        ("Rate per day", "-5", "e-rate_per_day", "must be 0 or more"),
     ):
         form.get_by_label(name, exact=True).fill(value)
         with page.expect_response(lambda r: r.request.method == "POST") as posted:
@@ -352,7 +351,7 @@ def test_target_sending_limits_preset_edit_clear_and_errors(page: Page, web: Web
         field = form.get_by_label(name, exact=True)
         expect(field).to_have_attribute("aria-invalid", "true")
         expect(field).to_have_value(value)  # what was typed is kept
-        expect(page.locator(f"#{error_id}")).to_contain_text(f"{name}: ")
+        expect(page.locator(f"#{error_id}")).to_contain_text(f"{name} must")
         expect(page.locator(f"#{error_id}")).to_contain_text(text)
         field.fill("4" if name == "Max connections" else "")
     shot(page, "target-form-bad-rate")

@@ -100,7 +100,7 @@ def test_create_a_workflow_start_it_and_follow_the_run(page: Page, web: WebApp) 
 
     # Starting without the required input is refused on the same page.
     page.get_by_role("button", name="Start").click()
-    expect(page.get_by_role("alert")).to_contain_text("missing required input recipient")
+    expect(page.get_by_role("alert")).to_contain_text("Missing required input recipient")
     assert web.services.runs.list_runs() == []
 
     # Start it with a value: the run page follows it to the end.

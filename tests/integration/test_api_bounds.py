@@ -143,8 +143,9 @@ def test_unknown_api_paths_and_methods_answer_with_the_error_body(api: httpx.Cli
     assert "/api/openapi.json" in missing.json()["error"]["hint"]
     wrong_method = api.put("/api/v1/targets")
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
-    page = api.get("/no-such-page")  # not the API: FastAPI's own answer
-    assert page.status_code == 404 and "error" not in page.json()
+    page = api.get("/no-such-page")  # not the API: the web UI's page, never JSON
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "Page not found" in page.text
 
 
 # --- the document -----------------------------------------------------------------------------

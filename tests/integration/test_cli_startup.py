@@ -56,8 +56,8 @@ def test_targets_list_opens_the_services_when_the_schema_must_be_migrated(cli: C
     )  # fmt: skip
     with sqlite3.connect(cli.home / "mailwright.db") as db:
         # The schema an older release left: without the key types' columns (migration 0009),
-        # the triggers' change cursor (0010), the workers and pools (0011), batch ranges (0012) and
-        # the dashboard's tables (0013).
+        # the triggers' change cursor (0010), the workers and pools (0011), batch ranges (0012), the
+        # dashboard's tables (0013) and the workflows' source text (0014).
         for column in ("token_cache_encrypted", "secrets_encrypted", "settings"):
             db.execute(f"ALTER TABLE account_keys DROP COLUMN {column}")
         db.execute("ALTER TABLE trigger_states DROP COLUMN change_cursor")
@@ -67,6 +67,7 @@ def test_targets_list_opens_the_services_when_the_schema_must_be_migrated(cli: C
         db.execute("DROP TABLE delivery_hours")
         db.execute("DROP TABLE delivery_failures")
         db.execute("ALTER TABLE runs DROP COLUMN pool")
+        db.execute("ALTER TABLE workflows DROP COLUMN source")
         db.execute("UPDATE alembic_version SET version_num = '0008'")
     output, modules = loaded_by("targets", "list", env=cli.env)
     assert "Relay" in output

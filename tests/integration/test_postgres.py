@@ -132,5 +132,14 @@ async def test_a_batch_on_postgres(
         assert all(r.status == "succeeded" and r.send_state == "sent" and r.attempts == 1 for r in rows)
         assert all(r.output and r.output["message_id"] == r.message_id for r in rows)
         assert all(r.finished_at is not None and r.finished_at.tzinfo is not None for r in rows)
+        # The run page's search (a JSON field as text, ILIKE) and the Runs list's filters.
+        from mailwright.services.run_pages import RunFilter, StepFilter
+
+        found = services.runs.steps_page(created.run_id, StepFilter(search="R7@Example.net"))
+        assert [s.step for s in found.items] == ["message[7]"]
+        by_id = StepFilter(state="succeeded", search=str(rows[9].message_id).strip("<>").split("@")[0])
+        assert [s.step for s in services.runs.steps_page(created.run_id, by_id).items] == ["message[9]"]
+        assert services.runs.page_runs(RunFilter(target="relay", status="succeeded")).total == 1
+        assert services.runs.progress(created.run_id).counts == {"succeeded": 25}
     finally:
         services.close()

@@ -450,3 +450,8 @@ def test_cli_never_prints_terminal_escape_sequences(cli: CLI, store: SandboxStor
         assert "\x1b" not in output and "\x07" not in output
     assert "clear\ufffd[2Jscreen" in shown
     assert "body \ufffd]0;pwned\ufffd text\n\ttabbed" in shown
+
+
+def test_clearing_a_sandbox_that_never_captured_is_a_no_op(tmp_path: Path) -> None:
+    store = SandboxStore(tmp_path / "never-made")
+    assert store.clear() == 0 and not (tmp_path / "never-made").exists()

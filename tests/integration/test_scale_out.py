@@ -22,8 +22,10 @@ import pytest
 
 from mailwright.config import Settings
 from mailwright.services.app import Services
+from mailwright.services.batches import BatchCreated
 from mailwright.services.sending import SendEmailRequest
 from mailwright.services.targets import TargetCreate
+from tests.integration.test_shared_limits import most_in_any_window
 from tests.security.serveproc import ServeProcess
 from tests.support.announcer import AnnouncerThread
 from tests.support.counting_smtp import CountingSMTPServer, FaultPlan
@@ -95,6 +97,14 @@ class Cluster:
             ).id
             for i in range(n)
         ]
+
+    def batch(self, target: str, total: int) -> BatchCreated:
+        """A batch of `total` messages to `target`, stored and queued (announced, if announcing)."""
+        lines = (
+            (f"line {i + 1}", {"to": [f"r{i}@example.net"], "from": "ops@example.org", "subject": f"#{i}"})
+            for i in range(total)
+        )
+        return self.services.batches.create(lines, target=target)
 
     def wait_finished(self, runs: list[str], *, timeout: float = 300.0) -> Counter[str]:
         deadline = time.monotonic() + timeout
@@ -210,12 +220,7 @@ def test_three_workers_sigkilled_mid_batch_lose_nothing(
         cluster.env["MAILWRIGHT_BATCH_RANGE_SIZE"] = "100"  # 20 ranges: every worker gets a share
         cluster.announce()
         cluster.relay("Relay", server.port)
-        messages = [
-            {"to": [f"r{i}@example.net"], "from": "ops@example.org", "subject": f"#{i}"} for i in range(total)
-        ]
-        batch = cluster.services.batches.create(
-            ((f"line {i + 1}", m) for i, m in enumerate(messages)), target="Relay"
-        )
+        batch = cluster.batch("Relay", total)
         for _ in range(3):
             cluster.worker("--concurrency", "8")
         _wait(lambda: server.log.total() >= total * 0.3, "30 % of the batch", timeout=300)
@@ -295,3 +300,27 @@ def test_send_with_wait_on_a_host_without_worker_is_woken_through_redis(
     print(f"\nsend with wait across processes: median {median * 1000:.1f} ms over {len(took) - 1}")
     assert median < 0.2, f"not woken by Redis: median {median:.3f} s"
     assert counting.log.total() == 15 and not counting.log.duplicates()
+
+
+def test_a_rate_limit_holds_over_three_workers_sharing_a_batch(
+    cluster_factory: Callable[..., Cluster], counting: CountingSMTPServer, pg_url: str, redis_url: str
+) -> None:
+    """20 messages a second for the target, three `mailwright worker`s sending ranges of one batch:
+    the counting server never sees more than 20 in any one-second window, and nothing fails."""
+    total = 150
+    cluster = cluster_factory(database_url=pg_url)
+    cluster.env.update(MAILWRIGHT_REDIS_URL=redis_url, MAILWRIGHT_BATCH_RANGE_SIZE="25")
+    cluster.announce()
+    cluster.relay("Limited", counting.port, rate_per_second=20)
+    for _ in range(3):
+        cluster.worker()
+    _wait(lambda: len(cluster.services.workers.live()) == 3, "three workers")
+    batch = cluster.batch("Limited", total)
+    assert cluster.wait_finished([batch.run_id], timeout=300) == Counter({"succeeded": 1})
+    arrived = counting.log.messages()
+    assert len(arrived) == total and not counting.log.duplicates()
+    times = sorted(m.time for m in arrived)
+    assert most_in_any_window(times) <= 20, times
+    assert times[-1] - times[0] >= (total - 20) / 20  # the limit was shared, not per worker
+    senders = [log for log in cluster.logs if f"batch {batch.run_id}: " in log.read_text()]
+    assert len(senders) >= 2, cluster.log_text()  # the batch was spread over workers

@@ -112,17 +112,17 @@ def test_the_end_of_data_timeout_defaults_to_ten_minutes_and_can_be_set(
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("max_connections", "0", "Max connections: input should be greater than or equal to 1"),
-        ("max_connections", "999", "Max connections: input should be less than or equal to 256"),
+        ("max_connections", "0", "Max connections must be 1 or more."),
+        ("max_connections", "999", "Max connections must be 256 or less."),
         ("max_connections", "many", "Max connections must be a whole number, not 'many'"),
-        ("rate_per_minute", "-1", "Rate per minute: input should be greater than or equal to 0"),
+        ("rate_per_minute", "-1", "Rate per minute must be 0 or more."),
         ("rate_per_second", "2.5", "Rate per second must be a whole number"),
-        ("rate_per_second", "100001", "Rate per second: input should be less than or equal to 100000"),
-        ("max_messages_per_connection", "0", "Max messages per connection: input should be greater"),
+        ("rate_per_second", "100001", "Rate per second must be 100000 or less."),
+        ("max_messages_per_connection", "0", "Max messages per connection must be 1 or more."),
         ("idle_timeout", "soon", "Idle timeout must be a number, not 'soon'"),
-        ("idle_timeout", "0", "Idle timeout: input should be greater than 0"),
-        ("data_timeout", "0", "End-of-data timeout: input should be greater than 0"),
-        ("data_timeout", "7200", "End-of-data timeout: input should be less than or equal to 3600"),
+        ("idle_timeout", "0", "Idle timeout must be more than 0."),
+        ("data_timeout", "0", "End-of-data timeout must be more than 0."),
+        ("data_timeout", "7200", "End-of-data timeout must be 3600 or less."),
     ],
 )
 def test_bad_limits_are_field_errors_on_create_and_edit(

@@ -146,7 +146,8 @@ def test_create_from_yaml_text_and_from_a_json_object(
     )
 
     exported = api.get(f"/api/v1/workflows/{WORKFLOW}/export").json()
-    assert exported["format"] == "yaml" and exported["targets"] == [target]
+    # Last saved from a JSON object: exported as that JSON, unless another format is asked for.
+    assert exported["format"] == "json" and exported["targets"] == [target]
     assert yaml.safe_load(exported["document"])["name"] == WORKFLOW
     as_json = api.get(f"/api/v1/workflows/{WORKFLOW}/export", params={"format": "json"}).json()
     assert as_json["format"] == "json" and '"in_reply_to"' in as_json["document"]

@@ -30,8 +30,9 @@ from tests.support.apiserver import APIServer
 from tests.support.cli import CLI
 
 ROLES = (Role.ADMIN, Role.OPERATOR, Role.VIEWER)
-# Pages anyone may open: signing in and out, and the health check (the dashboard, at "/", is a viewer's).
-OPEN_PAGES = {"/login", "/setup", "/logout", "/healthz"}
+# Pages anyone may open: signing in and out, the health check and the icon (the dashboard, at "/",
+# is a viewer's).
+OPEN_PAGES = {"/login", "/setup", "/logout", "/healthz", "/favicon.ico"}  # the icon: as /static
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ is made by `mailwright.server`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -44,19 +45,26 @@ def install(app: FastAPI, services: Services) -> None:
     )
 
 
-def describe(app: FastAPI) -> None:
-    """Only the routes under /api/ are the API (the web pages are not described); its 404 and 405."""
+PageError = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def describe(app: FastAPI, *, page_error: PageError | None = None) -> None:
+    """Only the routes under /api/ are the API (the web pages are not described); its 404 and 405.
+
+    `page_error` answers an HTTP error outside /api/ (the web UI's page; else FastAPI's JSON)."""
     app.openapi = functools.partial(openapi.document, app)  # type: ignore[method-assign]
-    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(HTTPException, functools.partial(_http_error, page_error=page_error))
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception, *, page_error: PageError | None = None) -> Response:
     """No such path (404) or method (405) under /api/: the API's error body, not FastAPI's `detail`."""
     assert isinstance(exc, HTTPException)
     if not request.url.path.startswith(openapi.API_PREFIX):
+        if page_error is not None and exc.status_code in (404, 405):
+            return await page_error(request, exc)
         return await http_exception_handler(request, exc)
     if exc.status_code == 400:  # FastAPI could not parse the body: bad input, as everywhere else
         return JSONResponse(

@@ -140,6 +140,14 @@ SendState = Annotated[
 ]
 
 
+Search = Annotated[
+    str | None,
+    Query(
+        description="a recipient or a Message-ID, or a part of one (any case)", min_length=1, max_length=200
+    ),
+]
+
+
 @router.get(
     "/runs/{run_id}/steps", dependencies=[viewer("reading runs")], tags=["runs"], responses=errors(404, 422)
 )
@@ -150,7 +158,23 @@ def list_steps(
     limit: Limit = 100,
     status: StepStatus = None,
     send_state: SendState = None,
+    q: Search = None,
 ) -> list[dict[str, Any]]:
     """A run's steps in order, a page at a time (`limit` at most 1000), optionally of one status
-    or send state (`?send_state=unknown`: the messages that may or may not have been delivered)."""
-    return services.batches.results(run_id, offset=offset, limit=limit, status=status, send_state=send_state)
+    or send state (`?send_state=unknown`: the messages that may or may not have been delivered),
+    and whose recipient (To, Cc, Bcc) or Message-ID contains `q`."""
+    return services.batches.results(
+        run_id, offset=offset, limit=limit, status=status, send_state=send_state, search=q
+    )
+
+
+@router.get(
+    "/runs/{run_id}/progress",
+    dependencies=[viewer("reading runs")],
+    tags=["runs"],
+    responses=errors(404, 422),
+)
+def run_progress(run_id: RunId, services: ServicesDep) -> dict[str, Any]:
+    """The run's status and how many of its steps are in each status (failed first): cheap to
+    poll whatever the size of a batch. `done` counts the steps that ended."""
+    return services.runs.progress(run_id).as_json()

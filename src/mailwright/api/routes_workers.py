@@ -14,7 +14,7 @@ router = APIRouter(
 )
 
 
-@router.get("/workers", dependencies=[viewer("listing workers")], tags=["workers"], responses=errors(403))
+@router.get("/workers", dependencies=[viewer("listing workers")], tags=["workers"])
 def list_workers(services: ServicesDep) -> list[WorkerPublic]:
     """The worker processes whose heartbeat is recent (the last 30 s): host, pid, pool, runs in hand
     out of their concurrency, broker, when they started and last reported."""

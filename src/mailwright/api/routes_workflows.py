@@ -18,6 +18,7 @@ from mailwright.api.params import (
     Index,
     Limit,
     NameFilter,
+    Offset,
     Ref,
     RunId,
     refuse_nul,
@@ -62,9 +63,12 @@ class StartIn(BaseModel):
 
 
 def _text(document: str | dict[str, Any]) -> str:
+    """The document's text: as sent, or a JSON object written out readably (its keys in order)."""
     import json
 
-    return document if isinstance(document, str) else json.dumps(document)
+    if isinstance(document, str):
+        return document
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
 @router.get("/workflows", dependencies=[viewer("listing workflows")], tags=["workflows"])
@@ -111,8 +115,14 @@ def get_workflow(ref: Ref, services: ServicesDep) -> WorkflowPublic:
     responses=errors(404, 422),
 )
 def export_workflow(
-    ref: Ref, services: ServicesDep, format: Literal["yaml", "json"] = "yaml"
+    ref: Ref,
+    services: ServicesDep,
+    format: Annotated[
+        Literal["yaml", "json"] | None,
+        Query(description="rewrite in this format; left out, the document comes as it was written"),
+    ] = None,
 ) -> ExportedWorkflow:
+    """The document as its author wrote it: comments, key order and layout kept."""
     return services.workflows.export(ref, format)
 
 
@@ -265,11 +275,25 @@ RunStatus = Annotated[
 ]
 
 
+TargetFilter = Annotated[
+    str | None,
+    Query(description="only the runs of this target (its name)", min_length=1, max_length=200),
+]
+
+
 @router.get("/runs", dependencies=[viewer("listing runs")], tags=["runs"], responses=errors(422))
 def list_runs(
-    services: ServicesDep, status: RunStatus = None, workflow: NameFilter = None, limit: Limit = 50
+    services: ServicesDep,
+    status: RunStatus = None,
+    workflow: NameFilter = None,
+    target: TargetFilter = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> list[RunPublic]:
-    return services.runs.list_runs(limit=limit, status=status, workflow=workflow)
+    """Runs newest first, optionally of one status, workflow and target; `offset` pages on."""
+    return services.runs.list_runs(
+        limit=limit, status=status, workflow=workflow, target=target, offset=offset
+    )
 
 
 @router.get(

@@ -66,11 +66,15 @@ def list_runs(
         str | None, typer.Option("--status", help="queued, running, succeeded, failed, cancelled")
     ] = None,
     workflow: Annotated[str | None, typer.Option("--workflow", help="only this workflow's runs")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="only the runs of this target")] = None,
     limit: Annotated[int, typer.Option("--limit", help="how many, newest first")] = 50,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="skip this many (the next page)")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """List runs, newest first."""
-    runs = services().runs.list_runs(limit=limit, status=status, workflow=workflow)
+    runs = services().runs.list_runs(
+        limit=limit, status=status, workflow=workflow, target=target, offset=offset
+    )
     if as_json:
         print_json(runs)
         return

@@ -96,7 +96,8 @@ def show(ref: Annotated[str, typer.Argument(help="name or id")], as_json: JsonOp
     if as_json:
         print_json(services().workflows.get(ref))
         return
-    typer.echo(services().workflows.export(ref, "yaml").document)
+    text = services().workflows.export(ref).document
+    typer.echo(text, nl=not text.endswith("\n"))
 
 
 @app.command("run")
@@ -166,10 +167,13 @@ def schedules(
 @app.command("export")
 def export(
     ref: Annotated[str, typer.Argument(help="name or id")],
-    fmt: Annotated[Literal["yaml", "json"], typer.Option("--format", help="yaml or json")] = "yaml",
+    fmt: Annotated[
+        Literal["yaml", "json"] | None,
+        typer.Option("--format", help="rewrite as yaml or json (default: as it was written)"),
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write to this file")] = None,
 ) -> None:
-    """Export the document (no secrets); the targets and keys it names are listed on stderr."""
+    """Export the document as written, comments included (no secrets); the names it uses go to stderr."""
     exported = services().workflows.export(ref, fmt)
     if output:
         output.write_text(exported.document, encoding="utf-8")

@@ -139,7 +139,8 @@ class SendResult(BaseModel):
     run_id: str | None = Field(default=None, description="the run that recorded this send")
 
 
-def _headers(value: dict[str, str] | list[str]) -> list[tuple[str, str]]:
+def custom_headers(value: dict[str, str] | list[str]) -> list[tuple[str, str]]:
+    """Custom headers as checked (name, value) pairs; from {name: value} or 'Name: value' lines."""
     pairs: list[tuple[str, str]] = []
     if isinstance(value, dict):
         pairs = list(value.items())
@@ -242,7 +243,7 @@ def build_outgoing(
         text=request.body,
         html=request.html,
         attachments=_attachments(request.attachments, files),
-        headers=_headers(request.headers),
+        headers=custom_headers(request.headers),
         in_reply_to=check_message_id(request.in_reply_to, field="in_reply_to")
         if request.in_reply_to
         else None,

@@ -60,9 +60,11 @@ __all__ = [
     "WorkflowDocument",
     "check_references",
     "coerce_inputs",
+    "convert_source",
     "dump_document",
     "parse_document",
     "references",
+    "source_format",
     "validate_cron",
 ]
 
@@ -717,12 +719,40 @@ def dump_document(doc: WorkflowDocument, fmt: DocumentFormat = "yaml") -> str:
 
     Keys that were not given are left out, so ``parse_document(dump_document(doc)) == doc``.
     """
-    data = doc.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return _dump_data(doc.model_dump(mode="json", by_alias=True, exclude_unset=True), fmt)
+
+
+def _dump_data(data: Any, fmt: DocumentFormat) -> str:
     if fmt == "json":
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     return yaml.dump(
         data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
     )
+
+
+def source_format(text: str) -> DocumentFormat:
+    """The format a document's source text is in: JSON when it reads as JSON, else YAML."""
+    fmt, _ = _detect_format(text, None)
+    if fmt == "yaml":
+        return fmt
+    try:
+        _load_json(text)
+    except ValidationError:
+        return "yaml"  # YAML flow style, which starts with '{' too
+    return fmt
+
+
+def convert_source(text: str, fmt: DocumentFormat) -> str:
+    """A valid document's source in `fmt`: as it is when already in `fmt`, else rewritten.
+
+    A rewrite keeps the keys in the order they were written (not the model's order);
+    only YAML comments, which JSON cannot hold, are lost.
+    """
+    current = source_format(text)
+    if current == fmt:
+        return text
+    data = _load_json(text) if current == "json" else _load_yaml(text)[0]
+    return _dump_data(data, fmt)
 
 
 def _coerce(name: str, spec: InputSpec, value: Any) -> Any:

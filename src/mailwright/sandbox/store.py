@@ -20,6 +20,7 @@ being deleted and created again.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 import os
@@ -382,8 +383,9 @@ class SandboxStore:
 
     def _changed(self) -> None:
         """Tell every writer (in any process) to read the directory again before its next add."""
-        (self.directory / _MARKER).write_bytes(str(time.time_ns()).encode())
         self._index = None
+        with contextlib.suppress(FileNotFoundError):  # no directory yet: no writer to tell
+            (self.directory / _MARKER).write_bytes(str(time.time_ns()).encode())
 
     def _current_index(self) -> dict[str, int]:
         """The messages on disk: the kept index, or read again after a delete or clear anywhere."""

@@ -32,6 +32,7 @@ from mailwright.errors import BatchProblem, BatchRefusedError, MailwrightError, 
 from mailwright.ledger import RunLedger
 from mailwright.ledger.batch import PREPARE_LEASE, new_step
 from mailwright.services.idempotency import IdempotencyClaim, IdempotencyService
+from mailwright.services.run_pages import search_condition
 from mailwright.services.runs import RunService, step_state_filter
 from mailwright.services.sending import (
     SendEmailRequest,
@@ -44,7 +45,7 @@ from mailwright.storage import jsontext
 from mailwright.storage.bulk import JSONText
 from mailwright.storage.db import Database
 from mailwright.storage.files import FileStore
-from mailwright.storage.tables import RunRow, RunStepRow
+from mailwright.storage.tables import RunRow, RunStepRow, StepInputRow
 
 BATCH_KIND = "batch"
 BATCH_NAME = "Send Email batch"
@@ -373,6 +374,7 @@ class BatchService:
         limit: int = 100,
         status: str | None = None,
         send_state: str | None = None,
+        search: str | None = None,
     ) -> list[dict[str, Any]]:
         """One page of per-message results, in message order (`send_state`: "unknown", "sent"…)."""
         with self._db.session() as session:
@@ -391,6 +393,10 @@ class BatchService:
                 query = query.where(RunStepRow.status == status)
             if send_state:
                 query = query.where(step_state_filter(send_state))
+            if search and search.strip():
+                query = query.outerjoin(StepInputRow, StepInputRow.step_id == RunStepRow.id).where(
+                    search_condition(search.strip())
+                )
             return [message_result(row) for row in session.scalars(query).all()]
 
     def all_results(self, run_id: str) -> list[dict[str, Any]]:

@@ -19,6 +19,17 @@ from mailwright.errors import NotFoundError, ValidationError
 from mailwright.ledger import RunLedger
 from mailwright.metrics import RunGauges
 from mailwright.services.common import find
+from mailwright.services.run_pages import (
+    Page,
+    RunFilter,
+    RunProgress,
+    StepFilter,
+    bounded,
+    page_of,
+    runs_query,
+    step_counts,
+    steps_query,
+)
 from mailwright.services.sending import SendEmailRequest
 from mailwright.services.workers import LIVE_SECONDS
 from mailwright.storage.db import Database
@@ -495,10 +506,57 @@ class RunService:
         with self._db.session() as session:
             return self._get(session, run_id, state=state)
 
-    def _get(self, session: Any, run_id: str, *, state: str | None = None) -> RunPublic:
+    def _row(self, session: Session, run_id: str) -> RunRow:
         run = session.get(RunRow, run_id.strip())
         if run is None:
-            raise NotFoundError(f"no run with id {run_id!r}", hint="list them with `mailwright runs list`")
+            raise NotFoundError(f"no run with id {run_id!r}", hint="list the runs on the Runs page")
+        return run
+
+    def summary(self, run_id: str) -> RunPublic:
+        """A run without its steps; a batch's with the counts of its steps by status."""
+        with self._db.session() as session:
+            run = self._row(session, run_id)
+            public = _public(run, [])
+            public.waiting = _waiting(session, run)
+            if run.document.get("kind") == "batch":
+                public.step_counts = step_counts(session, run.id)
+                public.steps_total = sum(public.step_counts.values())
+            return public
+
+    def steps_page(
+        self, run_id: str, where: StepFilter, *, offset: int = 0, limit: int = 50
+    ) -> Page[StepPublic]:
+        """One page of the run's steps in order, of one status (or send state) and matching a search."""
+        offset, limit = bounded(offset, limit)
+        state = step_state_filter(where.state) if where.state else None
+        with self._db.session() as session:
+            run = self._row(session, run_id)
+            rows, total = page_of(session, steps_query(run.id, where, state), offset=offset, limit=limit)
+            steps = _public(run, list(rows), inputs=_batch_inputs(session, list(rows))).steps
+        return Page(items=steps, total=total, offset=offset, limit=limit)
+
+    def progress(self, run_id: str) -> RunProgress:
+        """The run's status and its steps by status: two small queries, whatever the batch's size."""
+        with self._db.session() as session:
+            run = self._row(session, run_id)
+            return RunProgress(status=run.status, counts=step_counts(session, run.id))
+
+    def page_runs(self, where: RunFilter, *, offset: int = 0, limit: int = 50) -> Page[RunPublic]:
+        """A page of runs, newest first, with how many runs match in all."""
+        offset, limit = bounded(offset, limit)
+        query = runs_query(where).order_by(RunRow.created_at.desc(), RunRow.id)
+        with self._db.session() as session:
+            rows, total = page_of(session, query, offset=offset, limit=limit)
+            return Page(items=[_public(r, []) for r in rows], total=total, offset=offset, limit=limit)
+
+    def _runs(self, where: RunFilter, *, offset: int, limit: int) -> list[RunPublic]:
+        offset, limit = bounded(offset, limit)
+        query = runs_query(where).order_by(RunRow.created_at.desc(), RunRow.id)
+        with self._db.session() as session:
+            return [_public(r, []) for r in session.scalars(query.offset(offset).limit(limit))]
+
+    def _get(self, session: Any, run_id: str, *, state: str | None = None) -> RunPublic:
+        run = self._row(session, run_id)
         query = (
             select(RunStepRow)
             .where(RunStepRow.run_id == run.id)
@@ -521,19 +579,18 @@ class RunService:
         return public
 
     def list_runs(
-        self, *, limit: int = 50, status: str | None = None, workflow: str | None = None
+        self,
+        *,
+        limit: int = 50,
+        status: str | None = None,
+        workflow: str | None = None,
+        target: str | None = None,
+        offset: int = 0,
     ) -> list[RunPublic]:
-        with self._db.session() as session:
-            query = select(RunRow).order_by(RunRow.created_at.desc()).limit(max(1, min(limit, 1000)))
-            if status:
-                query = query.where(RunRow.status == status)
-            if workflow:
-                # By id, or by name in any case (runs keep the name they were started under).
-                query = query.where(
-                    (RunRow.workflow_id == workflow.strip())
-                    | (func.lower(RunRow.workflow_name) == workflow.strip().lower())
-                )
-            return [_public(run, []) for run in session.scalars(query).all()]
+        """Runs newest first (no count of all: the API's list; `page_runs` counts them)."""
+        return self._runs(
+            RunFilter(status=status, workflow=workflow, target=target), offset=offset, limit=limit
+        )
 
     def due(self, *, limit: int = 100) -> list[str]:
         """Runs a worker should take now: queued and due, or running with an expired lease."""

@@ -13,11 +13,14 @@ from sqlalchemy.orm import Session
 from mailwright.domain.runs import RunStatus
 from mailwright.domain.triggers import EmailTrigger
 from mailwright.domain.workflows import (
+    DocumentFormat,
     WorkflowDocument,
     check_references,
+    convert_source,
     dump_document,
     parse_document,
     references,
+    source_format,
 )
 from mailwright.errors import ConflictError, ValidationError
 from mailwright.plugins import TargetType, activities, labels_of, target_type, target_types
@@ -84,6 +87,20 @@ def _trigger_problems(trigger: EmailTrigger, kind: TargetType, *, where: str) ->
     return []
 
 
+def _store(row: WorkflowRow, document: WorkflowDocument, text: str) -> list[str]:
+    """Write the document and its source into `row`; the parts that changed, for the audit log."""
+    before = dict(row.document or {})  # a new row has none yet
+    after = document.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    # Which parts of a replaced document (steps, triggers, schedules…) changed; "source" when
+    # only its comments or layout did.
+    fields = audit.changed(before, after) or (["source"] if row.source != text else [])
+    row.description = document.description
+    row.document = after
+    row.source = text
+    row.updated_at = utcnow()
+    return fields
+
+
 class WorkflowService:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -133,13 +150,10 @@ class WorkflowService:
                     hint="rename it in the document, or replace it (--replace)",
                 )
             action = audit.AuditAction.UPDATE if row is not None else audit.AuditAction.CREATE
-            before = dict(row.document) if row is not None else {}
             if row is None:
                 row = WorkflowRow(name=name, name_key=name_key(name))
                 session.add(row)
-            row.description = document.description
-            row.document = document.model_dump(mode="json", by_alias=True, exclude_unset=True)
-            row.updated_at = utcnow()
+            fields = _store(row, document, text)
             session.flush()
             audit.record(
                 session,
@@ -147,8 +161,7 @@ class WorkflowService:
                 object_type=audit.ObjectType.WORKFLOW,
                 object_id=row.id,
                 object_name=row.name,
-                # A replaced document: which of its parts (steps, triggers, schedules…) changed.
-                fields=audit.changed(before, row.document) if action is audit.AuditAction.UPDATE else None,
+                fields=fields if action is audit.AuditAction.UPDATE else None,
             )
             saved = self._public(session, row)
         if self.on_saved is not None:
@@ -191,12 +204,24 @@ class WorkflowService:
                 object_name=row.name,
             )
 
-    def export(self, ref: str, fmt: Literal["yaml", "json"] = "yaml") -> ExportedWorkflow:
-        document = self.document(ref)
+    def export(self, ref: str, fmt: DocumentFormat | None = None) -> ExportedWorkflow:
+        """The document as its author wrote it (comments and key order kept), or in `fmt`.
+
+        Asked for the other format, the text is rewritten with its keys in the written order
+        (JSON has no comments). A workflow saved before sources were kept is written anew.
+        """
+        with self._db.session() as session:
+            row = find(session, WorkflowRow, ref, what="workflow")
+            document = WorkflowDocument.model_validate(row.document)
+            source = row.source
+        if source is None:
+            text = dump_document(document, fmt or "yaml")
+        else:
+            text = convert_source(source, fmt or source_format(source))
         named = references(document)
         return ExportedWorkflow(
-            document=dump_document(document, fmt),
-            format=fmt,
+            document=text,
+            format=fmt or source_format(text),
             targets=sorted(named.get("targets", set())),
             account_keys=sorted(named.get("account_keys", set())),
         )

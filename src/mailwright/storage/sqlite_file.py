@@ -23,7 +23,7 @@ from urllib.parse import unquote
 log = logging.getLogger("mailwright.storage.db")
 
 # The newest migration in storage/migrations/versions (a test keeps the two equal).
-SCHEMA_REVISION = "0013"
+SCHEMA_REVISION = "0014"
 
 
 def private_database_file(path: Path) -> None:

@@ -130,6 +130,8 @@ class WorkflowRow(Base):
     name_key: Mapped[str] = mapped_column(String(200), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The document as the user wrote it (comments, key order); None for one stored before 0014.
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -17,6 +17,8 @@ field's `json_schema_extra`:
 - `warn`: the form shows its help as a warning.
 - `zero_clears`: 0 means "none" (a rate limit): a blank field in an edit sends 0.
 - `blank_clears`: a blank text field in an edit clears the setting.
+- `shown_when`: `{other field: value}`: the form shows it only while the other has that value
+  (STARTTLS optional only with starttls security).
 
 A field several types share (server, port…) is one field whose `types` lists them.
 Nothing here imports a transport: the CLI builds its options from this.
@@ -62,6 +64,7 @@ class SettingField:
     warn: bool = False
     zero_clears: bool = False
     blank_clears: bool = False
+    shown_when: tuple[str, str] | None = None  # (other field, value): the form shows it only then
 
     def label_for(self, protocol: str) -> str:
         return self.label.replace("{protocol}", protocol)
@@ -117,6 +120,13 @@ def _labels(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
+def _when(value: Any) -> tuple[str, str] | None:
+    if isinstance(value, dict) and len(value) == 1:
+        ((name, wanted),) = value.items()
+        return str(name), str(wanted)
+    return None
+
+
 def fields_of(model: type[BaseModel]) -> list[SettingField]:
     out: list[SettingField] = []
     for name, info in model.model_fields.items():
@@ -146,6 +156,7 @@ def fields_of(model: type[BaseModel]) -> list[SettingField]:
                 warn=bool(extra.get("warn")),
                 zero_clears=bool(extra.get("zero_clears")),
                 blank_clears=bool(extra.get("blank_clears")),
+                shown_when=_when(extra.get("shown_when")),
             )
         )
     return out

@@ -40,6 +40,7 @@ class SMTPSettings(ServerSettings):
         description="with starttls: fail when the server does not offer it",
         json_schema_extra={
             "form_flag": "starttls_optional",
+            "shown_when": {"security": "starttls"},
             "flag_label": "STARTTLS optional (go on in plain text when the server does not offer it)",
             "flag_help": "with starttls: go on in plain text when it is not offered",
         },

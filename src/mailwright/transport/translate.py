@@ -132,7 +132,11 @@ def network_failure(
         return TargetConnectError(
             f"cannot resolve the {protocol.name} server name {ep.host!r}: {text}",
             target=ep.target_name,
-            hint=f"check the spelling of the {protocol.name} server",
+            hint=(
+                f"check the spelling of the {protocol.name} server, that DNS resolves the name from the "
+                "machine Mailwright runs on, and that this machine has network access (no firewall or "
+                "proxy in the way)"
+            ),
         )
     if isinstance(error, ConnectionRefusedError):
         return TargetConnectError(

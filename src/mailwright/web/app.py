@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailwright import http_status
@@ -18,6 +19,7 @@ from mailwright.web import (
     pages_audit,
     pages_auth,
     pages_dashboard,
+    pages_runs,
     pages_sandbox,
     pages_send,
     pages_targets,
@@ -25,6 +27,7 @@ from mailwright.web import (
     pages_workers,
     pages_workflows,
 )
+from mailwright.web.form_errors import web_message
 from mailwright.web.render import render
 from mailwright.web.session import CSRFMismatch, LoginRequired
 
@@ -79,9 +82,45 @@ def _error_page(request: Request, exc: MailwrightError) -> Response:
         session=None,
         status_code=status,
         title="Not allowed" if status == 403 else "Something went wrong",
-        message=str(exc),
+        message=web_message(exc),
     )
     page.headers.update(http_status.retry_headers(exc))
+    return page
+
+
+async def http_error_page(request: Request, exc: Exception) -> Response:
+    """No such page (404) or a form's address opened directly (405): a page, never JSON.
+
+    Given to the API's handler of HTTP errors (server.py), which answers under /api/ itself.
+    """
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
+    if exc.status_code == 405:
+        title, message = (
+            "This address takes a form",
+            "This address is where a form sends what you entered; opening it directly does nothing. "
+            "Go back to the page and use its button instead.",
+        )
+    elif exc.status_code == 404:
+        title, message = (
+            "Page not found",
+            "There is no page at this address. Check the link, or start again below.",
+        )
+        parent = "/"
+    else:
+        title, message = "Something went wrong", str(exc.detail)
+    page = render(
+        request,
+        "error.html",
+        session=None,
+        status_code=exc.status_code,
+        title=title,
+        message=message,
+        back=parent,
+    )
+    if exc.headers:
+        page.headers.update(exc.headers)
     return page
 
 
@@ -96,6 +135,7 @@ def install(app: FastAPI, *, api_error: ErrorHandler) -> None:
         pages_send,
         pages_sandbox,
         pages_workflows,
+        pages_runs,
         pages_triggers,
         pages_workers,
         pages_audit,

@@ -9,12 +9,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import FormData
 
 from mailwright.domain.validation import validate_model
-from mailwright.errors import MailwrightError, ValidationError
-from mailwright.plugins import account_key_type
+from mailwright.errors import MailwrightError
+from mailwright.plugins import AccountKeyType, account_key_type
 from mailwright.services.account_keys import AccountKeyCreate, AccountKeyPublic, AccountKeyUpdate
+from mailwright.services.common import clean_name
 from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
 from mailwright.web.deps import ServicesDep
+from mailwright.web.form_errors import FormErrors
 from mailwright.web.key_fields import key_fields, key_type_options, label_of, secret_names, values_from
 from mailwright.web.render import field_errors, redirect, render
 from mailwright.web.roles import AdminSession, ViewerSession
@@ -23,21 +25,49 @@ from mailwright.web.session import check_csrf
 router = APIRouter(include_in_schema=False)
 
 
-def _create_model(form: FormData) -> AccountKeyCreate:
+def _labels(kind: AccountKeyType) -> dict[str, str]:
+    """The form's labels by field name, for its error messages."""
+    fields = {name: label_of(kind, name) for name in kind.fields_model.model_fields}
+    return {"name": "Name", "description": "Description", "key_type": "Key Type", **fields}
+
+
+def _create_model(form: FormData, errors: FormErrors) -> AccountKeyCreate | None:
+    """The new key as posted, or None with every problem of the form in `errors`."""
     kind = account_key_type(forms.text(form, "key_type") or "email_credentials")
     values = values_from(form, kind, updating=False)
+    if not forms.text(form, "name"):
+        errors.missing("name")
+    with errors.check():
+        clean_name(forms.text(form, "name"), field="name", what="account key")
+    with errors.check():
+        validate_model(kind.fields_model, values)
     if kind.prompt_secret and kind.prompt_secret not in values:
-        label = label_of(kind, kind.prompt_secret).lower()
-        raise ValidationError(f"the {label} is required", field=kind.prompt_secret)
-    return validate_model(
-        AccountKeyCreate,
-        {
-            "name": forms.text(form, "name"),
-            "type": kind.name,
-            "description": forms.text(form, "description"),
-            **values,
-        },
-    )
+        errors.missing(kind.prompt_secret)
+    if errors:
+        return None
+    with errors.check():
+        return validate_model(
+            AccountKeyCreate,
+            {
+                "name": forms.text(form, "name"),
+                "type": kind.name,
+                "description": forms.text(form, "description"),
+                **values,
+            },
+        )
+    return None
+
+
+def _create(services: ServicesDep, form: FormData) -> tuple[AccountKeyPublic | None, FormErrors]:
+    """Create the key the form describes; None and the form's errors if it cannot be."""
+    kind = account_key_type(forms.text(form, "key_type") or "email_credentials")
+    errors = FormErrors(_labels(kind))
+    model = _create_model(form, errors)
+    if model is None:
+        return None, errors
+    with errors.check():
+        return services.account_keys.create(model), errors
+    return None, errors
 
 
 def _form_page(request: Request, session: Any, **context: Any) -> HTMLResponse:
@@ -75,15 +105,14 @@ def new_key(request: Request, session: AdminSession, type: str = "email_credenti
 async def create_key(request: Request, services: ServicesDep, session: AdminSession) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
-    try:
-        key = services.account_keys.create(_create_model(form))
-    except MailwrightError as exc:
+    key, errors = _create(services, form)
+    if key is None:
         return _form_page(
             request,
             session,
             mode="new",
             values=forms.values(form, exclude=secret_names()),
-            errors=field_errors(exc),
+            errors=errors.by_field,
             status_code=422,
         )
     return redirect("/account-keys", flash=f"Account key {key.name!r} created.")
@@ -94,10 +123,10 @@ async def create_key_json(request: Request, services: ServicesDep, session: Admi
     """The Add New dialog of the target form: create without leaving the form."""
     form = await request.form()
     check_csrf(session, request.headers.get("x-csrf-token") or forms.optional(form, "csrf_token"))
-    try:
-        key = services.account_keys.create(_create_model(form))
-    except MailwrightError as exc:
-        return JSONResponse({"errors": field_errors(exc)}, status_code=422)
+    key, errors = _create(services, form)
+    if key is None:
+        # Every error at once, by field, in the order found (the dialog lists them, and marks each field).
+        return JSONResponse({"errors": errors.by_field}, status_code=422)
     body: dict[str, Any] = {
         "id": key.id,
         "name": key.name,
@@ -144,7 +173,7 @@ async def update_key(request: Request, ref: str, services: ServicesDep, session:
             mode="edit",
             key=key,
             values={"key_type": key.type, **forms.values(form, exclude=secret_names())},
-            errors=field_errors(exc),
+            errors=field_errors(exc, _labels(account_key_type(key.type))),
             status_code=422,
         )
     return redirect("/account-keys", flash=f"Account key {key.name!r} saved.")

@@ -16,7 +16,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
+from starlette.datastructures import FormData
 
+from mailwright.domain.addresses import parse_address, parse_address_list
+from mailwright.domain.send_request import custom_headers
 from mailwright.domain.validation import validate_model
 from mailwright.errors import IdempotencyKeyReusedError, MailwrightError
 from mailwright.services.idempotency import HEADER, WEB_SEND_SCOPE
@@ -25,6 +28,7 @@ from mailwright.services.waiting import SendAnswer
 from mailwright.services.web_auth import WebSession
 from mailwright.web import forms
 from mailwright.web.deps import ServicesDep
+from mailwright.web.form_errors import FormErrors, web_hint
 from mailwright.web.render import field_errors, redirect, render
 from mailwright.web.roles import OperatorSession
 from mailwright.web.session import check_csrf
@@ -62,12 +66,25 @@ def send_page(
     return response
 
 
-@router.post("/send/message")
-async def send(request: Request, services: ServicesDep, session: OperatorSession) -> Response:
-    form = await request.form()
-    check_csrf(session, forms.optional(form, "csrf_token"))
-    message = form.get("message") if isinstance(form.get("message"), str) else ""
-    as_html = forms.boolean(form, "send_as_html")
+# The form's labels by the request's field names, for its error messages.
+LABELS = {
+    "target": "Target",
+    "from": "From",
+    "to": "To",
+    "cc": "CC",
+    "bcc": "BCC",
+    "reply_to": "Reply-To",
+    "subject": "Subject",
+    "body": "Text",
+    "html": "HTML",
+    "headers": "Custom headers",
+    "importance": "Importance",
+    "attachments": "Attachments",
+}
+
+
+async def _attachments(form: FormData) -> list[AttachmentIn]:
+    """Every file chosen (the box takes several), as the API's attachments."""
     attachments = []
     for upload in forms.uploads(form, "attachments"):
         data = await upload.read()
@@ -79,23 +96,66 @@ async def send(request: Request, services: ServicesDep, session: OperatorSession
                 content=base64.b64encode(data).decode(),
             )
         )
+    return attachments
+
+
+def _multiline(form: FormData, name: str) -> str | None:
+    """A text area as typed (not stripped: leading spaces can matter in a message); None when blank."""
+    value = form.get(name)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _header_lines(form: FormData) -> list[str]:
+    """Custom headers, one "Name: value" a line."""
+    return [line.strip() for line in forms.text(form, "headers").splitlines() if line.strip()]
+
+
+def _check_fields(form: FormData) -> FormErrors:
+    """The addresses and headers, each field checked on its own, so that every bad one is reported at once."""
+    errors = FormErrors(LABELS)
+    for name in ("to", "cc", "bcc", "reply_to"):
+        with errors.check():
+            parse_address_list(forms.text(form, name), field=name)
+    if forms.text(form, "from"):
+        with errors.check():
+            parse_address(forms.text(form, "from"), field="from")
+    with errors.check():
+        custom_headers(_header_lines(form))
+    if not any(forms.text(form, name) for name in ("to", "cc", "bcc")):
+        errors.put("to", "give at least one recipient in To, CC or BCC")
+    return errors
+
+
+def _request_data(form: FormData, attachments: list[AttachmentIn]) -> dict[str, Any]:
+    return {
+        "target": forms.text(form, "target"),
+        "from": forms.optional(form, "from"),
+        "to": forms.text(form, "to"),
+        "cc": forms.text(form, "cc"),
+        "bcc": forms.text(form, "bcc"),
+        "reply_to": forms.text(form, "reply_to") or None,
+        "subject": forms.text(form, "subject"),
+        "body": _multiline(form, "body"),
+        "html": _multiline(form, "html"),
+        "headers": _header_lines(form),
+        "importance": forms.text(form, "importance") or "normal",
+        "attachments": attachments,
+        "continue_if_one_address_valid": forms.boolean(form, "continue_if_one_address_valid"),
+    }
+
+
+@router.post("/send/message")
+async def send(request: Request, services: ServicesDep, session: OperatorSession) -> Response:
+    form = await request.form()
+    check_csrf(session, forms.optional(form, "csrf_token"))
     context: dict[str, Any] = {"targets": services.targets.list_all(), "values": forms.values(form)}
     key = forms.optional(form, KEY_FIELD)  # None: a form rendered before keys existed
+    errors = _check_fields(form)
     try:
-        request_model = validate_model(
-            SendEmailRequest,
-            {
-                "target": forms.text(form, "target"),
-                "from": forms.optional(form, "from"),
-                "to": forms.text(form, "to"),
-                "cc": forms.text(form, "cc"),
-                "bcc": forms.text(form, "bcc"),
-                "subject": forms.text(form, "subject"),
-                "html" if as_html else "body": message,
-                "attachments": attachments,
-                "continue_if_one_address_valid": forms.boolean(form, "continue_if_one_address_valid"),
-            },
-        )
+        with errors.check():
+            request_model = validate_model(SendEmailRequest, _request_data(form, await _attachments(form)))
+        if errors:
+            return _form(request, session, context, errors=errors.by_field, failure=None, status=422)
         answer = await services.waiting.send_and_wait(
             request_model, key=key, scope=WEB_SEND_SCOPE, timeout=SEND_WAIT_SECONDS
         )
@@ -109,15 +169,24 @@ async def send(request: Request, services: ServicesDep, session: OperatorSession
         )
         return _form(request, session, context, errors={"": message}, failure=None, status=409)
     except MailwrightError as exc:
-        errors = field_errors(exc)
-        if exc.field == HEADER:  # the form's hidden key was tampered with: a new one, and say so
-            context["values"][KEY_FIELD] = new_form_key()
-            errors = {"": f"This form's one-time key was not usable ({exc.message}); press Send again."}
-        failure = None if "" not in errors or exc.code == "validation_error" else exc.details()
-        status = 422 if exc.code in {"validation_error", "not_found"} else 502
-        return _form(request, session, context, errors=errors, failure=failure, status=status)
+        return _refused(request, session, context, exc)
     # POST/redirect/GET: reloading the run's page never posts the form again.
     return redirect(f"/runs/{answer.run_id}", flash=_outcome(answer))
+
+
+def _refused(
+    request: Request, session: WebSession, context: dict[str, Any], exc: MailwrightError
+) -> HTMLResponse:
+    """The form again, with every problem of the request beside its field (or why sending failed)."""
+    errors = field_errors(exc, LABELS)
+    if exc.field == HEADER:  # the form's hidden key was tampered with: a new one, and say so
+        context["values"][KEY_FIELD] = new_form_key()
+        errors = {"": f"This form's one-time key was not usable ({exc.message}); press Send again."}
+    failure = None if "" not in errors or exc.code == "validation_error" else exc.details()
+    if failure is not None and failure.get("hint"):
+        failure["hint"] = web_hint(failure["hint"])
+    status = 422 if exc.code in {"validation_error", "not_found"} else 502
+    return _form(request, session, context, errors=errors, failure=failure, status=status)
 
 
 def _form(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,16 +11,17 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.datastructures import FormData
 
 from mailwright.domain.validation import validate_model
-from mailwright.errors import MailwrightError, ValidationError
-from mailwright.plugins import TargetType, target_types
+from mailwright.plugins import TargetType, target_type, target_types
+from mailwright.services.common import clean_name
 from mailwright.services.target_public import TargetPublic
 from mailwright.services.targets import TargetCreate, TargetUpdate
 from mailwright.targets.fields import SettingField, setting_fields
 from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
 from mailwright.web.deps import ServicesDep
+from mailwright.web.form_errors import FormErrors
 from mailwright.web.key_fields import key_fields, key_type_options
-from mailwright.web.render import field_errors, redirect, render
+from mailwright.web.render import redirect, render
 from mailwright.web.roles import AdminSession, OperatorSession, ViewerSession
 from mailwright.web.session import SessionDep, check_csrf
 
@@ -103,25 +103,31 @@ def _values_from(target: TargetPublic) -> dict[str, str]:
     return values
 
 
-def _labelled(error: MailwrightError, kind: str) -> MailwrightError:
-    """Name a setting by its label ("Max connections: …"), not its API name, in the form."""
-    name = (error.field or "").split(".")[0]
-    item = next((f for f in setting_fields(_types()) if f.name == name), None)
-    if item is None or not isinstance(error, ValidationError):
-        return error
-    label = item.label_for(_protocol(kind)).replace(" (seconds)", "").replace("(PEM path on the server)", "")
-    message = re.sub(r"^[\w.]+: ", f"{label.strip()}: ", error.message)
-    return ValidationError(message, hint=error.hint, field=error.field)
+def _labels(kind: str) -> dict[str, str]:
+    """The form's labels by field name, for its error messages."""
+    protocol = _protocol(kind)
+    labels = {
+        "target_type": "Target Type",
+        "display_name": "Display Name",
+        "description": "Description",
+        "no_account_keys": "No Account Keys",
+        "account_key": "Default Account Keys",
+    }
+    for item in setting_fields(_types()):
+        label = item.label_for(protocol).replace(" (seconds)", "").replace("(PEM path on the server)", "")
+        labels[item.name] = label.strip()
+    return labels
 
 
 def _protocol(kind: str) -> str:
     return next((t.protocol for t in _types() if t.name == kind), "")
 
 
-def _fields(form: FormData, kind: str, *, editing: bool = False) -> dict[str, Any]:
+def _fields(form: FormData, kind: str, errors: FormErrors, *, editing: bool = False) -> dict[str, Any]:
     """The settings the form posted that the target type has (another type's hidden inputs are ignored).
 
     On an edit, a blank optional text clears the setting and a blank rate removes the limit.
+    A value that cannot be read is an error in `errors`, and left out.
     """
     no_keys = forms.text(form, "no_account_keys").lower() == "true"
     values: dict[str, Any] = {
@@ -131,7 +137,10 @@ def _fields(form: FormData, kind: str, *, editing: bool = False) -> dict[str, An
     }
     for item in setting_fields(_types()):
         if item.applies_to(kind):
-            values[item.name] = _posted(form, item, kind, editing=editing)
+            with errors.check():
+                values[item.name] = _posted(form, item, kind, editing=editing)
+            if item.required and values.get(item.name) in (None, "") and item.name not in errors:
+                errors.missing(item.name)
     return values
 
 
@@ -147,6 +156,33 @@ def _posted(form: FormData, item: SettingField, kind: str, *, editing: bool) -> 
     return forms.optional(form, item.name)
 
 
+def _check_form(
+    form: FormData, kind: TargetType, errors: FormErrors, *, base: dict[str, Any], editing: bool
+) -> dict[str, Any]:
+    """Every check of the posted form, each error kept: the name, each setting, the settings
+    together (`base`: the stored ones of an edited target), and the account key."""
+    if not forms.text(form, "display_name"):
+        errors.missing("display_name")
+    with errors.check():
+        clean_name(forms.text(form, "display_name"), field="display_name", what="target")
+    fields = _fields(form, kind.name, errors, editing=editing)
+    settings = {
+        k: v for k, v in fields.items() if k in kind.settings_model.model_fields and v not in (None, "")
+    }
+    with errors.check():
+        validate_model(kind.settings_model, {**base, **settings})
+    if not errors:
+        with errors.check():  # what the values imply together (security for a port…)
+            kind.settings_from_input({**base, **settings}, None)
+    if not fields["no_account_keys"] and not fields["account_key"]:
+        errors.put(
+            "account_key",
+            "choose a default account key (Add New makes one), or set No Account Keys to True "
+            "for an open relay that needs no login",
+        )
+    return fields
+
+
 def _form_page(
     request: Request,
     services: ServicesDep,
@@ -154,7 +190,7 @@ def _form_page(
     *,
     values: dict[str, str],
     target: TargetPublic | None = None,
-    error: MailwrightError | None = None,
+    errors: FormErrors | None = None,
 ) -> HTMLResponse:
     return render(
         request,
@@ -164,8 +200,8 @@ def _form_page(
         mode="new" if target is None else "edit",
         target=target,
         values=values,
-        errors=field_errors(_labelled(error, values.get("target_type", ""))) if error else {},
-        status_code=422 if error else 200,
+        errors=errors.by_field if errors else {},
+        status_code=422 if errors else 200,
         **_form_context(services),
     )
 
@@ -186,23 +222,26 @@ def new_target(request: Request, services: ServicesDep, session: AdminSession) -
 async def create_target(request: Request, services: ServicesDep, session: AdminSession) -> Response:
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
-    try:
-        kind = forms.text(form, "target_type")
-        if kind not in {t.name for t in target_types()}:
-            raise ValidationError("choose a Target Type", field="target_type")
-        fields = _fields(form, kind)
-        target = services.targets.create(
-            validate_model(
-                TargetCreate,
-                {
-                    "display_name": forms.text(form, "display_name"),
-                    "type": forms.text(form, "target_type"),
-                    **{k: v for k, v in fields.items() if v is not None},
-                },
+    kind = next((t for t in _types() if t.name == forms.text(form, "target_type")), None)
+    errors = FormErrors(_labels(kind.name if kind else ""))
+    if kind is None:
+        errors.put("target_type", "choose a Target Type")
+        return _form_page(request, services, session, values=forms.values(form), errors=errors)
+    fields = _check_form(form, kind, errors, base={}, editing=False)
+    if not errors:
+        with errors.check():
+            target = services.targets.create(
+                validate_model(
+                    TargetCreate,
+                    {
+                        "display_name": forms.text(form, "display_name"),
+                        "type": kind.name,
+                        **{k: v for k, v in fields.items() if v is not None},
+                    },
+                )
             )
-        )
-    except MailwrightError as exc:
-        return _form_page(request, services, session, values=forms.values(form), error=exc)
+    if errors:
+        return _form_page(request, services, session, values=forms.values(form), errors=errors)
     return redirect(f"/targets/{target.id}", flash=f"Target {target.display_name!r} created.")
 
 
@@ -250,21 +289,23 @@ async def update_target(request: Request, ref: str, services: ServicesDep, sessi
     form = await request.form()
     check_csrf(session, forms.optional(form, "csrf_token"))
     target = services.targets.get(ref)
-    try:
-        # Blank optional settings are cleared on edit: "" and 0 ("no limit") are given, None is "unchanged".
-        fields = _fields(form, target.type, editing=True)
-        target = services.targets.update(
-            target.id,
-            validate_model(
-                TargetUpdate,
-                {
-                    "display_name": forms.text(form, "display_name"),
-                    **{k: v for k, v in fields.items() if v is not None},
-                },
-            ),
-        )
-    except MailwrightError as exc:
-        return _form_page(request, services, session, values=forms.values(form), target=target, error=exc)
+    errors = FormErrors(_labels(target.type))
+    # Blank optional settings are cleared on edit: "" and 0 ("no limit") are given, None is "unchanged".
+    fields = _check_form(form, target_type(target.type), errors, base=target.settings, editing=True)
+    if not errors:
+        with errors.check():
+            target = services.targets.update(
+                target.id,
+                validate_model(
+                    TargetUpdate,
+                    {
+                        "display_name": forms.text(form, "display_name"),
+                        **{k: v for k, v in fields.items() if v is not None},
+                    },
+                ),
+            )
+    if errors:
+        return _form_page(request, services, session, values=forms.values(form), target=target, errors=errors)
     return redirect(f"/targets/{target.id}", flash=f"Target {target.display_name!r} saved.")
 
 

@@ -1,16 +1,15 @@
-"""Workflows and Runs pages: upload or edit a document, start it with a generated form, follow runs."""
+"""Workflows pages: upload or edit a document, start it with a generated form (runs: pages_runs.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from mailwright.domain.runs import RunStatus
 from mailwright.errors import MailwrightError
+from mailwright.services.app import Services
 from mailwright.services.workflows import WorkflowPublic
 from mailwright.web import forms
 from mailwright.web.deletion import Deletable, confirm_page, delete_confirmed
@@ -18,6 +17,7 @@ from mailwright.web.deps import ServicesDep
 from mailwright.web.render import field_errors, redirect, render
 from mailwright.web.roles import AdminSession, OperatorSession, ViewerSession
 from mailwright.web.session import SessionDep, check_csrf
+from mailwright.web.workflow_diagram import diagram
 
 router = APIRouter(include_in_schema=False)
 
@@ -51,7 +51,8 @@ async def _document_text(request: Request) -> tuple[str, str | None, Any]:
     if upload:
         data = await upload[0].read()
         return data.decode("utf-8", errors="replace"), upload[0].filename, form
-    return str(form.get("document") or ""), None, form
+    # A browser sends a textarea's line breaks as CRLF: stored as typed, with LF.
+    return str(form.get("document") or "").replace("\r\n", "\n"), None, form
 
 
 def _form_page(
@@ -109,21 +110,41 @@ async def create_workflow(request: Request, services: ServicesDep, session: Admi
     return redirect(f"/workflows/{workflow.id}", flash=f"Workflow {workflow.name!r} saved.")
 
 
-@router.get("/workflows/{ref}")
-def show_workflow(request: Request, ref: str, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
-    workflow = services.workflows.get(ref)
+def _detail_page(
+    request: Request,
+    services: Services,
+    session: SessionDep,
+    *,
+    workflow: WorkflowPublic,
+    values: dict[str, Any] | None = None,
+    error: MailwrightError | None = None,
+) -> HTMLResponse:
+    """A workflow's page: its diagram, a form to start it, its triggers, its document as written."""
+    triggers = services.triggers.list_all(workflow.id)
+    flow = diagram(
+        services.workflows.document(workflow.id),
+        schedules_enabled={s.index: s.enabled for s in services.schedules.list_for(workflow.id)},
+        triggers_enabled={t.index: t.enabled for t in triggers},
+    )
     return render(
         request,
         "workflows/detail.html",
         session=session,
         section="workflows",
         workflow=workflow,
-        document=services.workflows.export(ref).document,
+        document=services.workflows.export(workflow.id).document,
+        flow=flow,
         targets=services.targets.list_all(),
-        triggers=services.triggers.list_all(workflow.id),
-        values={},
-        errors={},
+        triggers=triggers,
+        values=values or {},
+        errors=field_errors(error) if error else {},
+        status_code=422 if error else 200,
     )
+
+
+@router.get("/workflows/{ref}")
+def show_workflow(request: Request, ref: str, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
+    return _detail_page(request, services, session, workflow=services.workflows.get(ref))
 
 
 @router.get("/workflows/{ref}/edit")
@@ -167,18 +188,8 @@ async def start_workflow(
             account_key=None,
         )
     except MailwrightError as exc:
-        return render(
-            request,
-            "workflows/detail.html",
-            session=session,
-            section="workflows",
-            workflow=workflow,
-            document=services.workflows.export(ref).document,
-            targets=services.targets.list_all(),
-            values=forms.values(form),
-            errors=field_errors(exc),
-            status_code=422,
-        )
+        values = forms.values(form)
+        return _detail_page(request, services, session, workflow=workflow, values=values, error=exc)
     return redirect(f"/runs/{run.id}", flash=f"Run of {workflow.name!r} queued.")
 
 
@@ -204,59 +215,3 @@ async def delete_workflow(
 ) -> Response:
     workflow = services.workflows.get(ref)
     return await delete_confirmed(request, session, _deletable(workflow), services.workflows.delete)
-
-
-@router.get("/runs")
-def list_runs(request: Request, services: ServicesDep, session: ViewerSession) -> HTMLResponse:
-    return render(
-        request, "runs/list.html", session=session, section="runs", runs=services.runs.list_runs(limit=100)
-    )
-
-
-@router.get("/runs/{run_id}")
-def show_run(
-    request: Request, run_id: str, services: ServicesDep, session: ViewerSession, state: str = ""
-) -> HTMLResponse:
-    shown = state.strip() or None
-    run = services.runs.get(run_id, state=shown)
-    # Counts of every step by status (a batch's come with it; a workflow's are counted here).
-    counts = run.step_counts
-    if counts is None:
-        every = run if shown is None else services.runs.get(run_id)
-        counts = dict(Counter(s.status for s in every.steps))
-    return render(
-        request,
-        "runs/detail.html",
-        session=session,
-        section="runs",
-        run=run,
-        state=shown,
-        counts=counts,
-    )
-
-
-@router.post("/runs/{run_id}/cancel")
-async def cancel_run(
-    request: Request, run_id: str, services: ServicesDep, session: OperatorSession
-) -> Response:
-    form = await request.form()
-    check_csrf(session, forms.optional(form, "csrf_token"))
-    run = services.runs.cancel(run_id)
-    return redirect(
-        f"/runs/{run.id}",
-        flash="Cancelled." if run.status == RunStatus.CANCELLED else "Cancellation requested.",
-    )
-
-
-@router.post("/runs/{run_id}/retry")
-async def retry_run(
-    request: Request, run_id: str, services: ServicesDep, session: OperatorSession
-) -> Response:
-    form = await request.form()
-    check_csrf(session, forms.optional(form, "csrf_token"))
-    include_unknown = forms.optional(form, "include_unknown") == "true"
-    run = services.runs.retry(run_id, include_unknown=include_unknown)
-    flash = "Queued again; steps that succeeded are not repeated."
-    if include_unknown:
-        flash += " Messages whose outcome was unknown are sent again, with their Message-ID."
-    return redirect(f"/runs/{run.id}", flash=flash)

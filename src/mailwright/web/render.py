@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 from urllib.parse import quote, unquote
@@ -14,11 +15,14 @@ from mailwright import __version__
 from mailwright.domain.roles import Role
 from mailwright.errors import MailwrightError
 from mailwright.services.web_auth import WebSession
+from mailwright.web.form_errors import FormErrors
+from mailwright.web.times import FILTERS as TIME_FILTERS
 
 FLASH_COOKIE = "mw_flash"
 
 templates = Jinja2Templates(directory=str(resources.files("mailwright.web").joinpath("templates")))
 templates.env.globals["version"] = __version__
+templates.env.filters.update(TIME_FILTERS)  # ago, absolute, when (web/times.py)
 
 NAV = [
     ("dashboard", "Dashboard", "/"),
@@ -85,8 +89,8 @@ def redirect(url: str, *, flash: str | None = None) -> RedirectResponse:
     return response
 
 
-def field_errors(error: MailwrightError) -> dict[str, str]:
-    """Errors keyed by form field; a general message under "" when no field is named."""
-    field = error.field or ""
-    text = error.message + (f" — {error.hint}" if error.hint else "")
-    return {field.split(".")[0]: text}
+def field_errors(error: MailwrightError, labels: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Errors keyed by form field (every one a `ValidationError` lists); a general message under ""."""
+    errors = FormErrors(labels)
+    errors.add(error)
+    return errors.by_field
