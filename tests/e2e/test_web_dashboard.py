@@ -113,6 +113,12 @@ def test_dashboard_shows_the_sends_failures_and_charts(page: Page, web: WebApp) 
     assert "#}" not in page.locator("main").inner_text()  # the partial's comment stays a comment
     shot(page, "run-timeline")
 
+    # The run's own page includes it (at its run-timeline marker), and stops asking once it ended.
+    page.goto(f"/runs/{run_id}")
+    expect(page.locator(f'[data-chart-summary="run-{run_id}"]')).to_contain_text(f"In all: {SENT} sent")
+    expect(page.locator(f"#run-{run_id}")).not_to_have_attribute("data-chart-refresh", "5")
+    shot(page, "run-page-timeline")
+
 
 def test_dashboard_is_the_home_page_and_asks_for_a_login(page: Page, web: WebApp) -> None:
     page.goto("/")
