@@ -288,11 +288,14 @@ class StatsService:
         if through is not None and through >= end:
             return through
         begin = end - KEEP if through is None else max(through, end - KEEP)
+        with self._db.session() as session:  # reads only: no write lock while a month is counted
+            hours = self._count_hours(session, begin, end)
+            failures = self._count_failures(session, begin, end)
         try:
             with self._db.session() as session:
                 self._claim(session, through, end)
-                session.add_all(_hour_row(h) for h in self._count_hours(session, begin, end))
-                session.add_all(_failure_row(f) for f in self._count_failures(session, begin, end))
+                session.add_all(_hour_row(h) for h in hours)
+                session.add_all(_failure_row(f) for f in failures)
                 session.execute(delete(DeliveryHourRow).where(DeliveryHourRow.hour < end - KEEP))
                 session.execute(delete(DeliveryFailureRow).where(DeliveryFailureRow.hour < end - KEEP))
         except (_Taken, IntegrityError):
