@@ -202,6 +202,7 @@ class _Hour:
     sent: int
     failed: int
     deferred: int
+    rate_limited: int = 0
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ class StatsService:
             hourly=_series(_Window.ending(Span.HOURS, now), figures, target),
             daily=_series(_Window.ending(Span.DAYS, now), figures, target),
             reasons=_reasons(figures, now - timedelta(days=30), target),
-            rate_limited=self.rate_limited(since=now - timedelta(hours=24), target=target),
+            rate_limited=self._limits(figures, since=now - timedelta(hours=24), target=target),
             triggers=[] if target else self.trigger_health(now=now),
         )
 
@@ -331,6 +332,7 @@ class StatsService:
                 _count_when(step.status == StepStatus.SUCCEEDED),
                 _count_when(step.status.in_(FAILED_STATUSES)),
                 _count_when(_was_deferred()),
+                _count_when(_noted()),
             )
             .select_from(step)
             .join(RunRow, RunRow.id == step.run_id)
@@ -338,8 +340,8 @@ class StatsService:
             .group_by(RunRow.target, bucket)
         )
         return [
-            _Hour(target or "", _parse_hour(key), int(s), int(f), int(d))
-            for target, key, s, f, d in session.execute(query)
+            _Hour(target or "", _parse_hour(key), int(s), int(f), int(d), int(r))
+            for target, key, s, f, d, r in session.execute(query)
         ]
 
     def _count_failures(self, session: Session, begin: datetime, end: datetime | None) -> list[_Failures]:
@@ -375,28 +377,41 @@ class StatsService:
 
     # --- rate limits ------------------------------------------------------------------------------
 
-    def rate_limited(self, *, since: datetime, target: str | None = None) -> list[RateLimited]:
+    def rate_limited(
+        self, *, since: datetime, target: str | None = None, now: datetime | None = None
+    ) -> list[RateLimited]:
+        return self._limits(self._figures(since=since, now=now or utcnow()), since=since, target=target)
+
+    def _limits(self, figures: _Figures, *, since: datetime, target: str | None) -> list[RateLimited]:
+        """Rate-limit deferrals per target from the hours' counts; the waiting ones read live."""
+        first = _floor_hour(since)
+        wanted = figures.wanted(target)
+        merged: dict[str, RateLimited] = {}
+
+        def entry(raw: str) -> RateLimited:
+            name = figures.shown(raw)
+            return merged.setdefault(name, RateLimited(target=name, held=0, waiting=0))
+
+        for hour in figures.hours:
+            if hour.rate_limited and hour.hour >= first and wanted(hour.target):
+                entry(hour.target).held += hour.rate_limited
+        for raw, waiting in self._waiting_for_slots(since):
+            if wanted(raw):
+                entry(raw).waiting += waiting
+        return [merged[name] for name in sorted(merged)]
+
+    def _waiting_for_slots(self, since: datetime) -> list[tuple[str, int]]:
+        """Steps deferred by a rate limit and waiting now (read through the index: few rows)."""
         step = RunStepRow
-        noted = cast(step.notes, Text).like(f"%{RATE_LIMIT_NOTE}%")
         query = (
-            select(RunRow.target, func.count(), _count_when(step.status == StepStatus.DEFERRED))
+            select(RunRow.target, func.count())
             .select_from(step)
             .join(RunRow, RunRow.id == step.run_id)
-            .where(*_sends_between(since, None), noted)
+            .where(*_sends_between(since, None), step.status == StepStatus.DEFERRED, _noted())
             .group_by(RunRow.target)
         )
         with self._db.session() as session:
-            figures = _Figures(hours=[], failures=[], names=self._target_names(session))
-            rows = session.execute(query).all()
-        wanted = figures.wanted(target)
-        merged: dict[str, RateLimited] = {}
-        for raw, held, waiting in rows:
-            if wanted(raw or ""):
-                name = figures.shown(raw or "")
-                entry = merged.setdefault(name, RateLimited(target=name, held=0, waiting=0))
-                entry.held += int(held)
-                entry.waiting += int(waiting)
-        return [merged[name] for name in sorted(merged)]
+            return [(raw or "", int(n)) for raw, n in session.execute(query)]
 
     # --- email triggers -------------------------------------------------------------------------
 
@@ -484,7 +499,8 @@ def _sends_between(begin: datetime, end: datetime | None) -> list[ColumnElement[
 
 def _stored_hours(session: Session, first: datetime, through: datetime) -> list[_Hour]:
     t = DeliveryHourRow
-    query = select(t.target, t.hour, t.sent, t.failed, t.deferred).where(t.hour >= first, t.hour < through)
+    columns = (t.target, t.hour, t.sent, t.failed, t.deferred, t.rate_limited)
+    query = select(*columns).where(t.hour >= first, t.hour < through)
     return [_Hour(*row) for row in session.execute(query)]
 
 
@@ -504,7 +520,12 @@ def _stored_failures(session: Session, first: datetime, through: datetime) -> li
 
 def _hour_row(hour: _Hour) -> DeliveryHourRow:
     return DeliveryHourRow(
-        hour=hour.hour, target=hour.target, sent=hour.sent, failed=hour.failed, deferred=hour.deferred
+        hour=hour.hour,
+        target=hour.target,
+        sent=hour.sent,
+        failed=hour.failed,
+        deferred=hour.deferred,
+        rate_limited=hour.rate_limited,
     )
 
 
@@ -547,6 +568,11 @@ def _reasons(figures: _Figures, since: datetime, target: str | None) -> list[Fai
 
 def _count_when(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.sum(case((condition, 1), else_=0))
+
+
+def _noted() -> ColumnElement[bool]:
+    """A rate limit held the step back at least once (its notes keep the latest such note)."""
+    return cast(RunStepRow.notes, Text).like(f"%{RATE_LIMIT_NOTE}%")
 
 
 def _was_deferred() -> ColumnElement[bool]:

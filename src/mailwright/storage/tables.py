@@ -366,6 +366,7 @@ class DeliveryHourRow(Base):
     sent: Mapped[int] = mapped_column()
     failed: Mapped[int] = mapped_column()
     deferred: Mapped[int] = mapped_column()
+    rate_limited: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class DeliveryFailureRow(Base):

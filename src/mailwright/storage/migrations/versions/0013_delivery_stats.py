@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("sent", sa.Integer(), nullable=False),
         sa.Column("failed", sa.Integer(), nullable=False),
         sa.Column("deferred", sa.Integer(), nullable=False),
+        sa.Column("rate_limited", sa.Integer(), nullable=False, server_default="0"),
     )
     op.create_table(
         "delivery_failures",
