@@ -5,9 +5,8 @@ target (and per error class and SMTP code), counted once; the dashboard reads th
 counts only the steps of the last hour or so from `run_steps`. Nothing is backfilled here:
 the first look at the dashboard counts the last 30 days.
 
-`ix_run_steps_updated` holds every column those counts read from a step but its error
-(when, activity, status, attempts, run), so counting an hour reads a range of the index,
-not the steps' rows (a batch message's row is wide).
+`ix_run_steps_updated` (when, activity, status, attempts, run) finds an hour's send steps
+without a scan, and tells their state without reading the rows (a batch message's is wide).
 
 Revision ID: 0013
 Revises: 0012
