@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -25,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, as bench/scale.py does
+
+from tests.support.postgres import fresh_database
 
 from mailwright.services.stats import Span, StatsService
 from mailwright.storage.db import Database
@@ -183,19 +187,6 @@ def measure(url: str, label: str, steps: int, repeat: int) -> None:
     db.dispose()
 
 
-def with_postgres(admin_url: str) -> Iterator[str]:
-    name = f"mw_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -210,7 +201,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             measure(f"sqlite:///{Path(folder) / 'bench.db'}", "SQLite", args.steps, args.repeat)
     if not args.no_postgres:
-        for url in with_postgres(args.pg_admin_url):
+        with fresh_database(args.pg_admin_url, prefix="mw_bench") as url:
             measure(url, "PostgreSQL", args.steps, args.repeat)
 
 

@@ -33,20 +33,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from tests.support.announcer import AnnouncerThread  # noqa: E402
+from tests.support.postgres import fresh_database  # noqa: E402
 from tests.support.rabbitmq import RabbitMQServer  # noqa: E402
 from tests.support.redis_server import RedisServer, answers  # noqa: E402
 from throughput import MAILWRIGHT, Sink, sinks  # noqa: E402
@@ -55,9 +53,6 @@ from mailwright.config import Settings  # noqa: E402
 from mailwright.services.app import Services  # noqa: E402
 from mailwright.services.targets import TargetCreate  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "MAILWRIGHT_TEST_POSTGRES_URL", "postgresql+psycopg://mailwright:mailwright@127.0.0.1:5432/postgres"
-)
 CONNECTIONS_PER_WORKER = 16
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -84,20 +79,6 @@ def redis_url(work: Path) -> Iterator[str]:
         return
     with RedisServer(work / "redis") as server:
         yield server.url
-
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"mw_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class SetUp:

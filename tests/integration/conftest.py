@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import uuid
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from mailwright.config import Settings
 from mailwright.secrets import Secret
@@ -21,6 +19,7 @@ from mailwright.services.target_public import TargetPublic
 from mailwright.services.targets import TargetCreate
 from tests.support.apiserver import APIServer
 from tests.support.cli import CLI
+from tests.support.postgres import ADMIN_URL, fresh_database
 from tests.support.redis_server import SHARED_URL, RedisServer, answers
 from tests.support.smtpserver import SMTPTestServer
 from tests.support.tlsfiles import TLSFiles
@@ -103,29 +102,16 @@ def cli(tmp_path: Path) -> Iterator[CLI]:
     runner.assert_no_traceback()
 
 
-# Created by scripts/install-system-deps.sh (make test); override to use another server.
-ADMIN_URL = os.environ.get(
-    "MAILWRIGHT_TEST_POSTGRES_URL", "postgresql+psycopg://mailwright:mailwright@127.0.0.1:5432/postgres"
-)
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh database for the test, dropped afterwards."""
-    name = f"mw_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {ADMIN_URL}: run `bash scripts/install-system-deps.sh` ({exc})"
-        )
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(fresh_database())
+        except sa.exc.OperationalError as exc:
+            hint = "run `bash scripts/install-system-deps.sh`"
+            pytest.fail(f"PostgreSQL is not reachable at {ADMIN_URL}: {hint} ({exc})")
+        yield url
 
 
 @pytest.fixture(scope="module")
