@@ -125,6 +125,9 @@ def test_running_batch_shows_live_progress_then_failed_first(
     links = totals.get_by_role("link")
     expect(links.nth(1)).to_contain_text("failed 3")  # failed first, after "all"
     expect(totals).to_contain_text("succeeded 247")
+    # The run's error in the page's words: no command line (the totals and Retry are right here).
+    expect(page.get_by_role("alert").first).to_contain_text("3 of 250 messages failed")
+    expect(page.get_by_role("alert").first).not_to_contain_text("mailwright runs")
     links.nth(1).click()
     expect(page).to_have_url(re.compile(r"\?state=failed$"))
     table = page.locator("table.batch-steps tbody tr")

@@ -15,7 +15,7 @@ from mailwright import __version__
 from mailwright.domain.roles import Role
 from mailwright.errors import MailwrightError
 from mailwright.services.web_auth import WebSession
-from mailwright.web.form_errors import FormErrors
+from mailwright.web.form_errors import FormErrors, web_hint
 from mailwright.web.times import FILTERS as TIME_FILTERS
 
 FLASH_COOKIE = "mw_flash"
@@ -23,6 +23,7 @@ FLASH_COOKIE = "mw_flash"
 templates = Jinja2Templates(directory=str(resources.files("mailwright.web").joinpath("templates")))
 templates.env.globals["version"] = __version__
 templates.env.filters.update(TIME_FILTERS)  # ago, absolute, when (web/times.py)
+templates.env.filters["web_hint"] = web_hint  # a hint without command-line wording, or None
 
 NAV = [
     ("dashboard", "Dashboard", "/"),
