@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import smtplib
 from email.message import EmailMessage
 from pathlib import Path
@@ -28,3 +29,14 @@ def test_the_sandbox_is_quiet_unless_asked(tmp_path: Path) -> None:
     assert len(quiet.splitlines()) < 30, quiet  # start-up lines, not a line per SMTP command
     loud = _capture(tmp_path / "loud", "--log-level", "debug")
     assert "mail.log" in loud
+
+
+def test_ctrl_c_stops_serve_in_order_with_exit_0(tmp_path: Path) -> None:
+    """`make run` ends with Ctrl-C: serve must exit 0 then (uvicorn raised the SIGINT again, so make
+    printed "Error 130")."""
+    serve = ServeProcess(tmp_path / "home").start()
+    serve._proc.send_signal(signal.SIGINT)
+    code = serve._proc.wait(timeout=60)  # it stops by itself: no SIGTERM from stop()
+    serve.stop()
+    assert code == 0, serve.stderr[-2000:]
+    assert "Traceback" not in serve.stderr
