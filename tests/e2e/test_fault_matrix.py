@@ -959,12 +959,13 @@ def test_a_failed_scan_query_does_not_end_the_worker(
         engine = sa.create_engine(m.database_url)
         try:
             with engine.connect() as holder:
-                # The next scan's `SELECT runs.id ... FROM runs` (runs.due) waits for this lock ...
+                # The next scan's first read of the runs table (runs.due, or every 2 s first the look
+                # for batches with free ranges, which joins runs) waits for this lock ...
                 holder.execute(sa.text("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"))
                 waiting: list[int] = []
 
                 def scan_waits() -> bool:
-                    pid = backend_waiting(m, "SELECT runs.id%")
+                    pid = backend_waiting(m, "SELECT %runs%")
                     waiting.extend([] if pid is None else [pid])
                     return pid is not None
 
