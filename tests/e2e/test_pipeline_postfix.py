@@ -18,6 +18,7 @@ from mailwright.services.sending import SendEmailRequest, build_outgoing, delive
 from mailwright.services.targets import TargetCreate
 from tests.e2e.test_send_e2e import mailbox, make_target
 from tests.support.mailstack import MailStack
+from tests.support.ports import free_port
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 COUNT = 200
@@ -66,14 +67,8 @@ async def test_pool_delivers_200_messages_through_postfix(mw: Services, mailstac
     await mw.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_sink(dump: Path, *options: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
+    port = free_port()
     user = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
     process = subprocess.Popen(
         [SMTP_SINK, "-u", user, "-d", f"{dump}/%H%M%S.", *options, f"127.0.0.1:{port}", "256"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,13 +10,9 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.ports import free_port
+
 MAILWRIGHT = str(Path(sys.executable).parent / "mailwright")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _serve(home: Path, port: int) -> tuple[subprocess.Popen[str], str]:
@@ -52,7 +47,7 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 
 def test_first_start_writes_an_admin_token_to_a_private_file(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    proc, base = _serve(home, _free_port())
+    proc, base = _serve(home, free_port())
     try:
         assert httpx.get(f"{base}/api/v1/targets").status_code == 401
         assert httpx.get(f"{base}/api/openapi.json").json()["info"]["title"] == "Mailwright"
@@ -62,7 +57,7 @@ def test_first_start_writes_an_admin_token_to_a_private_file(tmp_path: Path) -> 
     token = (home / "first-admin-token").read_text().strip()
     assert token.startswith("mw_") and token not in first
     assert str(home / "first-admin-token") in first
-    proc, base = _serve(home, _free_port())
+    proc, base = _serve(home, free_port())
     try:
         listed = httpx.get(f"{base}/api/v1/targets", headers={"Authorization": f"Bearer {token}"})
         assert listed.status_code == 200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from types import TracebackType
@@ -13,17 +12,12 @@ from fastapi import FastAPI
 
 from mailwright.server import create_app
 from mailwright.services.app import Services
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.ports import free_port
 
 
 class APIServer:
     def __init__(self, services: Services, *, app: FastAPI | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app or create_app(services), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"

@@ -58,6 +58,8 @@ from typing import Literal, Self
 
 import trustme
 
+from tests.support.ports import free_ports
+
 __all__ = ["MailStack", "MailStackError", "make_message", "missing_binaries"]
 
 DEFAULT_HOST = "127.0.0.2"
@@ -248,19 +250,6 @@ def _read_pid(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _free_ports(host: str, count: int) -> list[int]:
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _listening(host: str) -> set[int]:
@@ -582,7 +571,7 @@ class MailStack:
         base = Path(tempfile.mkdtemp(prefix="mw-", dir="/tmp"))
         base.chmod(0o755)  # daemons drop privileges and must reach their sockets
         self._base = base
-        ports = _free_ports(self.host, len(_PORT_NAMES))
+        ports = free_ports(len(_PORT_NAMES), self.host)
         for name, port in zip(_PORT_NAMES, ports, strict=True):
             setattr(self, name, port)
 

@@ -18,14 +18,10 @@ import time
 from pathlib import Path
 from typing import Self
 
+from tests.support.ports import free_port
+
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 START_TIMEOUT = 120.0  # Erlang boots slowly on a loaded machine
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(port: int) -> bool:
@@ -41,8 +37,8 @@ class RabbitMQServer:
         if not os.path.exists(SERVER):
             raise RuntimeError(f"{SERVER} is missing: run `bash scripts/install-system-deps.sh`")
         self.directory = directory
-        self.port = _free_port()
-        self.dist_port = _free_port()
+        self.port = free_port()
+        self.dist_port = free_port()
         self.node = f"mwtest{self.port}@localhost"
         self._process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -72,7 +68,23 @@ class RabbitMQServer:
         return env
 
     def start(self) -> Self:
-        with (self.directory / "server.log").open("ab") as out:
+        # A port taken between choosing and binding it (see tests/support/ports.py) is retried
+        # with a new distribution port; the AMQP port stays, since clients already hold the URL.
+        for attempt in range(3):
+            failure = self._start_once()
+            if failure is None:
+                return self
+            if attempt < 2 and ("already_used" in failure or "eaddrinuse" in failure):
+                self.dist_port = free_port()
+                continue
+            raise RuntimeError(f"RabbitMQ did not start on port {self.port}:\n{failure}")
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> str | None:
+        """None once the server answers, else the end of its log."""
+        log = self.directory / "server.log"
+        before = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as out:
             self._process = subprocess.Popen(
                 [SERVER],
                 env=self._env(),
@@ -84,11 +96,13 @@ class RabbitMQServer:
         deadline = time.monotonic() + START_TIMEOUT
         while not _answers(self.port):
             if self._process.poll() is not None or time.monotonic() > deadline:
-                tail = (self.directory / "server.log").read_text(errors="replace")[-3000:]
+                with log.open("rb") as read:
+                    read.seek(before)
+                    tail = read.read().decode(errors="replace")[-3000:]
                 self.stop()
-                raise RuntimeError(f"RabbitMQ did not start on port {self.port}:\n{tail}")
+                return tail
             time.sleep(0.2)
-        return self
+        return None
 
     def stop(self) -> None:
         process, self._process = self._process, None

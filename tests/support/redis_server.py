@@ -15,7 +15,6 @@ Tests share one Redis, so each uses its own key prefix (`unique_prefix()`).
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -26,6 +25,7 @@ from typing import Self
 import redis
 
 from mailwright.transport.redis_limits import RedisLink
+from tests.support.ports import free_port
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 
@@ -50,18 +50,12 @@ def answers(url: str, *, timeout: float = 1.0) -> bool:
         client.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class RedisServer:
     """A private `redis-server` process on 127.0.0.1 (``start()``/``stop()``/``restart()``, or ``with``)."""
 
     def __init__(self, directory: Path, *, port: int | None = None) -> None:
         self.directory = directory
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
