@@ -346,3 +346,41 @@ def test_services_choose_the_limiter_from_the_setting(tmp_path: Path, redis_url:
     with pytest.raises(ConfigError) as away:
         _ = Services(Settings(home=tmp_path / "c", redis_url=f"redis://127.0.0.1:{_dead_port()}/0")).targets
     assert "MAILWRIGHT_REDIS_URL" in str(away.value)
+
+
+def test_a_message_that_wakes_late_takes_a_new_slot_and_gives_the_old_back(link: RedisLink) -> None:
+    """The event loop held up past a message's slot: sent on it, the message would reach the
+    server bunched with the ones slotted after it. It gives that slot back and takes a new one;
+    its day is counted once."""
+    windows = RateWindows(link)
+    days = MemoryDays()
+    limiter = SharedRateLimiter(days, windows)
+    limits = RateLimits(per_second=10, per_day=1000)
+    (second,) = windows_of(limits)
+
+    async def two_messages_the_second_held_up() -> None:
+        await limiter.acquire(key="t1", limits=limits, target="Relay", max_wait=5)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, time.sleep, 0.4)  # a synchronous call blocks the loop past the slot
+        await limiter.acquire(key="t1", limits=limits, target="Relay", max_wait=5)
+
+    asyncio.run(two_messages_the_second_held_up())
+    first, then = admissions(link, windows, second)  # two slots kept, not three
+    assert then - first >= 0.4, (first, then)  # the second slot was taken after the hold-up
+    assert len(days.calls) == 2
+
+
+def test_a_message_on_time_keeps_its_slot(link: RedisLink) -> None:
+    windows = RateWindows(link)
+    limiter = SharedRateLimiter(MemoryDays(), windows)
+    limits = RateLimits(per_second=10)
+    (second,) = windows_of(limits)
+
+    async def three_messages() -> None:
+        for _ in range(3):
+            await limiter.acquire(key="t1", limits=limits, target="Relay", max_wait=5)
+
+    asyncio.run(three_messages())
+    slots = admissions(link, windows, second)
+    assert len(slots) == 3
+    assert all(b - a == pytest.approx(second.spacing, abs=0.01) for a, b in itertools.pairwise(slots))

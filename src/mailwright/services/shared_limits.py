@@ -28,7 +28,10 @@ spaced, only each message's own jitter is. The per-minute window is not spaced: 
 target limited per minute (and not per second) still sends its first messages at
 once, as without Redis. The price: N per second becomes N per 1.1 s (20/s: 18.2/s).
 
-Two things would make a message late by more than the guard, and are bounded here:
+Three things would make a message late by more than the guard, and are bounded here:
+- this process held up past the slot (a busy CPU, a long synchronous call in the event
+  loop): a message that wakes more than `LATE` (guard / 2) after its slot gives it back
+  and takes a new one, so it never goes out on a slot it missed;
 - waiting for a connection after its slot (the target's pool at its cap over all
   workers): a slot is taken only when this process's pool can send at once (a live
   connection with room, `ROOM_PER_CONNECTION` each); with none, one message at a time
@@ -49,6 +52,8 @@ fails. The warning names Redis's host and port, never the URL's password.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 import time
 from datetime import timedelta
@@ -64,15 +69,19 @@ from mailwright.transport.redis_limits import (
     RedisConnectionSlots,
     RedisLink,
     RedisUnavailableError,
+    Taken,
     Window,
     backoff,
 )
 
 GUARD = 0.1  # seconds added to each window: the slot-to-arrival jitter the guarantee absorbs
+log = logging.getLogger(__name__)
+
 WINDOW_NAMES = {1.0: "second", 60.0: "minute"}
 ROOM_PER_CONNECTION = 4  # messages with a slot, not yet on a connection, per live connection
 ROOM_POLL = 0.02
 COLD_GRACE = 2.0
+LATE = GUARD / 2  # seconds past its slot after which a message takes a new one (see `acquire`)
 
 
 def windows_of(limits: RateLimits, *, guard: float = GUARD) -> list[Window]:
@@ -115,44 +124,75 @@ class SharedRateLimiter(RateLimiter):
         further than the horizon (ask again then); `RedisUnavailableError` when Redis
         does not answer. `acquire` handles the last two.
         """
+        return self._reserve(key=key, limits=limits, target=target, max_wait=max_wait, day=True).wait
+
+    def _reserve(self, *, key: str, limits: RateLimits, target: str, max_wait: float, day: bool) -> Taken:
+        """`reserve`, with the slot's token (to give it back); `day=False` when the day's count was taken."""
         if not limits:
-            return 0.0
+            return Taken(outcome=Outcome.TAKEN, wait=0.0, token="")
         windows = windows_of(limits, guard=self._guard)
         if not windows:  # per day only
-            self._take_day(key=key, limit=limits.per_day or 0, target=target)
-            return 0.0
+            if day:
+                self._take_day(key=key, limit=limits.per_day or 0, target=target)
+            return Taken(outcome=Outcome.TAKEN, wait=0.0, token="")
         taken = self._redis.take(key, windows, max_wait=max_wait)
         if taken.outcome is Outcome.REFUSED:
             raise self._window_error(limits, target=target, wait=taken.wait)
         if taken.outcome is Outcome.LATER:
             raise SlotLater(taken.wait - self._redis.horizon)
-        if limits.per_day is not None:
+        if day and limits.per_day is not None:
             try:
                 self._take_day(key=key, limit=limits.per_day, target=target)
             except RateLimitedError:
                 self._redis.give_back(key, windows, taken.token)  # the message will not go: nor its slot
                 raise
-        return taken.wait
+        return taken
 
     async def acquire(self, *, key: str, limits: RateLimits, target: str, max_wait: float) -> None:
         """`reserve` off the event loop, then sleep until the slot; a lost Redis is waited for.
 
         Waiting for Redis counts against `max_wait`: past it the message is deferred
         (`RateLimitedError` with a time to try again), never failed.
+
+        A message that wakes more than `LATE` after its slot (this event loop was held up:
+        a busy CPU, a long synchronous call) gives the slot back and takes a new one: sent
+        late on its old slot it would reach the server bunched with the messages slotted
+        after it, and the server could see more than N in a second.
         """
         if not limits:
             return
         deadline = time.monotonic() + max_wait  # waiting for Redis, room and the slot together
+        windows = windows_of(limits, guard=self._guard)
+        day = True
+        while True:
+            asked, taken = await self._next_slot(
+                key=key, limits=limits, target=target, deadline=deadline, max_wait=max_wait, day=day
+            )
+            day = False  # a message counts once against its day, however many slots it takes
+            await self._sleep_until(key, taken.wait)
+            # `asked` is before Redis's clock read the slot: the lateness is overestimated, never under.
+            late = time.monotonic() - (asked + taken.wait)
+            if not taken.token or late <= LATE:
+                return
+            log.debug("target %r: woke %.0f ms after its rate slot; taking a new one", target, late * 1000)
+            with contextlib.suppress(RedisUnavailableError):  # kept, the slot only makes later ones wait
+                await asyncio.to_thread(self._redis.give_back, key, windows, taken.token)
+
+    async def _next_slot(
+        self, *, key: str, limits: RateLimits, target: str, deadline: float, max_wait: float, day: bool
+    ) -> tuple[float, Taken]:
+        """The next slot (and when it was asked for), once this process has room and Redis answers."""
         attempt = 0
         while True:
             if not await self._room_by(key, deadline):
                 raise self._no_connection(target=target, retry=max(5.0, max_wait))
             left = max(0.0, deadline - time.monotonic())
+            asked = time.monotonic()
             try:
-                wait = await asyncio.to_thread(
-                    self.reserve, key=key, limits=limits, target=target, max_wait=left
+                taken = await asyncio.to_thread(
+                    self._reserve, key=key, limits=limits, target=target, max_wait=left, day=day
                 )
-                break
+                return asked, taken
             except SlotLater as later:
                 attempt = 0
                 await asyncio.sleep(later.seconds + random.uniform(0.0, 0.05))
@@ -162,6 +202,9 @@ class SharedRateLimiter(RateLimiter):
                 if time.monotonic() + pause > deadline:
                     raise self._unavailable(target=target, error=exc, retry=max(pause, 5.0)) from exc
                 await asyncio.sleep(pause)
+
+    async def _sleep_until(self, key: str, wait: float) -> None:
+        """Sleep `wait` seconds, counted as a message holding a slot of `key` (see `_room`)."""
         held = (id(asyncio.get_running_loop()), key)
         self._sleeping[held] = self._sleeping.get(held, 0) + 1
         try:
