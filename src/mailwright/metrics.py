@@ -89,14 +89,15 @@ class SendOutcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RunGauges:
-    """What the database holds now: runs by status (the unfinished ones), and the queue depth.
+    """What the database holds now: runs by status (the unfinished ones), and the queue depth,
+    each by worker pool ("" for the default pool: runs of targets that name none).
 
     `due`: runs due and not claimed (queued and due, or running with an expired lease),
-    what a worker would take now.
+    what a worker of that pool would take now.
     """
 
-    by_status: Mapping[str, int]
-    due: int
+    by_status: Mapping[tuple[str, str], int]  # (status, pool) -> runs
+    due: Mapping[str, int]  # pool -> runs
 
 
 # --- counting: one line at each point -------------------------------------------------------
@@ -258,16 +259,21 @@ class _DatabaseCollector:
         up.add_metric([], 1)
         yield up
         runs = GaugeMetricFamily(
-            "mailwright_runs", "Runs not finished, by status (from the database)", labels=["status"]
+            "mailwright_runs",
+            "Runs not finished, by status and worker pool (from the database)",
+            labels=["status", "pool"],
         )
-        for status, count in sorted(gauges.by_status.items()):
-            runs.add_metric([status], count)
+        for (status, pool), count in sorted(gauges.by_status.items()):
+            runs.add_metric([status, pool], count)
         yield runs
-        yield GaugeMetricFamily(
+        depth = GaugeMetricFamily(
             "mailwright_queue_depth",
-            "Runs due and not claimed: what a worker would take now (from the database)",
-            value=gauges.due,
+            "Runs due and not claimed, by worker pool: what a worker would take now (from the database)",
+            labels=["pool"],
         )
+        for pool, count in sorted(gauges.due.items()):
+            depth.add_metric([pool], count)
+        yield depth
 
     def describe(self) -> Iterable[Metric]:
         return []  # read at scrape time only: nothing is read when the collector is registered

@@ -148,9 +148,9 @@ def test_serve_counts_sends_failures_and_deferrals_per_target(
         # Runs: those that ended, as they ended; those waiting, from the database.
         assert value(found, "mailwright_runs_finished_total", status="succeeded") == 4
         assert value(found, "mailwright_runs_finished_total", status="failed") == 1
-        assert value(found, "mailwright_runs", status="queued") == 1  # the deferred one
-        assert value(found, "mailwright_runs", status="running") == 0
-        assert value(found, "mailwright_queue_depth") == 0  # deferred until tomorrow: not due
+        assert value(found, "mailwright_runs", status="queued", pool="") == 1  # the deferred one
+        assert value(found, "mailwright_runs", status="running", pool="") == 0
+        assert value(found, "mailwright_queue_depth", pool="") == 0  # deferred until tomorrow: not due
         assert value(found, "mailwright_database_up") == 1
         assert value(found, "process_resident_memory_bytes") > 0
 
@@ -224,9 +224,11 @@ def test_queue_depth_without_a_worker_then_a_worker_in_multiprocess_mode(
     # No worker anywhere: the queue is what the database says.
     with APIServer(mw, app=create_app(mw, run_worker=False)) as api:
         found = scrape(f"{api.base_url}/metrics", token)
-    assert value(found, "mailwright_runs", status="queued") == 4
-    assert value(found, "mailwright_runs", status="running") == 1
-    assert value(found, "mailwright_queue_depth") == 4  # the claimed one is not due while its lease holds
+    assert value(found, "mailwright_runs", status="queued", pool="") == 4
+    assert value(found, "mailwright_runs", status="running", pool="") == 1
+    assert (
+        value(found, "mailwright_queue_depth", pool="") == 4
+    )  # the claimed one is not due while its lease holds
 
     # A worker with its own metrics port (from MAILWRIGHT_METRICS_PORT), in multiprocess mode.
     shared = tmp_path / "prometheus"
@@ -248,8 +250,8 @@ def test_queue_depth_without_a_worker_then_a_worker_in_multiprocess_mode(
         lambda f: (
             value(f, "mailwright_runs_finished_total", status="succeeded") == 4
             and value(f, "mailwright_runs_finished_total", status="failed") == 1
-            and value(f, "mailwright_queue_depth") == 0
-            and value(f, "mailwright_runs", status="running") == 0
+            and value(f, "mailwright_queue_depth", pool="") == 0
+            and value(f, "mailwright_runs", status="running", pool="") == 0
         ),
     )
     steps = "mailwright_send_steps_total"
@@ -259,8 +261,8 @@ def test_queue_depth_without_a_worker_then_a_worker_in_multiprocess_mode(
     assert value(found, "mailwright_lease_takeovers_total") == 1  # the dead worker's run
     assert value(found, "mailwright_runs_finished_total", status="succeeded") == 4
     assert value(found, "mailwright_runs_finished_total", status="failed") == 1  # the batch
-    assert value(found, "mailwright_queue_depth") == 0
-    assert value(found, "mailwright_runs", status="queued") == 0
+    assert value(found, "mailwright_queue_depth", pool="") == 0
+    assert value(found, "mailwright_runs", status="queued", pool="") == 0
     # Multiprocess mode: the figures come from the files every process of the host writes.
     assert any(shared.glob("counter_*.db")) and any(shared.glob("histogram_*.db"))
 
@@ -328,12 +330,16 @@ def test_the_scrape_reads_only_the_unfinished_runs_through_the_status_index(
         waiting = [{**row, "id": new_id(), "status": "queued", "created_at": now} for _ in range(5)]
         tomorrow = now + timedelta(hours=1)
         later = [{**row, "id": new_id(), "status": "queued", "created_at": now, "not_before": tomorrow}]
+        routed = [
+            {**row, "id": new_id(), "status": "queued", "created_at": now, "pool": "dmz"} for _ in range(2)
+        ]
         with services.db.engine.begin() as connection:
             connection.execute(sa.insert(RunRow), finished + waiting + later)
+            connection.execute(sa.insert(RunRow), routed)
             connection.execute(sa.text("ANALYZE runs"))
         gauges = services.runs.gauges()
-        assert dict(gauges.by_status) == {"queued": 6, "running": 0}
-        assert gauges.due == 5
+        assert dict(gauges.by_status) == {("queued", ""): 6, ("running", ""): 0, ("queued", "dmz"): 2}
+        assert dict(gauges.due) == {"": 5, "dmz": 2}
         with services.db.engine.connect() as connection:
             query = _GAUGES.params(now=utcnow()).compile(
                 services.db.engine, compile_kwargs={"literal_binds": True}

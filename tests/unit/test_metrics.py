@@ -28,12 +28,16 @@ def test_a_failing_database_read_is_a_gauge_not_a_failed_scrape() -> None:
 
 
 def test_the_database_figures_are_what_the_callable_reads() -> None:
-    gauges = metrics.RunGauges(by_status={"queued": 7, "running": 2}, due=5)
+    gauges = metrics.RunGauges(
+        by_status={("queued", ""): 7, ("running", ""): 2, ("queued", "dmz"): 3}, due={"": 5, "dmz": 3}
+    )
     found = scraped(metrics.Exposition(read_runs=lambda: gauges))
     assert found["mailwright_database_up[]"] == 1
-    assert found["mailwright_runs[('status', 'queued')]"] == 7
-    assert found["mailwright_runs[('status', 'running')]"] == 2
-    assert found["mailwright_queue_depth[]"] == 5
+    assert found["mailwright_runs[('pool', ''), ('status', 'queued')]"] == 7
+    assert found["mailwright_runs[('pool', ''), ('status', 'running')]"] == 2
+    assert found["mailwright_runs[('pool', 'dmz'), ('status', 'queued')]"] == 3
+    assert found["mailwright_queue_depth[('pool', '')]"] == 5
+    assert found["mailwright_queue_depth[('pool', 'dmz')]"] == 3
 
 
 def test_the_target_label_is_the_one_the_error_names_else_the_runs() -> None:

@@ -61,6 +61,7 @@ _NOW = bindparam("now", type_=RunRow.not_before.type)
 _GAUGES = (
     select(
         RunRow.status,
+        RunRow.pool,
         func.count(),
         func.sum(
             case(
@@ -76,7 +77,7 @@ _GAUGES = (
         ),
     )
     .where(RunRow.status.in_(ACTIVE))
-    .group_by(RunRow.status)
+    .group_by(RunRow.status, RunRow.pool)
 )
 
 
@@ -622,9 +623,9 @@ class RunService:
         """The runs queued and running, and the queue depth: what `/metrics` reads at each scrape."""
         with self._db.session() as session:
             rows = session.execute(_GAUGES, {"now": utcnow()}).all()
-        by_status = {status.value: 0 for status in ACTIVE}
-        due = 0
-        for status, count, due_here in rows:
-            by_status[str(status)] = int(count)
-            due += int(due_here or 0)
+        by_status: dict[tuple[str, str], int] = {(status.value, ""): 0 for status in ACTIVE}
+        due: dict[str, int] = {"": 0}
+        for status, pool, count, due_here in rows:
+            by_status[(str(status), pool or "")] = int(count)
+            due[pool or ""] = due.get(pool or "", 0) + int(due_here or 0)
         return RunGauges(by_status=by_status, due=due)
