@@ -200,8 +200,7 @@ class IdempotencyService:
         """`RunService.start_send_email`, once per key; `check` validates a new request first."""
         started = self.start(
             claim,
-            # A request that was checked (its target resolved) is not looked up again when stored.
-            lambda session: self._runs.create_send_email(session, request, target_checked=check is not None),
+            lambda session: self._runs.create_send_email(session, request),
             check=check,
         )
         if not started.replayed:

@@ -420,13 +420,11 @@ class RunService:
         self._notify(run_id)
         return self.get(run_id)
 
-    def create_send_email(
-        self, session: Session, request: SendEmailRequest, *, target_checked: bool = False
-    ) -> str:
+    def create_send_email(self, session: Session, request: SendEmailRequest) -> str:
         """`start_send_email` in the caller's transaction (its run id); the caller calls `notify`.
 
-        `target_checked`: the caller resolved the target a moment ago (its check of the
-        request), so it is not looked up again here.
+        The target is read here even when the caller resolved it a moment ago: its worker pool
+        is read in the transaction that stores the run, so the run goes to a worker that may use it.
 
         Two Core INSERTs of a document whose shape is fixed here: the ORM's unit of work and
         the document's validation cost a single send more than the rest of its storing.
@@ -437,7 +435,6 @@ class RunService:
         # literal: the caller's text is sent as written, never read as a template. The executor
         # validates the document when it claims the run.
         step = {"id": "send", "activity": "send_email", "literal": True, "with": fields}
-        # `target_checked` or not, the target's pool is read: the run must go to a worker that may use it.
         pool = _check_target(session, request.target)
         return self._ledger.add_one_step_run(
             session,
