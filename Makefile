@@ -32,6 +32,9 @@ test: system-deps $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@# The suite starts `mailwright` and helper processes hundreds of times; where
+	@# PYTHONDONTWRITEBYTECODE is set, each would compile every module again (2 s, not 0.5 s).
+	$(BIN)/python -m compileall -q -j 0 src tests
 	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 system-deps:
