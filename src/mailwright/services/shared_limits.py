@@ -82,6 +82,7 @@ ROOM_PER_CONNECTION = 4  # messages with a slot, not yet on a connection, per li
 ROOM_POLL = 0.02
 COLD_GRACE = 2.0
 LATE = GUARD / 2  # seconds past its slot after which a message takes a new one (see `acquire`)
+MAX_RETAKES = 3  # then it goes on the last slot it took: a machine late every time must still send
 
 
 def windows_of(limits: RateLimits, *, guard: float = GUARD) -> list[Window]:
@@ -157,42 +158,49 @@ class SharedRateLimiter(RateLimiter):
         A message that wakes more than `LATE` after its slot (this event loop was held up:
         a busy CPU, a long synchronous call) gives the slot back and takes a new one: sent
         late on its old slot it would reach the server bunched with the messages slotted
-        after it, and the server could see more than N in a second.
+        after it, and the server could see more than N in a second. At most `MAX_RETAKES`
+        times: a worker that is late every time still sends.
         """
         if not limits:
             return
         deadline = time.monotonic() + max_wait  # waiting for Redis, room and the slot together
-        windows = windows_of(limits, guard=self._guard)
-        day = True
-        while True:
-            asked, taken = await self._next_slot(
-                key=key, limits=limits, target=target, deadline=deadline, max_wait=max_wait, day=day
+        missed: str | None = None  # the slot this message woke too late for
+        for retake in range(MAX_RETAKES + 1):
+            at, taken = await self._next_slot(
+                key=key, limits=limits, target=target, deadline=deadline, max_wait=max_wait, missed=missed
             )
-            day = False  # a message counts once against its day, however many slots it takes
             await self._sleep_until(key, taken.wait)
-            # `asked` is before Redis's clock read the slot: the lateness is overestimated, never under.
-            late = time.monotonic() - (asked + taken.wait)
-            if not taken.token or late <= LATE:
+            late = time.monotonic() - (at + taken.wait)
+            if not taken.token or late <= LATE or retake == MAX_RETAKES:
                 return
             log.debug("target %r: woke %.0f ms after its rate slot; taking a new one", target, late * 1000)
-            with contextlib.suppress(RedisUnavailableError):  # kept, the slot only makes later ones wait
-                await asyncio.to_thread(self._redis.give_back, key, windows, taken.token)
+            missed = taken.token
 
     async def _next_slot(
-        self, *, key: str, limits: RateLimits, target: str, deadline: float, max_wait: float, day: bool
+        self,
+        *,
+        key: str,
+        limits: RateLimits,
+        target: str,
+        deadline: float,
+        max_wait: float,
+        missed: str | None,
     ) -> tuple[float, Taken]:
-        """The next slot (and when it was asked for), once this process has room and Redis answers."""
+        """The next slot, and when (this clock) Redis was asked, once there is room and Redis answers.
+
+        `missed`: the token of the slot this message woke too late for. It is given back in the
+        same thread call, the day is not counted again, and no room is waited for: the message
+        had room already, and the others it would wait for are the ones it must not fall behind.
+        """
         attempt = 0
         while True:
-            if not await self._room_by(key, deadline):
+            if missed is None and not await self._room_by(key, deadline):
                 raise self._no_connection(target=target, retry=max(5.0, max_wait))
             left = max(0.0, deadline - time.monotonic())
-            asked = time.monotonic()
             try:
-                taken = await asyncio.to_thread(
-                    self._reserve, key=key, limits=limits, target=target, max_wait=left, day=day
+                return await asyncio.to_thread(
+                    self._reserve_timed, key=key, limits=limits, target=target, max_wait=left, missed=missed
                 )
-                return asked, taken
             except SlotLater as later:
                 attempt = 0
                 await asyncio.sleep(later.seconds + random.uniform(0.0, 0.05))
@@ -202,6 +210,20 @@ class SharedRateLimiter(RateLimiter):
                 if time.monotonic() + pause > deadline:
                     raise self._unavailable(target=target, error=exc, retry=max(pause, 5.0)) from exc
                 await asyncio.sleep(pause)
+
+    def _reserve_timed(
+        self, *, key: str, limits: RateLimits, target: str, max_wait: float, missed: str | None
+    ) -> tuple[float, Taken]:
+        """`_reserve` in a worker thread, with the time just before Redis's clock read the slot.
+
+        Timed here, not before the thread hop: a busy thread pool delays the hop, and counting
+        that delay as lateness would make every message of a busy worker miss its slot.
+        """
+        if missed is not None:
+            with contextlib.suppress(RedisUnavailableError):  # kept, it only makes later slots wait
+                self._redis.give_back(key, windows_of(limits, guard=self._guard), missed)
+        at = time.monotonic()
+        return at, self._reserve(key=key, limits=limits, target=target, max_wait=max_wait, day=missed is None)
 
     async def _sleep_until(self, key: str, wait: float) -> None:
         """Sleep `wait` seconds, counted as a message holding a slot of `key` (see `_room`)."""
