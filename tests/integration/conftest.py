@@ -17,6 +17,7 @@ from mailwright.services.account_keys import AccountKeyCreate
 from mailwright.services.app import Services
 from mailwright.services.target_public import TargetPublic
 from mailwright.services.targets import TargetCreate
+from tests.integration.test_web_targets import web  # noqa: F401 (a fixture: the signed-in web UI, for every module here)
 from tests.support.apiserver import APIServer
 from tests.support.cli import CLI
 from tests.support.postgres import ADMIN_URL, fresh_database

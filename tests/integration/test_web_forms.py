@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import re
 import socket
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import cast
 
@@ -21,19 +20,6 @@ from mailwright.transport.base import Endpoint
 from mailwright.transport.smtp import SMTP as SMTP_INFO
 from mailwright.transport.translate import network_failure
 from tests.integration.test_web_targets import SMTP, Browserless, error_text
-from tests.support.apiserver import APIServer
-
-
-@pytest.fixture
-def web(mw: Services) -> Iterator[Browserless]:
-    signed_in = mw.web_auth.open_session()
-    with (
-        APIServer(mw) as server,
-        httpx.Client(
-            base_url=server.base_url, headers={"Cookie": f"mw_session={signed_in.cookie}"}, timeout=30
-        ) as client,
-    ):
-        yield Browserless(client, signed_in.session.csrf_token)
 
 
 def summary_links(response: httpx.Response) -> dict[str, str]:
